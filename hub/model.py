@@ -1,0 +1,380 @@
+"""The documents Couchfarm keeps in CouchDB, and the rules for a well-formed one.
+
+Pure code: no I/O. ``design_docs/validate_doc_update.js`` enforces the same shapes on the
+server, so a document that passes here is accepted there and the other way round.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hub.timefmt import from_wire, to_id_stamp
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+KIND_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
+TUBE_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+WIRE_TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
+MAX_PRIORITY = 2**32 - 1
+DEFAULT_PRIORITY = 1024
+MAX_INPUT_BYTES = 16 * 1024
+MAX_OUTPUT_BYTES = 64 * 1024
+MAX_ERROR_HISTORY = 20
+
+
+class State(StrEnum):
+    """Where an occurrence is in its life (DESIGN.md section 5)."""
+
+    SCHEDULED = "scheduled"  # exists, but may not start before not_before (retry backoff)
+    READY = "ready"  # claimable now
+    LEASED = "leased"  # a worker holds it until lease.expires_at
+    DONE = "done"  # ran; result.status says ok or error
+    FAILED = "failed"  # a permanent error: retrying cannot help (bad input, refused target)
+    BURIED = "buried"  # attempts used up; waits for a kick
+    MISSED = "missed"  # fell due while nobody could run it (misfire policy)
+    SKIPPED = "skipped"  # not started because the previous run was still going (overlap)
+    CANCELLED = "cancelled"  # stopped by a client, an operator or the replace policy
+
+
+FINAL_STATES = frozenset(
+    {State.DONE, State.FAILED, State.MISSED, State.SKIPPED, State.CANCELLED}
+)
+ACTIVE_STATES = frozenset({State.SCHEDULED, State.READY, State.LEASED})
+
+
+class Overlap(StrEnum):
+    SKIP = "skip"
+    QUEUE = "queue"
+    ALLOW = "allow"
+    REPLACE = "replace"
+
+
+class Misfire(StrEnum):
+    RUN_ALL = "run_all"
+    RUN_LATEST = "run_latest"
+    SKIP = "skip"
+
+
+class DocModel(BaseModel):
+    """Base for documents: CouchDB's ``_id``/``_rev`` map to ``id``/``rev``."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+
+    id: str = Field(alias="_id")
+    rev: str | None = Field(default=None, alias="_rev")
+
+    def to_doc(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Any:
+        # _conflicts / _revisions / _attachments are CouchDB metadata, not part of the model.
+        clean = {k: v for k, v in doc.items() if not k.startswith("_") or k in ("_id", "_rev")}
+        return cls.model_validate(clean)
+
+
+# ---------------------------------------------------------------- ids
+
+
+def task_id(client: str, slug: str) -> str:
+    return f"task:{client}:{slug}"
+
+
+def occurrence_id(task: str, due: datetime) -> str:
+    return f"occ:{task}:{to_id_stamp(due)}"
+
+
+def result_id(occurrence: str) -> str:
+    return f"res:{occurrence}"
+
+
+def worker_id(name: str) -> str:
+    return f"worker:{name}"
+
+
+def split_occurrence_id(occ_id: str) -> tuple[str, str, str]:
+    """'occ:task:acme:ping:20261201T000100Z' -> ('acme', 'ping', '20261201T000100Z')."""
+    parts = occ_id.split(":")
+    if len(parts) != 5 or parts[0] != "occ" or parts[1] != "task":
+        raise ValueError(f"not an occurrence id: {occ_id!r}")
+    return parts[2], parts[3], parts[4]
+
+
+# ---------------------------------------------------------------- task
+
+
+class Schedule(BaseModel):
+    """When a task runs. Exactly one of ``every``, ``cron`` or ``at``.
+
+    Date math and deeper checks (time zone exists, cron parses, a future run exists) live
+    in ``hub.schedules``, which uses APScheduler's triggers.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    every: int | None = Field(default=None, ge=1, le=366 * 86400, description="seconds")
+    cron: str | None = Field(default=None, min_length=9, max_length=200)
+    at: str | None = Field(default=None, description="one-off time, ISO-8601 with zone")
+    start: str | None = None
+    end: str | None = None
+    tz: str = Field(default="UTC", min_length=1, max_length=64)
+    jitter: int = Field(default=0, ge=0, le=3600, description="seconds of random delay")
+
+    @model_validator(mode="after")
+    def _exactly_one_rule(self) -> Schedule:
+        given = [name for name in ("every", "cron", "at") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of 'every' (seconds), 'cron' (expression) or 'at' (time); "
+                f"got {', '.join(given) or 'none'}"
+            )
+        for name in ("at", "start", "end"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    from_wire(value)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+        return self
+
+
+class Backoff(BaseModel):
+    """Delay before retry n (1-based): min(max, base * factor**(n-1)) * (1 ± jitter)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: float = Field(default=10.0, gt=0, le=86400)
+    factor: float = Field(default=2.0, ge=1, le=10)
+    max: float = Field(default=3600.0, gt=0, le=7 * 86400)
+    jitter: float = Field(default=0.2, ge=0, le=1)
+
+
+class Task(DocModel):
+    type: Literal["task"] = "task"
+    client: str = Field(pattern=NAME_PATTERN)
+    slug: str = Field(pattern=SLUG_PATTERN)
+    kind: str = Field(pattern=KIND_PATTERN, max_length=64)
+    input: dict[str, Any] = Field(default_factory=dict)
+    schedule: Schedule
+    priority: int = Field(default=DEFAULT_PRIORITY, ge=0, le=MAX_PRIORITY)
+    tube: str = Field(default="default", pattern=TUBE_PATTERN)
+    ttr: int = Field(default=60, ge=1, le=86400, description="seconds a lease lasts untouched")
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    backoff: Backoff = Field(default_factory=Backoff)
+    overlap: Overlap = Overlap.SKIP
+    misfire: Misfire = Misfire.RUN_LATEST
+    misfire_grace: int = Field(default=60, ge=0, le=7 * 86400, description="seconds")
+    retention_days: int = Field(default=90, ge=1, le=3660)
+    paused: bool = False
+    created_at: str = Field(pattern=WIRE_TIME_PATTERN)
+    updated_at: str = Field(pattern=WIRE_TIME_PATTERN)
+
+    @model_validator(mode="after")
+    def _id_matches(self) -> Task:
+        expected = task_id(self.client, self.slug)
+        if self.id != expected:
+            raise ValueError(f"_id must be {expected!r} for client {self.client!r} and slug")
+        return self
+
+    @field_validator("input")
+    @classmethod
+    def _input_small(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if json_size(value) > MAX_INPUT_BYTES:
+            raise ValueError(f"input is larger than {MAX_INPUT_BYTES} bytes of JSON")
+        return value
+
+
+# ---------------------------------------------------------------- occurrence
+
+
+class Lease(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    worker: str = Field(pattern=NAME_PATTERN)
+    claimed_at: str = Field(pattern=WIRE_TIME_PATTERN)
+    expires_at: str = Field(pattern=WIRE_TIME_PATTERN)
+
+
+class Progress(BaseModel):
+    """Gearman-style numerator/denominator with a message."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num: float = Field(default=0, ge=0)
+    den: float = Field(default=0, ge=0)
+    msg: str = Field(default="", max_length=200)
+
+
+class ErrorRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attempt: int = Field(ge=0)
+    at: str = Field(pattern=WIRE_TIME_PATTERN)
+    worker: str | None = Field(default=None, pattern=NAME_PATTERN)
+    error: str = Field(max_length=2000)
+
+
+class RunResult(BaseModel):
+    """What a run produced. Travels inside the occurrence's finishing write."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: Literal["ok", "error"]
+    worker: str = Field(pattern=NAME_PATTERN)
+    attempt: int = Field(ge=1)
+    started_at: str = Field(pattern=WIRE_TIME_PATTERN)
+    finished_at: str = Field(pattern=WIRE_TIME_PATTERN)
+    output: Any = None
+    error: str | None = Field(default=None, max_length=2000)
+
+    @field_validator("output")
+    @classmethod
+    def _output_small(cls, value: Any) -> Any:
+        if json_size(value) > MAX_OUTPUT_BYTES:
+            raise ValueError(f"output is larger than {MAX_OUTPUT_BYTES} bytes of JSON")
+        return value
+
+
+class Occurrence(DocModel):
+    type: Literal["occurrence"] = "occurrence"
+    task: str
+    client: str = Field(pattern=NAME_PATTERN)
+    kind: str = Field(pattern=KIND_PATTERN)
+    input: dict[str, Any] = Field(default_factory=dict)
+    tube: str = Field(pattern=TUBE_PATTERN)
+    priority: int = Field(ge=0, le=MAX_PRIORITY)
+    ttr: int = Field(ge=1, le=86400)
+    max_attempts: int = Field(ge=1, le=100)
+    due_at: str = Field(pattern=WIRE_TIME_PATTERN)
+    not_before: str = Field(pattern=WIRE_TIME_PATTERN)
+    state: State
+    attempt: int = Field(default=0, ge=0)
+    lease: Lease | None = None
+    progress: Progress | None = None
+    errors: list[ErrorRecord] = Field(default_factory=list)
+    result: RunResult | None = None
+    reason: str | None = Field(default=None, max_length=500)
+    created_at: str = Field(pattern=WIRE_TIME_PATTERN)
+    updated_at: str = Field(pattern=WIRE_TIME_PATTERN)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Occurrence:
+        expected = occurrence_id(self.task, from_wire(self.due_at))
+        if self.id != expected:
+            raise ValueError(f"_id must be {expected!r} for this task and due_at")
+        client, _slug, _stamp = split_occurrence_id(self.id)
+        if client != self.client:
+            raise ValueError(f"client {self.client!r} does not match the id's {client!r}")
+        if (self.state == State.LEASED) != (self.lease is not None):
+            raise ValueError("a lease is present exactly when the state is 'leased'")
+        if self.state == State.DONE and self.result is None:
+            raise ValueError("a done occurrence carries its result")
+        if self.result is not None and self.state != State.DONE:
+            raise ValueError("only a done occurrence carries a result")
+        if self.attempt > self.max_attempts and self.state in (State.READY, State.LEASED):
+            raise ValueError("attempt is past max_attempts but the occurrence is still live")
+        return self
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+# ---------------------------------------------------------------- archived result
+
+
+class Result(DocModel):
+    """``res:{occurrence}`` in ``farm_results_YYYY_MM``: written once by the hub's archiver."""
+
+    type: Literal["result"] = "result"
+    occurrence: str
+    task: str
+    client: str = Field(pattern=NAME_PATTERN)
+    kind: str = Field(pattern=KIND_PATTERN)
+    due_at: str = Field(pattern=WIRE_TIME_PATTERN)
+    state: State
+    attempt: int = Field(ge=0)
+    worker: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    status: Literal["ok", "error", "failed", "buried", "missed", "skipped", "cancelled"]
+    output: Any = None
+    error: str | None = None
+    errors: list[ErrorRecord] = Field(default_factory=list)
+    duration_ms: int | None = None
+    latency_ms: int | None = None
+
+    @model_validator(mode="after")
+    def _id_matches(self) -> Result:
+        if self.id != result_id(self.occurrence):
+            raise ValueError(f"_id must be {result_id(self.occurrence)!r}")
+        return self
+
+
+# ---------------------------------------------------------------- worker
+
+
+class WorkerTotals(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    done: int = Field(default=0, ge=0)
+    failed: int = Field(default=0, ge=0)
+    lost: int = Field(default=0, ge=0)
+
+
+class WorkerDoc(DocModel):
+    type: Literal["worker"] = "worker"
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(max_length=40)
+    os: str = Field(max_length=100)
+    tubes: list[str] = Field(default_factory=lambda: ["default"], max_length=50)
+    kinds: list[str] = Field(default_factory=list, max_length=100)
+    slots: int = Field(default=1, ge=1, le=256)
+    state: Literal["running", "paused", "draining", "stopped"] = "running"
+    last_seen: str = Field(pattern=WIRE_TIME_PATTERN)
+    started_at: str = Field(pattern=WIRE_TIME_PATTERN)
+    current: list[str] = Field(default_factory=list, max_length=256)
+    totals: WorkerTotals = Field(default_factory=WorkerTotals)
+
+    @model_validator(mode="after")
+    def _id_matches(self) -> WorkerDoc:
+        if self.id != worker_id(self.name):
+            raise ValueError(f"_id must be {worker_id(self.name)!r}")
+        for tube in self.tubes:
+            if not re.match(TUBE_PATTERN, tube):
+                raise ValueError(f"tube {tube!r} is not a valid tube name")
+        return self
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def json_size(value: Any) -> int:
+    import json
+
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> list[str]:
+    """Pydantic's error list as lines a person can act on: 'schedule.every: ...'."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in err["loc"]) or "document"
+        message = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r:.60})"
+        lines.append(f"{prefix}{where}: {message}{shown}")
+    return lines
+
+
+MODEL_BY_TYPE: dict[str, type[DocModel]] = {
+    "task": Task,
+    "occurrence": Occurrence,
+    "result": Result,
+    "worker": WorkerDoc,
+}

@@ -1,0 +1,288 @@
+"""The occurrence state machine as pure functions: (occurrence, inputs, now) -> occurrence.
+
+No I/O and no clock reads: every function takes hub time ``now``. The hub and the worker
+both build the next version of a document with these functions and then write it with
+the ``_rev`` they read, so CouchDB's revision check decides races, not this module.
+
+```
+scheduled --promote--> ready --claim--> leased --finish--> done
+    ^                    ^                 |--fail--> scheduled (backoff) | buried | failed
+    |                    +--expire/release-+
+ (materialize)         buried --kick--> ready
+ ready/scheduled --miss--> missed, --skip--> skipped; any live state --cancel--> cancelled
+```
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+from typing import Any
+
+from hub.model import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    MAX_ERROR_HISTORY,
+    Backoff,
+    ErrorRecord,
+    Lease,
+    Occurrence,
+    Progress,
+    RunResult,
+    State,
+    Task,
+    occurrence_id,
+)
+from hub.timefmt import from_wire, to_wire
+
+
+class InvalidTransition(ValueError):
+    """The operation is not allowed from the occurrence's current state (or by this worker)."""
+
+    def __init__(self, occurrence: Occurrence, operation: str, why: str) -> None:
+        super().__init__(f"cannot {operation} {occurrence.id} ({occurrence.state}): {why}")
+        self.occurrence_id = occurrence.id
+        self.operation = operation
+        self.why = why
+
+
+def _require(occ: Occurrence, operation: str, allowed: set[State] | frozenset[State]) -> None:
+    if occ.state not in allowed:
+        allowed_text = ", ".join(sorted(s.value for s in allowed))
+        raise InvalidTransition(occ, operation, f"only from {allowed_text}")
+
+
+def _require_holder(occ: Occurrence, operation: str, worker: str) -> None:
+    _require(occ, operation, {State.LEASED})
+    assert occ.lease is not None
+    if occ.lease.worker != worker:
+        raise InvalidTransition(occ, operation, f"leased by {occ.lease.worker}, not {worker}")
+
+
+def _with(occ: Occurrence, now: datetime, **changes: Any) -> Occurrence:
+    changes["updated_at"] = to_wire(now)
+    data = occ.model_dump(by_alias=True, exclude_none=False)
+    data.update(changes)
+    return Occurrence.model_validate(data)
+
+
+def _errors_plus(occ: Occurrence, record: ErrorRecord) -> list[ErrorRecord]:
+    # Keep the first error and the most recent ones: the first often explains the rest.
+    history = [*occ.errors, record]
+    if len(history) > MAX_ERROR_HISTORY:
+        history = [history[0], *history[-(MAX_ERROR_HISTORY - 1) :]]
+    return history
+
+
+# ---------------------------------------------------------------- creation
+
+
+def materialize(
+    task: Task,
+    due: datetime,
+    now: datetime,
+    *,
+    state: State = State.READY,
+    reason: str | None = None,
+    not_before: datetime | None = None,
+) -> Occurrence:
+    """The occurrence of ``task`` due at ``due``, born in ``state``."""
+    if state not in (State.READY, State.SCHEDULED, State.MISSED, State.SKIPPED):
+        raise ValueError(f"an occurrence cannot be born {state}")
+    stamp = to_wire(now)
+    return Occurrence(
+        _id=occurrence_id(task.id, due),
+        task=task.id,
+        client=task.client,
+        kind=task.kind,
+        input=task.input,
+        tube=task.tube,
+        priority=task.priority,
+        ttr=task.ttr,
+        max_attempts=task.max_attempts,
+        due_at=to_wire(due),
+        not_before=to_wire(not_before or due),
+        state=state,
+        reason=reason,
+        created_at=stamp,
+        updated_at=stamp,
+    )
+
+
+# ---------------------------------------------------------------- worker operations
+
+
+def claim(occ: Occurrence, worker: str, now: datetime) -> Occurrence:
+    _require(occ, "claim", {State.READY})
+    if occ.attempt >= occ.max_attempts:
+        raise InvalidTransition(occ, "claim", "no attempts left")
+    return _with(
+        occ,
+        now,
+        state=State.LEASED,
+        attempt=occ.attempt + 1,
+        lease=Lease(
+            worker=worker,
+            claimed_at=to_wire(now),
+            expires_at=to_wire(now + timedelta(seconds=occ.ttr)),
+        ),
+        progress=None,
+    )
+
+
+def touch(
+    occ: Occurrence, worker: str, now: datetime, progress: Progress | None = None
+) -> Occurrence:
+    """Extend the lease by a TTR from ``now`` (beanstalkd's touch), with optional progress."""
+    _require_holder(occ, "touch", worker)
+    assert occ.lease is not None
+    lease = occ.lease.model_copy(update={"expires_at": to_wire(now + timedelta(seconds=occ.ttr))})
+    return _with(occ, now, lease=lease, progress=progress or occ.progress)
+
+
+def finish(
+    occ: Occurrence, worker: str, now: datetime, *, started_at: datetime, output: Any
+) -> Occurrence:
+    _require_holder(occ, "finish", worker)
+    result = RunResult(
+        status="ok",
+        worker=worker,
+        attempt=occ.attempt,
+        started_at=to_wire(started_at),
+        finished_at=to_wire(now),
+        output=output,
+    )
+    return _with(occ, now, state=State.DONE, lease=None, result=result)
+
+
+def fail(
+    occ: Occurrence,
+    worker: str,
+    now: datetime,
+    *,
+    error: str,
+    backoff: Backoff | None = None,
+    permanent: bool = False,
+    rng: random.Random | None = None,
+) -> Occurrence:
+    """A run failed: retry after backoff, bury when attempts are used, or fail for good."""
+    _require_holder(occ, "fail", worker)
+    record = ErrorRecord(attempt=occ.attempt, at=to_wire(now), worker=worker, error=error[:2000])
+    errors = _errors_plus(occ, record)
+    if permanent:
+        return _with(occ, now, state=State.FAILED, lease=None, errors=errors, reason=error[:500])
+    if occ.attempt >= occ.max_attempts:
+        reason = f"failed {occ.attempt} of {occ.max_attempts} attempts"
+        return _with(occ, now, state=State.BURIED, lease=None, errors=errors, reason=reason)
+    delay = retry_delay(occ.attempt, backoff or Backoff(), rng)
+    return _with(
+        occ,
+        now,
+        state=State.SCHEDULED,
+        lease=None,
+        errors=errors,
+        not_before=to_wire(now + timedelta(seconds=delay)),
+    )
+
+
+def release(occ: Occurrence, worker: str, now: datetime, reason: str = "released") -> Occurrence:
+    """Hand a claimed occurrence back unrun (drain, quit): the attempt is not counted."""
+    _require_holder(occ, "release", worker)
+    return _with(
+        occ, now, state=State.READY, lease=None, attempt=max(0, occ.attempt - 1), reason=reason
+    )
+
+
+# ---------------------------------------------------------------- hub operations
+
+
+def expire(occ: Occurrence, now: datetime) -> Occurrence:
+    """The lease ran out (hub time): back to ready, or buried if attempts are used up."""
+    _require(occ, "expire", {State.LEASED})
+    assert occ.lease is not None
+    if from_wire(occ.lease.expires_at) > now:
+        raise InvalidTransition(occ, "expire", f"lease runs until {occ.lease.expires_at}")
+    record = ErrorRecord(
+        attempt=occ.attempt,
+        at=to_wire(now),
+        worker=occ.lease.worker,
+        error=f"lease expired at {occ.lease.expires_at} (worker {occ.lease.worker} went silent)",
+    )
+    errors = _errors_plus(occ, record)
+    if occ.attempt >= occ.max_attempts:
+        reason = f"lease expired on the last of {occ.max_attempts} attempts"
+        return _with(occ, now, state=State.BURIED, lease=None, errors=errors, reason=reason)
+    return _with(occ, now, state=State.READY, lease=None, errors=errors, progress=None)
+
+
+def promote(occ: Occurrence, now: datetime) -> Occurrence:
+    """A scheduled occurrence whose ``not_before`` has come becomes ready."""
+    _require(occ, "promote", {State.SCHEDULED})
+    if from_wire(occ.not_before) > now:
+        raise InvalidTransition(occ, "promote", f"not before {occ.not_before}")
+    return _with(occ, now, state=State.READY)
+
+
+def bury(occ: Occurrence, now: datetime, reason: str) -> Occurrence:
+    _require(occ, "bury", {State.SCHEDULED, State.READY, State.LEASED})
+    return _with(occ, now, state=State.BURIED, lease=None, reason=reason[:500])
+
+
+def kick(occ: Occurrence, now: datetime) -> Occurrence:
+    """Buried back to ready with its attempts renewed; the error history stays."""
+    _require(occ, "kick", {State.BURIED})
+    return _with(
+        occ, now, state=State.READY, attempt=0, reason="kicked", not_before=to_wire(now)
+    )
+
+
+def skip(occ: Occurrence, now: datetime, reason: str) -> Occurrence:
+    _require(occ, "skip", {State.SCHEDULED, State.READY})
+    return _with(occ, now, state=State.SKIPPED, reason=reason[:500])
+
+
+def miss(occ: Occurrence, now: datetime, reason: str) -> Occurrence:
+    _require(occ, "miss", {State.SCHEDULED, State.READY})
+    return _with(occ, now, state=State.MISSED, reason=reason[:500])
+
+
+def cancel(occ: Occurrence, now: datetime, reason: str) -> Occurrence:
+    """Stop an occurrence for good. A worker holding it learns at its next write (409)."""
+    _require(occ, "cancel", ACTIVE_STATES | {State.BURIED})
+    return _with(occ, now, state=State.CANCELLED, lease=None, progress=None, reason=reason[:500])
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def retry_delay(attempt: int, backoff: Backoff, rng: random.Random | None = None) -> float:
+    """Seconds before retry after failed attempt ``attempt`` (1-based), with jitter."""
+    base = min(backoff.max, backoff.base * backoff.factor ** max(0, attempt - 1))
+    spread = (rng or random).uniform(-backoff.jitter, backoff.jitter)
+    return max(0.0, base * (1 + spread))
+
+
+def lease_expired(occ: Occurrence, now: datetime) -> bool:
+    return (
+        occ.state == State.LEASED
+        and occ.lease is not None
+        and from_wire(occ.lease.expires_at) <= now
+    )
+
+
+def is_final(state: State) -> bool:
+    return state in FINAL_STATES
+
+
+# Progress along the life of an occurrence, for the conflict resolver's "furthest wins".
+PROGRESS_RANK: dict[State, int] = {
+    State.SCHEDULED: 0,
+    State.READY: 1,
+    State.LEASED: 2,
+    State.BURIED: 3,
+    State.MISSED: 4,
+    State.SKIPPED: 4,
+    State.CANCELLED: 5,
+    State.FAILED: 5,
+    State.DONE: 6,
+}
