@@ -37,6 +37,9 @@ from ibmcloudant.cloudant_v1 import CloudantV1
 log = logging.getLogger("couchfarm.couch")
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# A 500 that names its error (compilation_error, a crashed validate_doc_update...) is a
+# fault in what we sent, not a passing overload: retrying it only repeats it.
+NON_RETRYABLE_500_ERRORS = frozenset({"compilation_error", "render_error", "unknown_error"})
 
 
 # ---------------------------------------------------------------- errors
@@ -190,8 +193,10 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     bare = redact_url(url).rstrip("/")
     user = parts.username
     password = parts.password
-    return bare, (requests.utils.unquote(user) if user else None), (
-        requests.utils.unquote(password) if password else None
+    return (
+        bare,
+        (requests.utils.unquote(user) if user else None),
+        (requests.utils.unquote(password) if password else None),
     )
 
 
@@ -230,7 +235,8 @@ class Couch:
             name = user if user is not None else url_user
             secret = password if password is not None else url_password
             authenticator = (
-                BasicAuthenticator(name, secret) if name is not None and secret is not None
+                BasicAuthenticator(name, secret)
+                if name is not None and secret is not None
                 else NoAuthAuthenticator()
             )
             service = CloudantV1(authenticator=authenticator)
@@ -328,12 +334,16 @@ class Couch:
         while True:
             sends = earlier_sends + attempt
             try:
-                response = self._send_once(server, method, path, params, body, headers, timeout, stream)
+                response = self._send_once(
+                    server, method, path, params, body, headers, timeout, stream
+                )
                 server.failures = 0
                 return response
             except CouchError as exc:
                 exc.retried = sends > 0
-                retryable = isinstance(exc, Unavailable) or exc.status in RETRYABLE_STATUS
+                retryable = isinstance(exc, Unavailable) or (
+                    exc.status in RETRYABLE_STATUS and exc.error not in NON_RETRYABLE_500_ERRORS
+                )
                 if not retryable:
                     raise
                 server.failures += 1
@@ -347,7 +357,12 @@ class Couch:
                 delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
                 log.info(
                     "event=couch_retry server=%s method=%s path=%s attempt=%d delay=%.2f error=%r",
-                    server.label, method, path, attempt + 1, delay, str(exc),
+                    server.label,
+                    method,
+                    path,
+                    attempt + 1,
+                    delay,
+                    str(exc),
                 )
                 time.sleep(delay)
                 attempt += 1
@@ -405,9 +420,9 @@ class Couch:
                 reason = str(payload.get("reason", reason))
             except ValueError:
                 reason = http.text[:300] or reason
-        cls = ERROR_BY_STATUS.get(exc.code, CouchError)
-        message = f"{method} {path} on {server.label}: {exc.code} {error}: {reason}".strip()
-        return cls(message, status=exc.code, error=error, reason=reason, server=server.label)
+        cls = ERROR_BY_STATUS.get(exc.status_code, CouchError)
+        message = f"{method} {path} on {server.label}: {exc.status_code} {error}: {reason}".strip()
+        return cls(message, status=exc.status_code, error=error, reason=reason, server=server.label)
 
     # ------------------------------------------------------------ failover
 
@@ -421,7 +436,8 @@ class Couch:
             self.failovers += 1
         log.warning(
             "event=couch_failover from=%s to=%s",
-            self.servers[index].label, self.servers[self._active].label,
+            self.servers[index].label,
+            self.servers[self._active].label,
         )
 
     def _maybe_fail_back(self) -> None:

@@ -41,9 +41,7 @@ class State(StrEnum):
     CANCELLED = "cancelled"  # stopped by a client, an operator or the replace policy
 
 
-FINAL_STATES = frozenset(
-    {State.DONE, State.FAILED, State.MISSED, State.SKIPPED, State.CANCELLED}
-)
+FINAL_STATES = frozenset({State.DONE, State.FAILED, State.MISSED, State.SKIPPED, State.CANCELLED})
 ACTIVE_STATES = frozenset({State.SCHEDULED, State.READY, State.LEASED})
 
 
@@ -252,6 +250,8 @@ class Occurrence(DocModel):
     max_attempts: int = Field(ge=1, le=100)
     due_at: str = Field(pattern=WIRE_TIME_PATTERN)
     not_before: str = Field(pattern=WIRE_TIME_PATTERN)
+    # Turn order in the tube's ready queue (see hub.states.turn_at); defaults to due_at.
+    queue_at: str | None = Field(default=None, pattern=WIRE_TIME_PATTERN)
     state: State
     attempt: int = Field(default=0, ge=0)
     lease: Lease | None = None
@@ -261,6 +261,13 @@ class Occurrence(DocModel):
     reason: str | None = Field(default=None, max_length=500)
     created_at: str = Field(pattern=WIRE_TIME_PATTERN)
     updated_at: str = Field(pattern=WIRE_TIME_PATTERN)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_queue_at(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("queue_at") is None and "due_at" in data:
+            data = {**data, "queue_at": data["due_at"]}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Occurrence:
@@ -346,7 +353,7 @@ class WorkerDoc(DocModel):
         if self.id != worker_id(self.name):
             raise ValueError(f"_id must be {worker_id(self.name)!r}")
         for tube in self.tubes:
-            if not re.match(TUBE_PATTERN, tube):
+            if not re.fullmatch(TUBE_PATTERN, tube):
                 raise ValueError(f"tube {tube!r} is not a valid tube name")
         return self
 

@@ -15,12 +15,14 @@ scheduled --promote--> ready --claim--> leased --finish--> done
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import datetime, timedelta
 from typing import Any
 
 from hub.model import (
     ACTIVE_STATES,
+    DEFAULT_PRIORITY,
     FINAL_STATES,
     MAX_ERROR_HISTORY,
     Backoff,
@@ -85,8 +87,13 @@ def materialize(
     state: State = State.READY,
     reason: str | None = None,
     not_before: datetime | None = None,
+    fair_offset: float = 0.0,
 ) -> Occurrence:
-    """The occurrence of ``task`` due at ``due``, born in ``state``."""
+    """The occurrence of ``task`` due at ``due``, born in ``state``.
+
+    ``fair_offset`` spaces out one client's occurrences of one materializing batch so
+    that another client's are interleaved with them (see :func:`turn_at`).
+    """
     if state not in (State.READY, State.SCHEDULED, State.MISSED, State.SKIPPED):
         raise ValueError(f"an occurrence cannot be born {state}")
     stamp = to_wire(now)
@@ -102,6 +109,7 @@ def materialize(
         max_attempts=task.max_attempts,
         due_at=to_wire(due),
         not_before=to_wire(not_before or due),
+        queue_at=to_wire(turn_at(not_before or due, task.priority, fair_offset)),
         state=state,
         reason=reason,
         created_at=stamp,
@@ -189,7 +197,12 @@ def release(occ: Occurrence, worker: str, now: datetime, reason: str = "released
     """Hand a claimed occurrence back unrun (drain, quit): the attempt is not counted."""
     _require_holder(occ, "release", worker)
     return _with(
-        occ, now, state=State.READY, lease=None, attempt=max(0, occ.attempt - 1), reason=reason
+        occ,
+        now,
+        state=State.READY,
+        lease=None,
+        attempt=max(0, occ.attempt - 1),
+        reason=reason[:500],
     )
 
 
@@ -220,7 +233,7 @@ def promote(occ: Occurrence, now: datetime) -> Occurrence:
     _require(occ, "promote", {State.SCHEDULED})
     if from_wire(occ.not_before) > now:
         raise InvalidTransition(occ, "promote", f"not before {occ.not_before}")
-    return _with(occ, now, state=State.READY)
+    return _with(occ, now, state=State.READY, queue_at=to_wire(turn_at(now, occ.priority)))
 
 
 def bury(occ: Occurrence, now: datetime, reason: str) -> Occurrence:
@@ -232,7 +245,13 @@ def kick(occ: Occurrence, now: datetime) -> Occurrence:
     """Buried back to ready with its attempts renewed; the error history stays."""
     _require(occ, "kick", {State.BURIED})
     return _with(
-        occ, now, state=State.READY, attempt=0, reason="kicked", not_before=to_wire(now)
+        occ,
+        now,
+        state=State.READY,
+        attempt=0,
+        reason="kicked",
+        not_before=to_wire(now),
+        queue_at=to_wire(turn_at(now, occ.priority)),
     )
 
 
@@ -253,6 +272,26 @@ def cancel(occ: Occurrence, now: datetime, reason: str) -> Occurrence:
 
 
 # ---------------------------------------------------------------- helpers
+
+AGING_STEP_SECONDS = 60.0
+
+
+def turn_at(eligible: datetime, priority: int, fair_offset: float = 0.0) -> datetime:
+    """When an occurrence's turn comes in its tube: the ``ready`` view's sort key.
+
+    turn = eligible + 60 s * (log2(1 + priority) - log2(1 + 1024)) + fair_offset.
+
+    - Priority: each doubling of the priority number queues one minute later; the default
+      1024 queues at its due time, 0 (most urgent) ten minutes ahead, 2**32-1 22 minutes
+      behind.
+    - Aging: the penalty is bounded, so a low-priority occurrence is served before any
+      more urgent one that became ready more than (difference in penalties) later. No
+      priority starves, and aging costs no writes because the key never changes.
+    - Fair share: the hub spaces one client's occurrences of a batch by a quantum, so a
+      client with 10,000 due at once is interleaved with a client with ten.
+    """
+    penalty = AGING_STEP_SECONDS * (math.log2(1 + priority) - math.log2(1 + DEFAULT_PRIORITY))
+    return eligible + timedelta(seconds=penalty + fair_offset)
 
 
 def retry_delay(attempt: int, backoff: Backoff, rng: random.Random | None = None) -> float:

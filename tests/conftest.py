@@ -1,7 +1,136 @@
-"""Shared fixtures. Qt runs offscreen; server-facing tests share one server per session."""
+"""Shared fixtures.
+
+Qt runs offscreen. Server-facing tests talk HTTP to a real CouchDB-compatible server:
+PouchDB Server started once per session on a free loopback port, or the CouchDB 3 named
+by ``COUCHDB_URL`` (+ ``COUCHDB_USER``/``COUCHDB_PASSWORD``, ``COUCHDB_STANDBY_URL``).
+Each test module gets a fresh farm database on the shared server.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from hub import provision
+from hub.couch import Couch
+from hub.devserver import DevServer
+
+WORKERS = ("w1", "w2", "w3")
+# Primary and standby dev servers share one admin password, as a real pair usually does.
+DEV_ADMIN_PASSWORD = secrets.token_urlsafe(12)
+
+
+@dataclass
+class ServerInfo:
+    url: str
+    admin_user: str
+    admin_password: str
+    dev: DevServer | None = None
+
+    @property
+    def is_pouchdb(self) -> bool:
+        return self.dev is not None
+
+    def admin(self, **kwargs: object) -> Couch:
+        return Couch(self.url, self.admin_user, self.admin_password, **kwargs)  # type: ignore[arg-type]
+
+    def as_user(self, name: str | None, password: str | None, **kwargs: object) -> Couch:
+        return Couch(self.url, name, password, **kwargs)  # type: ignore[arg-type]
+
+
+def _server_from_env(url_var: str) -> ServerInfo | None:
+    url = os.environ.get(url_var)
+    if not url:
+        return None
+    return ServerInfo(
+        url.rstrip("/"),
+        os.environ.get("COUCHDB_USER", "admin"),
+        os.environ.get("COUCHDB_PASSWORD", "admin"),
+    )
+
+
+def _start_dev(tmp_path_factory: pytest.TempPathFactory, name: str) -> ServerInfo:
+    dev = DevServer(tmp_path_factory.mktemp(name), admin_password=DEV_ADMIN_PASSWORD).start()
+    return ServerInfo(dev.url, dev.admin_user, dev.admin_password, dev)
+
+
+@pytest.fixture(scope="session")
+def couch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
+    info = _server_from_env("COUCHDB_URL") or _start_dev(tmp_path_factory, "primary")
+    yield info
+    if info.dev:
+        info.dev.stop()
+
+
+@pytest.fixture(scope="session")
+def standby_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
+    info = _server_from_env("COUCHDB_STANDBY_URL") or _start_dev(tmp_path_factory, "standby")
+    yield info
+    if info.dev:
+        info.dev.stop()
+
+
+@pytest.fixture(scope="session")
+def passwords() -> dict[str, str]:
+    """One fresh password per test user for this session."""
+    return {name: secrets.token_urlsafe(12) for name in ("hub", *WORKERS, "acme", "globex")}
+
+
+@dataclass
+class Farm:
+    """A freshly initialised farm database on the shared server, with its users."""
+
+    server: ServerInfo
+    db: str
+    passwords: dict[str, str]
+    admin: Couch = field(init=False)
+    hub: Couch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admin = self.server.admin()
+        self.hub = self.server.as_user("hub", self.passwords["hub"])
+
+    def worker(self, name: str = "w1", **kwargs: object) -> Couch:
+        return self.server.as_user(name, self.passwords[name], **kwargs)
+
+    def anonymous(self) -> Couch:
+        return self.server.as_user(None, None, retries=0)
+
+    def now(self) -> datetime:
+        return self.admin.now()
+
+
+def _fresh_db_name(node: pytest.Item | pytest.Module | None) -> str:
+    base = re.sub(r"[^a-z0-9]", "_", (node.name if node else "t").lower().removesuffix(".py"))
+    return f"farm_{base[:30]}_{secrets.token_hex(3)}"
+
+
+@pytest.fixture(scope="module")
+def farm(
+    couch_server: ServerInfo, passwords: dict[str, str], request: pytest.FixtureRequest
+) -> Farm:
+    admin = couch_server.admin()
+    db = _fresh_db_name(request.node)
+    provision.init(admin, db, now=admin.now(), hub_user="")
+    provision.add_user(admin, "hub", [provision.ADMIN_ROLE], passwords["hub"], replace=True)
+    for name in WORKERS:
+        provision.add_user(admin, name, [provision.WORKER_ROLE], passwords[name], replace=True)
+    for name in ("acme", "globex"):
+        provision.add_user(
+            admin, name, [provision.CLIENT_ROLE_PREFIX + name], passwords[name], replace=True
+        )
+    return Farm(couch_server, db, passwords)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

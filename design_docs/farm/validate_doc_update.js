@@ -1,0 +1,242 @@
+// Couchfarm live database: who may write what, and what a well-formed document is.
+//
+// Roles (set by `hub init`):
+//   _admin       server admins: replication, `hub init`, `hub recover`. Not checked here,
+//                because replicated revisions must be accepted as they are.
+//   farm_admin   the hub service and operators: any document, but it must be well formed.
+//   farm_worker  volunteer workers: claim a ready occurrence, then touch, finish, fail or
+//                release only the occurrences they hold; write their own worker doc.
+// Everyone else is refused. Clients never write here: the portal writes for them.
+//
+// ES5 only: CouchDB 3 may run SpiderMonkey 1.8.5.
+function (newDoc, oldDoc, userCtx, secObj) {
+  var roles = userCtx.roles || [];
+  var name = userCtx.name;
+  function has(role) { return roles.indexOf(role) !== -1; }
+  if (has('_admin')) { return; }
+  var isAdmin = has('farm_admin');
+  var isWorker = has('farm_worker');
+  if (!isAdmin && !isWorker) {
+    throw({unauthorized: 'only farm_admin and farm_worker users may write to this database'});
+  }
+  function deny(message) { throw({forbidden: message}); }
+
+  var MAX_DOC_BYTES = 262144;
+  var WIRE_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+  var NAME = /^[a-z0-9][a-z0-9_-]{0,39}$/;
+  var SLUG = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+  var KIND = /^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$/;
+  var TUBE = /^[a-z0-9][a-z0-9_.-]{0,63}$/;
+  var STATES = ['scheduled', 'ready', 'leased', 'done', 'failed', 'buried', 'missed',
+                'skipped', 'cancelled'];
+  var FINAL = ['done', 'failed', 'missed', 'skipped', 'cancelled'];
+  var MAX_ERRORS = 20;
+  var id = newDoc._id;
+
+  // ------------------------------------------------------------ helpers
+  function isString(v) { return typeof v === 'string'; }
+  function isInt(v, lo, hi) {
+    return typeof v === 'number' && Math.floor(v) === v && v >= lo && v <= hi;
+  }
+  function isObject(v) {
+    return v !== null && typeof v === 'object' && Object.prototype.toString.call(v) !== '[object Array]';
+  }
+  function isArray(v) { return Object.prototype.toString.call(v) === '[object Array]'; }
+  function check(cond, message) { if (!cond) { deny(message); } }
+  function time(v) { return isString(v) && WIRE_TIME.test(v); }
+  function same(a, b) { return JSON.stringify(a) === JSON.stringify(b); }
+  function idStamp(wire) {
+    // '2026-12-01T00:01:00.000Z' -> '20261201T000100Z'
+    return wire.substring(0, 4) + wire.substring(5, 7) + wire.substring(8, 10) + 'T' +
+      wire.substring(11, 13) + wire.substring(14, 16) + wire.substring(17, 19) + 'Z';
+  }
+  function depth(v, limit) {
+    if (limit < 0) { return limit; }
+    if (v !== null && typeof v === 'object') {
+      var worst = limit;
+      for (var k in v) {
+        if (v.hasOwnProperty(k)) {
+          var d = depth(v[k], limit - 1);
+          if (d < worst) { worst = d; }
+          if (worst < 0) { return worst; }
+        }
+      }
+      return worst;
+    }
+    return limit;
+  }
+
+  // ------------------------------------------------------------ any document
+  check(isString(id) && id.length <= 400, '_id must be a string of at most 400 characters');
+  if (newDoc._deleted === true) {
+    if (isAdmin) { return; }
+    if (id === 'worker:' + name) { return; }
+    deny('a worker may delete only its own worker document (worker:' + name + '), not ' + id);
+  }
+  if (id.indexOf('_design/') === 0) {
+    if (!isAdmin) { deny('only farm_admin may write design documents'); }
+    return;
+  }
+  var size = JSON.stringify(newDoc).length;
+  check(size <= MAX_DOC_BYTES,
+          'document is ' + size + ' bytes of JSON; the limit is ' + MAX_DOC_BYTES);
+  check(depth(newDoc, 24) >= 0, 'document is nested deeper than 24 levels');
+
+  var prefix = id.split(':')[0];
+  var expectedType = {task: 'task', occ: 'occurrence', worker: 'worker', hub: 'hub'}[prefix];
+  check(expectedType !== undefined,
+          'unknown document id ' + JSON.stringify(id.substring(0, 60)) +
+          ': ids start with task:, occ:, worker: or hub:');
+  check(newDoc.type === expectedType,
+          'a document with id ' + prefix + ':... must have type "' + expectedType + '"');
+  if (oldDoc && !oldDoc._deleted && oldDoc.type !== newDoc.type) {
+    deny('type cannot change from ' + oldDoc.type + ' to ' + newDoc.type);
+  }
+
+  // ------------------------------------------------------------ hub metadata
+  if (expectedType === 'hub') {
+    check(isAdmin, 'only farm_admin may write hub documents');
+    return;
+  }
+
+  // ------------------------------------------------------------ tasks
+  if (expectedType === 'task') {
+    check(isAdmin, 'only farm_admin (the hub or the portal) may create or edit tasks; ' +
+            'a worker may not');
+    check(isString(newDoc.client) && NAME.test(newDoc.client), 'task.client is not a valid name');
+    check(isString(newDoc.slug) && SLUG.test(newDoc.slug), 'task.slug is not a valid slug');
+    check(id === 'task:' + newDoc.client + ':' + newDoc.slug,
+            '_id must be task:' + newDoc.client + ':' + newDoc.slug);
+    check(isString(newDoc.kind) && KIND.test(newDoc.kind), 'task.kind is not a valid kind name');
+    check(isObject(newDoc.schedule), 'task.schedule must be an object');
+    check(isObject(newDoc.input), 'task.input must be an object');
+    check(isInt(newDoc.priority, 0, 4294967295), 'task.priority must be an integer 0..4294967295');
+    check(isString(newDoc.tube) && TUBE.test(newDoc.tube), 'task.tube is not a valid tube name');
+    check(isInt(newDoc.ttr, 1, 86400), 'task.ttr must be 1..86400 seconds');
+    check(isInt(newDoc.max_attempts, 1, 100), 'task.max_attempts must be 1..100');
+    check(typeof newDoc.paused === 'boolean', 'task.paused must be true or false');
+    if (oldDoc && !oldDoc._deleted) {
+      check(oldDoc.client === newDoc.client, 'a task cannot move to another client');
+    }
+    return;
+  }
+
+  // ------------------------------------------------------------ worker documents
+  if (expectedType === 'worker') {
+    check(isString(newDoc.name) && NAME.test(newDoc.name), 'worker.name is not a valid name');
+    check(id === 'worker:' + newDoc.name, '_id must be worker:' + newDoc.name);
+    if (!isAdmin) {
+      check(newDoc.name === name,
+              'worker ' + name + ' may write only worker:' + name + ', not ' + id);
+    }
+    check(time(newDoc.last_seen), 'worker.last_seen must be a hub time like 2026-12-01T00:00:00.000Z');
+    check(isArray(newDoc.tubes) && newDoc.tubes.length <= 50, 'worker.tubes must be a list of at most 50');
+    check(isArray(newDoc.current) && newDoc.current.length <= 256, 'worker.current must be a list');
+    check(isInt(newDoc.slots, 1, 256), 'worker.slots must be 1..256');
+    return;
+  }
+
+  // ------------------------------------------------------------ occurrences: shape
+  var o = newDoc;
+  check(isString(o.task) && o.task.indexOf('task:') === 0, 'occurrence.task must be a task id');
+  check(isString(o.client) && NAME.test(o.client), 'occurrence.client is not a valid name');
+  check(o.task.split(':')[1] === o.client,
+          'occurrence.client must be the client of its task (' + o.task.split(':')[1] + ')');
+  check(time(o.due_at), 'occurrence.due_at must be a hub time like 2026-12-01T00:00:00.000Z');
+  check(id === 'occ:' + o.task + ':' + idStamp(o.due_at),
+          '_id must be occ:' + o.task + ':' + idStamp(o.due_at) + ' for this task and due_at');
+  check(STATES.indexOf(o.state) !== -1, 'occurrence.state must be one of ' + STATES.join(', '));
+  check(isString(o.kind) && KIND.test(o.kind), 'occurrence.kind is not a valid kind name');
+  check(isString(o.tube) && TUBE.test(o.tube), 'occurrence.tube is not a valid tube name');
+  check(isInt(o.priority, 0, 4294967295), 'occurrence.priority must be an integer 0..4294967295');
+  check(isInt(o.ttr, 1, 86400), 'occurrence.ttr must be 1..86400 seconds');
+  check(isInt(o.max_attempts, 1, 100), 'occurrence.max_attempts must be 1..100');
+  check(isInt(o.attempt, 0, 100), 'occurrence.attempt must be an integer 0..100');
+  check(time(o.not_before), 'occurrence.not_before must be a hub time');
+  check(o.queue_at === undefined || time(o.queue_at), 'occurrence.queue_at must be a hub time');
+  check(isObject(o.input), 'occurrence.input must be an object');
+  check(isArray(o.errors) && o.errors.length <= MAX_ERRORS,
+          'occurrence.errors must be a list of at most ' + MAX_ERRORS);
+  var leased = o.state === 'leased';
+  check(leased === isObject(o.lease), 'a lease is present exactly when the state is leased');
+  if (leased) {
+    check(isString(o.lease.worker) && NAME.test(o.lease.worker), 'lease.worker is not a valid name');
+    check(time(o.lease.expires_at) && time(o.lease.claimed_at),
+            'lease.claimed_at and lease.expires_at must be hub times');
+  }
+  var done = o.state === 'done';
+  check(done === isObject(o.result), 'a result is present exactly when the state is done');
+  if (done) {
+    check(o.result.status === 'ok' || o.result.status === 'error',
+            'result.status must be ok or error');
+    check(time(o.result.started_at) && time(o.result.finished_at),
+            'result.started_at and result.finished_at must be hub times');
+  }
+
+  if (isAdmin) {
+    if (oldDoc && !oldDoc._deleted && FINAL.indexOf(oldDoc.state) !== -1) {
+      check(oldDoc.state === o.state,
+              'occurrence ' + id + ' ended ' + oldDoc.state + '; a final state never changes');
+    }
+    return;
+  }
+
+  // ------------------------------------------------------------ occurrences: worker moves
+  check(oldDoc && !oldDoc._deleted,
+          'workers cannot create occurrences; the hub materializes them');
+  var IMMUTABLE = ['task', 'client', 'kind', 'input', 'tube', 'priority', 'ttr', 'max_attempts',
+                   'due_at', 'created_at', 'queue_at'];
+  for (var i = 0; i < IMMUTABLE.length; i++) {
+    var field = IMMUTABLE[i];
+    check(same(o[field], oldDoc[field]), 'a worker cannot change occurrence.' + field);
+  }
+  var heldByMe = oldDoc.state === 'leased' && oldDoc.lease && oldDoc.lease.worker === name;
+
+  if (oldDoc.state === 'ready') {
+    check(o.state === 'leased', 'a worker may only claim a ready occurrence (state leased)');
+    check(o.lease.worker === name,
+            'a claim must name the claiming worker (' + name + ') in lease.worker');
+    check(o.attempt === oldDoc.attempt + 1, 'a claim counts one more attempt');
+    check(o.attempt <= o.max_attempts, 'no attempts left on ' + id);
+    check(same(o.errors, oldDoc.errors), 'a claim cannot change the error history');
+    return;
+  }
+  check(oldDoc.state === 'leased',
+          'occurrence ' + id + ' is ' + oldDoc.state + '; a worker can act only on ready ' +
+          'occurrences or on ones it holds');
+  check(heldByMe, 'occurrence ' + id + ' is leased by ' + oldDoc.lease.worker + ', not ' + name);
+
+  if (o.state === 'leased') {  // touch
+    check(o.lease.worker === name, 'a worker cannot hand its lease to ' + o.lease.worker);
+    check(o.lease.claimed_at === oldDoc.lease.claimed_at, 'a touch cannot change lease.claimed_at');
+    check(o.attempt === oldDoc.attempt, 'a touch cannot change the attempt');
+    check(same(o.errors, oldDoc.errors), 'a touch cannot change the error history');
+    return;
+  }
+  if (o.state === 'done') {  // finish
+    check(o.result.worker === name, 'result.worker must be ' + name + ', who holds the lease');
+    check(o.result.attempt === oldDoc.attempt, 'result.attempt must be ' + oldDoc.attempt);
+    check(o.attempt === oldDoc.attempt, 'finishing cannot change the attempt');
+    check(same(o.errors, oldDoc.errors), 'finishing cannot change the error history');
+    return;
+  }
+  if (o.state === 'scheduled' || o.state === 'buried' || o.state === 'failed') {  // fail
+    check(o.attempt === oldDoc.attempt, 'a failure cannot change the attempt');
+    var grew = o.errors.length === oldDoc.errors.length + 1 ||
+               (oldDoc.errors.length === MAX_ERRORS && o.errors.length === MAX_ERRORS);
+    check(grew, 'a failure appends exactly one error record');
+    var last = o.errors[o.errors.length - 1];
+    check(isObject(last) && last.worker === name && last.attempt === oldDoc.attempt,
+            'the new error record must name worker ' + name + ' and attempt ' + oldDoc.attempt);
+    if (o.state === 'buried') {
+      check(o.attempt >= o.max_attempts, 'a worker buries only after the last attempt');
+    }
+    return;
+  }
+  if (o.state === 'ready') {  // release
+    check(o.attempt === oldDoc.attempt - 1, 'a release gives the attempt back');
+    check(same(o.errors, oldDoc.errors), 'a release cannot change the error history');
+    return;
+  }
+  deny('a worker cannot move an occurrence from leased to ' + o.state);
+}

@@ -1,0 +1,24 @@
+// Couchfarm monthly results databases (farm_results_YYYY_MM): written only by the hub's
+// archiver (farm_admin), read by the portal and by workers confirming their results.
+// Workers put their results inside the occurrence they hold (live database), where the
+// lease can be checked; a results database cannot see leases, so workers may not write it.
+function (newDoc, oldDoc, userCtx, secObj) {
+  var roles = userCtx.roles || [];
+  if (roles.indexOf('_admin') !== -1) { return; }
+  if (roles.indexOf('farm_admin') === -1) {
+    throw({forbidden: 'results are written by the hub archiver (farm_admin) only'});
+  }
+  if (newDoc._deleted === true || newDoc._id.indexOf('_design/') === 0) { return; }
+  if (newDoc.type !== 'result') {
+    throw({forbidden: 'a results database holds only documents of type "result"'});
+  }
+  if (newDoc._id !== 'res:' + newDoc.occurrence) {
+    throw({forbidden: '_id must be res:' + newDoc.occurrence});
+  }
+  if (typeof newDoc.client !== 'string' || newDoc.occurrence.split(':')[2] !== newDoc.client) {
+    throw({forbidden: 'result.client must be the client named in its occurrence id'});
+  }
+  if (oldDoc && !oldDoc._deleted) {
+    throw({forbidden: 'a result is written once; ' + newDoc._id + ' already exists'});
+  }
+}

@@ -1,0 +1,140 @@
+"""``make demo``: the whole system on this machine, and where to find each part.
+
+Starts a primary and a standby PouchDB Server (or uses ``COUCHDB_URL`` /
+``COUCHDB_STANDBY_URL``), runs ``hub init`` on both, creates a demo client, a demo
+worker and a demo task, starts the parts of the system that exist, prints URLs and
+credentials, and runs until Ctrl-C (or ``--seconds``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from hub import provision
+from hub.couch import Conflict, Couch
+from hub.devserver import REPO_ROOT, DevServer, free_port
+from hub.model import Task, task_id
+from hub.timefmt import to_wire
+
+DEMO_DIR = REPO_ROOT / "var" / "demo"
+ADMIN_PASSWORD = "demo-admin"
+PASSWORDS = {"hub": "demo-hub", "demo-worker": "demo-worker", "demo": "demo-client"}
+
+
+def _server(role: str, env_var: str, port: int) -> tuple[str, DevServer | None]:
+    url = os.environ.get(env_var)
+    if url:
+        return url.rstrip("/"), None
+    dev = DevServer(DEMO_DIR / role, port=_port_or_free(port), admin_password=ADMIN_PASSWORD)
+    dev.start()
+    return dev.url, dev
+
+
+def _port_or_free(preferred: int) -> int:
+    """The demo's usual port when it is free, so URLs stay the same from run to run."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
+
+
+def demo_task(now_stamp: str) -> Task:
+    return Task(
+        _id=task_id("demo", "heartbeat"),
+        client="demo",
+        slug="heartbeat",
+        kind="demo.sleep",
+        input={"ms": 300, "fail_rate": 0.1},
+        schedule={"every": 10},
+        ttr=30,
+        created_at=now_stamp,
+        updated_at=now_stamp,
+    )
+
+
+def prepare(admin: Couch, db: str) -> list[str]:
+    report, _ = provision.init(admin, db, now=admin.now(), hub_user="")
+    # The demo's users get known passwords, so that the printed credentials always work.
+    provision.add_user(admin, "hub", [provision.ADMIN_ROLE], PASSWORDS["hub"], replace=True)
+    provision.add_user(
+        admin, "demo-worker", [provision.WORKER_ROLE], PASSWORDS["demo-worker"], replace=True
+    )
+    provision.add_user(
+        admin, "demo", [provision.CLIENT_ROLE_PREFIX + "demo"], PASSWORDS["demo"], replace=True
+    )
+    return report.lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hub.demo", description=__doc__)
+    parser.add_argument(
+        "--seconds", type=float, default=0, help="stop after this long (0: run until Ctrl-C)"
+    )
+    parser.add_argument("--fresh", action="store_true", help="delete the demo data first")
+    parser.add_argument("--db", default="farm")
+    args = parser.parse_args(argv)
+    if args.fresh and DEMO_DIR.exists():
+        shutil.rmtree(DEMO_DIR)
+
+    primary_url, primary = _server("primary", "COUCHDB_URL", 15984)
+    standby_url, standby = _server("standby", "COUCHDB_STANDBY_URL", 15985)
+    admin_user = os.environ.get("COUCHDB_USER", "admin")
+    admin_password = os.environ.get("COUCHDB_PASSWORD", ADMIN_PASSWORD)
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        for url in (primary_url, standby_url):
+            admin = Couch(url, admin_user, admin_password)
+            for line in prepare(admin, args.db):
+                print(f"[init {url}] {line}")
+        hub = Couch(primary_url, "hub", PASSWORDS["hub"])
+        now = hub.now()
+        try:
+            hub.put(args.db, demo_task(to_wire(now)).to_doc())
+            print("[demo] created task task:demo:heartbeat (demo.sleep every 10 s)")
+        except Conflict:
+            print("[demo] task task:demo:heartbeat exists")
+        print(_where(primary_url, standby_url, args.db, admin_user, admin_password))
+        sys.stdout.flush()
+        deadline = time.monotonic() + args.seconds if args.seconds else None
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(min(1.0, max(0.0, (deadline or 1e18) - time.monotonic())))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            child.terminate()
+        for dev in (primary, standby):
+            if dev:
+                dev.stop()
+        print("[demo] stopped")
+    return 0
+
+
+def _where(primary: str, standby: str, db: str, admin_user: str, admin_password: str) -> str:
+    return f"""
+Couchfarm demo is running. Ctrl-C stops it.
+
+  CouchDB primary   {primary}   (Fauxton: {primary}/_utils)
+  CouchDB standby   {standby}   (Fauxton: {standby}/_utils)
+  live database     {db}        results: {db}_results_YYYY_MM
+  server admin      {admin_user} / {admin_password}
+  hub service user  hub / {PASSWORDS["hub"]}          (role farm_admin)
+  demo worker       demo-worker / {PASSWORDS["demo-worker"]}  (role farm_worker)
+  demo client       demo / {PASSWORDS["demo"]}         (portal login)
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""``hub init``: databases, design documents, ``_security`` and users. Idempotent.
+
+Needs server-admin credentials. Every step reports what it changed, so running it twice
+shows the second run changed nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from hub import designdocs
+from hub.couch import Conflict, Couch, NotFound
+from hub.timefmt import month_key
+
+ADMIN_ROLE = "farm_admin"
+WORKER_ROLE = "farm_worker"
+CLIENT_ROLE_PREFIX = "client:"
+DEFAULT_DB = "farm"
+
+LIVE_SECURITY = {
+    "admins": {"names": [], "roles": [ADMIN_ROLE]},
+    "members": {"names": [], "roles": [ADMIN_ROLE, WORKER_ROLE]},
+}
+# Workers read results databases only to confirm their results reached the standby.
+RESULTS_SECURITY = LIVE_SECURITY
+
+
+def results_db(live_db: str, moment: datetime) -> str:
+    return f"{live_db}_results_{month_key(moment)}"
+
+
+def is_results_db(live_db: str, name: str) -> bool:
+    return name.startswith(f"{live_db}_results_") and len(name) == len(live_db) + 17
+
+
+@dataclass
+class InitReport:
+    lines: list[str] = field(default_factory=list)
+    changes: int = 0
+
+    def changed(self, line: str) -> None:
+        self.lines.append(line)
+        self.changes += 1
+
+    def unchanged(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def ensure_database(couch: Couch, db: str, security: dict, report: InitReport) -> None:
+    if couch.create_db(db):
+        report.changed(f"{db}: created")
+    else:
+        report.unchanged(f"{db}: exists")
+    current = couch.get_security(db)
+    if _same_security(current, security):
+        report.unchanged(f"{db}/_security: unchanged")
+    else:
+        couch.put_security(db, security)
+        report.changed(f"{db}/_security: set (members: roles {security['members']['roles']})")
+
+
+def _same_security(a: dict, b: dict) -> bool:
+    def norm(sec: dict) -> tuple:
+        return tuple(
+            (
+                part,
+                tuple(sorted(sec.get(part, {}).get("names", []))),
+                tuple(sorted(sec.get(part, {}).get("roles", []))),
+            )
+            for part in ("admins", "members")
+        )
+
+    return norm(a) == norm(b)
+
+
+def init(
+    couch: Couch,
+    db: str = DEFAULT_DB,
+    *,
+    now: datetime,
+    hub_user: str = "hub",
+    hub_password: str | None = None,
+) -> tuple[InitReport, str | None]:
+    """Create or check everything the farm needs. Returns (report, generated hub password)."""
+    report = InitReport()
+    for system_db in ("_users", "_replicator"):
+        if couch.create_db(system_db):
+            report.changed(f"{system_db}: created")
+    ensure_database(couch, db, LIVE_SECURITY, report)
+    push = designdocs.push(couch, db, designdocs.FARM_DDOC)
+    (report.changed if push.action != "unchanged" else report.unchanged)(str(push))
+    for month_db in (results_db(db, now),):
+        ensure_results_db(couch, month_db, report)
+    generated = None
+    if hub_user:
+        created, generated = ensure_user(couch, hub_user, [ADMIN_ROLE], hub_password)
+        if created:
+            report.changed(f"user {hub_user}: created with role {ADMIN_ROLE}")
+        else:
+            report.unchanged(f"user {hub_user}: exists")
+    return report, generated
+
+
+def ensure_results_db(couch: Couch, name: str, report: InitReport | None = None) -> None:
+    report = report or InitReport()
+    ensure_database(couch, name, RESULTS_SECURITY, report)
+    push = designdocs.push(couch, name, designdocs.RESULTS_DDOC)
+    (report.changed if push.action != "unchanged" else report.unchanged)(str(push))
+
+
+# ---------------------------------------------------------------- users
+
+
+def user_doc_id(name: str) -> str:
+    return f"org.couchdb.user:{name}"
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def ensure_user(
+    couch: Couch, name: str, roles: list[str], password: str | None = None
+) -> tuple[bool, str | None]:
+    """Create the user if missing. Returns (created, generated password or None)."""
+    if couch.get_or_none("_users", user_doc_id(name)) is not None:
+        return False, None
+    created, generated = add_user(couch, name, roles, password)
+    return created, generated
+
+
+def add_user(
+    couch: Couch, name: str, roles: list[str], password: str | None = None, *, replace: bool = False
+) -> tuple[bool, str | None]:
+    """Create (or with ``replace`` reset) a user. Returns (created, generated password)."""
+    generated = None
+    if password is None:
+        password = generated = generate_password()
+    doc = {
+        "_id": user_doc_id(name),
+        "name": name,
+        "type": "user",
+        "roles": roles,
+        "password": password,
+    }
+    try:
+        couch.put("_users", doc)
+        return True, generated
+    except Conflict:
+        if not replace:
+            raise UserExists(
+                f"user {name!r} already exists; use --reset to set a new password"
+            ) from None
+    current = couch.get("_users", user_doc_id(name))
+    couch.put("_users", {**doc, "_rev": current["_rev"]})
+    return False, generated
+
+
+def user_roles(couch: Couch, name: str) -> list[str] | None:
+    try:
+        return list(couch.get("_users", user_doc_id(name)).get("roles", []))
+    except NotFound:
+        return None
+
+
+class UserExists(ValueError):
+    pass
