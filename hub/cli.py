@@ -84,6 +84,162 @@ def cmd_devserver(args: argparse.Namespace) -> int:
     return 0
 
 
+def _service(args: argparse.Namespace):  # -> FarmService
+    from hub.service import FarmService
+
+    conn = _conn(args)
+    return FarmService(conn.couch(), conn.db, min_interval=getattr(args, "min_interval", 10))
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _task_spec(args: argparse.Namespace) -> dict:
+    spec: dict = {"kind": args.kind}
+    try:
+        spec["input"] = json.loads(args.input) if args.input else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--input is not valid JSON: {exc}") from None
+    schedule = {
+        key: value
+        for key, value in (
+            ("every", args.every),
+            ("cron", args.cron),
+            ("at", args.at),
+            ("start", args.start),
+            ("end", args.end),
+            ("tz", args.tz),
+            ("jitter", args.jitter),
+        )
+        if value is not None
+    }
+    spec["schedule"] = schedule
+    for key in ("priority", "tube", "ttr", "max_attempts", "overlap", "misfire", "misfire_grace"):
+        value = getattr(args, key)
+        if value is not None:
+            spec[key] = value
+    return spec
+
+
+def cmd_task(args: argparse.Namespace) -> int:
+    from hub.service import ServiceError
+
+    service = _service(args)
+    client = args.client
+    try:
+        if args.action == "add":
+            task = service.add_task(client, args.name, _task_spec(args))
+            print(f"added {task.id}")
+        elif args.action == "list":
+            for task in service.list_tasks(client):
+                state = "paused" if task.paused else "active"
+                rule = (task.schedule.every and f"every {task.schedule.every}s") or (
+                    task.schedule.cron or f"at {task.schedule.at}"
+                )
+                print(f"{task.id}\t{task.kind}\t{rule}\t{task.tube}\tp{task.priority}\t{state}")
+        elif args.action == "show":
+            task = service.get_task(client, args.name)
+            _print_json(
+                {"task": task.to_doc(), "recent": service.occurrences_of(client, args.name, 10)}
+            )
+        elif args.action in ("pause", "resume"):
+            service.set_paused(client, args.name, args.action == "pause")
+            print(f"{args.action}d {args.name}")
+        elif args.action == "run-now":
+            occ = service.run_now(client, args.name)
+            print(f"created {occ.id}")
+        elif args.action == "delete":
+            cancelled = service.delete_task(client, args.name)
+            print(f"deleted {args.name}; cancelled {cancelled} live occurrence(s)")
+    except ServiceError as exc:
+        for problem in exc.problems:
+            print(f"hub: {problem}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_kick(args: argparse.Namespace) -> int:
+    print(f"kicked {_service(args).kick(args.client, args.task, args.limit)}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    stats = _service(args).stats()
+    if args.json:
+        _print_json(stats)
+        return 0
+    print(f"hub time {stats['at']}")
+    print("by state:  " + "  ".join(f"{k}={v}" for k, v in sorted(stats["by_state"].items())))
+    for tube, counts in sorted(stats["by_tube"].items()):
+        paused = " (paused)" if tube in stats["paused_tubes"] else ""
+        print(f"tube {tube}{paused}: " + "  ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    for client, counts in sorted(stats["by_client"].items()):
+        print(f"client {client}: " + "  ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    print(f"workers online: {len(stats['workers_online'])}")
+    for worker in stats["workers_online"]:
+        print(
+            f"  {worker['name']} {worker['state']} v{worker['version']} "
+            f"running {len(worker['current'])} last seen {worker['last_seen']}"
+        )
+    print(f"finished in the last minute: {stats['finished_last_minute']}")
+    return 0
+
+
+def cmd_occurrence(args: argparse.Namespace) -> int:
+    from hub.service import ServiceError
+
+    try:
+        _print_json(_service(args).occurrence(None, args.id))
+    except ServiceError as exc:
+        print(f"hub: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_tube(args: argparse.Namespace) -> int:
+    _service(args).set_tube_paused(args.tube, args.action == "pause")
+    print(f"tube {args.tube}: {args.action}d")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from hub.serve import Hub, HubConfig
+
+    conn = _conn(args)
+    admin = None
+    if args.admin_password_file:
+        from hub.couch import Couch
+
+        admin = Couch(conn.urls, args.admin_user, read_password_file(args.admin_password_file))
+    hub = Hub(conn.couch(), HubConfig(db=conn.db, retention_days=args.retention_days), admin=admin)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    hub.start()
+    started = time.monotonic()
+    portal = None
+    if args.portal_port is not None and args.portal_port >= 0:
+        try:
+            from hub.portal.server import start_portal
+        except ImportError:
+            start_portal = None
+        if start_portal is not None:
+            portal = start_portal(hub, args.portal_host, args.portal_port)
+    try:
+        while not stop.wait(1.0):
+            if args.seconds and time.monotonic() - started > args.seconds:
+                break
+    finally:
+        hub.stop()
+        if portal is not None:
+            portal.stop()
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -113,6 +269,82 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--password-from", help="read the password from this file")
         p.add_argument("--reset", action="store_true", help="set a new password if it exists")
         p.set_defaults(func=_cmd_add_user(role_of, what))
+
+    p = sub.add_parser("serve", help="run the hub service (and the portal)")
+    _connection_args(p)
+    p.add_argument("--admin-user", default="admin", help="server admin, for monthly databases")
+    p.add_argument("--admin-password-file", help="server admin password file (retention)")
+    p.add_argument("--retention-days", type=int, default=90)
+    p.add_argument("--portal-host", default="127.0.0.1")
+    p.add_argument("--portal-port", type=int, default=8080, help="-1 disables the portal")
+    p.add_argument("--seconds", type=float, default=0, help="stop after this long (testing)")
+    p.set_defaults(func=cmd_serve)
+
+    task = sub.add_parser("task", help="add, list, show and steer tasks").add_subparsers(
+        dest="action", required=True
+    )
+    p = task.add_parser("add", help="add a recurring task")
+    _connection_args(p)
+    p.add_argument("--client", required=True)
+    p.add_argument("--name", required=True, help="task slug, unique per client")
+    p.add_argument("--kind", required=True, help="handler kind, e.g. http.check")
+    p.add_argument("--input", default="{}", help="the kind's input as JSON")
+    rule = p.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--every", type=int, help="seconds between runs")
+    rule.add_argument("--cron", help="cron expression, 5 fields")
+    rule.add_argument("--at", help="one-off time, ISO-8601 with zone")
+    p.add_argument("--start")
+    p.add_argument("--end")
+    p.add_argument("--tz")
+    p.add_argument("--jitter", type=int)
+    p.add_argument("--priority", type=int)
+    p.add_argument("--tube")
+    p.add_argument("--ttr", type=int)
+    p.add_argument("--max-attempts", type=int)
+    p.add_argument("--overlap", choices=["skip", "queue", "allow", "replace"])
+    p.add_argument("--misfire", choices=["run_all", "run_latest", "skip"])
+    p.add_argument("--misfire-grace", type=int)
+    p.add_argument("--min-interval", type=int, default=10, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_task)
+    p = task.add_parser("list", help="list tasks")
+    _connection_args(p)
+    p.add_argument("--client")
+    p.set_defaults(func=cmd_task)
+    for action in ("show", "pause", "resume", "run-now", "delete"):
+        p = task.add_parser(action, help=f"{action} a task")
+        _connection_args(p)
+        p.add_argument("--client", required=True)
+        p.add_argument("name")
+        p.set_defaults(func=cmd_task)
+
+    p = sub.add_parser("kick", help="buried occurrences back to ready")
+    _connection_args(p)
+    p.add_argument("--client")
+    p.add_argument("--task", help="task slug (with --client)")
+    p.add_argument("--limit", type=int, default=1000)
+    p.set_defaults(func=cmd_kick)
+
+    p = sub.add_parser("stats", help="counts by state, tube and client; workers online")
+    _connection_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
+
+    occ = sub.add_parser("occurrence", help="inspect occurrences").add_subparsers(
+        dest="action", required=True
+    )
+    p = occ.add_parser("show", help="state, attempts, lease, progress, errors and result")
+    _connection_args(p)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_occurrence)
+
+    tube = sub.add_parser("tube", help="pause or resume a tube").add_subparsers(
+        dest="action", required=True
+    )
+    for action in ("pause", "resume"):
+        p = tube.add_parser(action)
+        _connection_args(p)
+        p.add_argument("tube")
+        p.set_defaults(func=cmd_tube)
 
     p = sub.add_parser("devserver", help="run a local PouchDB Server (development only)")
     p.add_argument("--dir", default="var/devserver", help="data directory")

@@ -22,7 +22,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -226,6 +226,7 @@ class Couch:
         backoff_max: float = 3.0,
         fail_back_after: float = 30.0,
         verify: bool | str = True,
+        local_clock: Callable[[], float] | None = None,
     ) -> None:
         if isinstance(urls, str):
             urls = [u for u in urls.split(",") if u.strip()]
@@ -257,6 +258,9 @@ class Couch:
         self.backoff_max = backoff_max
         self.fail_back_after = fail_back_after
         self.verify = verify
+        # The local wall clock the server offsets are measured against (injectable, so
+        # tests can play a PC whose clock is hours off); hub time = local + offset.
+        self.local_clock: Callable[[], float] = local_clock or time.time
         self._active = 0
         self._left_primary_at = 0.0
         self._lock = threading.Lock()
@@ -275,7 +279,7 @@ class Couch:
 
     def now(self) -> datetime:
         """Hub time: the active server's clock, never the local one."""
-        return self.active.clock.now()
+        return self.active.clock.now(self.local_clock())
 
     def for_server(self, index: int) -> Couch:
         """A client bound to one server of this list, with no failover (for checks)."""
@@ -388,7 +392,7 @@ class Couch:
             method, path, headers=all_headers, params=params, data=data
         )
         read = timeout if timeout is not None else self.read_timeout
-        sent = time.time()
+        sent = self.local_clock()
         self.requests_sent += 1
         try:
             detailed = server.service.send(
@@ -397,7 +401,7 @@ class Couch:
         except ApiException as exc:
             http = exc.http_response
             if http is not None:
-                server.clock.observe(http.headers.get("Date"), sent, time.time())
+                server.clock.observe(http.headers.get("Date"), sent, self.local_clock())
             raise self._typed_error(exc, server, method, path) from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise Unavailable(
@@ -406,7 +410,7 @@ class Couch:
         except requests.RequestException as exc:
             raise Unavailable(f"{server.label}: {exc}", server=server.label) from exc
         response_headers = dict(detailed.get_headers() or {})
-        server.clock.observe(response_headers.get("Date"), sent, time.time())
+        server.clock.observe(response_headers.get("Date"), sent, self.local_clock())
         return Response(detailed.get_status_code(), detailed.get_result(), response_headers)
 
     @staticmethod

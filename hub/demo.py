@@ -83,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--fresh", action="store_true", help="delete the demo data first")
     parser.add_argument("--db", default="farm")
+    parser.add_argument("--portal-port", type=int, default=8080)
     args = parser.parse_args(argv)
     if args.fresh and DEMO_DIR.exists():
         shutil.rmtree(DEMO_DIR)
@@ -104,7 +105,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("[demo] created task task:demo:heartbeat (demo.sleep every 10 s)")
         except Conflict:
             print("[demo] task task:demo:heartbeat exists")
+        logs = DEMO_DIR / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        hub_env = {
+            **os.environ,
+            "COUCHFARM_URL": f"{primary_url},{standby_url}",
+            "COUCHFARM_USER": "hub",
+            "COUCHFARM_PASSWORD": PASSWORDS["hub"],
+            "COUCHFARM_DB": args.db,
+        }
+        children.append(
+            _spawn(
+                "hub-serve",
+                [sys.executable, "-m", "hub.cli", "serve", "--portal-port", str(args.portal_port)],
+                hub_env,
+            )
+        )
         print(_where(primary_url, standby_url, args.db, admin_user, admin_password))
+        print(f"  logs              {logs}/")
+        sys.stdout.flush()
+        time.sleep(min(args.seconds or 12.0, 12.0))
+        stats = subprocess.run(
+            [sys.executable, "-m", "hub.cli", "stats"],
+            env=hub_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        print("[demo] hub stats:\n" + stats.stdout + stats.stderr)
         sys.stdout.flush()
         deadline = time.monotonic() + args.seconds if args.seconds else None
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -115,11 +143,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for child in children:
             child.terminate()
+        for child in children:
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
         for dev in (primary, standby):
             if dev:
                 dev.stop()
         print("[demo] stopped")
     return 0
+
+
+def _spawn(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log_file = (DEMO_DIR / "logs" / f"{name}.log").open("ab")
+    child = subprocess.Popen(
+        argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+    )
+    log_file.close()
+    print(f"[demo] started {name} (pid {child.pid})")
+    return child
 
 
 def _where(primary: str, standby: str, db: str, admin_user: str, admin_password: str) -> str:

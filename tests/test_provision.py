@@ -105,7 +105,17 @@ def test_demo_starts_and_prints_where_everything_is(couch_server, standby_server
     if standby_server.admin_password != couch_server.admin_password:
         pytest.skip("the demo uses one admin password for both servers")
     run = subprocess.run(
-        [sys.executable, "-m", "hub.demo", "--seconds", "0.5", "--db", "farm_demo_smoke"],
+        [
+            sys.executable,
+            "-m",
+            "hub.demo",
+            "--seconds",
+            "12",
+            "--db",
+            "farm_demo_smoke",
+            "--portal-port",
+            "-1",
+        ],
         cwd=repo_root,
         env=env,
         capture_output=True,
@@ -115,3 +125,5 @@ def test_demo_starts_and_prints_where_everything_is(couch_server, standby_server
     assert run.returncode == 0, run.stderr
     assert f"{couch_server.url}/_utils" in run.stdout
     assert "demo-worker" in run.stdout
+    # hub serve ran and materialized the demo task (every 10 s) within those seconds.
+    assert "client demo:" in run.stdout, run.stdout

@@ -1,0 +1,352 @@
+"""The materializer: turns enabled tasks into occurrences as they fall due.
+
+It keeps an in-memory schedule of every enabled task (a heap ordered by next fire
+time), built at start and kept current from the live database's ``_changes`` feed, so a
+tick touches only the tasks that are due. It also keeps the active (scheduled, ready,
+leased) occurrences per task, which the misfire and overlap policies look at.
+
+:func:`plan_task` is the policy, pure: given a task, the due times that came, what is
+still active, and hub time, it says which occurrences to create in which state and
+which active ones to supersede. :class:`Materializer` does the bookkeeping and the
+bulk writes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hub import schedules, states
+from hub.couch import Couch
+from hub.model import ACTIVE_STATES, Misfire, Occurrence, Overlap, State, Task
+from hub.timefmt import from_wire
+
+log = logging.getLogger("couchfarm.materializer")
+
+FAIR_QUANTUM_SECONDS = 0.05
+MAX_DUES_PER_TICK = 10_000  # a task that fell far behind is caught up over several ticks
+
+
+@dataclass
+class Plan:
+    creates: list[Occurrence] = field(default_factory=list)
+    supersede: list[tuple[Occurrence, str, str]] = field(default_factory=list)  # occ, op, why
+
+
+def plan_task(
+    task: Task,
+    dues: list[datetime],
+    now: datetime,
+    active: list[Occurrence],
+    *,
+    fair_offsets: list[float] | None = None,
+) -> Plan:
+    """Decide the fate of each due time of one task (the policies of DESIGN.md section 5).
+
+    Misfire (a due time older than ``misfire_grace`` when it is materialized, e.g. after
+    hub downtime): ``run_all`` runs every one; ``skip`` records each late one ``missed``;
+    ``run_latest`` records them ``missed`` except that the newest runs when no on-time
+    one exists. Nothing is dropped silently: every due time gets a document.
+
+    Coalescing (a previous occurrence still ``ready``, unclaimed, when a new one falls
+    due): with ``run_latest`` or ``skip`` the older one becomes ``missed``; ``run_all``
+    keeps both.
+
+    Overlap (a previous occurrence still ``leased`` when a new one falls due): ``skip``
+    records the new one ``skipped``; ``queue`` holds it ``scheduled`` until the running
+    one ends; ``allow`` runs both; ``replace`` cancels the running one (its worker learns
+    on its next write) and runs the new one.
+    """
+    plan = Plan()
+    if not dues:
+        return plan
+    offsets = fair_offsets or [0.0] * len(dues)
+    grace = timedelta(seconds=task.misfire_grace)
+    late = [due for due in dues if due < now - grace]
+    on_time = [due for due in dues if due >= now - grace]
+    runnable: list[tuple[datetime, float]] = []
+    missed: list[datetime] = []
+    if task.misfire == Misfire.RUN_ALL:
+        runnable = [(d, o) for d, o in zip(dues, offsets, strict=True)]
+    else:
+        offset_of = dict(zip(dues, offsets, strict=True))
+        missed = list(late)
+        if task.misfire == Misfire.RUN_LATEST and late and not on_time:
+            missed = late[:-1]
+            on_time = [late[-1]]
+        runnable = [(d, offset_of[d]) for d in on_time]
+    for due in missed:
+        reason = (
+            f"misfire: due {due:%Y-%m-%d %H:%M:%S}Z was {int((now - due).total_seconds())} s "
+            f"late when materialized (grace {task.misfire_grace} s, policy {task.misfire})"
+        )
+        plan.creates.append(states.materialize(task, due, now, state=State.MISSED, reason=reason))
+
+    leased = [o for o in active if o.state == State.LEASED]
+    waiting = [o for o in active if o.state in (State.READY, State.SCHEDULED)]
+    if runnable and task.misfire != Misfire.RUN_ALL:
+        # The newest runnable supersedes older ones that no worker has picked up yet.
+        for older in waiting:
+            plan.supersede.append(
+                (older, "miss", "coalesced: a newer run fell due before a worker was free")
+            )
+        for due, _offset in runnable[:-1]:
+            plan.creates.append(
+                states.materialize(
+                    task,
+                    due,
+                    now,
+                    state=State.MISSED,
+                    reason="coalesced: a newer run fell due in the same batch",
+                )
+            )
+        runnable = runnable[-1:]
+
+    for index, (due, offset) in enumerate(runnable):
+        jitter = schedules.jitter_offset(task.id, due, task.schedule.jitter)
+        not_before = due + timedelta(seconds=jitter)
+        running = leased or (index > 0 and task.overlap != Overlap.ALLOW)
+        if leased and task.overlap == Overlap.SKIP:
+            holder = leased[0]
+            plan.creates.append(
+                states.materialize(
+                    task,
+                    due,
+                    now,
+                    state=State.SKIPPED,
+                    reason=f"overlap=skip: {holder.id} was still running",
+                )
+            )
+        elif running and task.overlap == Overlap.QUEUE:
+            plan.creates.append(
+                states.materialize(
+                    task,
+                    due,
+                    now,
+                    state=State.SCHEDULED,
+                    not_before=not_before,
+                    reason="overlap=queue: waits for the running occurrence to end",
+                    fair_offset=offset,
+                )
+            )
+        else:
+            if leased and task.overlap == Overlap.REPLACE:
+                for holder in leased:
+                    why = f"overlap=replace: replaced by the run due {due:%H:%M:%S}Z"
+                    plan.supersede.append((holder, "cancel", why))
+            state = State.READY if not_before <= now else State.SCHEDULED
+            plan.creates.append(
+                states.materialize(
+                    task, due, now, state=state, not_before=not_before, fair_offset=offset
+                )
+            )
+    return plan
+
+
+@dataclass(order=True)
+class _Slot:
+    fire_at: datetime
+    task_id: str = field(compare=False)
+    generation: int = field(compare=False)
+
+
+class Materializer:
+    """In-memory schedule of all enabled tasks, materializing due occurrences in bulk."""
+
+    def __init__(self, couch: Couch, db: str, *, name: str = "hub") -> None:
+        self.couch = couch
+        self.db = db
+        self.name = name
+        self.tasks: dict[str, Task] = {}
+        self.cursors: dict[str, datetime] = {}
+        self.active: dict[str, dict[str, Occurrence]] = defaultdict(dict)
+        self._heap: list[_Slot] = []
+        self._generation: dict[str, int] = defaultdict(int)
+        self._lock = threading.RLock()
+        self.created = 0
+        self.conflicts = 0
+        self.paused_tubes: set[str] = set()
+
+    # ------------------------------------------------------------ loading
+
+    def load(self, now: datetime) -> None:
+        """Read every task, each task's last materialized due time, and active occurrences."""
+        rows = self.couch.all_docs(
+            self.db, startkey="task:", endkey="task:\ufff0", include_docs=True
+        )
+        last = self.couch.view(self.db, "farm", "last_by_task", group=True)["rows"]
+        active_rows = self.couch.view(self.db, "farm", "active_by_task", include_docs=True)["rows"]
+        with self._lock:
+            for row in last:
+                self.cursors[row["key"]] = datetime.fromtimestamp(row["value"]["max"], UTC)
+            for row in active_rows:
+                self._track(row["doc"])
+            for row in rows:
+                if row.get("doc"):
+                    self._set_task(Task.from_doc(row["doc"]), now)
+
+    def apply_changes(self, results: Iterable[dict[str, Any]], now: datetime) -> None:
+        """Keep the schedule and the active index current from ``_changes`` rows."""
+        with self._lock:
+            for row in results:
+                doc_id = row.get("id", "")
+                doc = row.get("doc")
+                if doc_id.startswith("task:"):
+                    if row.get("deleted") or doc is None or doc.get("_deleted"):
+                        self._drop_task(doc_id)
+                    else:
+                        self._set_task(Task.from_doc(doc), now)
+                elif doc_id.startswith("occ:") and doc is not None:
+                    if row.get("deleted") or doc.get("_deleted"):
+                        self._untrack(doc_id, doc.get("task"))
+                    else:
+                        self._track(doc)
+
+    def _track(self, doc: dict[str, Any]) -> None:
+        try:
+            occ = Occurrence.from_doc(doc)
+        except ValueError:
+            log.warning("event=bad_occurrence occ=%s", doc.get("_id"))
+            return
+        if occ.state in ACTIVE_STATES:
+            self.active[occ.task][occ.id] = occ
+        else:
+            self.active[occ.task].pop(occ.id, None)
+        due = from_wire(occ.due_at)
+        if due > self.cursors.get(occ.task, due - timedelta(seconds=1)):
+            self.cursors[occ.task] = due
+
+    def _untrack(self, occ_id: str, task: str | None) -> None:
+        for bucket in [self.active[task]] if task else self.active.values():
+            bucket.pop(occ_id, None)
+
+    def _set_task(self, task: Task, now: datetime) -> None:
+        old = self.tasks.get(task.id)
+        self.tasks[task.id] = task
+        if old is not None and old.schedule == task.schedule and old.paused == task.paused:
+            return  # nothing that moves its next fire changed
+        self._generation[task.id] += 1
+        if task.id not in self.cursors:
+            # A task with no occurrence yet starts at its creation: fires from then on are
+            # due (so one created while the hub was down still gets its misfire policy).
+            self.cursors[task.id] = from_wire(task.created_at) - timedelta(microseconds=1)
+        if task.paused:
+            return
+        if old is not None and old.paused:
+            # A paused task's runs were not due: resume from now, not from before the pause.
+            self.cursors[task.id] = max(self.cursors.get(task.id, now), now)
+        self._schedule_next(task.id, now)
+
+    def _drop_task(self, task_id: str) -> None:
+        self.tasks.pop(task_id, None)
+        self._generation[task_id] += 1
+
+    def _schedule_next(self, task_id: str, now: datetime) -> None:
+        task = self.tasks[task_id]
+        fire = schedules.next_fire(task.schedule, self.cursors[task_id])
+        if fire is not None:
+            heapq.heappush(self._heap, _Slot(fire, task_id, self._generation[task_id]))
+
+    # ------------------------------------------------------------ ticking
+
+    def has_running(self, task_id: str) -> bool:
+        with self._lock:
+            return any(o.state == State.LEASED for o in self.active.get(task_id, {}).values())
+
+    def next_fire_at(self) -> datetime | None:
+        with self._lock:
+            self._discard_stale()
+            return self._heap[0].fire_at if self._heap else None
+
+    def _discard_stale(self) -> None:
+        while self._heap and self._heap[0].generation != self._generation[self._heap[0].task_id]:
+            heapq.heappop(self._heap)
+
+    def tick(self, now: datetime) -> int:
+        """Create every occurrence due by ``now``. Returns how many were created."""
+        with self._lock:
+            due_tasks: list[str] = []
+            while True:
+                self._discard_stale()
+                if not self._heap or self._heap[0].fire_at > now:
+                    break
+                slot = heapq.heappop(self._heap)
+                if slot.task_id in self.tasks:
+                    due_tasks.append(slot.task_id)
+            plans: list[tuple[str, list[datetime], Plan]] = []
+            rank: dict[tuple[str, str], int] = defaultdict(int)
+            for task_id in due_tasks:
+                task = self.tasks[task_id]
+                after = self.cursors[task_id]
+                dues = []
+                for due in schedules.fire_times(task.schedule, after, now):
+                    dues.append(due)
+                    if len(dues) >= MAX_DUES_PER_TICK:
+                        break
+                offsets = []
+                for _ in dues:
+                    key = (task.client, task.tube)
+                    offsets.append(rank[key] * FAIR_QUANTUM_SECONDS)
+                    rank[key] += 1
+                active = list(self.active.get(task_id, {}).values())
+                plans.append(
+                    (task_id, dues, plan_task(task, dues, now, active, fair_offsets=offsets))
+                )
+        created = self._write(plans, now)
+        with self._lock:
+            for task_id, dues, _plan in plans:
+                if dues:
+                    self.cursors[task_id] = max(dues[-1], self.cursors.get(task_id, dues[-1]))
+                if task_id in self.tasks and not self.tasks[task_id].paused:
+                    self._schedule_next(task_id, now)
+        return created
+
+    def _write(self, plans: list[tuple[str, list[datetime], Plan]], now: datetime) -> int:
+        docs: list[dict[str, Any]] = []
+        models: dict[str, Occurrence] = {}
+        for _task_id, _dues, plan in plans:
+            for occ in plan.creates:
+                if occ.state == State.READY and occ.tube in self.paused_tubes:
+                    # Held until the tube resumes; the reaper promotes it then.
+                    occ = occ.model_copy(
+                        update={"state": State.SCHEDULED, "reason": f"tube {occ.tube} paused"}
+                    )
+                docs.append(occ.to_doc())
+                models[occ.id] = occ
+            for occ, op, why in plan.supersede:
+                changed = (
+                    states.miss(occ, now, why) if op == "miss" else states.cancel(occ, now, why)
+                )
+                docs.append(changed.to_doc())
+                models[changed.id] = changed
+        if not docs:
+            return 0
+        rows = self.couch.bulk_docs(self.db, docs)
+        created = 0
+        with self._lock:
+            for row in rows:
+                occ = models.get(row["id"])
+                if occ is None:
+                    continue
+                if "rev" in row:
+                    created += occ.rev is None
+                    self._track({**occ.to_doc(), "_rev": row["rev"]})
+                    log.info("event=occurrence_written occ=%s state=%s", occ.id, occ.state.value)
+                elif row.get("error") == "conflict":
+                    # Another hub created it first, or a worker changed it: both are fine.
+                    self.conflicts += 1
+                else:
+                    log.error(
+                        "event=occurrence_write_failed occ=%s error=%s reason=%s",
+                        occ.id,
+                        row.get("error"),
+                        row.get("reason"),
+                    )
+        self.created += created
+        return created

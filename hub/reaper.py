@@ -1,0 +1,78 @@
+"""The reaper: expired leases back to ready (or buried), due retries promoted to ready.
+
+Only the hub decides that a lease has expired, by hub time. Every write carries the
+``_rev`` it read, so a worker that touched or finished in the meantime wins and the
+reaper's write is a harmless 409.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from hub import states
+from hub.couch import Couch
+from hub.model import Occurrence
+from hub.states import InvalidTransition
+from hub.timefmt import to_wire
+
+log = logging.getLogger("couchfarm.reaper")
+BATCH = 500
+
+
+@dataclass
+class ReapReport:
+    expired: int = 0
+    buried: int = 0
+    promoted: int = 0
+    conflicts: int = 0
+
+
+def reap(
+    couch: Couch,
+    db: str,
+    now: datetime,
+    *,
+    may_promote: Callable[[Occurrence], bool] = lambda occ: True,
+) -> ReapReport:
+    """One pass: expire leases whose ``expires_at`` <= now, promote due retries."""
+    report = ReapReport()
+    stamp = to_wire(now)
+    expired_rows = couch.view(
+        db, "farm", "leases_by_expiry", endkey=stamp, include_docs=True, limit=BATCH
+    )["rows"]
+    scheduled_rows = couch.view(
+        db, "farm", "scheduled_by_time", endkey=stamp, include_docs=True, limit=BATCH
+    )["rows"]
+    updates: list[tuple[Occurrence, str]] = []
+    for row in expired_rows:
+        occ = Occurrence.from_doc(row["doc"])
+        try:
+            updates.append((states.expire(occ, now), "expired"))
+        except InvalidTransition:
+            continue
+    for row in scheduled_rows:
+        occ = Occurrence.from_doc(row["doc"])
+        if not may_promote(occ):
+            continue
+        try:
+            updates.append((states.promote(occ, now), "promoted"))
+        except InvalidTransition:
+            continue
+    if not updates:
+        return report
+    rows = couch.bulk_docs(db, [occ.to_doc() for occ, _ in updates])
+    for (occ, what), row in zip(updates, rows, strict=True):
+        if "rev" not in row:
+            report.conflicts += 1
+            continue
+        if what == "promoted":
+            report.promoted += 1
+        elif occ.state.value == "buried":
+            report.buried += 1
+        else:
+            report.expired += 1
+        log.info("event=%s occ=%s state=%s attempt=%d", what, occ.id, occ.state.value, occ.attempt)
+    return report

@@ -1,0 +1,206 @@
+"""``hub serve``: the hub's duties on APScheduler, with an injectable clock.
+
+Duties (each a plain method taking hub time ``now``, so tests drive them with a fake
+clock and ``hub serve`` drives them with APScheduler and the server's clock):
+
+- materialize: create occurrences as they fall due (every 0.25 s; only due tasks work);
+- follow: keep the materializer's schedule current from ``_changes`` (a thread);
+- reap: expired leases back to ready or buried, due retries promoted (every 2 s);
+- archive: finished occurrences to the month's results database (every 30 s);
+- retention: drop expired months, create the next month's database (hourly, needs a
+  server-admin connection; without one it logs what it could not do).
+
+Two ``hub serve`` processes can run side by side: occurrence ids are deterministic, so
+the second create of any occurrence is a 409 and nothing is materialized twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from hub import archiver, provision, reaper
+from hub.couch import Couch, CouchError
+from hub.materializer import Materializer
+from hub.model import Occurrence, Overlap
+from hub.service import TUBES_DOC
+from hub.timefmt import to_wire
+
+log = logging.getLogger("couchfarm.hub")
+
+
+@dataclass
+class HubConfig:
+    db: str = "farm"
+    materialize_every: float = 0.25
+    reap_every: float = 2.0
+    archive_every: float = 30.0
+    archive_window: timedelta = timedelta(minutes=5)
+    retention_days: int = 90
+    follow_wait: float = 20.0
+
+
+@dataclass
+class Hub:
+    couch: Couch
+    config: HubConfig = field(default_factory=HubConfig)
+    admin: Couch | None = None
+    clock: Callable[[], datetime] | None = None
+
+    def __post_init__(self) -> None:
+        self.materializer = Materializer(self.couch, self.config.db)
+        self.paused_tubes: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._scheduler: Any = None
+        self._follower: threading.Thread | None = None
+        self._since = "now"
+        self._archived_until: str | None = None
+
+    def now(self) -> datetime:
+        return self.clock() if self.clock else self.couch.now()
+
+    # ------------------------------------------------------------ duties
+
+    def load(self) -> None:
+        self._since = self.couch.update_seq(self.config.db)
+        self.materializer.load(self.now())
+        tubes = self.couch.get_or_none(self.config.db, TUBES_DOC) or {}
+        self.paused_tubes = dict(tubes.get("paused", {}))
+
+    def materialize(self) -> int:
+        self.materializer.paused_tubes = set(self.paused_tubes)
+        return self.materializer.tick(self.now())
+
+    def may_promote(self, occ: Occurrence) -> bool:
+        if occ.tube in self.paused_tubes:
+            return False
+        task = self.materializer.tasks.get(occ.task)
+        if task is not None and task.overlap == Overlap.QUEUE:
+            return not self.materializer.has_running(occ.task)
+        return True
+
+    def reap(self) -> reaper.ReapReport:
+        return reaper.reap(self.couch, self.config.db, self.now(), may_promote=self.may_promote)
+
+    def archive(self) -> archiver.ArchiveReport:
+        cursors = self.materializer.cursors
+
+        def newest_of_its_task(occ: Occurrence) -> bool:
+            cursor = cursors.get(occ.task)
+            return cursor is not None and occ.due_at >= to_wire(cursor)
+
+        report = archiver.archive(
+            self.couch,
+            self.config.db,
+            self.now(),
+            window=self.config.archive_window,
+            keep=newest_of_its_task,
+            since=self._archived_until,
+        )
+        self._archived_until = report.until
+        return report  # fmt: skip
+
+    def retention(self) -> list[str]:
+        if self.admin is None:
+            log.warning(
+                "event=retention_skipped why='no server-admin connection; months are neither "
+                "created ahead nor dropped'"
+            )
+            return []
+        now = self.now()
+        for ahead in (now, now + timedelta(days=32)):
+            provision.ensure_results_db(self.admin, provision.results_db(self.config.db, ahead))
+        return archiver.drop_expired(self.admin, self.config.db, now, self.config.retention_days)
+
+    def follow_once(self, wait: float | None = None) -> int:
+        results, self._since = self.couch.changes(
+            self.config.db, since=self._since, feed="longpoll", include_docs=True,
+            wait=self.config.follow_wait if wait is None else wait,
+        )  # fmt: skip
+        for row in results:
+            if row.get("id") == TUBES_DOC and row.get("doc"):
+                self.paused_tubes = dict(row["doc"].get("paused", {}))
+        self.materializer.apply_changes(results, self.now())
+        return len(results)
+
+    def run_once(self) -> dict[str, Any]:
+        """Every duty once, in order (for tests with a fake clock, and for `--once`)."""
+        return {
+            "created": self.materialize(),
+            "reaped": self.reap(),
+            "archived": self.archive(),
+        }
+
+    # ------------------------------------------------------------ running
+
+    def start(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.load()
+        self._stop.clear()
+        self._follower = threading.Thread(target=self._follow_loop, name="hub-follow", daemon=True)
+        self._follower.start()
+        scheduler = BackgroundScheduler(timezone="UTC")
+        common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}
+        scheduler.add_job(
+            self._guard(self.materialize),
+            "interval",
+            seconds=self.config.materialize_every,
+            id="materialize",
+            **common,
+        )
+        scheduler.add_job(
+            self._guard(self.reap), "interval", seconds=self.config.reap_every, id="reap", **common
+        )
+        scheduler.add_job(
+            self._guard(self.archive),
+            "interval",
+            seconds=self.config.archive_every,
+            id="archive",
+            **common,
+        )
+        scheduler.add_job(
+            self._guard(self.retention),
+            "interval",
+            hours=1,
+            id="retention",
+            next_run_time=datetime.now().astimezone(),
+            **common,
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+        log.info("event=hub_started db=%s tasks=%d", self.config.db, len(self.materializer.tasks))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
+        log.info("event=hub_stopped created=%d", self.materializer.created)
+
+    def _guard(self, duty: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                duty()
+            except CouchError as exc:
+                log.warning("event=duty_failed duty=%s error=%r", duty.__name__, str(exc))
+            except Exception:
+                log.exception("event=duty_crashed duty=%s", duty.__name__)
+
+        run.__name__ = duty.__name__
+        return run
+
+    def _follow_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.follow_once()
+            except CouchError as exc:
+                log.warning("event=follow_failed error=%r", str(exc))
+                self._stop.wait(2.0)
+            except Exception:
+                log.exception("event=follow_crashed")
+                self._stop.wait(2.0)

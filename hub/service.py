@@ -1,0 +1,332 @@
+"""Farm operations, one module for the CLI and the portal alike.
+
+Every operation that names a client only ever touches that client's documents; a task
+or occurrence of another client is reported as not found, so existence does not leak.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from hub import kinds, schedules, states
+from hub.couch import Conflict, Couch, NotFound
+from hub.model import (
+    Occurrence,
+    Task,
+    describe_validation_error,
+    split_occurrence_id,
+    task_id,
+)
+from hub.provision import results_db
+from hub.timefmt import from_wire, to_wire
+
+log = logging.getLogger("couchfarm.service")
+TUBES_DOC = "hub:tubes"
+ONLINE_SECONDS = 90
+
+
+class ServiceError(ValueError):
+    """Bad request: ``problems`` lists each thing to fix, prefixed with its field."""
+
+    status = 400
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class NotFoundError(ServiceError):
+    status = 404
+
+
+class ConflictError(ServiceError):
+    status = 409
+
+
+TASK_FIELDS = {
+    "kind",
+    "input",
+    "schedule",
+    "priority",
+    "tube",
+    "ttr",
+    "max_attempts",
+    "backoff",
+    "overlap",
+    "misfire",
+    "misfire_grace",
+    "retention_days",
+    "paused",
+}
+
+
+def build_task(
+    client: str, slug: str, spec: dict[str, Any], now: datetime, *, min_interval: int = 10
+) -> Task:
+    """A validated Task from a client's request; every problem is reported at once."""
+    unknown = sorted(set(spec) - TASK_FIELDS)
+    problems = [f"{name}: unknown field" for name in unknown]
+    stamp = to_wire(now)
+    data = {k: v for k, v in spec.items() if k in TASK_FIELDS}
+    try:
+        task = Task(
+            _id=task_id(client, slug),
+            client=client,
+            slug=slug,
+            created_at=stamp,
+            updated_at=stamp,
+            **data,
+        )
+    except ValidationError as exc:
+        raise ServiceError(problems + describe_validation_error(exc)) from None
+    try:
+        schedules.validate_schedule(task.schedule, now, min_interval=min_interval)
+    except schedules.ScheduleError as exc:
+        problems += exc.problems
+    problems += kinds.validate_input(task.kind, task.input)
+    if problems:
+        raise ServiceError(problems)
+    return task
+
+
+@dataclass
+class FarmService:
+    couch: Couch
+    db: str
+    min_interval: int = 10
+
+    # ------------------------------------------------------------ tasks
+
+    def now(self) -> datetime:
+        return self.couch.now()
+
+    def add_task(self, client: str, slug: str, spec: dict[str, Any]) -> Task:
+        task = build_task(client, slug, spec, self.now(), min_interval=self.min_interval)
+        try:
+            rev = self.couch.put(self.db, task.to_doc())
+        except Conflict:
+            raise ConflictError(f"task {slug!r} already exists for client {client!r}") from None
+        log.info("event=task_added task=%s kind=%s", task.id, task.kind)
+        return task.model_copy(update={"rev": rev})
+
+    def update_task(self, client: str, slug: str, spec: dict[str, Any]) -> Task:
+        current = self.get_task(client, slug)
+        merged = {k: v for k, v in current.to_doc().items() if k in TASK_FIELDS} | spec
+        task = build_task(client, slug, merged, self.now(), min_interval=self.min_interval)
+        task = task.model_copy(update={"created_at": current.created_at, "rev": current.rev})
+        rev = self.couch.put(self.db, task.to_doc())
+        return task.model_copy(update={"rev": rev})
+
+    def get_task(self, client: str | None, slug_or_id: str) -> Task:
+        doc_id = slug_or_id if slug_or_id.startswith("task:") else task_id(client or "", slug_or_id)
+        if client is not None and not doc_id.startswith(f"task:{client}:"):
+            raise NotFoundError(f"no task {slug_or_id!r}")
+        doc = self.couch.get_or_none(self.db, doc_id)
+        if doc is None:
+            raise NotFoundError(f"no task {slug_or_id!r}")
+        return Task.from_doc(doc)
+
+    def list_tasks(self, client: str | None = None) -> list[Task]:
+        params: dict[str, Any] = {"include_docs": True}
+        if client is not None:
+            params.update(startkey=[client], endkey=[client, {}])
+        rows = self.couch.view(self.db, "farm", "tasks_by_client", **params)["rows"]
+        return [Task.from_doc(row["doc"]) for row in rows if row.get("doc")]
+
+    def set_paused(self, client: str | None, slug: str, paused: bool) -> Task:
+        task = self.get_task(client, slug)
+        updated = task.model_copy(update={"paused": paused, "updated_at": to_wire(self.now())})
+        rev = self.couch.put(self.db, updated.to_doc())
+        log.info("event=task_%s task=%s", "paused" if paused else "resumed", task.id)
+        return updated.model_copy(update={"rev": rev})
+
+    def run_now(self, client: str | None, slug: str) -> Occurrence:
+        """An extra run due now, outside the schedule (whole second, so it has its own id)."""
+        task = self.get_task(client, slug)
+        now = self.now().replace(microsecond=0)
+        occ = states.materialize(task, now, now)
+        try:
+            rev = self.couch.put(self.db, occ.to_doc())
+        except Conflict:
+            raise ConflictError(f"a run of {slug!r} due {occ.due_at} already exists") from None
+        return occ.model_copy(update={"rev": rev})
+
+    def delete_task(self, client: str | None, slug: str) -> int:
+        """Delete the task and cancel its live occurrences. Returns how many were cancelled."""
+        task = self.get_task(client, slug)
+        now = self.now()
+        rows = self.couch.view(
+            self.db,
+            "farm",
+            "active_by_task",
+            startkey=[task.id],
+            endkey=[task.id, {}],
+            include_docs=True,
+        )["rows"]
+        cancelled = [
+            states.cancel(Occurrence.from_doc(r["doc"]), now, "task deleted").to_doc() for r in rows
+        ]
+        done = sum("rev" in row for row in self.couch.bulk_docs(self.db, cancelled))
+        assert task.rev is not None
+        self.couch.delete(self.db, task.id, task.rev)
+        log.info("event=task_deleted task=%s cancelled=%d", task.id, done)
+        return done
+
+    # ------------------------------------------------------------ occurrences
+
+    def occurrence(self, client: str | None, occ_id: str) -> dict[str, Any]:
+        """The live occurrence, or its archived result once it has left the live database."""
+        try:
+            owner, _slug, _stamp = split_occurrence_id(occ_id)
+        except ValueError:
+            raise NotFoundError(f"no occurrence {occ_id!r}") from None
+        if client is not None and owner != client:
+            raise NotFoundError(f"no occurrence {occ_id!r}")
+        doc = self.couch.get_or_none(self.db, occ_id)
+        if doc is not None:
+            return {"source": "live", "occurrence": doc}
+        try:
+            archived = self.couch.get_or_none(results_db(self.db, due_of(occ_id)), f"res:{occ_id}")
+        except NotFound:
+            archived = None
+        if archived is None:
+            raise NotFoundError(f"no occurrence {occ_id!r}")
+        return {"source": "archive", "result": archived}
+
+    def occurrences_of(
+        self, client: str | None, slug: str, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        task = self.get_task(client, slug)
+        rows = self.couch.view(
+            self.db,
+            "farm",
+            "by_task",
+            startkey=[task.id, {}],
+            endkey=[task.id],
+            descending=True,
+            include_docs=True,
+            limit=limit,
+        )["rows"]
+        return [row["doc"] for row in rows if row.get("doc")]
+
+    def kick(self, client: str | None = None, slug: str | None = None, limit: int = 1000) -> int:
+        """Buried occurrences back to ready (beanstalkd's kick), for a task, client or all."""
+        params: dict[str, Any] = {"include_docs": True, "limit": limit}
+        if client is not None:
+            prefix = [client, task_id(client, slug)] if slug else [client]
+            params.update(startkey=prefix, endkey=[*prefix, {}])
+        rows = self.couch.view(self.db, "farm", "buried", **params)["rows"]
+        now = self.now()
+        docs = [states.kick(Occurrence.from_doc(r["doc"]), now).to_doc() for r in rows]
+        kicked = sum("rev" in row for row in self.couch.bulk_docs(self.db, docs))
+        log.info("event=kicked count=%d client=%s task=%s", kicked, client, slug)
+        return kicked
+
+    def cancel(self, client: str | None, occ_id: str, reason: str = "cancelled") -> Occurrence:
+        found = self.occurrence(client, occ_id)
+        if found["source"] != "live":
+            raise ConflictError(f"{occ_id} has already ended")
+        occ = Occurrence.from_doc(found["occurrence"])
+        try:
+            updated = states.cancel(occ, self.now(), reason)
+        except states.InvalidTransition as exc:
+            raise ConflictError(str(exc)) from None
+        rev = self.couch.put(self.db, updated.to_doc())
+        return updated.model_copy(update={"rev": rev})
+
+    # ------------------------------------------------------------ tubes
+
+    def paused_tubes(self) -> dict[str, str]:
+        doc = self.couch.get_or_none(self.db, TUBES_DOC) or {}
+        return dict(doc.get("paused", {}))
+
+    def set_tube_paused(self, tube: str, paused: bool, reason: str = "paused by operator") -> None:
+        for _ in range(3):
+            doc = self.couch.get_or_none(self.db, TUBES_DOC) or {"_id": TUBES_DOC, "type": "hub"}
+            tubes = dict(doc.get("paused", {}))
+            if paused:
+                tubes[tube] = reason
+            else:
+                tubes.pop(tube, None)
+            try:
+                self.couch.put(self.db, {**doc, "paused": tubes})
+                return
+            except Conflict:
+                continue
+        raise ConflictError(f"tube {tube!r} kept changing; try again")
+
+    # ------------------------------------------------------------ stats
+
+    def counts_by_task(self, client: str) -> dict[str, dict[str, int]]:
+        rows = self.couch.view(
+            self.db,
+            "farm",
+            "by_client_state",
+            startkey=[client],
+            endkey=[client, {}],
+            group_level=3,
+        )["rows"]
+        counts: dict[str, dict[str, int]] = {}
+        for row in rows:
+            _client, state, task = row["key"]
+            counts.setdefault(task, {})[state] = row["value"]
+        return counts
+
+    def stats(self) -> dict[str, Any]:
+        """beanstalkd-style stats: by state, tube and client; workers online; throughput."""
+        now = self.now()
+        by_tube: dict[str, dict[str, int]] = {}
+        for row in self.couch.view(self.db, "farm", "by_tube_state", group=True)["rows"]:
+            tube, state = row["key"]
+            by_tube.setdefault(tube, {})[state] = row["value"]
+        by_client: dict[str, dict[str, int]] = {}
+        for row in self.couch.view(self.db, "farm", "by_client_state", group_level=2)["rows"]:
+            client, state = row["key"]
+            by_client.setdefault(client, {})[state] = row["value"]
+        by_state: dict[str, int] = {}
+        for tubes in by_tube.values():
+            for state, n in tubes.items():
+                by_state[state] = by_state.get(state, 0) + n
+        online = self.couch.view(
+            self.db,
+            "farm",
+            "workers_by_last_seen",
+            startkey=to_wire(now - timedelta(seconds=ONLINE_SECONDS)),
+        )["rows"]
+        last_minute = self.couch.view(
+            self.db,
+            "farm",
+            "finished_by_time",
+            startkey=to_wire(now - timedelta(minutes=1)),
+            endkey=to_wire(now),
+        )["rows"]
+        return {
+            "at": to_wire(now),
+            "by_state": by_state,
+            "by_tube": by_tube,
+            "by_client": by_client,
+            "paused_tubes": self.paused_tubes(),
+            "workers_online": [
+                {
+                    "name": r["value"]["name"],
+                    "last_seen": r["key"],
+                    "state": r["value"]["state"],
+                    "version": r["value"]["version"],
+                    "current": r["value"]["current"],
+                }
+                for r in online
+            ],
+            "finished_last_minute": len(last_minute),
+        }
+
+
+def due_of(occ_id: str) -> datetime:
+    _client, _slug, stamp = split_occurrence_id(occ_id)
+    return from_wire(
+        f"{stamp[0:4]}-{stamp[4:6]}-{stamp[6:8]}T{stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}Z"
+    )

@@ -1,0 +1,227 @@
+"""The hub's duties against the real server, driven by a fake clock."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from hub import states
+from hub.model import Occurrence, State, Task, task_id
+from hub.serve import Hub, HubConfig
+from hub.timefmt import to_wire
+
+DAY_START = datetime(2027, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def no_tasks_left_behind(farm):
+    """Tests share the module's database but run on different fake days: each test's tasks
+    and occurrences are removed afterwards so the next test's hub does not see them."""
+    yield
+    rows = [
+        row
+        for prefix in ("task:", "occ:")
+        for row in farm.admin.all_docs(farm.db, startkey=prefix, endkey=prefix + "\ufff0")
+    ]
+    gone = [{"_id": r["id"], "_rev": r["value"]["rev"], "_deleted": True} for r in rows]
+    farm.admin.bulk_docs(farm.db, gone)
+
+
+class FakeClock:
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> datetime:
+        self.now += timedelta(**kwargs)
+        return self.now
+
+
+def add_task(farm, slug: str, clock: FakeClock, **fields) -> Task:
+    stamp = to_wire(clock.now)
+    data = dict(
+        _id=task_id("acme", slug),
+        client="acme",
+        slug=slug,
+        kind="demo.sleep",
+        input={"ms": 0},
+        schedule={"every": 60},
+        created_at=stamp,
+        updated_at=stamp,
+    )
+    task = Task(**{**data, **fields})
+    farm.hub.put(farm.db, task.to_doc())
+    return task
+
+
+def occurrences(farm, task: Task) -> list[dict]:
+    rows = farm.admin.view(
+        farm.db, "farm", "by_task", startkey=[task.id], endkey=[task.id, {}], include_docs=True
+    )["rows"]
+    return [row["doc"] for row in rows]
+
+
+def new_hub(farm, clock: FakeClock) -> Hub:
+    hub = Hub(farm.hub, HubConfig(db=farm.db), clock=clock)
+    hub.load()
+    return hub
+
+
+def test_a_day_of_every_minute_is_1440_occurrences_across_5_restarts(farm):
+    clock = FakeClock(DAY_START - timedelta(seconds=1))
+    task = add_task(farm, "daylong", clock, misfire="run_all", overlap="allow")
+    hub = new_hub(farm, clock)
+    restarts = {240, 480, 720, 960, 1200}
+    for minute in range(1, 1441):
+        clock.now = DAY_START + timedelta(minutes=minute - 1, seconds=0.3)
+        if minute in restarts:
+            hub = new_hub(farm, clock)  # a crashed hub comes back: state from the database
+        hub.materialize()
+    docs = occurrences(farm, task)
+    ids = [doc["_id"] for doc in docs]
+    assert len(ids) == 1440 == len(set(ids))
+    assert docs[0]["due_at"] == "2027-01-01T00:00:00.000Z"
+    assert docs[-1]["due_at"] == "2027-01-01T23:59:00.000Z"
+    assert hub.materializer.conflicts == 0
+
+
+def test_hub_down_ten_minutes_with_run_latest(farm):
+    clock = FakeClock(DAY_START + timedelta(days=2, seconds=1))
+    task = add_task(farm, "downtime", clock)
+    hub = new_hub(farm, clock)
+    clock.advance(minutes=1, seconds=0.5)
+    assert hub.materialize() == 1
+    first = occurrences(farm, task)[0]
+    # A worker runs the first occurrence, so nothing is waiting when the hub goes down.
+    w1 = farm.worker("w1")
+    claimed = states.claim(Occurrence.from_doc(first), "w1", clock.now)
+    rev = w1.put(farm.db, claimed.to_doc())
+    done = states.finish(claimed.model_copy(update={"rev": rev}), "w1", clock.now,
+                         started_at=clock.now, output={})  # fmt: skip
+    w1.put(farm.db, done.to_doc())
+    clock.advance(minutes=10)  # down: ten due times pass unseen
+    hub = new_hub(farm, clock)
+    hub.materialize()
+    after = [d for d in occurrences(farm, task) if d["_id"] != first["_id"]]
+    counts = Counter(d["state"] for d in after)
+    assert counts == {"missed": 9, "ready": 1}
+    assert all("misfire" in d["reason"] for d in after if d["state"] == "missed")
+
+
+def test_skip_overlap_records_skipped_runs_while_a_long_run_is_leased(farm):
+    clock = FakeClock(DAY_START + timedelta(days=3, seconds=1))
+    task = add_task(farm, "longrun", clock, ttr=3600, overlap="skip")
+    hub = new_hub(farm, clock)
+    clock.advance(minutes=1, seconds=0.1)
+    hub.materialize()
+    running = Occurrence.from_doc(occurrences(farm, task)[0])
+    farm.worker("w1").put(farm.db, states.claim(running, "w1", clock.now).to_doc())
+    hub.follow_once(wait=5)
+    for _ in range(3):
+        clock.advance(minutes=1)
+        hub.materialize()
+    states_seen = [d["state"] for d in occurrences(farm, task)]
+    assert states_seen == ["leased", "skipped", "skipped", "skipped"]
+
+
+def test_expired_lease_is_requeued_then_buried_after_max_attempts(farm):
+    clock = FakeClock(DAY_START + timedelta(days=4, seconds=1))
+    task = add_task(farm, "silent", clock, ttr=30, max_attempts=2, schedule={"every": 3600})
+    hub = new_hub(farm, clock)
+    clock.advance(hours=1, seconds=0.1)
+    hub.materialize()
+    occ_id = occurrences(farm, task)[0]["_id"]
+    for attempt in (1, 2):
+        occ = Occurrence.from_doc(farm.admin.get(farm.db, occ_id))
+        assert occ.state == State.READY and occ.attempt == attempt - 1
+        farm.worker("w2").put(farm.db, states.claim(occ, "w2", clock.now).to_doc())
+        clock.advance(seconds=29)
+        assert hub.reap().expired == 0  # not yet: the lease runs 30 s
+        clock.advance(seconds=2)
+        report = hub.reap()
+        assert (report.expired, report.buried) == ((1, 0) if attempt == 1 else (0, 1))
+    buried = farm.admin.get(farm.db, occ_id)
+    assert buried["state"] == "buried" and buried["attempt"] == 2
+    assert len(buried["errors"]) == 2 and all(
+        "lease expired" in e["error"] for e in buried["errors"]
+    )
+
+
+def test_archiver_moves_results_and_keeps_the_newest_per_task(farm):
+    real = farm.now()
+    clock = FakeClock(
+        real.replace(second=real.second // 10 * 10, microsecond=0) + timedelta(seconds=1)
+    )
+    task = add_task(
+        farm, "archived", clock, misfire="run_all", overlap="allow", schedule={"every": 10}
+    )
+    hub = new_hub(farm, clock)
+    for _ in range(3):
+        clock.advance(seconds=10)
+        hub.materialize()
+    w1 = farm.worker("w1")
+    for doc in occurrences(farm, task):
+        occ = Occurrence.from_doc(doc)
+        claimed = states.claim(occ, "w1", clock.now)
+        rev = w1.put(farm.db, claimed.to_doc())
+        w1.put(farm.db, states.finish(claimed.model_copy(update={"rev": rev}), "w1", clock.now,
+                                      started_at=clock.now, output={"n": 1}).to_doc())  # fmt: skip
+    clock.advance(minutes=10)
+    report = hub.archive()
+    assert (report.archived, report.removed) == (3, 2)
+    left = occurrences(farm, task)
+    assert len(left) == 1
+    from hub.provision import results_db
+
+    archived = farm.admin.get(results_db(farm.db, clock.now), "res:" + left[0]["_id"])
+    assert archived["status"] == "ok" and archived["output"] == {"n": 1}
+    assert hub.archive().archived == 0  # the next pass starts after what it has seen
+    assert new_hub(farm, clock).archive().already == 1  # a restarted hub: harmless repeat
+
+
+@pytest.mark.slow
+def test_two_hub_processes_side_by_side_create_no_duplicates(farm, repo_root):
+    """Two real `hub serve` processes for 2 minutes over one database."""
+    seconds = float(os.environ.get("COUCHFARM_TWO_HUBS_SECONDS", "120"))
+    clock = FakeClock(farm.now())
+    tasks = [add_task(farm, f"twin{n}", clock, schedule={"every": 10}, misfire="run_all",
+                      overlap="allow") for n in range(5)]  # fmt: skip
+    env = {**os.environ, "COUCHFARM_URL": farm.server.url, "COUCHFARM_USER": "hub",
+           "COUCHFARM_PASSWORD": farm.passwords["hub"], "COUCHFARM_DB": farm.db}  # fmt: skip
+    hubs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hub.cli",
+                "serve",
+                "--portal-port",
+                "-1",
+                "--seconds",
+                str(seconds),
+            ],
+            cwd=repo_root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    started = time.monotonic()
+    for hub in hubs:
+        _out, err = hub.communicate(timeout=seconds + 60)
+        assert hub.returncode == 0, err.decode()[-2000:]
+    elapsed = time.monotonic() - started
+    for task in tasks:
+        docs = occurrences(farm, task)
+        ids = [d["_id"] for d in docs]
+        assert len(ids) == len(set(ids))
+        assert len(ids) >= int(elapsed / 10) - 3, (len(ids), elapsed)

@@ -1,0 +1,100 @@
+"""plan_task: misfire, coalescing and overlap policies, as pure logic."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from hub import states
+from hub.materializer import plan_task
+from hub.model import State, Task
+
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def task(**overrides) -> Task:
+    data = dict(
+        _id="task:acme:ping", client="acme", slug="ping", kind="demo.sleep",
+        schedule={"every": 60}, created_at="2026-11-30T00:00:00.000Z",
+        updated_at="2026-11-30T00:00:00.000Z",
+    )  # fmt: skip
+    return Task(**{**data, **overrides})
+
+
+def minutes(*ns: int) -> list[datetime]:
+    return [T0 + timedelta(minutes=n) for n in ns]
+
+
+def states_of(plan) -> list[str]:
+    return [occ.state.value for occ in plan.creates]
+
+
+def test_on_time_run_is_ready():
+    plan = plan_task(task(), minutes(1), T0 + timedelta(minutes=1, seconds=0.2), [])
+    assert states_of(plan) == ["ready"] and plan.supersede == []
+
+
+def test_run_latest_after_downtime_runs_one_and_records_the_rest_missed():
+    now = T0 + timedelta(minutes=10, seconds=1)
+    plan = plan_task(task(), minutes(*range(1, 11)), now, [])
+    assert states_of(plan).count("missed") == 9
+    assert states_of(plan).count("ready") == 1
+    ready = next(o for o in plan.creates if o.state == State.READY)
+    assert ready.due_at.startswith("2026-12-01T00:10:00")
+    assert all("misfire" in o.reason for o in plan.creates if o.state == State.MISSED)
+
+
+def test_run_latest_when_everything_is_late_still_runs_the_newest():
+    now = T0 + timedelta(hours=1)
+    plan = plan_task(task(), minutes(1, 2, 3), now, [])
+    assert states_of(plan) == ["missed", "missed", "ready"]
+
+
+def test_misfire_skip_runs_nothing_late():
+    now = T0 + timedelta(hours=1)
+    assert states_of(plan_task(task(misfire="skip"), minutes(1, 2), now, [])) == ["missed"] * 2
+
+
+def test_run_all_runs_every_late_one():
+    now = T0 + timedelta(hours=1)
+    plan = plan_task(task(misfire="run_all"), minutes(1, 2, 3), now, [])
+    assert states_of(plan) == ["ready"] * 3
+
+
+def test_unclaimed_previous_run_is_coalesced_as_missed():
+    previous = states.materialize(task(), T0, T0)
+    plan = plan_task(task(), minutes(1), T0 + timedelta(minutes=1), [previous])
+    assert states_of(plan) == ["ready"]
+    assert [(occ.id, op) for occ, op, _ in plan.supersede] == [(previous.id, "miss")]
+
+
+@pytest.mark.parametrize(
+    ("overlap", "expected_state", "supersede"),
+    [("skip", "skipped", []), ("queue", "scheduled", []), ("allow", "ready", []),
+     ("replace", "ready", ["cancel"])],
+)  # fmt: skip
+def test_overlap_policy_with_a_run_still_leased(overlap, expected_state, supersede):
+    t = task(overlap=overlap)
+    running = states.claim(states.materialize(t, T0, T0), "w1", T0)
+    plan = plan_task(t, minutes(1), T0 + timedelta(minutes=1), [running])
+    assert states_of(plan) == [expected_state]
+    assert [op for _occ, op, _why in plan.supersede] == supersede
+    if overlap == "skip":
+        assert running.id in plan.creates[0].reason
+
+
+def test_jitter_delays_not_before_deterministically():
+    t = task(schedule={"every": 60, "jitter": 30})
+    a = plan_task(t, minutes(1), T0 + timedelta(minutes=1), []).creates[0]
+    b = plan_task(t, minutes(1), T0 + timedelta(minutes=1), []).creates[0]
+    assert a.id == b.id and a.not_before == b.not_before
+    assert a.not_before >= a.due_at
+    assert a.state in (State.READY, State.SCHEDULED)
+
+
+def test_fair_offsets_interleave_clients():
+    big = task()
+    offsets = [n * 0.05 for n in range(3)]
+    plan = plan_task(big, minutes(1), T0 + timedelta(minutes=1), [], fair_offsets=offsets[:1])
+    assert plan.creates[0].queue_at == plan.creates[0].due_at
