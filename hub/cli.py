@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hub import provision
-from hub.couch import CouchError
+from hub.couch import Couch, CouchError
 from hub.settings import Connection, SettingsError, connection, read_password_file
 from hub.version import __version__
 
@@ -50,6 +50,21 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"{report.changes} change(s)")
     if generated:
         print(f"hub user {args.hub_user!r} password (shown once): {generated}")
+    if args.standby:
+        from hub import replication
+
+        standby_couch = Couch(args.standby, conn.user, conn.password)
+        report, _ = provision.init(standby_couch, conn.db, now=standby_couch.now(), hub_user="")
+        for line in report.lines:
+            print(f"[standby] {line}")
+        primary = replication.Endpoint(
+            conn.urls[0], conn.user or "", conn.password or "", "primary"
+        )
+        standby = replication.Endpoint(
+            args.standby, conn.user or "", conn.password or "", "standby"
+        )
+        for line in replication.setup(primary, standby, conn.db):
+            print(line)
     return 0
 
 
@@ -183,7 +198,68 @@ def cmd_stats(args: argparse.Namespace) -> int:
             f"running {len(worker['current'])} last seen {worker['last_seen']}"
         )
     print(f"finished in the last minute: {stats['finished_last_minute']}")
+    conn = _conn(args)
+    if len(conn.urls) > 1:
+        from hub import replication
+
+        couch = conn.couch()
+        health = replication.status(couch.for_server(0), couch.for_server(1), conn.db)
+        for link in health.links:
+            lag = "unknown" if link.lag_seconds is None else f"{link.lag_seconds:.1f} s"
+            print(
+                f"replication {link.source} -> {link.target}: {link.state}, lag {lag}, "
+                f"{link.lag_docs} doc(s) apart"
+            )
     return 0
+
+
+def _endpoints(args: argparse.Namespace, names: tuple[str, str] = ("primary", "standby")):
+    from hub.replication import Endpoint
+
+    conn = _conn(args, admin=True)
+    if len(conn.urls) != 2:
+        raise SettingsError("give both servers: --url PRIMARY_URL,STANDBY_URL (server admins)")
+    if not conn.user or not conn.password:
+        raise SettingsError("replication needs server-admin credentials (--user, --password-file)")
+    return conn, [
+        Endpoint(u, conn.user, conn.password, n) for u, n in zip(conn.urls, names, strict=True)
+    ]
+
+
+def cmd_replication(args: argparse.Namespace) -> int:
+    from hub import replication
+
+    conn, (primary, standby) = _endpoints(args)
+    if args.action == "setup":
+        for line in replication.setup(primary, standby, conn.db):
+            print(line)
+        return 0
+    health = replication.status(primary.couch(), standby.couch(), conn.db)
+    if args.json:
+        _print_json(health.as_dict())
+        return 0
+    for link in health.links:
+        lag = "unknown" if link.lag_seconds is None else f"{link.lag_seconds:.1f} s"
+        print(
+            f"{link.db} {link.source} -> {link.target}: state {link.state}, lag {lag}, "
+            f"{link.lag_docs} doc(s) apart{' ERROR ' + link.error if link.error else ''}"
+        )
+    return 0 if all(link.healthy for link in health.links) else 1
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from hub import replication
+
+    conn = _conn(args, admin=True)
+    if not conn.user or not conn.password:
+        raise SettingsError("recovery needs server-admin credentials (--user, --password-file)")
+    source = replication.Endpoint(args.source, conn.user, conn.password, "standby")
+    target = replication.Endpoint(args.target, conn.user, conn.password, "primary")
+    report = replication.recover(source, target, conn.db, sample=args.sample)
+    for line in report.lines:
+        print(line)
+    print("recovery verified" if report.ok else "recovery FAILED verification")
+    return 0 if report.ok else 1
 
 
 def cmd_occurrence(args: argparse.Namespace) -> int:
@@ -253,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_args(p)
     p.add_argument("--hub-user", default="hub", help="service user with role farm_admin")
     p.add_argument("--password-from", help="file with the hub user's password (else generated)")
+    p.add_argument("--standby", help="standby URL: init it too and replicate both ways")
     p.set_defaults(func=cmd_init)
 
     for noun, role_of, what in (
@@ -345,6 +422,25 @@ def build_parser() -> argparse.ArgumentParser:
         _connection_args(p)
         p.add_argument("tube")
         p.set_defaults(func=cmd_tube)
+
+    repl = sub.add_parser("replication", help="primary <-> standby replication").add_subparsers(
+        dest="action", required=True
+    )
+    for action, text in (
+        ("setup", "create continuous replications both ways"),
+        ("status", "state and lag of each direction"),
+    ):
+        p = repl.add_parser(action, help=text)
+        _connection_args(p)
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_replication)
+
+    p = sub.add_parser("recover", help="rebuild a new primary from the standby and verify it")
+    _connection_args(p)
+    p.add_argument("--from", dest="source", required=True, help="the standby's URL")
+    p.add_argument("--to", dest="target", required=True, help="the new primary's URL")
+    p.add_argument("--sample", type=int, default=50, help="document bodies to compare per db")
+    p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("devserver", help="run a local PouchDB Server (development only)")
     p.add_argument("--dir", default="var/devserver", help="data directory")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from hub import archiver, provision, reaper
+from hub import archiver, provision, reaper, replication, resolver
 from hub.couch import Couch, CouchError
 from hub.materializer import Materializer
 from hub.model import Occurrence, Overlap
@@ -42,6 +42,7 @@ class HubConfig:
     archive_window: timedelta = timedelta(minutes=5)
     retention_days: int = 90
     follow_wait: float = 20.0
+    replication_every: float = 10.0
 
 
 @dataclass
@@ -59,6 +60,8 @@ class Hub:
         self._follower: threading.Thread | None = None
         self._since = "now"
         self._archived_until: str | None = None
+        self._resolved_results_since: dict[str, str] = {}
+        self.replication_health: replication.Health | None = None
 
     def now(self) -> datetime:
         return self.clock() if self.clock else self.couch.now()
@@ -119,13 +122,39 @@ class Hub:
     def follow_once(self, wait: float | None = None) -> int:
         results, self._since = self.couch.changes(
             self.config.db, since=self._since, feed="longpoll", include_docs=True,
-            wait=self.config.follow_wait if wait is None else wait,
+            conflicts=True, wait=self.config.follow_wait if wait is None else wait,
         )  # fmt: skip
         for row in results:
-            if row.get("id") == TUBES_DOC and row.get("doc"):
-                self.paused_tubes = dict(row["doc"].get("paused", {}))
+            doc = row.get("doc")
+            if row.get("id") == TUBES_DOC and doc:
+                self.paused_tubes = dict(doc.get("paused", {}))
+            if doc and doc.get("_conflicts"):
+                # Two servers (or cluster nodes) took different writes: settle it now.
+                resolver.resolve(self.couch, self.config.db, doc)
         self.materializer.apply_changes(results, self.now())
         return len(results)
+
+    def watch_replication(self) -> replication.Health | None:
+        """Probe both directions (lag in seconds and documents); settle conflicts in the
+        monthly results databases, which the live feed does not cover."""
+        if len(self.couch.servers) < 2:
+            return None
+        primary, standby = self.couch.for_server(0), self.couch.for_server(1)
+        for couch, side in ((primary, "primary"), (standby, "standby")):
+            try:
+                replication.write_probe(couch, self.config.db, side)
+            except CouchError as exc:
+                log.warning("event=probe_failed side=%s error=%r", side, str(exc))
+        self.replication_health = replication.status(primary, standby, self.config.db)
+        month_db = provision.results_db(self.config.db, self.now())
+        since = self._resolved_results_since.get(month_db, "0")
+        try:
+            _n, self._resolved_results_since[month_db] = resolver.resolve_all(
+                self.couch, month_db, since
+            )
+        except CouchError as exc:
+            log.warning("event=resolve_failed db=%s error=%r", month_db, str(exc))
+        return self.replication_health
 
     def run_once(self) -> dict[str, Any]:
         """Every duty once, in order (for tests with a fake clock, and for `--once`)."""
@@ -161,6 +190,13 @@ class Hub:
             "interval",
             seconds=self.config.archive_every,
             id="archive",
+            **common,
+        )
+        scheduler.add_job(
+            self._guard(self.watch_replication),
+            "interval",
+            seconds=self.config.replication_every,
+            id="replication",
             **common,
         )
         scheduler.add_job(

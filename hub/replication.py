@@ -1,0 +1,281 @@
+"""Continuous replication between primary and standby, its health, and recovery.
+
+Replications are ``_replicator`` documents, one per direction and database, each kept
+on the server it pushes *from* (primary -> standby lives on the primary, standby ->
+primary on the standby), so the survivor of a failure keeps retrying towards the dead
+one and catches it up when it returns. They cover the live database, ``_users`` (so
+workers and clients can log in on the standby) and every monthly results database;
+:func:`setup` is idempotent and the hub calls it again as new months appear.
+
+Design documents replicate like any document because the replications run with
+server-admin credentials. ``_security`` does not replicate (CouchDB keeps it outside the
+document store): ``hub init`` sets it on each server, and ``hub recover`` copies it.
+
+Health is measured the same way on CouchDB 3 and on PouchDB Server (which has neither
+``_scheduler`` nor ``_active_tasks``): a probe document ``hub:probe`` written on each
+side with hub time, read on the other side (lag in seconds), and the difference in
+document counts (lag in documents). On CouchDB 3 the scheduler's state is added.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from hub import provision
+from hub.couch import Conflict, Couch, CouchError, NotFound
+from hub.timefmt import from_wire, to_wire
+
+log = logging.getLogger("couchfarm.replication")
+PROBE_ID = "hub:probe"
+LAG_WARN_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One server as a replication endpoint: its URL and server-admin credentials."""
+
+    url: str
+    user: str
+    password: str
+    name: str
+
+    def couch(self, **kwargs: Any) -> Couch:
+        return Couch(self.url, self.user, self.password, **kwargs)
+
+    def db_url(self, db: str) -> str:
+        """The database URL with credentials in it, for one-shot ``_replicate``.
+
+        POUCHDB: its ``_replicate`` rejects the ``{"url", "headers"}`` form (500 "Missing/
+        invalid DB name"); credentials in the URL work on both servers.
+        """
+        parts = urlsplit(self.url.rstrip("/"))
+        auth = f"{quote(self.user, safe='')}:{quote(self.password, safe='')}@"
+        return urlunsplit((parts.scheme, auth + parts.netloc, f"{parts.path}/{db}", "", ""))
+
+    def db_spec(self, db: str) -> dict[str, Any]:
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        return {
+            "url": f"{self.url.rstrip('/')}/{db}",
+            "headers": {"Authorization": f"Basic {token}"},
+        }
+
+
+def replication_id(db: str, source: Endpoint, target: Endpoint) -> str:
+    return f"couchfarm-{db}-{source.name}-to-{target.name}"
+
+
+def farm_databases(admin: Couch, db: str) -> list[str]:
+    names = admin.all_dbs()
+    return ["_users", db, *sorted(n for n in names if provision.is_results_db(db, n))]
+
+
+def setup(primary: Endpoint, standby: Endpoint, db: str) -> list[str]:
+    """Create (or keep) continuous replications both ways for every farm database."""
+    lines = []
+    primary_admin, standby_admin = primary.couch(), standby.couch()
+    databases = sorted(
+        set(farm_databases(primary_admin, db)) | set(farm_databases(standby_admin, db))
+    )
+    for source, target, admin in (
+        (primary, standby, primary_admin),
+        (standby, primary, standby_admin),
+    ):
+        target_admin = target.couch()
+        for name in databases:
+            target_admin.create_db(name)
+            doc_id = replication_id(name, source, target)
+            wanted = {
+                "_id": doc_id,
+                "source": source.db_spec(name),
+                "target": target.db_spec(name),
+                "continuous": True,
+            }
+            current = admin.get_or_none("_replicator", doc_id)
+            if (
+                current is not None
+                and current.get("source") == wanted["source"]
+                and current.get("target") == wanted["target"]
+            ):
+                lines.append(f"{doc_id}: exists")
+                continue
+            if current is not None:
+                admin.delete("_replicator", doc_id, current["_rev"])
+            try:
+                admin.put("_replicator", wanted)
+                lines.append(f"{doc_id}: created")
+            except Conflict:
+                lines.append(f"{doc_id}: exists")
+    return lines
+
+
+# ---------------------------------------------------------------- health
+
+
+@dataclass
+class LinkHealth:
+    db: str
+    source: str
+    target: str
+    lag_docs: int | None
+    lag_seconds: float | None
+    state: str = "unknown"
+    error: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.error is None and (self.lag_seconds or 0) < LAG_WARN_SECONDS
+
+
+@dataclass
+class Health:
+    links: list[LinkHealth] = field(default_factory=list)
+    at: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "links": [link.__dict__ | {"healthy": link.healthy} for link in self.links],
+        }
+
+
+def write_probe(couch: Couch, db: str, side: str) -> None:
+    """Stamp ``hub:probe`` with this side's hub time (farm_admin may write hub:* docs)."""
+    doc_id = f"{PROBE_ID}:{side}"
+    for _ in range(3):
+        current = couch.get_or_none(db, doc_id) or {"_id": doc_id, "type": "hub"}
+        try:
+            couch.put(db, {**current, "at": to_wire(couch.now()), "side": side})
+            return
+        except Conflict:
+            continue
+
+
+def link_health(
+    source: Couch, target: Couch, db: str, source_side: str, target_side: str
+) -> LinkHealth:
+    try:
+        src_info, dst_info = source.db_info(db), target.db_info(db)
+        lag_docs = abs(
+            (src_info["doc_count"] + src_info.get("doc_del_count", 0))
+            - (dst_info["doc_count"] + dst_info.get("doc_del_count", 0))
+        )
+        probe_id = f"{PROBE_ID}:{source_side}"
+        at_source = source.get_or_none(db, probe_id)
+        at_target = target.get_or_none(db, probe_id)
+        lag_seconds: float | None = None
+        if at_source and at_target:
+            behind = from_wire(at_source["at"]) - from_wire(at_target["at"])
+            lag_seconds = max(0.0, behind.total_seconds())
+        state = _scheduler_state(source, db, source_side, target_side)
+        return LinkHealth(db, source_side, target_side, lag_docs, lag_seconds, state)
+    except CouchError as exc:
+        return LinkHealth(db, source_side, target_side, None, None, "unreachable", str(exc))
+
+
+def _scheduler_state(admin: Couch, db: str, source_side: str, target_side: str) -> str:
+    doc_id = f"couchfarm-{db}-{source_side}-to-{target_side}"
+    try:
+        reply = admin.request("GET", f"/_scheduler/docs/_replicator/{doc_id}", timeout=3.0)
+        return str(reply.body.get("state", "unknown"))
+    except (NotFound, CouchError):
+        pass
+    # POUCHDB: no /_scheduler; it writes _replication_state into the _replicator doc.
+    try:
+        doc = admin.get_or_none("_replicator", doc_id) or {}
+    except CouchError:
+        return "unknown"
+    return str(doc.get("_replication_state", "unknown"))
+
+
+def status(primary: Couch, standby: Couch, db: str) -> Health:
+    """Health of both directions for the live database (the one that matters for work)."""
+    health = Health(at=to_wire(primary.now()))
+    health.links.append(link_health(primary, standby, db, "primary", "standby"))
+    health.links.append(link_health(standby, primary, db, "standby", "primary"))
+    for link in health.links:
+        if not link.healthy:
+            log.warning(
+                "event=replication_lag db=%s from=%s to=%s lag_seconds=%s lag_docs=%s error=%s",
+                link.db,
+                link.source,
+                link.target,
+                link.lag_seconds,
+                link.lag_docs,
+                link.error,
+            )
+    return health
+
+
+# ---------------------------------------------------------------- recovery
+
+
+@dataclass
+class RecoveryReport:
+    lines: list[str] = field(default_factory=list)
+    ok: bool = True
+
+    def add(self, line: str, ok: bool = True) -> None:
+        self.lines.append(line)
+        self.ok = self.ok and ok
+
+
+def recover(
+    source: Endpoint, target: Endpoint, db: str, *, sample: int = 50, timeout: float = 300.0
+) -> RecoveryReport:
+    """Rebuild ``target`` (a new, empty primary) from ``source`` (the standby) and check it."""
+    report = RecoveryReport()
+    src, dst = source.couch(read_timeout=60.0), target.couch(read_timeout=60.0)
+    databases = farm_databases(src, db)
+    for name in databases:
+        created = dst.create_db(name)
+        report.add(f"{name}: {'created' if created else 'exists'} on {target.name}")
+        if not name.startswith("_"):
+            security = src.get_security(name)
+            if security:
+                dst.put_security(name, security)
+                report.add(f"{name}/_security: copied")
+        started = time.monotonic()
+        dst.request(
+            "POST",
+            "/_replicate",
+            body={"source": source.db_url(name), "target": target.db_url(name)},
+            timeout=timeout,
+        )
+        report.add(f"{name}: copied in {time.monotonic() - started:.1f} s")
+    report.lines += [
+        f"replication {line}" for line in setup(target, source, db) if "created" in line
+    ]
+    for name in databases:
+        _verify(src, dst, name, sample, report)
+    return report
+
+
+def _verify(src: Couch, dst: Couch, name: str, sample: int, report: RecoveryReport) -> None:
+    src_info, dst_info = src.db_info(name), dst.db_info(name)
+    same_count = src_info["doc_count"] == dst_info["doc_count"]
+    report.add(
+        f"{name}: {dst_info['doc_count']} docs on the new primary, {src_info['doc_count']} on "
+        f"the standby ({'match' if same_count else 'MISMATCH'})",
+        same_count,
+    )
+    rows = src.all_docs(name)
+    picks = random.sample(rows, min(sample, len(rows)))
+    mismatched = []
+    for row in picks:
+        theirs = dst.get_or_none(name, row["id"])
+        if theirs is None or theirs.get("_rev") != row["value"]["rev"]:
+            mismatched.append(row["id"])
+            continue
+        if src.get(name, row["id"]) != theirs:
+            mismatched.append(row["id"])
+    report.add(
+        f"{name}: sampled {len(picks)} bodies, {len(mismatched)} differ"
+        + (f" ({', '.join(mismatched[:5])})" if mismatched else ""),
+        not mismatched,
+    )
