@@ -1,0 +1,272 @@
+"""desktop_worker.runner: runs in a spawned child with time, memory and output limits."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from desktop_worker.runner import (
+    Limits,
+    Outcome,
+    Policy,
+    RunHandle,
+    ScriptSpec,
+    enabled_kinds,
+    reset_rate_limits,
+    run_inline,
+    start_run,
+)
+from tests.test_netguard import LocalHTTP, serve_http
+
+# Tests talk to 127.0.0.1 over and over: keep the per-target limit out of the way.
+FAST = {"rate_per_target": 1000.0, "rate_burst": 1000}
+
+
+@pytest.fixture(scope="module")
+def web() -> Iterator[LocalHTTP]:
+    with serve_http() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits() -> Iterator[None]:
+    reset_rate_limits()
+    yield
+    reset_rate_limits()
+
+
+def finished(handle: RunHandle, within: float = 15.0) -> Outcome:
+    outcome = handle.wait(timeout=within)
+    assert outcome is not None, "the run did not finish"
+    return outcome
+
+
+def assert_gone(pid: int) -> None:
+    """``pid`` is no longer a live process (reaped, or at worst a zombie of someone else)."""
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            return
+        if sys.platform.startswith("linux"):
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, IndexError):
+                return
+            if state == "Z":
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} is still running")
+
+
+# ------------------------------------------------------------------ demo.sleep in a child
+
+
+def test_demo_sleep_runs_in_a_child_and_relays_progress() -> None:
+    handle = start_run("demo.sleep", {"ms": 300}, Limits(timeout_s=20), Policy())
+    assert handle.pid is not None and handle.pid != os.getpid()
+    outcome = finished(handle)
+    assert outcome == Outcome(status="ok", output={"slept_ms": 300}, duration_s=outcome.duration_s)
+    assert outcome.duration_s >= 0.3
+    assert handle.progress is not None
+    num, den, msg = handle.progress
+    assert (num, den) == (300, 300) and "300" in msg
+    assert handle.poll() is outcome  # stays finished
+
+
+def test_demo_sleep_failure_is_transient() -> None:
+    outcome = finished(start_run("demo.sleep", {"ms": 0, "fail_rate": 1}, Limits(), Policy()))
+    assert (outcome.status, outcome.permanent) == ("error", False)
+    assert "failed on purpose" in (outcome.error or "")
+
+
+def test_timeout_kills_the_child() -> None:
+    started = time.monotonic()
+    handle = start_run("demo.sleep", {"ms": 10_000}, Limits(timeout_s=0.5), Policy())
+    pid = handle.pid
+    outcome = finished(handle, within=5)
+    assert time.monotonic() - started < 2.0
+    assert (outcome.status, outcome.permanent) == ("error", False)
+    assert "timed out after 0.5 s" in (outcome.error or "")
+    assert pid is not None
+    assert_gone(pid)
+
+
+def test_timeout_is_enforced_without_polling() -> None:
+    handle = start_run("demo.sleep", {"ms": 10_000}, Limits(timeout_s=0.5), Policy())
+    time.sleep(1.2)  # nobody polls: the handle's timer must have killed it already
+    outcome = handle.poll()
+    assert outcome is not None and "timed out" in (outcome.error or "")
+
+
+def test_cancel_kills_the_child() -> None:
+    handle = start_run("demo.sleep", {"ms": 10_000}, Limits(timeout_s=30), Policy())
+    pid = handle.pid
+    assert handle.wait(timeout=0.2) is None  # still running
+    started = time.monotonic()
+    handle.cancel("cancelled by operator")
+    outcome = handle.poll()
+    assert outcome is not None
+    assert (outcome.status, outcome.error, outcome.permanent) == (
+        "error",
+        "cancelled by operator",
+        False,
+    )
+    assert time.monotonic() - started < 2
+    assert pid is not None
+    assert_gone(pid)
+    handle.cancel("again")  # harmless
+    assert handle.poll() is outcome
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups are POSIX")
+def test_cancel_also_kills_a_running_script(tmp_path: Path) -> None:
+    pid_file = tmp_path / "script.pid"
+    sleeper = tmp_path / "sleeper.py"
+    sleeper.write_text(
+        textwrap.dedent(
+            f"""
+            import os, time
+            open({str(pid_file)!r}, "w").write(str(os.getpid()))
+            time.sleep(60)
+            """
+        )
+    )
+    policy = Policy(scripts={"sleeper": ScriptSpec(path=str(sleeper))})
+    handle = start_run("script", {"name": "sleeper"}, Limits(timeout_s=30), policy)
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the script did not start"
+        assert handle.poll() is None, handle.poll()
+        time.sleep(0.05)
+    script_pid = int(pid_file.read_text())
+    handle.cancel()
+    assert finished(handle).error == "cancelled"
+    assert_gone(script_pid)
+
+
+# ------------------------------------------------------------------ limits
+
+
+def test_output_cap_in_the_child() -> None:
+    outcome = finished(start_run("demo.sleep", {"ms": 0}, Limits(max_output_bytes=5), Policy()))
+    assert (outcome.status, outcome.permanent) == ("error", True)
+    assert "output is 14 bytes of JSON, over this worker's cap of 5 bytes" in (outcome.error or "")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is enforced on Linux")
+def test_memory_cap_reaches_scripts(tmp_path: Path) -> None:
+    hog = tmp_path / "hog.py"
+    hog.write_text("data = bytearray(700 * 1024 * 1024)\nprint(len(data))\n")
+    policy = Policy(scripts={"hog": ScriptSpec(path=str(hog))})
+    outcome = finished(start_run("script", {"name": "hog"}, Limits(memory_mb=300), policy))
+    assert outcome.status == "error"
+    assert "MemoryError" in (outcome.error or "")
+
+
+# ------------------------------------------------------------------ checks before running
+
+
+def test_invalid_input_fails_permanently_without_a_child() -> None:
+    handle = start_run("http.check", {"url": "ftp://x"}, Limits(), Policy())
+    assert handle.pid is None
+    outcome = handle.poll()
+    assert outcome is not None
+    assert (outcome.status, outcome.permanent) == ("error", True)
+    assert outcome.error is not None
+    assert outcome.error.startswith("invalid input: input.url: 'ftp://x' is not an http(s) URL")
+
+
+def test_kinds_outside_the_policy_are_refused() -> None:
+    policy = Policy(allowed_kinds=frozenset({"demo.sleep"}))
+    outcome = finished(start_run("http.check", {"url": "http://a.test/"}, Limits(), policy))
+    assert outcome.permanent
+    assert outcome.error == "kind 'http.check' is not enabled on this worker (enabled: demo.sleep)"
+    assert enabled_kinds(Policy()) == [
+        "demo.sleep",
+        "dns.resolve",
+        "http.check",
+        "http.fetch",
+        "tcp.connect",
+    ]
+    scripts = {"x": ScriptSpec(path="/nowhere/x.py")}
+    assert "script" in enabled_kinds(Policy(scripts=scripts))
+
+
+def test_run_inline_validates_and_caps_like_a_child() -> None:
+    assert run_inline("demo.sleep", {"ms": 0}, Limits(), Policy()).output == {"slept_ms": 0}
+    bad = run_inline("demo.sleep", {"ms": 0, "extra": 1}, Limits(), Policy())
+    assert bad.permanent and "input: unknown field 'extra'" in (bad.error or "")
+    capped = run_inline("demo.sleep", {"ms": 0}, Limits(max_output_bytes=5), Policy())
+    assert capped.permanent and "cap of 5 bytes" in (capped.error or "")
+    started = time.monotonic()
+    for _ in range(200):
+        run_inline("demo.sleep", {"ms": 0}, Limits(), Policy())
+    assert time.monotonic() - started < 5  # cheap enough to benchmark the engine with
+
+
+def test_a_busy_target_is_rate_limited_across_runs() -> None:
+    policy = Policy(
+        allow_private_network=True,
+        rate_per_target=0.01,
+        rate_burst=1,
+        resolver_hosts={"busy.test": ["10.9.8.7"], "quiet.test": ["10.9.8.6"]},
+    )
+    first = run_inline("dns.resolve", {"name": "busy.test"}, Limits(timeout_s=10), policy)
+    assert first.output["addresses"] == ["10.9.8.7"]
+    second = run_inline("dns.resolve", {"name": "busy.test"}, Limits(timeout_s=10), policy)
+    assert (second.status, second.permanent) == ("error", False)
+    assert (second.error or "").startswith("rate limit for busy.test")
+    other = run_inline("dns.resolve", {"name": "quiet.test"}, Limits(timeout_s=10), policy)
+    assert other.status == "ok"  # buckets are per target
+
+
+# ------------------------------------------------------------------ network kinds in a child
+
+
+def test_loopback_target_is_refused_by_default(web: LocalHTTP) -> None:
+    outcome = finished(start_run("http.check", {"url": web.url("/")}, Limits(), Policy(**FAST)))
+    assert (outcome.status, outcome.permanent) == ("error", True)
+    assert outcome.error == (
+        "refused: 127.0.0.1 is a loopback address (this worker does not allow private "
+        "networks; start it with --allow-private-network to permit)"
+    )
+
+
+def test_name_mapped_to_a_private_address_is_refused(web: LocalHTTP) -> None:
+    policy = Policy(resolver_hosts={"internal.test": ["10.0.0.1"]}, **FAST)
+    outcome = finished(start_run("http.check", {"url": "http://internal.test/"}, Limits(), policy))
+    assert outcome.permanent
+    assert "internal.test resolves to 10.0.0.1, a private address" in (outcome.error or "")
+    assert "--allow-private-network" in (outcome.error or "")
+
+
+def test_loopback_target_succeeds_when_private_networks_are_allowed(web: LocalHTTP) -> None:
+    policy = Policy(allow_private_network=True, **FAST)
+    outcome = finished(
+        start_run("http.check", {"url": web.url("/"), "keyword": "hello"}, Limits(), policy)
+    )
+    assert outcome.status == "ok", outcome.error
+    assert outcome.output["status"] == 200
+    assert outcome.output["ok"] is True
+    assert outcome.output["keyword_found"] is True
+
+
+def test_redirect_from_an_allowed_target_to_loopback_is_refused(web: LocalHTTP) -> None:
+    # 127.0.0.1 stands in for a public host; the redirect goes to another loopback address.
+    policy = Policy(allowed_networks=("127.0.0.1/32",), **FAST)
+    url = web.url(f"/to?url=http://127.0.0.2:{web.port}/")
+    outcome = finished(start_run("http.check", {"url": url}, Limits(), policy))
+    assert outcome.permanent
+    assert (outcome.error or "").startswith("refused: 127.0.0.2 is a loopback address")
+    ok = finished(start_run("http.check", {"url": web.url("/redirect/2")}, Limits(), policy))
+    assert ok.status == "ok" and ok.output["redirects"] == 2
