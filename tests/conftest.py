@@ -13,16 +13,18 @@ import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from hub import provision
+from hub import provision, states
 from hub.couch import Couch
 from hub.devserver import DevServer
+from hub.model import Occurrence, Task, task_id
+from hub.timefmt import to_wire
 
 WORKERS = ("w1", "w2", "w3")
 # Primary and standby dev servers share one admin password, as a real pair usually does.
@@ -129,6 +131,41 @@ def farm(
             admin, name, [provision.CLIENT_ROLE_PREFIX + name], passwords[name], replace=True
         )
     return Farm(couch_server, db, passwords)
+
+
+@pytest.fixture(scope="module")
+def world(farm: Farm) -> dict[str, dict]:
+    """A task and occurrences in each interesting state, written by the hub user."""
+    now = farm.now().replace(microsecond=0)
+    stamp = to_wire(now)
+    task = Task(
+        _id=task_id("acme", "ping"),
+        client="acme",
+        slug="ping",
+        kind="http.check",
+        input={"url": "https://example.org"},
+        schedule={"every": 60},
+        created_at=stamp,
+        updated_at=stamp,
+    )
+    farm.hub.put(farm.db, task.to_doc())
+
+    def occ(minutes: int) -> Occurrence:
+        return states.materialize(task, now + timedelta(minutes=minutes), now)
+
+    docs = {
+        "ready": occ(1),
+        "leased_w2": states.claim(occ(2), "w2", now),
+        "leased_w1": states.claim(occ(3), "w1", now),
+        "done": states.finish(
+            states.claim(occ(4), "w1", now), "w1", now, started_at=now, output={"ok": 1}
+        ),
+    }
+    world = {"task": farm.hub.get(farm.db, task.id)}
+    for key, model in docs.items():
+        farm.hub.put(farm.db, model.to_doc())
+        world[key] = farm.hub.get(farm.db, model.id)
+    return world
 
 
 @pytest.fixture(scope="session")

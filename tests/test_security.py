@@ -23,41 +23,6 @@ from hub.timefmt import to_wire
 Doc = dict[str, Any]
 
 
-@pytest.fixture(scope="module")
-def world(farm) -> dict[str, Doc]:
-    """A task and occurrences in each interesting state, written by the hub user."""
-    now = farm.now().replace(microsecond=0)
-    stamp = to_wire(now)
-    task = Task(
-        _id=task_id("acme", "ping"),
-        client="acme",
-        slug="ping",
-        kind="http.check",
-        input={"url": "https://example.org"},
-        schedule={"every": 60},
-        created_at=stamp,
-        updated_at=stamp,
-    )
-    farm.hub.put(farm.db, task.to_doc())
-
-    def occ(minutes: int) -> Occurrence:
-        return states.materialize(task, now + timedelta(minutes=minutes), now)
-
-    docs = {
-        "ready": occ(1),
-        "leased_w2": states.claim(occ(2), "w2", now),
-        "leased_w1": states.claim(occ(3), "w1", now),
-        "done": states.finish(
-            states.claim(occ(4), "w1", now), "w1", now, started_at=now, output={"ok": 1}
-        ),
-    }
-    world = {"task": farm.hub.get(farm.db, task.id)}
-    for key, model in docs.items():
-        farm.hub.put(farm.db, model.to_doc())
-        world[key] = farm.hub.get(farm.db, model.id)
-    return world
-
-
 def _as_model(doc: Doc) -> Occurrence:
     return Occurrence.from_doc(doc)
 
@@ -88,7 +53,7 @@ class Case:
 
 def _touch_w2_as_w1(world: dict[str, Doc], now: Any) -> Doc:
     doc = world["leased_w2"]
-    lease = {**doc["lease"], "expires_at": to_wire(now + timedelta(hours=1))}
+    lease = {**doc["lease"], "expires_at": to_wire(now + timedelta(seconds=50))}
     return _with(doc, lease=lease)
 
 

@@ -191,6 +191,18 @@ function (newDoc, oldDoc, userCtx, secObj) {
     check(same(o[field], oldDoc[field]), 'a worker cannot change occurrence.' + field);
   }
   var heldByMe = oldDoc.state === 'leased' && oldDoc.lease && oldDoc.lease.worker === name;
+  // Worker-written times must be hub time: within CLOCK_SLACK of this server's clock, and
+  // a lease may run at most one TTR (plus slack) past now. Replicated revisions are
+  // written by _admin and return above, so this time check never blocks replication.
+  var CLOCK_SLACK = 300000;
+  var serverNow = new Date().getTime();
+  function nearNow(t) { return Math.abs(Date.parse(t) - serverNow) <= CLOCK_SLACK; }
+  check(time(o.updated_at) && nearNow(o.updated_at),
+        'occurrence.updated_at must be hub time (the server says ' + new Date(serverNow).toISOString() + ')');
+  if (o.state === 'leased') {
+    check(Date.parse(o.lease.expires_at) <= serverNow + o.ttr * 1000 + CLOCK_SLACK,
+          'lease.expires_at may be at most one ttr (' + o.ttr + ' s) after now');
+  }
 
   if (oldDoc.state === 'ready') {
     check(o.state === 'leased', 'a worker may only claim a ready occurrence (state leased)');
@@ -198,6 +210,7 @@ function (newDoc, oldDoc, userCtx, secObj) {
             'a claim must name the claiming worker (' + name + ') in lease.worker');
     check(o.attempt === oldDoc.attempt + 1, 'a claim counts one more attempt');
     check(o.attempt <= o.max_attempts, 'no attempts left on ' + id);
+    check(nearNow(o.lease.claimed_at), 'lease.claimed_at must be hub time');
     check(same(o.errors, oldDoc.errors), 'a claim cannot change the error history');
     return;
   }
