@@ -1,18 +1,121 @@
-"""The ``desktop-worker`` command."""
+"""The ``desktop-worker`` command.
+
+``desktop-worker --headless --hub URL[,STANDBY_URL] --name NAME [--password-file F]
+[--tubes a,b] [--slots N] [--allow-private-network] [--config FILE] [--db farm]``
+
+Without ``--headless`` it will start the tray app; that is not built yet (exit 2).
+SIGTERM (and a first Ctrl-C) drains: runs in progress finish, nothing new is claimed, then
+the worker exits. A second signal stops at once, handing running leases back.
+
+Exit codes: 0 stopped normally, 2 bad usage or settings.
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+from desktop_worker.config import ConfigError, build_config
+from desktop_worker.log import log_event, setup_logging
 from hub.version import __version__
 
 
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="desktop-worker",
+        description="Couchfarm worker: claims occurrences from the hub, runs them, reports.",
+    )
+    p.add_argument("--version", action="version", version=f"couchfarm {__version__}")
+    p.add_argument("--headless", action="store_true", help="run the engine without the tray app")
+    p.add_argument("--hub", help="hub CouchDB URL(s), primary first: URL[,STANDBY_URL]")
+    p.add_argument("--name", help="this worker's name (its CouchDB user)")
+    p.add_argument("--password-file", help="file holding the worker's password")
+    p.add_argument("--tubes", help="comma-separated tubes to serve (default: default)")
+    p.add_argument("--slots", type=int, help="runs at the same time (default 1)")
+    p.add_argument(
+        "--allow-private-network",
+        action="store_true",
+        default=None,
+        help="let network kinds reach private/loopback addresses",
+    )
+    p.add_argument("--kinds", help="comma-separated kinds to run (default: all built-in)")
+    p.add_argument("--config", help="TOML settings file; flags override it")
+    p.add_argument("--db", help="live database name (default farm)")
+    p.add_argument("--spool", help="spool file (default: in the user data directory)")
+    p.add_argument("--claim-k", type=int, help="pick at random among the first K ready rows")
+    p.add_argument("--ca-bundle", help="CA bundle for the hub's TLS certificate")
+    p.add_argument(
+        "--insecure", action="store_true", help="do not verify TLS certificates (testing only)"
+    )
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    return p
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "hub_urls": _split(args.hub),
+        "name": args.name,
+        "password_file": args.password_file,
+        "tubes": _split(args.tubes),
+        "slots": args.slots,
+        "allow_private_network": args.allow_private_network,
+        "kinds": _split(args.kinds),
+        "db": args.db,
+        "spool_path": Path(args.spool) if args.spool else None,
+        "claim_k": args.claim_k,
+        "ca_bundle": args.ca_bundle,
+        "verify_tls": False if args.insecure else None,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="desktop-worker")
-    parser.add_argument("--version", action="version", version=f"couchfarm {__version__}")
-    parser.parse_args(argv)
+    args = parser().parse_args(argv)
+    if not args.headless:
+        print(
+            "desktop-worker: the tray app is not built yet; run with --headless "
+            "(desktop-worker --headless --hub URL --name NAME --password-file FILE)",
+            file=sys.stderr,
+        )
+        return 2
+    setup_logging(args.log_level)
+    try:
+        config, source = build_config(args.config, overrides_from(args))
+    except ConfigError as exc:
+        print(f"desktop-worker: {exc}", file=sys.stderr)
+        return 2
+    log_event("password_source", worker=config.name, source=source)
+
+    from desktop_worker.engine import Engine
+
+    engine = Engine(config)
+    signals = {"count": 0}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        signals["count"] += 1
+        name = signal.Signals(signum).name
+        if signals["count"] == 1:
+            log_event("signal", signal=name, action="drain")
+            threading.Thread(target=engine.drain, daemon=True).start()
+        else:
+            log_event("signal", signal=name, action="stop")
+            threading.Thread(target=engine.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    engine.start()
+    while not engine.wait(0.5):
+        pass
     return 0
 
 

@@ -58,6 +58,7 @@ MORE = [
             "due_at": w["scheduled"]["due_at"],
             "queue_at": w["scheduled"]["queue_at"],
             "not_before": w["scheduled"]["not_before"],
+            "created_at": w["scheduled"]["created_at"],
         },
         "ready occurrences or on ones it holds",
     ),

@@ -44,7 +44,21 @@ function (newDoc, oldDoc, userCtx, secObj) {
   function isArray(v) { return Object.prototype.toString.call(v) === '[object Array]'; }
   function check(cond, message) { if (!cond) { deny(message); } }
   function time(v) { return isString(v) && WIRE_TIME.test(v); }
-  function same(a, b) { return JSON.stringify(a) === JSON.stringify(b); }
+  // Deep equality that ignores key order (clients may re-serialize documents).
+  function same(a, b) {
+    if (a === b) { return true; }
+    if (a === null || b === null || typeof a !== 'object' || typeof b !== 'object') {
+      return false;
+    }
+    if (isArray(a) !== isArray(b)) { return false; }
+    var keys = [], k;
+    for (k in a) { if (a.hasOwnProperty(k)) { keys.push(k); } }
+    for (k in b) { if (b.hasOwnProperty(k) && !a.hasOwnProperty(k)) { return false; } }
+    for (var i = 0; i < keys.length; i++) {
+      if (!b.hasOwnProperty(keys[i]) || !same(a[keys[i]], b[keys[i]])) { return false; }
+    }
+    return true;
+  }
   function idStamp(wire) {
     // '2026-12-01T00:01:00.000Z' -> '20261201T000100Z'
     return wire.substring(0, 4) + wire.substring(5, 7) + wire.substring(8, 10) + 'T' +

@@ -1,0 +1,244 @@
+"""The claim protocol: optimistic locking on the ``_rev`` a ready row was seen with.
+
+1. Read ``_design/farm/_view/ready`` for a tube with ``include_docs`` (key
+   ``[tube, queue_at]``), a few rows more than K.
+2. Drop rows that are not claimable *as seen*: not ``ready`` any more, ``not_before``
+   after hub time, a kind this worker does not run, no attempts left.
+3. Shuffle the first K survivors and PUT each (``states.claim`` on the row's doc, with the
+   row's ``_rev``) until enough are won. 201: ours. 409: someone else won, next one.
+4. A 409 on a request that was *sent more than once* may be our own first send having
+   succeeded: GET the doc and take it only if it is leased by us, for the attempt we
+   claimed, with the ``claimed_at`` we wrote. Anything else is someone else's.
+5. When every try of a round lost, back off with full jitter and read again (capped).
+
+The doc is never re-read and locked as it comes back: a claim always carries the revision
+it was seen with in ``ready`` state (DESIGN.md section 5).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from desktop_worker.config import DEFAULT_CLAIM_K
+from desktop_worker.log import log_event
+from hub import states
+from hub.couch import Conflict, Couch, Forbidden, NotFound
+from hub.model import Occurrence, State
+from hub.timefmt import from_wire, to_wire
+
+
+@dataclass
+class ClaimStats:
+    view_reads: int = 0
+    puts: int = 0
+    wins: int = 0
+    conflicts: int = 0  # 409: another worker's write got there first
+    retried_wins: int = 0
+    refused: int = 0  # 403 from validate_doc_update (PouchDB's form of a lost race)
+
+    @property
+    def lost_races(self) -> int:
+        return self.conflicts + self.refused
+
+    def add(self, other: ClaimStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class ClaimResult:
+    won: list[Occurrence] = field(default_factory=list)
+    candidates: int = 0  # claimable rows seen (before trying)
+    contended: bool = False  # there was work but every try lost
+    next_not_before: datetime | None = None  # earliest future not_before seen
+    stats: ClaimStats = field(default_factory=ClaimStats)
+
+
+class Claimer:
+    """Claims ready occurrences for one worker. Thread-safe if ``rng`` is not shared."""
+
+    def __init__(
+        self,
+        couch: Couch,
+        db: str,
+        worker: str,
+        tubes: Iterable[str],
+        *,
+        k: int = DEFAULT_CLAIM_K,
+        kinds: Iterable[str] | None = None,
+        extra_rows: int = 4,
+        max_rounds: int = 3,
+        backoff_base: float = 0.05,
+        backoff_max: float = 1.0,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.couch = couch
+        self.db = db
+        self.worker = worker
+        self.tubes = list(tubes)
+        self.k = max(1, k)
+        self.kinds = None if kinds is None else frozenset(kinds)
+        self.extra_rows = extra_rows
+        self.max_rounds = max(1, max_rounds)
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.rng = rng or random.Random()
+        self.sleep = sleep
+        self._tube_turn = 0
+
+    # ------------------------------------------------------------ public
+
+    def claim(self, wanted: int = 1) -> ClaimResult:
+        """Try to lease up to ``wanted`` occurrences. Raises Unavailable when offline."""
+        result = ClaimResult()
+        tubes = self._tube_order()
+        for round_no in range(self.max_rounds):
+            result.contended = False
+            tried_any = False
+            for tube in tubes:
+                need = wanted - len(result.won)
+                if need <= 0:
+                    return result
+                candidates, next_nb = self._candidates(tube, need, result.stats)
+                if next_nb is not None and (
+                    result.next_not_before is None or next_nb < result.next_not_before
+                ):
+                    result.next_not_before = next_nb
+                if round_no == 0:
+                    result.candidates += len(candidates)
+                if not candidates:
+                    continue
+                tried_any = True
+                result.won.extend(self._try(candidates, need, result.stats))
+            if len(result.won) >= wanted or not tried_any:
+                return result
+            if result.won:
+                return result  # partial success: run what we have, come back for more
+            result.contended = True
+            delay = self.rng.uniform(0, min(self.backoff_max, self.backoff_base * 2**round_no))
+            self.sleep(delay)
+        return result
+
+    # ------------------------------------------------------------ steps
+
+    def _tube_order(self) -> list[str]:
+        if len(self.tubes) <= 1:
+            return list(self.tubes)
+        start = self._tube_turn % len(self.tubes)
+        self._tube_turn += 1
+        return self.tubes[start:] + self.tubes[:start]
+
+    def _candidates(
+        self, tube: str, need: int, stats: ClaimStats
+    ) -> tuple[list[Occurrence], datetime | None]:
+        """The first K claimable occurrences of a tube, shuffled, and the next not_before."""
+        limit = max(self.k, need) + self.extra_rows
+        body = self.couch.view(
+            self.db,
+            "farm",
+            "ready",
+            startkey=[tube],
+            endkey=[tube, {}],
+            limit=limit,
+            include_docs=True,
+        )
+        stats.view_reads += 1
+        now = self.couch.now()
+        claimable: list[Occurrence] = []
+        next_not_before: datetime | None = None
+        for row in body.get("rows", []):
+            doc = row.get("doc")
+            if not isinstance(doc, dict) or doc.get("state") != State.READY.value:
+                continue  # the index ran ahead of or behind the doc: not claimable as seen
+            if self.kinds is not None and doc.get("kind") not in self.kinds:
+                continue
+            try:
+                occ = Occurrence.from_doc(doc)
+            except ValidationError:
+                continue  # a malformed doc is the hub's problem; never lock it
+            if occ.attempt >= occ.max_attempts:
+                continue
+            not_before = from_wire(occ.not_before)
+            if not_before > now:
+                if next_not_before is None or not_before < next_not_before:
+                    next_not_before = not_before
+                continue
+            claimable.append(occ)
+        first = claimable[: max(self.k, need)]
+        self.rng.shuffle(first)
+        return first, next_not_before
+
+    def _try(self, candidates: list[Occurrence], need: int, stats: ClaimStats) -> list[Occurrence]:
+        won: list[Occurrence] = []
+        for occ in candidates:
+            if len(won) >= need:
+                break
+            leased = self._claim_one(occ, stats)
+            if leased is not None:
+                won.append(leased)
+        return won
+
+    def _claim_one(self, occ: Occurrence, stats: ClaimStats) -> Occurrence | None:
+        try:
+            claimed = states.claim(occ, self.worker, self.couch.now())
+        except states.InvalidTransition:
+            return None
+        doc = claimed.to_doc()
+        stats.puts += 1
+        try:
+            rev = self.couch.put(self.db, doc)
+        except (Conflict, Forbidden) as exc:
+            # POUCHDB: PouchDB Server runs validate_doc_update against the current doc before
+            # it checks the rev, so a lost race there is a 403 ("leased by w2"); CouchDB 3
+            # answers 409. Either way the doc moved on since we saw it: not ours.
+            if exc.retried:
+                mine = self._was_mine(claimed)
+                if mine is not None:
+                    stats.wins += 1
+                    stats.retried_wins += 1
+                    return mine
+            if isinstance(exc, Conflict):
+                stats.conflicts += 1
+            else:
+                stats.refused += 1
+                log_event("claim_refused", logging.DEBUG, occ=occ.id, reason=exc.reason)
+            return None
+        stats.wins += 1
+        return claimed.model_copy(update={"rev": rev})
+
+    def _was_mine(self, claimed: Occurrence) -> Occurrence | None:
+        """After a retried PUT got 409: is the stored doc exactly the claim we sent?"""
+        try:
+            current: dict[str, Any] | None = self.couch.get(self.db, claimed.id)
+        except NotFound:
+            return None
+        lease = (current or {}).get("lease") or {}
+        assert claimed.lease is not None
+        if (
+            current
+            and current.get("state") == State.LEASED.value
+            and lease.get("worker") == self.worker
+            and current.get("attempt") == claimed.attempt
+            and lease.get("claimed_at") == claimed.lease.claimed_at
+        ):
+            log_event("claim_won_on_retry", occ=claimed.id, attempt=claimed.attempt)
+            return Occurrence.from_doc(current)
+        return None
+
+
+def describe(result: ClaimResult) -> dict[str, Any]:
+    return {
+        "won": len(result.won),
+        "candidates": result.candidates,
+        "contended": result.contended,
+        "next_not_before": to_wire(result.next_not_before) if result.next_not_before else None,
+    }

@@ -1,0 +1,249 @@
+"""The claim protocol: unit tests on a fake view, and a real race on the test server."""
+
+from __future__ import annotations
+
+import random
+import secrets
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from desktop_worker.claim import Claimer
+from hub import provision, states
+from hub.couch import Conflict, Couch, Forbidden, NotFound
+from hub.model import Occurrence, Task, task_id
+from hub.timefmt import to_wire
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def task(slug: str = "t", tube: str = "default", kind: str = "demo.sleep") -> Task:
+    stamp = to_wire(NOW)
+    return Task(
+        _id=task_id("acme", slug),
+        client="acme",
+        slug=slug,
+        kind=kind,
+        input={"ms": 0},
+        schedule={"every": 60},
+        tube=tube,
+        created_at=stamp,
+        updated_at=stamp,
+    )
+
+
+def ready(n: int, **kwargs: Any) -> Occurrence:
+    occ = states.materialize(task(**kwargs), NOW - timedelta(minutes=100 - n), NOW)
+    return occ.model_copy(update={"rev": f"1-{n}"})
+
+
+class FakeCouch:
+    """Just enough of hub.couch.Couch for the claim logic: a view, PUT with rev, GET."""
+
+    def __init__(self, docs: list[dict[str, Any]]) -> None:
+        self.docs = {d["_id"]: d for d in docs}
+        self.view_rows = [
+            {"id": d["_id"], "key": ["default", d["queue_at"]], "doc": d} for d in docs
+        ]
+        self.puts: list[str] = []
+        self.gets: list[str] = []
+        self.fail_put: dict[str, Exception] = {}
+        self.view_params: list[dict[str, Any]] = []
+
+    def now(self) -> datetime:
+        return NOW
+
+    def view(self, db: str, ddoc: str, view: str, **params: Any) -> dict[str, Any]:
+        self.view_params.append(params)
+        return {"rows": self.view_rows[: params["limit"]]}
+
+    def put(self, db: str, doc: dict[str, Any]) -> str:
+        self.puts.append(doc["_id"])
+        if doc["_id"] in self.fail_put:
+            raise self.fail_put[doc["_id"]]
+        current = self.docs[doc["_id"]]
+        if current.get("_rev") != doc.get("_rev"):
+            raise Conflict("409")
+        rev = f"{int(doc['_rev'].split('-')[0]) + 1}-x"
+        self.docs[doc["_id"]] = {**doc, "_rev": rev}
+        return rev
+
+    def get(self, db: str, doc_id: str) -> dict[str, Any]:
+        self.gets.append(doc_id)
+        if doc_id not in self.docs:
+            raise NotFound("404")
+        return self.docs[doc_id]
+
+
+def claimer(couch: FakeCouch, **kwargs: Any) -> Claimer:
+    kwargs.setdefault("rng", random.Random(7))
+    return Claimer(couch, "farm", "w1", ["default"], sleep=lambda s: None, **kwargs)  # type: ignore[arg-type]
+
+
+def test_reads_the_tube_range_with_docs_and_a_few_more_than_k():
+    couch = FakeCouch([ready(n).to_doc() for n in range(20)])
+    result = claimer(couch, k=5).claim(1)
+    assert len(result.won) == 1 and result.candidates == 5
+    params = couch.view_params[0]
+    assert params["startkey"] == ["default"] and params["endkey"] == ["default", {}]
+    assert params["include_docs"] is True and params["limit"] > 5
+    won = result.won[0]
+    assert won.state == "leased" and won.lease.worker == "w1" and won.attempt == 1
+    assert won.rev == couch.docs[won.id]["_rev"]
+
+
+def test_picks_at_random_among_the_first_k_only():
+    docs = [ready(n).to_doc() for n in range(20)]
+    first_five = {d["_id"] for d in docs[:5]}
+    picked = Counter()
+    for seed in range(60):
+        couch = FakeCouch([dict(d) for d in docs])
+        result = claimer(couch, k=5, rng=random.Random(seed)).claim(1)
+        picked[result.won[0].id] += 1
+    assert set(picked) == first_five  # never beyond K, and not always the first
+    assert len(picked) == 5
+
+
+def test_skips_rows_not_claimable_as_seen():
+    future = ready(1).model_copy(update={"not_before": to_wire(NOW + timedelta(minutes=5))})
+    leased = states.claim(ready(2), "w2", NOW).model_copy(update={"rev": "2-a"})
+    other_kind = ready(3, slug="dns", kind="dns.resolve")
+    used_up = ready(4).model_copy(update={"attempt": 3})
+    good = ready(5)
+    docs = [d.to_doc() for d in (future, leased, other_kind, used_up, good)]
+    couch = FakeCouch(docs)
+    result = claimer(couch, k=5, kinds=["demo.sleep"]).claim(3)
+    assert [o.id for o in result.won] == [good.id]
+    assert result.next_not_before == NOW + timedelta(minutes=5)
+    assert couch.puts == [good.id]
+
+
+def test_conflict_moves_to_the_next_candidate_without_a_get():
+    docs = [ready(n).to_doc() for n in range(3)]
+    couch = FakeCouch(docs)
+    for d in docs[:2]:
+        couch.fail_put[d["_id"]] = Conflict("409")
+    result = claimer(couch, k=3).claim(1)
+    assert [o.id for o in result.won] == [docs[2]["_id"]]
+    assert couch.gets == []  # never re-GET and lock whatever comes back
+    assert result.stats.conflicts == len(couch.puts) - 1
+    assert couch.puts[-1] == docs[2]["_id"]
+
+
+def test_a_forbidden_claim_is_a_lost_race_too():
+    docs = [ready(n).to_doc() for n in range(2)]
+    couch = FakeCouch(docs)
+    couch.fail_put[docs[0]["_id"]] = Forbidden("403", reason="leased by w2")
+    couch.fail_put[docs[1]["_id"]] = Forbidden("403", reason="leased by w3")
+    result = claimer(couch, k=2, max_rounds=2).claim(1)
+    assert result.won == [] and result.contended and result.stats.refused == 4
+
+
+def test_every_candidate_lost_backs_off_and_reads_again():
+    docs = [ready(n).to_doc() for n in range(2)]
+    couch = FakeCouch(docs)
+    for d in docs:
+        couch.fail_put[d["_id"]] = Conflict("409")
+    sleeps: list[float] = []
+    c = Claimer(couch, "farm", "w1", ["default"], k=2, max_rounds=3, sleep=sleeps.append)  # type: ignore[arg-type]
+    result = c.claim(1)
+    assert result.won == [] and result.contended
+    assert len(couch.view_params) == 3 and len(sleeps) == 3
+    assert all(0 <= s <= 1.0 for s in sleeps)
+
+
+def test_retried_conflict_that_was_our_own_write_is_won():
+    occ = ready(1)
+    couch = FakeCouch([occ.to_doc()])
+
+    def put_succeeds_then_409(db: str, doc: dict[str, Any]) -> str:
+        couch.docs[doc["_id"]] = {**doc, "_rev": "2-ours"}  # the first send got through
+        raise Conflict("409", retried=True)
+
+    couch.put = put_succeeds_then_409  # type: ignore[method-assign]
+    result = claimer(couch, k=1).claim(1)
+    assert [o.id for o in result.won] == [occ.id]
+    assert result.won[0].rev == "2-ours" and result.stats.retried_wins == 1
+
+
+def test_retried_conflict_that_someone_else_won_is_not_ours():
+    occ = ready(1)
+    couch = FakeCouch([occ.to_doc()])
+
+    def other_won(db: str, doc: dict[str, Any]) -> str:
+        couch.docs[doc["_id"]] = {
+            **states.claim(occ, "w2", NOW).to_doc(),
+            "_rev": "2-theirs",
+        }
+        raise Conflict("409", retried=True)
+
+    couch.put = other_won  # type: ignore[method-assign]
+    result = claimer(couch, k=1, max_rounds=1).claim(1)
+    assert result.won == [] and couch.gets == [occ.id]
+
+
+def test_several_slots_claim_several_from_one_read():
+    couch = FakeCouch([ready(n).to_doc() for n in range(10)])
+    result = claimer(couch, k=3).claim(4)
+    assert len(result.won) == 4 and len({o.id for o in result.won}) == 4
+    assert len(couch.view_params) == 1
+
+
+def test_empty_tube_is_not_contended():
+    result = claimer(FakeCouch([]), k=3).claim(1)
+    assert result.won == [] and not result.contended and result.candidates == 0
+
+
+# ------------------------------------------------------------------ against the server
+
+
+def test_claim_race_leases_each_occurrence_exactly_once(farm):
+    racers = [f"race{i}" for i in range(6)]
+    secret = {name: secrets.token_urlsafe(12) for name in racers}
+    for name in racers:
+        provision.add_user(farm.admin, name, [provision.WORKER_ROLE], secret[name], replace=True)
+    now = farm.now().replace(microsecond=0)
+    t = task("race", tube="race")
+    farm.hub.put(farm.db, t.to_doc())
+    docs = [states.materialize(t, now - timedelta(minutes=n + 1), now).to_doc() for n in range(60)]
+    assert all("error" not in row for row in farm.hub.bulk_docs(farm.db, docs))
+
+    won: dict[str, list[str]] = {name: [] for name in racers}
+    barrier = threading.Barrier(len(racers))
+
+    def race(name: str) -> None:
+        couch = Couch(farm.server.url, name, secret[name])
+        c = Claimer(couch, farm.db, name, ["race"], k=3, rng=random.Random(name))
+        barrier.wait()
+        while True:
+            result = c.claim(1)
+            won[name].extend(o.id for o in result.won)
+            if not result.won and not result.contended and result.candidates == 0:
+                return
+
+    threads = [threading.Thread(target=race, args=(name,)) for name in racers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    claimed = [occ for ids in won.values() for occ in ids]
+    assert sorted(claimed) == sorted(d["_id"] for d in docs)  # all, and none twice
+    assert sum(1 for ids in won.values() if ids) >= 2  # it was a race
+    stored = {
+        row["id"]: row["doc"] for row in farm.hub.all_docs(farm.db, keys=claimed, include_docs=True)
+    }
+    for name, ids in won.items():
+        for occ_id in ids:
+            assert stored[occ_id]["state"] == "leased"
+            assert stored[occ_id]["lease"]["worker"] == name and stored[occ_id]["attempt"] == 1
+
+
+def test_future_not_before_is_left_alone_on_the_server(farm):
+    now = farm.now().replace(microsecond=0)
+    t = task("later", tube="later")
+    occ = states.materialize(t, now, now, not_before=now + timedelta(hours=1))
+    farm.hub.put(farm.db, occ.to_doc())
+    result = Claimer(farm.worker("w1"), farm.db, "w1", ["later"], k=3).claim(1)
+    assert result.won == [] and result.next_not_before == now + timedelta(hours=1)
+    assert farm.hub.get(farm.db, occ.id)["state"] == "ready"
