@@ -29,6 +29,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -549,13 +550,32 @@ class RunHandle:
             pass
 
 
+_CONTEXT: Any = None
+
+
+def _context() -> Any:
+    """``forkserver`` on POSIX: each run is still its own fresh child process (killable,
+    memory-capped), but it forks from a server that has already imported the runner and
+    handlers, which cuts the start of a run from ~160 ms to a few ms. ``spawn`` on
+    Windows, and in frozen bundles, where forkserver is unavailable or fragile."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        methods = multiprocessing.get_all_start_methods()
+        if os.name == "posix" and "forkserver" in methods and not getattr(sys, "frozen", False):
+            _CONTEXT = multiprocessing.get_context("forkserver")
+            _CONTEXT.set_forkserver_preload(["desktop_worker.runner", "desktop_worker.handlers"])
+        else:
+            _CONTEXT = multiprocessing.get_context("spawn")
+    return _CONTEXT
+
+
 def start_run(kind: str, input: dict, limits: Limits, policy: Policy) -> RunHandle:
     """Check the run and start it in a child process. Never blocks on the run itself."""
     started = time.monotonic()
     delay, failed = _prepare(kind, input, limits, policy)
     if failed is not None:
         return RunHandle(kind, limits, started, outcome=failed)
-    context = multiprocessing.get_context("spawn")
+    context = _context()
     reader, writer = context.Pipe(duplex=False)
     process = context.Process(
         target=_child_main,
