@@ -234,7 +234,7 @@ def cmd_replication(args: argparse.Namespace) -> int:
         for line in replication.setup(primary, standby, conn.db):
             print(line)
         return 0
-    health = replication.status(primary.couch(), standby.couch(), conn.db)
+    health = replication.status(primary.couch(), standby.couch(), conn.db, admin=True)
     if args.json:
         _print_json(health.as_dict())
         return 0

@@ -39,7 +39,9 @@ log = logging.getLogger("couchfarm.couch")
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 # A 500 that names its error (compilation_error, a crashed validate_doc_update...) is a
 # fault in what we sent, not a passing overload: retrying it only repeats it.
-NON_RETRYABLE_500_ERRORS = frozenset({"compilation_error", "render_error", "unknown_error"})
+NON_RETRYABLE_500_ERRORS = frozenset(
+    {"compilation_error", "render_error", "unknown_error", "bad_request"}
+)
 
 
 # ---------------------------------------------------------------- errors

@@ -98,6 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             admin = Couch(url, admin_user, admin_password)
             for line in prepare(admin, args.db):
                 print(f"[init {url}] {line}")
+        from hub import replication
+
+        ends = [
+            replication.Endpoint(url, admin_user, admin_password, side)
+            for url, side in ((primary_url, "primary"), (standby_url, "standby"))
+        ]
+        for line in replication.setup(ends[0], ends[1], args.db):
+            print(f"[replication] {line}")
         hub = Couch(primary_url, "hub", PASSWORDS["hub"])
         now = hub.now()
         try:
@@ -121,7 +129,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                 hub_env,
             )
         )
-        print(_where(primary_url, standby_url, args.db, admin_user, admin_password))
+        password_file = DEMO_DIR / "demo-worker.password"
+        password_file.write_text(PASSWORDS["demo-worker"])
+        password_file.chmod(0o600)
+        worker_env = {k: v for k, v in os.environ.items() if not k.startswith("COUCHFARM_")}
+        children.append(
+            _spawn(
+                "demo-worker",
+                [
+                    sys.executable,
+                    "-m",
+                    "desktop_worker.cli",
+                    "--headless",
+                    "--hub",
+                    f"{primary_url},{standby_url}",
+                    "--name",
+                    "demo-worker",
+                    "--password-file",
+                    str(password_file),
+                    "--db",
+                    args.db,
+                    "--slots",
+                    "2",
+                    "--spool",
+                    str(DEMO_DIR / "demo-worker-spool.sqlite"),
+                ],
+                worker_env,
+            )
+        )
+        print(
+            _where(primary_url, standby_url, args.db, admin_user, admin_password, args.portal_port)
+        )
         print(f"  logs              {logs}/")
         sys.stdout.flush()
         time.sleep(min(args.seconds or 12.0, 12.0))
@@ -165,7 +203,9 @@ def _spawn(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[
     return child
 
 
-def _where(primary: str, standby: str, db: str, admin_user: str, admin_password: str) -> str:
+def _where(
+    primary: str, standby: str, db: str, admin_user: str, admin_password: str, portal_port: int
+) -> str:
     return f"""
 Couchfarm demo is running. Ctrl-C stops it.
 

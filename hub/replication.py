@@ -157,7 +157,12 @@ def write_probe(couch: Couch, db: str, side: str) -> None:
 
 
 def link_health(
-    source: Couch, target: Couch, db: str, source_side: str, target_side: str
+    source: Couch,
+    target: Couch,
+    db: str,
+    source_side: str,
+    target_side: str,
+    admin: Couch | None = None,
 ) -> LinkHealth:
     try:
         src_info, dst_info = source.db_info(db), target.db_info(db)
@@ -172,7 +177,8 @@ def link_health(
         if at_source and at_target:
             behind = from_wire(at_source["at"]) - from_wire(at_target["at"])
             lag_seconds = max(0.0, behind.total_seconds())
-        state = _scheduler_state(source, db, source_side, target_side)
+        # The replication's own state needs server-admin rights; lag does not.
+        state = _scheduler_state(admin, db, source_side, target_side) if admin else "unknown"
         return LinkHealth(db, source_side, target_side, lag_docs, lag_seconds, state)
     except CouchError as exc:
         return LinkHealth(db, source_side, target_side, None, None, "unreachable", str(exc))
@@ -193,11 +199,18 @@ def _scheduler_state(admin: Couch, db: str, source_side: str, target_side: str) 
     return str(doc.get("_replication_state", "unknown"))
 
 
-def status(primary: Couch, standby: Couch, db: str) -> Health:
-    """Health of both directions for the live database (the one that matters for work)."""
+def status(primary: Couch, standby: Couch, db: str, *, admin: bool = False) -> Health:
+    """Health of both directions for the live database (the one that matters for work).
+
+    With ``admin`` (the connections are server admins) the replications' own states are
+    read too; the hub service, a farm_admin, reports lag only."""
     health = Health(at=to_wire(primary.now()))
-    health.links.append(link_health(primary, standby, db, "primary", "standby"))
-    health.links.append(link_health(standby, primary, db, "standby", "primary"))
+    health.links.append(
+        link_health(primary, standby, db, "primary", "standby", primary if admin else None)
+    )
+    health.links.append(
+        link_health(standby, primary, db, "standby", "primary", standby if admin else None)
+    )
     for link in health.links:
         if not link.healthy:
             log.warning(
