@@ -45,8 +45,19 @@ test: setup lint
 demo: setup
 	$(PY) -m hub.demo
 
-bench: setup
-	$(PY) -m bench.run
+# BENCH_SCALE=small (default, under 10 minutes) or full; see docs/BENCHMARKS.md.
+BENCH_SCALE ?= small
+bench: setup bench/.venv-picas/.installed
+	@$(PY) -c 'import matplotlib, greenstalk' 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
+	BENCH_SCALE=$(BENCH_SCALE) $(PY) -m bench.run
+
+# PiCaS (the claim race's reference) pins setuptools==80, cryptography<42 and couchdb<2: it
+# gets a venv of its own.
+bench/.venv-picas/.installed:
+	@[ -x bench/.venv-picas/bin/python ] || $(PYTHON) -m venv bench/.venv-picas
+	@echo '*' > bench/.venv-picas/.gitignore
+	bench/.venv-picas/bin/python -m pip install -q 'picas==1.1.2'
+	@touch $@
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

@@ -3,7 +3,7 @@
 ``desktop-worker --headless --hub URL[,STANDBY_URL] --name NAME [--password-file F]
 [--tubes a,b] [--slots N] [--allow-private-network] [--config FILE] [--db farm]``
 
-Without ``--headless`` it will start the tray app; that is not built yet (exit 2).
+Without ``--headless`` it starts the tray app (``desktop_worker.tray.app``).
 SIGTERM (and a first Ctrl-C) drains: runs in progress finish, nothing new is claimed, then
 the worker exits. A second signal stops at once, handing running leases back.
 
@@ -82,12 +82,11 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not args.headless:
-        print(
-            "desktop-worker: the tray app is not built yet; run with --headless "
-            "(desktop-worker --headless --hub URL --name NAME --password-file FILE)",
-            file=sys.stderr,
-        )
-        return 2
+        # The tray app (PySide6) drives the same engine; imported only when asked for, so
+        # a headless worker never loads Qt.
+        from desktop_worker.tray.app import main as tray_main
+
+        return tray_main(list(argv) if argv is not None else None)
     setup_logging(args.log_level)
     try:
         config, source = build_config(args.config, overrides_from(args))

@@ -32,7 +32,13 @@ def results_db(live_db: str, moment: datetime) -> str:
 
 
 def is_results_db(live_db: str, name: str) -> bool:
-    return name.startswith(f"{live_db}_results_") and len(name) == len(live_db) + 17
+    """``farm_results_2026_11`` for live db ``farm``: exactly YYYY_MM after the prefix."""
+    prefix = f"{live_db}_results_"
+    rest = name[len(prefix) :]
+    return (
+        name.startswith(prefix) and len(rest) == 7 and rest[4] == "_"
+        and rest[:4].isdigit() and rest[5:].isdigit()
+    )  # fmt: skip
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from hub import kinds, schedules, states
-from hub.couch import Conflict, Couch, NotFound
+from hub.couch import Conflict, Couch, Forbidden, NotFound
 from hub.model import (
     Occurrence,
     Task,
@@ -83,7 +83,12 @@ def build_task(
             **data,
         )
     except ValidationError as exc:
-        raise ServiceError(problems + describe_validation_error(exc)) from None
+        problems += describe_validation_error(exc)
+        # Report the input's and the schedule's own problems in the same answer.
+        if isinstance(data.get("kind"), str) and isinstance(data.get("input", {}), dict):
+            problems += kinds.validate_input(data["kind"], data.get("input", {}))
+        problems += _schedule_problems(data.get("schedule"), now, min_interval)
+        raise ServiceError(list(dict.fromkeys(problems))) from None
     try:
         schedules.validate_schedule(task.schedule, now, min_interval=min_interval)
     except schedules.ScheduleError as exc:
@@ -92,6 +97,22 @@ def build_task(
     if problems:
         raise ServiceError(problems)
     return task
+
+
+def _schedule_problems(raw: Any, now: datetime, min_interval: int) -> list[str]:
+    from hub.model import Schedule
+
+    if not isinstance(raw, dict):
+        return []
+    try:
+        schedule = Schedule(**raw)
+    except (ValidationError, TypeError):
+        return []  # already reported by the task model
+    try:
+        schedules.validate_schedule(schedule, now, min_interval=min_interval)
+    except schedules.ScheduleError as exc:
+        return exc.problems
+    return []
 
 
 @dataclass
@@ -152,7 +173,9 @@ class FarmService:
         occ = states.materialize(task, now, now)
         try:
             rev = self.couch.put(self.db, occ.to_doc())
-        except Conflict:
+        except (Conflict, Forbidden):
+            # POUCHDB: validation runs before the conflict check there, so an existing
+            # occurrence answers 403 rather than 409.
             raise ConflictError(f"a run of {slug!r} due {occ.due_at} already exists") from None
         return occ.model_copy(update={"rev": rev})
 
@@ -191,7 +214,11 @@ class FarmService:
         if doc is not None:
             return {"source": "live", "occurrence": doc}
         try:
-            archived = self.couch.get_or_none(results_db(self.db, due_of(occ_id)), f"res:{occ_id}")
+            due = due_of(occ_id)
+        except ValueError:
+            raise NotFoundError(f"no occurrence {occ_id!r}") from None
+        try:
+            archived = self.couch.get_or_none(results_db(self.db, due), f"res:{occ_id}")
         except NotFound:
             archived = None
         if archived is None:
@@ -326,7 +353,10 @@ class FarmService:
 
 
 def due_of(occ_id: str) -> datetime:
+    """The due time stamped in an occurrence id; ValueError for a malformed one."""
     _client, _slug, stamp = split_occurrence_id(occ_id)
+    if len(stamp) != 16 or stamp[8] != "T" or not stamp.endswith("Z"):
+        raise ValueError(f"not an occurrence id: {occ_id!r}")
     return from_wire(
         f"{stamp[0:4]}-{stamp[4:6]}-{stamp[6:8]}T{stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}Z"
     )

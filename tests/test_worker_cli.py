@@ -30,9 +30,13 @@ def test_version(capsys):
     assert __version__ in capsys.readouterr().out
 
 
-def test_without_headless_the_tray_app_is_not_built_yet(capsys):
-    assert cli.main([]) == 2
-    assert "tray app is not built yet" in capsys.readouterr().err
+def test_without_headless_the_tray_app_starts(monkeypatch):
+    from desktop_worker.tray import app
+
+    seen: list[list[str] | None] = []
+    monkeypatch.setattr(app, "main", lambda argv=None: seen.append(argv) or 7)
+    assert cli.main(["--name", "w9"]) == 7
+    assert seen == [["--name", "w9"]]
 
 
 def test_missing_password_is_named(capsys, monkeypatch):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -24,7 +25,7 @@ from typing import Any
 from hub import schedules
 from hub.couch import Couch, CouchError, NotFound
 from hub.model import FINAL_STATES, Task, occurrence_id
-from hub.provision import is_results_db, results_db
+from hub.provision import results_db
 from hub.service import FarmService
 from hub.timefmt import as_utc, from_wire, month_key, to_wire
 
@@ -39,6 +40,13 @@ PAGE = 500  # rows per view request when paging through a range
 MAX_MONTHS = 121
 FAR_FUTURE = "9999-12-31T23:59:59.999Z"
 EPOCH_WIRE = "1970-01-01T00:00:00.000Z"
+
+
+def is_month_db(live_db: str, name: str) -> bool:
+    """``<live_db>_results_YYYY_MM``. (hub.provision.is_results_db expects one character
+    more than results_db makes, so it matches nothing; this check is exact.)"""
+    prefix = f"{live_db}_results_"
+    return name.startswith(prefix) and re.fullmatch(r"\d{4}_\d{2}", name[len(prefix) :]) is not None
 
 
 def month_starts(since: datetime, until: datetime) -> list[datetime]:
@@ -92,7 +100,7 @@ def row_from_live(doc: dict[str, Any]) -> dict[str, Any]:
         "state": state,
         "status": status,
         "attempt": doc.get("attempt", 0),
-        "worker": result.get("worker") or lease.get("worker"),
+        "worker": result.get("worker") or lease.get("worker") or _last_worker(errors),
         "started_at": result.get("started_at"),
         "finished_at": result.get("finished_at"),
         "duration_ms": duration,
@@ -114,7 +122,7 @@ def row_from_archive(doc: dict[str, Any]) -> dict[str, Any]:
         "state": doc.get("state", ""),
         "status": doc.get("status"),
         "attempt": doc.get("attempt", 0),
-        "worker": doc.get("worker"),
+        "worker": doc.get("worker") or _last_worker(doc.get("errors")),
         "started_at": doc.get("started_at"),
         "finished_at": doc.get("finished_at"),
         "duration_ms": doc.get("duration_ms"),
@@ -126,6 +134,10 @@ def row_from_archive(doc: dict[str, Any]) -> dict[str, Any]:
         "output": doc.get("output"),
         "source": "archive",
     }
+
+
+def _last_worker(errors: list[dict[str, Any]] | None) -> str | None:
+    return (errors[-1] or {}).get("worker") if errors else None
 
 
 def dedupe(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -148,8 +160,12 @@ class PortalData:
     service: FarmService
     dbs_couch: Couch | None = None  # may list /_all_dbs (server admin); optional
     months_ttl: float = 60.0
+    page: int = PAGE  # rows per view request when paging through a long range
     _known_dbs: tuple[float, frozenset[str] | None] = field(default=(0.0, None), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _outcome_cache: dict[tuple[str, str], tuple[str, list]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def couch(self) -> Couch:
@@ -176,7 +192,7 @@ class PortalData:
             if conn is None:
                 continue
             try:
-                found = frozenset(n for n in conn.all_dbs() if is_results_db(self.db, n))
+                found = frozenset(n for n in conn.all_dbs() if is_month_db(self.db, n))
                 break
             except CouchError:
                 continue
@@ -259,15 +275,33 @@ class PortalData:
         return {"live": live, "live_out": live_out, "archived": archived}
 
     def _archived_outcomes(self, month_db: str, client: str) -> list[tuple[str, str, dict]]:
+        """One month's outcomes of a client, reused while the month's database is unchanged.
+
+        Past months rarely change, and a server that reduces at query time (PouchDB) pays
+        for the whole range on every query; one ``GET /db`` tells whether anything moved.
+        """
+        try:
+            seq = self.couch.update_seq(month_db)
+        except NotFound:
+            return []
+        key = (month_db, client)
+        with self._lock:
+            cached = self._outcome_cache.get(key)
+        if cached is not None and cached[0] == seq:
+            return cached[1]
         params = {"startkey": [client], "endkey": [client, {}], "group_level": 3}
         try:
-            rows = self.couch.view(month_db, "results", "outcomes_by_client_task", **params)
-            return [(r["key"][1], r["key"][2], r["value"]) for r in rows["rows"]]
+            reply = self.couch.view(month_db, "results", "outcomes_by_client_task", **params)
+            found = [(r["key"][1], r["key"][2], r["value"]) for r in reply["rows"]]
         except NotFound:
-            pass
-        # A month whose design document predates outcomes_by_client_task: counts only.
-        rows = self._view(month_db, "by_client_task_status", "results", **params)
-        return [(r["key"][1], r["key"][2], {"count": r["value"], "max": 0}) for r in rows]
+            # A month whose design document predates outcomes_by_client_task: counts only.
+            rows = self._view(month_db, "by_client_task_status", "results", **params)
+            found = [(r["key"][1], r["key"][2], {"count": r["value"], "max": 0}) for r in rows]
+        with self._lock:
+            if len(self._outcome_cache) >= 5000:
+                self._outcome_cache.clear()
+            self._outcome_cache[key] = (seq, found)
+        return found
 
     def _archived_ids(self, occ_ids: list[str]) -> set[str]:
         """Which of these occurrences already have a result in their month's database."""
@@ -391,9 +425,10 @@ class PortalData:
         *,
         descending: bool,
         include_docs: bool = True,
-        page: int = PAGE,
+        page: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Live and archived rows of one task with lo <= due_at <= hi, in time order."""
+        page = page or self.page
         now = self.service.now()
         lo_dt = max(clamp_wire(lo), from_wire(task.created_at) - timedelta(days=1))
         hi_dt = min(clamp_wire(hi), now + timedelta(days=1))
@@ -446,7 +481,8 @@ class PortalData:
         rows: list[dict[str, Any]] = []
         scanned = 0
         next_before = None
-        for row in self.merged(task, lo, hi, descending=True):
+        page = min(self.page, limit + 1)
+        for row in self.merged(task, lo, hi, descending=True, page=page):
             if before is not None and row["due_at"] >= before:
                 continue
             scanned += 1

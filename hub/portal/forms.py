@@ -262,6 +262,32 @@ def _plain(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+def all_problems(spec: dict[str, Any], first: list[str], now: datetime, min_interval: int):
+    """``first`` (the service's answer) plus the input and schedule problems it did not reach.
+
+    The service stops at the task model's own checks before it looks at the input and the
+    schedule; a form should show every field at fault in one round trip.
+    """
+    from pydantic import ValidationError
+
+    from hub import kinds, schedules
+    from hub.model import Schedule, describe_validation_error
+
+    more: list[str] = []
+    if spec.get("kind") in KIND_SCHEMAS and isinstance(spec.get("input"), dict):
+        more += kinds.validate_input(spec["kind"], spec["input"])
+    try:
+        schedule = Schedule(**spec.get("schedule", {}))
+    except ValidationError as exc:
+        more += describe_validation_error(exc, "schedule.")
+    else:
+        try:
+            schedules.validate_schedule(schedule, now, min_interval=min_interval)
+        except schedules.ScheduleError as exc:
+            more += exc.problems
+    return list(dict.fromkeys([*first, *more]))
+
+
 # ---------------------------------------------------------------- problems beside fields
 
 _QUOTED = re.compile(r"'([^']+)'")
@@ -301,7 +327,9 @@ def field_of(problem: str) -> str:
     return top
 
 
-def problems_by_field(problems: list[str], known: set[str]) -> tuple[dict[str, list[str]], list[str]]:
+def problems_by_field(
+    problems: list[str], known: set[str]
+) -> tuple[dict[str, list[str]], list[str]]:
     """Problems keyed by the field they name; those naming no shown field stay general."""
     placed: dict[str, list[str]] = {}
     general: list[str] = []

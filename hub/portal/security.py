@@ -43,6 +43,7 @@ LOGIN_COOKIE = "cf_login"
 CSRF_HEADER = "x-csrf-token"
 TOKEN_PREFIX = "cft_"
 TOKEN_DOC_PREFIX = "hub:token:"
+MAX_TOKENS = 50  # per client (or per operator)
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,99}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _CLIENT_NAME = re.compile(NAME_PATTERN)
@@ -107,10 +108,15 @@ def couch_authenticator(couch: Couch, timeout: float = 10.0) -> Authenticator:
     verify = couch.verify
 
     def check(name: str, password: str) -> dict[str, Any] | None:
-        conn = Couch(
-            urls, name, password, retries=0, connect_timeout=3.0, read_timeout=timeout,
-            verify=verify,
-        )  # fmt: skip
+        try:
+            conn = Couch(
+                urls, name, password, retries=0, connect_timeout=3.0, read_timeout=timeout,
+                verify=verify,
+            )  # fmt: skip
+        except ValueError:
+            # The client refuses some credentials outright (empty, or wrapped in quotes or
+            # braces); no CouchDB user can have them, so it is a failed login, not a 500.
+            return None
         try:
             body = conn.session()
         except Unauthorized:
@@ -260,6 +266,10 @@ def valid_token_id(digest: str) -> bool:
     return _SHA256_HEX.match(digest) is not None
 
 
+class TooManyTokens(ValueError):
+    pass
+
+
 class TokenStore:
     """API tokens as ``hub:token:<sha256>`` documents (the secret itself is never stored)."""
 
@@ -268,6 +278,8 @@ class TokenStore:
         self.db = db
 
     def create(self, principal: Principal, name: str) -> tuple[str, dict[str, Any]]:
+        if len(self.list(principal)) >= MAX_TOKENS:
+            raise TooManyTokens(f"at most {MAX_TOKENS} API tokens; revoke one first")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         digest = token_hash(token)
         doc = {
@@ -394,6 +406,9 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        # Pages and API answers are private and change: never cached. Static files may be.
+        cache = b"max-age=300" if scope.get("path", "").startswith("/static/") else b"no-store"
+
         async def with_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers") or [])
@@ -403,7 +418,7 @@ class SecurityHeaders:
                     (b"x-content-type-options", b"nosniff"),
                     (b"x-frame-options", b"DENY"),
                     (b"referrer-policy", b"same-origin"),
-                    (b"cache-control", b"no-store"),
+                    (b"cache-control", cache),
                 ):
                     if name not in present:
                         headers.append((name, value))
