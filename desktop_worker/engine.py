@@ -67,7 +67,7 @@ from hub.model import (
 )
 from hub.provision import results_db
 from hub.timefmt import from_wire
-from hub.version import __version__
+from hub.version import POLICY_DOC_ID, __version__, worker_too_old
 
 LOG_WARNING = logging.WARNING
 
@@ -222,6 +222,7 @@ class Engine:
         self.totals = {"done": 0, "failed": 0, "lost": 0}
         self.started_at: datetime | None = None
 
+        self._failovers_seen = 0
         self._hb_rev: str | None = None
         self._hb_last = float("-inf")  # monotonic time of the last worker-doc write
         self._hb_dirty = True
@@ -517,7 +518,22 @@ class Engine:
         if self.started_at is None:
             self.started_at = self.couch.now()
         self._hb_wake.set()
-        return True
+        return self._check_version()
+
+    def _check_version(self) -> bool:
+        """Refuse to claim while the hub's ``hub:policy`` asks for a newer worker (the
+        claim loop asks again on its back-off, so lowering the minimum needs no restart)."""
+        try:
+            policy = self.couch.get_or_none(self.db, POLICY_DOC_ID)
+        except Unavailable as exc:
+            self._set_offline(exc)
+            return False
+        except CouchError as exc:  # unreadable policy: work as before
+            log_event("policy_unreadable", LOG_WARNING, worker=self.name, error=str(exc))
+            policy = None
+        problem = worker_too_old(__version__, (policy or {}).get("min_worker_version"))
+        self._set_error("version", problem)
+        return problem is None
 
     # ================================================================ changes watcher
 
@@ -1001,10 +1017,13 @@ class Engine:
             if counts.get("pending"):
                 self._upload_pending()
                 self._emit_spool_counts()
-            if (
-                counts.get("uploaded")
-                and time.monotonic() - last_check >= self.config.standby_check_s
+            failed_over = self.couch.failovers != self._failovers_seen
+            if counts.get("uploaded") and (
+                failed_over or time.monotonic() - last_check >= self.config.standby_check_s
             ):
+                # Right after a failover too: results the dead server held but never
+                # replicated must reach the survivor before their leases expire there.
+                self._failovers_seen = self.couch.failovers
                 last_check = time.monotonic()
                 self._confirm_on_standby()
 
@@ -1030,6 +1049,8 @@ class Engine:
                 continue
             for entry, row in zip(group, rows, strict=False):
                 verdict = self._standby_verdict(other, entry, row)
+                if verdict == "wait" and self._left_server(entry.uploaded_to, index):
+                    verdict = self._rescue(other, index, entry, row.get("doc"))
                 if verdict == "wait":
                     continue
                 try:
@@ -1046,19 +1067,63 @@ class Engine:
         if changed:
             self._emit_spool_counts()
 
+    def _left_server(self, uploaded_to: int | None, other_index: int) -> bool:
+        """We failed over away from the server that took the upload, to ``other_index``."""
+        return (
+            uploaded_to is not None
+            and self.couch.servers.index(self.couch.active) == (other_index) != uploaded_to
+        )
+
+    def _rescue(self, other: Couch, index: int, entry: Entry, doc: Any) -> str:
+        """Re-upload a result the dead server took but never replicated.
+
+        The survivor holds our lease (the claim replicated): finish on top of it. It holds
+        the occurrence ready (it did not): claim it again and finish, keeping the run's
+        own output and start time. Anyone else's lease or result there: it is theirs.
+        """
+        if not isinstance(doc, dict) or entry.op != "finish" or not entry.doc.get("result"):
+            return "wait"
+        try:
+            current = Occurrence.from_doc(doc)
+            sent = entry.doc["result"]
+            now = other.now()
+            if current.state == State.READY:
+                claimed = states.claim(current, self.name, now)
+                current = claimed.model_copy(update={"rev": other.put(self.db, claimed.to_doc())})
+            if current.state != State.LEASED or current.lease is None:
+                return "wait"
+            if current.lease.worker != self.name:
+                return "wait"
+            finished = states.finish(
+                current, self.name, now, started_at=from_wire(sent["started_at"]),
+                output=sent.get("output"),
+            )  # fmt: skip
+            other.put(self.db, finished.to_doc())
+        except (CouchError, ValueError, states.InvalidTransition) as exc:
+            log_event("result_rescue_failed", LOG_WARNING, occ=entry.occ_id, error=str(exc))
+            return "wait"
+        try:
+            self._spool.replace_doc(entry.seq, finished.to_doc())  # type: ignore[union-attr]
+            self._spool.mark_uploaded(entry.seq, index)  # type: ignore[union-attr]
+        except SpoolError:
+            pass
+        log_event("result_rescued", occ=entry.occ_id, server=other.active.label,
+                  attempt=finished.attempt)  # fmt: skip
+        return "wait"  # now confirmed on the other server, once that one answers again
+
     def _standby_verdict(self, other: Couch, entry: Entry, row: dict[str, Any]) -> str:
         doc = row.get("doc")
         if isinstance(doc, dict) and not doc.get("_deleted"):
             if doc.get("state") != State.DONE.value:
                 return "wait"  # not replicated yet
             result = doc.get("result") or {}
-            if result.get("worker") == self.name and result.get("attempt") == entry.attempt:
+            if result.get("worker") == self.name and result.get("attempt") == _sent_attempt(entry):
                 return "confirmed"
             return f"the standby holds another result (worker {result.get('worker')})"
         found = self._archived_result(other, entry.occ_id, entry.doc)
         if not found:
             return "wait"
-        if found.get("worker") == self.name and found.get("attempt") == entry.attempt:
+        if found.get("worker") == self.name and found.get("attempt") == _sent_attempt(entry):
             return "confirmed"
         return f"the archived result is another worker's ({found.get('worker')})"
 
@@ -1221,6 +1286,12 @@ def script_specs(scripts: dict[str, Any]) -> dict[str, Any]:
         else:
             raise ValueError(f"script {name!r}: give a path or a table with 'path'")
     return specs
+
+
+def _sent_attempt(entry: Entry) -> int:
+    """The attempt our result carries (a rescued result may carry a later one)."""
+    result = entry.doc.get("result") if isinstance(entry.doc, dict) else None
+    return int(result["attempt"]) if result and "attempt" in result else entry.attempt
 
 
 def _progress_tuple(value: Any) -> tuple[float, float, str] | None:

@@ -461,6 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # APScheduler logs every job run at INFO (four lines a second for the materializer).
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except (SettingsError, provision.UserExists, ValueError) as exc:

@@ -269,26 +269,59 @@ def recover(
     return report
 
 
-def _verify(src: Couch, dst: Couch, name: str, sample: int, report: RecoveryReport) -> None:
-    src_info, dst_info = src.db_info(name), dst.db_info(name)
-    same_count = src_info["doc_count"] == dst_info["doc_count"]
+def _verify(
+    src: Couch, dst: Couch, name: str, sample: int, report: RecoveryReport, settle: float = 60.0
+) -> None:
+    """Counts and a sample of bodies must match. The farm may still be writing to the
+    standby, and continuous replication carries those writes over, so a difference gets
+    up to ``settle`` seconds to close before it counts as a failure."""
+    deadline = time.monotonic() + settle
+    while True:
+        src_info, dst_info = src.db_info(name), dst.db_info(name)
+        same_count = src_info["doc_count"] == dst_info["doc_count"]
+        rows = src.all_docs(name)
+        picks = random.sample(rows, min(sample, len(rows)))
+        mismatched = []
+        in_flight = 0
+        for row in picks:
+            theirs = dst.get_or_none(name, row["id"], revs="true")
+            ours = src.get_or_none(name, row["id"], revs="true")
+            if ours is None and theirs is None:
+                continue  # deleted meanwhile, on both sides
+            if _body(theirs) == _body(ours):
+                continue
+            if _same_history(ours, theirs):
+                in_flight += 1  # one side is a revision or two behind: replication lag
+            else:
+                mismatched.append(row["id"])
+        if (same_count and not mismatched) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
     report.add(
         f"{name}: {dst_info['doc_count']} docs on the new primary, {src_info['doc_count']} on "
         f"the standby ({'match' if same_count else 'MISMATCH'})",
         same_count,
     )
-    rows = src.all_docs(name)
-    picks = random.sample(rows, min(sample, len(rows)))
-    mismatched = []
-    for row in picks:
-        theirs = dst.get_or_none(name, row["id"])
-        if theirs is None or theirs.get("_rev") != row["value"]["rev"]:
-            mismatched.append(row["id"])
-            continue
-        if src.get(name, row["id"]) != theirs:
-            mismatched.append(row["id"])
     report.add(
-        f"{name}: sampled {len(picks)} bodies, {len(mismatched)} differ"
+        f"{name}: sampled {len(picks)} bodies, {len(mismatched)} differ, {in_flight} a "
+        "revision behind on the same history (still being written)"
         + (f" ({', '.join(mismatched[:5])})" if mismatched else ""),
         not mismatched,
     )
+
+
+def _body(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if doc is None else {k: v for k, v in doc.items() if k != "_revisions"}
+
+
+def _same_history(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """True when one document's current revision is in the other's ancestry."""
+    if a is None or b is None:
+        return False
+
+    def ancestry(doc: dict[str, Any]) -> set[str]:
+        revs = doc.get("_revisions") or {}
+        start = int(revs.get("start", 0))
+        return {f"{start - i}-{rev}" for i, rev in enumerate(revs.get("ids", []))}
+
+    return a["_rev"] in ancestry(b) or b["_rev"] in ancestry(a)
