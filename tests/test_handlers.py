@@ -204,7 +204,7 @@ def test_demo_sleep_reports_progress_and_output() -> None:
     started = time.monotonic()
     out = demo_sleep.run({"ms": 250}, ctx(progress_callback=lambda *p: seen.append(p)))
     assert out == {"slept_ms": 250}
-    assert 0.24 <= time.monotonic() - started < 1.0
+    assert time.monotonic() - started >= 0.24  # it really slept
     assert seen[0][:2] == (0, 250)
     assert seen[-1][:2] == (250, 250)
     assert len(seen) >= 3

@@ -453,7 +453,7 @@ def test_slow_server_times_out_as_a_net_error(web: LocalHTTP) -> None:
     started = time.monotonic()
     with pytest.raises(NetError, match=re.escape("did not answer within 0.3 s")):
         http_request(web.url("/slow?s=1.5"), open_policy(), timeout_s=0.3)
-    assert time.monotonic() - started < 1.2
+    assert time.monotonic() - started < 1.4  # gave up well before the server's 1.5 s
 
 
 def test_connection_refused_is_a_net_error() -> None:
