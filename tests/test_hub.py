@@ -231,3 +231,46 @@ def test_two_hub_processes_side_by_side_create_no_duplicates(farm, repo_root):
         ids = [d["_id"] for d in docs]
         assert len(ids) == len(set(ids))
         assert len(ids) >= int(elapsed / 10) - 3, (len(ids), elapsed)
+
+
+def test_fair_share_a_big_client_does_not_starve_a_small_one(farm):
+    """1,000 due at once for one client, 10 for another: the small client's runs are in
+    the first turns of the tube, not behind the big client's thousand."""
+    clock = FakeClock(recent_minute(farm))
+    stamp = to_wire(clock.now)
+    docs = []
+    for client, count in (("acme", 1000), ("globex", 10)):
+        for n in range(count):
+            docs.append(Task(_id=task_id(client, f"fair{n:04d}"), client=client,
+                             slug=f"fair{n:04d}", kind="demo.sleep", input={"ms": 0},
+                             schedule={"every": 60}, tube="fairness", created_at=stamp,
+                             updated_at=stamp).to_doc())  # fmt: skip
+    for start in range(0, len(docs), 500):
+        farm.hub.bulk_docs(farm.db, docs[start : start + 500])
+    hub = new_hub(farm, clock)
+    clock.now = clock.now.replace(second=0) + timedelta(minutes=1, seconds=0.2)
+    assert hub.materialize() == 1010
+    view = farm.admin.view(
+        farm.db, "farm", "ready", startkey=["fairness"], endkey=["fairness", {}], limit=40,
+        include_docs=True,
+    )  # fmt: skip
+    rows = view["rows"]
+    first = Counter(row["doc"]["client"] for row in rows[:20])
+    assert first["globex"] == 10, first
+
+
+def test_aging_a_low_priority_run_is_served_before_later_urgent_ones():
+    """turn_at: priority 2**32-1 waits at most 22 minutes behind priority 0, never more."""
+    from hub.states import turn_at
+
+    due = datetime(2027, 1, 1, tzinfo=UTC)
+    lowest = turn_at(due, 2**32 - 1)
+    assert turn_at(due, 1024) == due  # the default priority queues at its due time
+    assert turn_at(due, 0) < due < lowest
+    # An urgent run that falls due 33 minutes later queues behind the old low-priority one.
+    assert turn_at(due + timedelta(minutes=33), 0) > lowest
+    # ...but one due 5 minutes later still goes first.
+    assert turn_at(due + timedelta(minutes=5), 0) < lowest
+    penalties = [turn_at(due, p) - due for p in (0, 1, 2**10, 2**20, 2**32 - 1)]
+    assert penalties == sorted(penalties)
+    assert penalties[-1] - penalties[0] <= timedelta(minutes=33)
