@@ -93,8 +93,9 @@ def test_jitter_delays_not_before_deterministically():
     assert a.state in (State.READY, State.SCHEDULED)
 
 
-def test_fair_offsets_interleave_clients():
-    big = task()
-    offsets = [n * 0.05 for n in range(3)]
-    plan = plan_task(big, minutes(1), T0 + timedelta(minutes=1), [], fair_offsets=offsets[:1])
-    assert plan.creates[0].queue_at == plan.creates[0].due_at
+def test_fair_offset_and_priority_shape_the_turn():
+    now = T0 + timedelta(minutes=1)
+    spaced = plan_task(task(), minutes(1), now, [], fair_offsets=[0.25]).creates[0]
+    assert spaced.queue_at == "2026-12-01T00:01:00.250Z"
+    urgent = plan_task(task(priority=0), minutes(1), now, []).creates[0]
+    assert urgent.queue_at < urgent.due_at < spaced.queue_at
