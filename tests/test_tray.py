@@ -139,7 +139,9 @@ def make_harness(
         engines.append(engine)
         return engine
 
-    config = WorkerConfig(hub_urls=["http://127.0.0.1:9"], name="w1", password="pw")
+    config = kwargs.pop("config", None) or WorkerConfig(
+        hub_urls=["http://127.0.0.1:9"], name="w1", password="pw"
+    )
     store = store or SettingsStore(
         tmp_path / "cfg" / "worker.toml",
         data_dir=tmp_path / "data",
@@ -1137,3 +1139,20 @@ def test_bridge_works_with_no_engine(qapp: Any) -> None:
     bridge.pause("x")
     assert bridge.wait_idle(2)
     bridge.close()
+
+
+def test_tls_verification_off_shows_a_warning(qtbot: Any, tmp_path: Path, clock: FakeClock) -> None:
+    from desktop_worker.tray.model import INSECURE_TLS_WARNING
+
+    config = WorkerConfig(hub_urls=["https://hub.example"], name="w1", password="pw",
+                          verify_tls=False)  # fmt: skip
+    h = make_harness(qtbot, tmp_path, clock, config=config)
+    try:
+        qtbot.waitUntil(lambda: INSECURE_TLS_WARNING in h.app.tray.icon.toolTip(), timeout=3000)
+        assert any(e.level == "WARNING" and "NOT verified" in e.text for e in h.app.model.log)
+    finally:
+        h.app.shutdown()
+
+
+def test_tls_verified_by_default_shows_no_warning(tray: Harness) -> None:
+    assert "NOT verified" not in tray.app.tray.icon.toolTip()

@@ -27,7 +27,7 @@ from desktop_worker.tray.clock import Clock, SystemClock
 from desktop_worker.tray.conditions import IdleDetector, Power, idle_detector, power_state
 from desktop_worker.tray.diagnose import test_connection
 from desktop_worker.tray.history import History
-from desktop_worker.tray.model import QtLogHandler, WorkerModel
+from desktop_worker.tray.model import INSECURE_TLS_WARNING, QtLogHandler, WorkerModel
 from desktop_worker.tray.notify import Notifier
 from desktop_worker.tray.pausing import PauseController
 from desktop_worker.tray.store import ENGINE_KEYS, FIELDS, SettingsStore, allow_list
@@ -116,6 +116,9 @@ class TrayApp(QObject):
         self.model = WorkerModel(
             self.bridge, clock, self.history, snoozed=lambda: self.pauses.snoozed, parent=self
         )
+        if not config.verify_tls:
+            self.model.insecure_tls = True
+            self.model.add_log("WARNING", INSECURE_TLS_WARNING)
         self.tray = TrayController(self.model, self.pauses, self, worker_name=config.name)
         self.notifier = Notifier(clock, self.tray.show_message, self)
         self._window: MainWindow | None = None

@@ -90,6 +90,12 @@ def format_duration(seconds: float | None) -> str:
 FAILED_STATUSES = {"failed", "retry", "buried", "lost", "rejected", "error"}
 
 
+INSECURE_TLS_WARNING = (
+    "Warning: TLS certificates are NOT verified (--insecure); anyone on the network "
+    "could pose as the hub"
+)
+
+
 class WorkerModel(QObject):
     changed = Signal()
     logAdded = Signal(object)  # LogEntry
@@ -116,6 +122,8 @@ class WorkerModel(QObject):
         self.spool: dict[str, int] = {}
         self.log: deque[LogEntry] = deque(maxlen=LOG_LIMIT)
         self.finished_count = 0
+        # Set when the worker was started with TLS verification turned off (--insecure).
+        self.insecure_tls = False
         self._dirty = QTimer(self)
         self._dirty.setSingleShot(True)
         self._dirty.setInterval(200)
@@ -165,6 +173,8 @@ class WorkerModel(QObject):
     def tooltip(self, name: str = "") -> str:
         title = f"Couchfarm worker {name}".strip()
         lines = [title, self.status_line()]
+        if self.insecure_tls:
+            lines.append(INSECURE_TLS_WARNING)
         for run in sorted(self.runs.values(), key=lambda r: r.started):
             lines.append(f"• {run.describe()}")
         pending = int(self.spool.get("pending") or 0)
