@@ -43,6 +43,10 @@ class HubConfig:
     retention_days: int = 90
     follow_wait: float = 20.0
     replication_every: float = 10.0
+    # Seconds between two _changes requests that returned changes. Without it the hub
+    # wakes on every claim and every finish (2 requests per occurrence, measured); with
+    # it, one request carries a second's worth of changes.
+    follow_batch_s: float = 1.0
 
 
 @dataclass
@@ -233,7 +237,8 @@ class Hub:
     def _follow_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.follow_once()
+                if self.follow_once():
+                    self._stop.wait(self.config.follow_batch_s)
             except CouchError as exc:
                 log.warning("event=follow_failed error=%r", str(exc))
                 self._stop.wait(2.0)
