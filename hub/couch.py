@@ -658,10 +658,11 @@ def _read_with_deadline(response: requests.Response, deadline: float) -> str | N
                     break
             if time.monotonic() > deadline:
                 return None
-    except (requests.ConnectionError, requests.Timeout):
+    except requests.RequestException as exc:
         if time.monotonic() > deadline:
             return None
-        raise
+        # The server went away mid-feed (ChunkedEncodingError, reset...): say so in our terms.
+        raise Unavailable(f"the _changes feed broke off: {type(exc).__name__}") from exc
     finally:
         response.close()
     return b"".join(chunks).decode("utf-8")
