@@ -59,5 +59,10 @@ bench/.venv-picas/.installed:
 	bench/.venv-picas/bin/python -m pip install -q 'picas==1.1.2'
 	@touch $@
 
+# The worker as one folder for this OS (PyInstaller), self-tested; see docs/PACKAGING.md.
+package: setup
+	@$(PY) -c 'import PyInstaller' 2>/dev/null || $(PY) -m pip install -q -e '.[package]'
+	$(PY) installer/build.py $(PACKAGE_ARGS)
+
 clean:
 	rm -rf var .pytest_cache .ruff_cache

@@ -7,12 +7,15 @@ Without ``--headless`` it starts the tray app (``desktop_worker.tray.app``).
 SIGTERM (and a first Ctrl-C) drains: runs in progress finish, nothing new is claimed, then
 the worker exits. A second signal stops at once, handing running leases back.
 
-Exit codes: 0 stopped normally, 2 bad usage or settings.
+``desktop-worker --self-test`` checks the installation (see ``desktop_worker.selftest``).
+
+Exit codes: 0 stopped normally, 2 bad usage or settings (``--self-test``: 0 ok, 1 failed).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import signal
 import sys
 import threading
@@ -59,6 +62,12 @@ def parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="do not verify TLS certificates (testing only)"
     )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    p.add_argument(
+        "--self-test",
+        action="store_true",
+        help="check this installation (Qt, engine, handlers, a child run, TLS, keyring), "
+        "print one line and exit 0 or 1",
+    )
     return p
 
 
@@ -80,7 +89,14 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # In a frozen bundle a run's child process starts this same executable: hand it over
+    # to multiprocessing before anything else happens (a no-op when not frozen).
+    multiprocessing.freeze_support()
     args = parser().parse_args(argv)
+    if args.self_test:
+        from desktop_worker import selftest
+
+        return selftest.main()
     if not args.headless:
         # The tray app (PySide6) drives the same engine; imported only when asked for, so
         # a headless worker never loads Qt.

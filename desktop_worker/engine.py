@@ -517,8 +517,9 @@ class Engine:
         self._set_error("auth", None)
         if self.started_at is None:
             self.started_at = self.couch.now()
+        fit = self._check_version()  # before the first heartbeat, so it shows the refusal
         self._hb_wake.set()
-        return self._check_version()
+        return fit
 
     def _check_version(self) -> bool:
         """Refuse to claim while the hub's ``hub:policy`` asks for a newer worker (the

@@ -13,6 +13,7 @@ from datetime import datetime
 from hub import designdocs
 from hub.couch import Conflict, Couch, NotFound
 from hub.timefmt import month_key
+from hub.version import MIN_WORKER_VERSION, POLICY_DOC_ID, at_least
 
 ADMIN_ROLE = "farm_admin"
 WORKER_ROLE = "farm_worker"
@@ -99,6 +100,7 @@ def init(
     (report.changed if push.action != "unchanged" else report.unchanged)(str(push))
     for month_db in (results_db(db, now),):
         ensure_results_db(couch, month_db, report)
+    ensure_policy(couch, db, report)
     generated = None
     if hub_user:
         created, generated = ensure_user(couch, hub_user, [ADMIN_ROLE], hub_password)
@@ -107,6 +109,30 @@ def init(
         else:
             report.unchanged(f"user {hub_user}: exists")
     return report, generated
+
+
+def ensure_policy(
+    couch: Couch, db: str, report: InitReport, minimum: str = MIN_WORKER_VERSION
+) -> None:
+    """``hub:policy`` with ``min_worker_version``: created, or raised to ``minimum``; never
+    lowered (an operator may have raised it by hand). Workers older than it refuse to claim.
+
+    The body holds no timestamp, so a primary and a standby initialised apart write the same
+    document.
+    """
+    current = couch.get_or_none(db, POLICY_DOC_ID)
+    stored = (current or {}).get("min_worker_version")
+    if isinstance(stored, str) and at_least(stored, minimum):
+        report.unchanged(f"{db}/{POLICY_DOC_ID}: min_worker_version {stored}")
+        return
+    doc = {**(current or {}), "_id": POLICY_DOC_ID, "type": "hub", "min_worker_version": minimum}
+    try:
+        couch.put(db, doc)
+    except Conflict:  # another init raced us: its write stands
+        report.unchanged(f"{db}/{POLICY_DOC_ID}: written meanwhile by someone else")
+        return
+    was = f" (was {stored})" if stored else ""
+    report.changed(f"{db}/{POLICY_DOC_ID}: min_worker_version {minimum}{was}")
 
 
 def ensure_results_db(couch: Couch, name: str, report: InitReport | None = None) -> None:
