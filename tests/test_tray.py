@@ -1156,3 +1156,13 @@ def test_tls_verification_off_shows_a_warning(qtbot: Any, tmp_path: Path, clock:
 
 def test_tls_verified_by_default_shows_no_warning(tray: Harness) -> None:
     assert "NOT verified" not in tray.app.tray.icon.toolTip()
+
+
+def test_quit_text_with_one_running_job_reads_right(tray: Harness, qtbot: Any) -> None:
+    with qtbot.waitSignal(tray.app.bridge.runStarted):
+        tray.engine.begin_run("occ:task:acme:ping:20261201T090000Z", "http.check", "acme", ttr=60)
+    qtbot.waitUntil(lambda: len(tray.app.model.runs) == 1, timeout=2000)
+    tray.app.tray.rebuild_menu()
+    texts = tray.app.tray.action_texts()
+    assert "Quit when the running job finishes (results are delivered)" in texts, texts
+    assert "Quit now, handing 1 running job back to the hub" in texts

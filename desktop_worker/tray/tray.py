@@ -167,9 +167,10 @@ class TrayController(QObject):
         count = len(runs)
         if count:
             jobs = f"{count} running job{'s' if count != 1 else ''}"
+            drain = "the running job finishes" if count == 1 else f"the {jobs} finish"
             self._add(
                 "quit_drain",
-                f"Quit when the {jobs} finish (results are delivered)",
+                f"Quit when {drain} (results are delivered)",
                 self.app.quit_drain,
             )
             self._add("quit_now", f"Quit now, handing {jobs} back to the hub", self.app.quit_now)
