@@ -148,6 +148,7 @@ def default_couch_factory(
         connect_timeout=3.0,
         read_timeout=15.0,
         retries=2,
+        home_db=config.db,
     )
 
 

@@ -229,6 +229,7 @@ class Couch:
         fail_back_after: float = 30.0,
         verify: bool | str = True,
         local_clock: Callable[[], float] | None = None,
+        home_db: str | None = None,
     ) -> None:
         if isinstance(urls, str):
             urls = [u for u in urls.split(",") if u.strip()]
@@ -260,6 +261,10 @@ class Couch:
         self.backoff_max = backoff_max
         self.fail_back_after = fail_back_after
         self.verify = verify
+        # With a home database, fail back only once the primary holds it and has caught
+        # up with the server we are on: a primary rebuilt empty answers "/" long before its
+        # data is back, and writing to it then would split the farm in two.
+        self.home_db = home_db
         # The local wall clock the server offsets are measured against (injectable, so
         # tests can play a PC whose clock is hours off); hub time = local + offset.
         self.local_clock: Callable[[], float] = local_clock or time.time
@@ -453,11 +458,23 @@ class Couch:
         self._left_primary_at = time.monotonic()  # probe at most once per period
         try:
             self._send_once(primary, "GET", "/", None, None, None, 2.0, False)
+            if self.home_db is not None and not self._caught_up(primary):
+                return
         except CouchError:
             return
         with self._lock:
             self._active = 0
         log.warning("event=couch_failback to=%s", primary.label)
+
+    def _caught_up(self, primary: Server) -> bool:
+        path = f"/{quote(str(self.home_db), safe='')}"
+        theirs = self._send_once(primary, "GET", path, None, None, None, 3.0, False).body
+        ours = self._send_once(self.active, "GET", path, None, None, None, 3.0, False).body
+        behind = int(ours.get("doc_count", 0)) - int(theirs.get("doc_count", 0))
+        if behind > max(10, int(ours.get("doc_count", 0)) // 100):
+            log.info("event=failback_waits primary=%s behind_docs=%d", primary.label, behind)
+            return False
+        return True
 
     def probe(self) -> list[tuple[str, bool, str]]:
         """Ask every server for ``/``: [(label, answered, detail)]. For health pages."""

@@ -27,6 +27,7 @@ class Connection:
     db: str
 
     def couch(self, **kwargs: object) -> Couch:
+        kwargs.setdefault("home_db", self.db)
         return Couch(self.urls, self.user, self.password, **kwargs)  # type: ignore[arg-type]
 
 

@@ -188,3 +188,36 @@ def test_credentials_never_show_in_labels():
     bare, user, password = split_credentials("https://bob:s%40cret@db.example:6984/")
     assert (bare, user, password) == ("https://db.example:6984", "bob", "s@cret")
     assert "cret" not in redact_url("https://bob:s%40cret@db.example:6984/")
+
+
+def test_fail_back_waits_until_the_primary_has_caught_up(couch_server, tmp_path):
+    """A primary rebuilt empty answers '/' long before its data is back: no fail-back yet."""
+    from hub.devserver import DevServer
+
+    if couch_server.dev is None:
+        pytest.skip("starts its own PouchDB Server as the primary that dies")
+    admin_pw = couch_server.admin_password
+    db = f"home_{int(time.time() * 1000)}"
+    backup = couch_server.admin()
+    backup.create_db(db)
+    backup.bulk_docs(db, [{"_id": f"d{n}"} for n in range(50)])
+    primary = DevServer(tmp_path / "p", admin_password=admin_pw).start()
+    try:
+        couch = Couch([primary.url, couch_server.url], "admin", admin_pw, retries=0,
+                      fail_back_after=0.2, home_db=db)  # fmt: skip
+        primary.stop()
+        couch.all_dbs()
+        assert not couch.on_primary
+        primary.start()  # back, but empty
+        time.sleep(0.3)
+        couch.all_dbs()
+        assert not couch.on_primary
+        fresh = Couch(primary.url, "admin", admin_pw)
+        fresh.create_db(db)
+        fresh.bulk_docs(db, [{"_id": f"d{n}"} for n in range(50)])
+        time.sleep(0.3)
+        couch.all_dbs()
+        assert couch.on_primary
+    finally:
+        primary.stop()
+        backup.delete_db(db)
