@@ -1,0 +1,301 @@
+"""Claim race: Couchfarm's claim protocol against PiCaS's, same server, same run.
+
+For each worker count W, W Couchfarm worker processes and W PiCaS worker processes are
+started once. Couchfarm: ``desktop_worker.claim.Claimer`` (the engine's code) with the
+worker's default K, one CouchDB user each with role farm_worker, validate_doc_update on.
+PiCaS: ``picas`` 1.1.2 in its own venv, ``TaskViewIterator`` / ``_claim_task`` with its
+``CouchDB`` client, server admin, no validate_doc_update. Each repetition gives each system
+a fresh database holding N ready items (occurrences as the hub writes them / PiCaS tokens
+with the ``Monitor/todo`` view), warms the view index, then says "go" to all W workers at
+once; they claim until the view is empty or the time cap passes. Repetitions alternate
+which system goes first.
+
+Figures per run: claims/s (claims / time from go to the last worker's stop); requests per
+claim and lost races per claim, both from the server's request log (lost race = a PUT
+answered 409, or 403 from PouchDB's validate_doc_update, which checks the stored doc before
+the revision); conflict waste = lost-race PUTs / claim PUTs; double claims = items locked
+successfully more than once (PiCaS re-GETs the doc and locks whatever comes back).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    BENCH_DIR,
+    PICAS_PYTHON,
+    BenchServer,
+    Child,
+    Scale,
+    Section,
+    add_users,
+    bulk,
+    cpu_seconds,
+    endpoint_counts,
+    log,
+    python_env,
+    ready_occurrences,
+    summary,
+)
+from hub import provision
+
+TODO_VIEW = (
+    "function (doc) {\n"
+    "  if (doc.type == 'task' && doc.lock == 0 && doc.done == 0) {\n"
+    "    emit(doc._id, doc._id);\n"
+    "  }\n"
+    "}"
+)
+
+
+def picas_tokens(count: int) -> list[dict[str, Any]]:
+    """Tokens as ``picas.documents.Task`` makes them (its base fields), input included."""
+    return [
+        {
+            "_id": f"token_{index:06d}",
+            "type": "task",
+            "lock": 0,
+            "done": 0,
+            "hostname": "",
+            "scrub_count": 0,
+            "input": {"kind": "demo.sleep", "ms": 0, "task": f"bench{index // 250}"},
+            "exit_code": "",
+            "output": {},
+            "uploads": {},
+            "error": [],
+        }
+        for index in range(count)
+    ]
+
+
+def prepare_couchfarm(server: BenchServer, db: str, count: int) -> None:
+    admin = server.admin
+    server.drop_db(db)
+    provision.init(admin, db, now=admin.now(), hub_user="")
+    bulk(admin, db, ready_occurrences(admin.now(), count))
+    rows = admin.view(db, "farm", "ready", limit=1)["rows"]  # build the index before the clock
+    assert rows, "no ready rows"
+
+
+def prepare_picas(server: BenchServer, db: str, count: int) -> None:
+    admin = server.admin
+    server.drop_db(db)
+    admin.create_db(db)
+    admin.put(
+        db,
+        {"_id": "_design/Monitor", "language": "javascript", "views": {"todo": {"map": TODO_VIEW}}},
+    )
+    bulk(admin, db, picas_tokens(count))
+    rows = admin.view(db, "Monitor", "todo", limit=1)["rows"]
+    assert rows, "no todo rows"
+
+
+def race_once(
+    server: BenchServer,
+    system: str,
+    workers: list[Child],
+    db: str,
+    cap: float,
+    count: int,
+    mode: str = "claim",
+) -> dict[str, Any]:
+    if system == "couchfarm":
+        prepare_couchfarm(server, db, count)
+    else:
+        prepare_picas(server, db, count)
+    for index, worker in enumerate(workers):
+        worker.send({"cmd": "prepare", "db": db, "k": None, "seed": index, "mode": mode})
+    readies = [worker.recv(60) for worker in workers]
+    k = readies[0].get("k")
+    start = server.settle_log(0.3)
+    server_cpu, client_cpu = cpu_seconds(server.pid), sum(cpu_seconds(w.pid) for w in workers)
+    t_go = time.time()
+    for worker in workers:
+        worker.send({"cmd": "go", "cap": cap})
+    answers = [worker.recv(cap + 120) for worker in workers]
+    elapsed = max(a["t_end"] for a in answers) - t_go
+    server_cpu = cpu_seconds(server.pid) - server_cpu
+    client_cpu = sum(cpu_seconds(w.pid) for w in workers) - client_cpu
+    end = server.settle_log(0.5)
+    lines = [ln for ln in server.log_lines(start, end) if ln.db == db]
+    claimed = [occ for a in answers for occ in a["claimed"]]
+    locks = Counter(claimed)
+    claims = len(claimed)
+    puts = [ln for ln in lines if ln.method == "PUT"]
+    lost = [ln for ln in puts if ln.lost_race]
+    conflicts_409 = sum(1 for ln in puts if ln.status == 409)
+    server.drop_db(db)
+    return {
+        "claims": claims,
+        "k": k,
+        "distinct_items": len(locks),
+        "seconds": elapsed,
+        "claims_per_s": claims / elapsed if elapsed > 0 else 0.0,
+        "requests": len(lines),
+        "requests_per_claim": len(lines) / claims if claims else None,
+        "lost_races": len(lost),
+        "http_409": conflicts_409,
+        "lost_per_claim": len(lost) / claims if claims else None,
+        "conflict_waste": len(lost) / len(puts) if puts else 0.0,
+        "server_cpu_ms_per_claim": 1000 * server_cpu / claims if claims else None,
+        "client_cpu_ms_per_claim": 1000 * client_cpu / claims if claims else None,
+        "double_claimed_items": sum(1 for n in locks.values() if n > 1),
+        "double_claim_rate": sum(1 for n in locks.values() if n > 1) / len(locks) if locks else 0.0,
+        "drained": all(a.get("empty") for a in answers),
+        "gave_up": sum(a.get("gave_up", 0) for a in answers),
+        "endpoints": endpoint_counts(lines),
+    }
+
+
+def start_workers(
+    server: BenchServer, system: str, count: int, passwords: dict[str, Path], logs: Path
+) -> list[Child]:
+    children = []
+    for index in range(count):
+        if system == "couchfarm":
+            name = f"race-{index}"
+            argv = [
+                sys.executable,
+                str(BENCH_DIR / "workers" / "cf_claim.py"),
+                server.url,
+                name,
+                str(passwords[name]),
+            ]
+            env = python_env()
+        else:
+            argv = [
+                str(PICAS_PYTHON),
+                str(BENCH_DIR / "workers" / "picas_claim.py"),
+                server.url,
+                server.dev.admin_user,
+                str(passwords["admin"]),
+            ]
+            env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+        children.append(
+            Child(argv, log_path=logs / f"{system}-{count}-{index}.log", env=env, pipes=True)
+        )
+    return children
+
+
+def quit_all(children: list[Child]) -> None:
+    for child in children:
+        try:
+            child.send({"cmd": "quit"})
+        except (BrokenPipeError, OSError):
+            pass
+    for child in children:
+        child.terminate(10)
+
+
+def run(server: BenchServer, scale: Scale, workdir: Path) -> Section:
+    section = Section(
+        "claim_race",
+        "See bench/claim_race.py. "
+        + f"N = {scale.race_items:,} ready items per run, cap {scale.race_cap_s:g} s per run, "
+        + f"{scale.reps} repetitions, workers {list(scale.race_workers)}.",
+    )
+    if not PICAS_PYTHON.exists():
+        section.status, section.why = "skipped", "bench/.venv-picas is missing (make bench)"
+        return section
+    admin = server.admin
+    names = [f"race-{i}" for i in range(max(scale.race_workers))]
+    passwords = add_users(admin, names, provision.WORKER_ROLE, workdir / "passwords")
+    admin_file = workdir / "passwords" / "admin.password"
+    admin_file.write_text(server.dev.admin_password)
+    admin_file.chmod(0o600)
+    passwords["admin"] = admin_file
+    logs = workdir / "logs"
+    by_workers: dict[str, Any] = {}
+    for count in scale.race_workers:
+        runs: dict[str, list[dict[str, Any]]] = {"couchfarm": [], "picas": []}
+        pools = {
+            system: start_workers(server, system, count, passwords, logs)
+            for system in ("couchfarm", "picas")
+        }
+        try:
+            for rep in range(scale.reps):
+                order = ("couchfarm", "picas") if rep % 2 == 0 else ("picas", "couchfarm")
+                for system in order:
+                    db = f"bench_race_{system}_w{count}_r{rep}"
+                    result = race_once(
+                        server, system, pools[system], db, scale.race_cap_s, scale.race_items
+                    )
+                    runs[system].append(result)
+                    log(
+                        f"claim race {system:9s} W={count:2d} rep {rep}: "
+                        f"{result['claims_per_s']:.1f} claims/s, "
+                        f"{result['requests_per_claim'] or 0:.2f} req/claim, "
+                        f"waste {result['conflict_waste']:.1%}, "
+                        f"doubles {result['double_claimed_items']}"
+                    )
+        finally:
+            for pool in pools.values():
+                quit_all(pool)
+        by_workers[str(count)] = {
+            system: {
+                "claims_per_s": summary(r["claims_per_s"] for r in results),
+                "requests_per_claim": summary(r["requests_per_claim"] for r in results),
+                "lost_per_claim": summary(r["lost_per_claim"] for r in results),
+                "conflict_waste": summary(r["conflict_waste"] for r in results),
+                "double_claim_rate": summary(r["double_claim_rate"] for r in results),
+                "server_cpu_ms_per_claim": summary(r["server_cpu_ms_per_claim"] for r in results),
+                "client_cpu_ms_per_claim": summary(r["client_cpu_ms_per_claim"] for r in results),
+                "double_claimed_items": sum(r["double_claimed_items"] for r in results),
+                "claims_total": sum(r["claims"] for r in results),
+                "runs": results,
+            }
+            for system, results in runs.items()
+        }
+        cf = by_workers[str(count)]["couchfarm"]["claims_per_s"]["values"]
+        pc = by_workers[str(count)]["picas"]["claims_per_s"]["values"]
+        # Ratio per repetition (the two systems ran back to back), then the median.
+        by_workers[str(count)]["ratio_couchfarm_over_picas"] = summary(
+            a / b for a, b in zip(cf, pc, strict=True) if b
+        )
+    section.data = {
+        "items_per_run": scale.race_items,
+        "cap_s": scale.race_cap_s,
+        "by_workers": by_workers,
+    }
+    section.data["picas_cycle"] = picas_cycle(server, scale, passwords, logs)
+    return section
+
+
+def picas_cycle(
+    server: BenchServer, scale: Scale, passwords: dict[str, Path], logs: Path
+) -> dict[str, Any]:
+    """PiCaS's whole cycle per token (RunActor: view, GET, PUT lock, PUT done)."""
+    count = scale.picas_cycle_workers
+    pool = start_workers(server, "picas", count, passwords, logs)
+    results = []
+    try:
+        for rep in range(scale.reps):
+            db = f"bench_picas_cycle_r{rep}"
+            result = race_once(
+                server,
+                "picas",
+                pool,
+                db,
+                scale.picas_cycle_cap_s,
+                scale.picas_cycle_items,
+                mode="cycle",
+            )
+            results.append(result)
+            log(
+                f"picas cycle W={count} rep {rep}: {result['claims_per_s']:.1f} tokens/s, "
+                f"{result['requests_per_claim'] or 0:.2f} req/token"
+            )
+    finally:
+        quit_all(pool)
+    return {
+        "workers": count,
+        "items_per_run": scale.picas_cycle_items,
+        "tokens_per_s": summary(r["claims_per_s"] for r in results),
+        "requests_per_token": summary(r["requests_per_claim"] for r in results),
+        "double_claimed_items": sum(r["double_claimed_items"] for r in results),
+        "runs": results,
+    }

@@ -1,0 +1,1 @@
+"""Worker processes the benchmarks start (each reads JSON commands on stdin)."""
