@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
-node_modules/.installed: package.json package-lock.json .ci/.apt-installed
+node_modules/.installed: package.json package-lock.json | .ci/.apt-installed
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
