@@ -22,9 +22,9 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -651,16 +651,6 @@ class Couch:
         payload = json.loads(text)
         return list(payload.get("results", [])), str(payload.get("last_seq", since))
 
-    def follow(
-        self, db: str, *, since: str = "now", wait: float = 25.0, **kwargs: Any
-    ) -> Iterator[tuple[list[dict[str, Any]], str]]:
-        """Longpoll forever: yields (batch, seq) after each request, empty on time-out."""
-        if since == "now":
-            since = self.update_seq(db)
-        while True:
-            results, since = self.changes(db, since=since, feed="longpoll", wait=wait, **kwargs)
-            yield results, since
-
     def update_seq(self, db: str) -> str:
         return str(self.db_info(db)["update_seq"])
 
@@ -706,7 +696,3 @@ def _view_params(params: dict[str, Any]) -> dict[str, Any]:
         else:
             out[name] = value
     return out
-
-
-def hub_time_plus(couch: Couch, seconds: float) -> datetime:
-    return couch.now() + timedelta(seconds=seconds)

@@ -259,11 +259,6 @@ class Materializer:
         with self._lock:
             return any(o.state == State.LEASED for o in self.active.get(task_id, {}).values())
 
-    def next_fire_at(self) -> datetime | None:
-        with self._lock:
-            self._discard_stale()
-            return self._heap[0].fire_at if self._heap else None
-
     def _discard_stale(self) -> None:
         while self._heap and self._heap[0].generation != self._generation[self._heap[0].task_id]:
             heapq.heappop(self._heap)

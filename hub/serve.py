@@ -160,14 +160,6 @@ class Hub:
             log.warning("event=resolve_failed db=%s error=%r", month_db, str(exc))
         return self.replication_health
 
-    def run_once(self) -> dict[str, Any]:
-        """Every duty once, in order (for tests with a fake clock, and for `--once`)."""
-        return {
-            "created": self.materialize(),
-            "reaped": self.reap(),
-            "archived": self.archive(),
-        }
-
     # ------------------------------------------------------------ running
 
     def start(self) -> None:
