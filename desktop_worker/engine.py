@@ -41,8 +41,9 @@ from pydantic import ValidationError
 
 from desktop_worker.claim import Claimer, ClaimStats
 from desktop_worker.config import WorkerConfig
+from desktop_worker.confirm import Confirmer, archived_result
 from desktop_worker.log import log_event
-from desktop_worker.spool import Entry, Spool, SpoolError
+from desktop_worker.spool import Spool, SpoolError
 from hub import states
 from hub.couch import (
     BadRequest,
@@ -62,10 +63,8 @@ from hub.model import (
     State,
     WorkerDoc,
     WorkerTotals,
-    result_id,
     worker_id,
 )
-from hub.provision import results_db
 from hub.timefmt import from_wire
 from hub.version import POLICY_DOC_ID, __version__, worker_too_old
 
@@ -890,7 +889,15 @@ class Engine:
             else:
                 self._count("failed")
                 word = {"scheduled": "retry"}.get(str(state), str(state))
-            log_event("result_stored", occ=doc["_id"], state=state)
+            run = doc.get("result") or {}  # which run was stored: the fault audit needs it
+            log_event(
+                "result_stored",
+                occ=doc["_id"],
+                state=state,
+                worker=run.get("worker"),
+                started_at=run.get("started_at"),
+                finished_at=run.get("finished_at"),
+            )
             return word
         if status == "lost":
             self._count("lost")
@@ -979,21 +986,7 @@ class Engine:
     def _archived_result(
         self, couch: Couch, occ_id: str, doc: dict[str, Any]
     ) -> dict[str, Any] | None:
-        """The archived res:<occ> in the month database of its due time (or finish time)."""
-        months = []
-        for stamp in (doc.get("due_at"), (doc.get("result") or {}).get("finished_at")):
-            if stamp:
-                name = results_db(self.db, from_wire(stamp))
-                if name not in months:
-                    months.append(name)
-        for name in months:
-            try:
-                found = couch.get_or_none(name, result_id(occ_id))
-            except CouchError:
-                continue
-            if found:
-                return found
-        return None
+        return archived_result(couch, self.db, occ_id, doc)
 
     def _emit_spool_counts(self) -> None:
         if self._spool is None:
@@ -1030,104 +1023,11 @@ class Engine:
                 self._confirm_on_standby()
 
     def _confirm_on_standby(self) -> None:
-        """Delete uploaded results once another server of the list has them too."""
-        if self._spool is None or len(self.couch.servers) < 2:
+        """Settle uploaded results against the other server (see desktop_worker.confirm)."""
+        if self._spool is None:
             return
-        try:
-            entries = self._spool.awaiting_confirmation()
-        except SpoolError:
-            return
-        by_server: dict[int, list[Entry]] = {}
-        for entry in entries:
-            other = ((entry.uploaded_to or 0) + 1) % len(self.couch.servers)
-            by_server.setdefault(other, []).append(entry)
-        changed = False
-        for index, group in by_server.items():
-            other = self.couch.for_server(index)
-            try:
-                rows = other.all_docs(self.db, keys=[e.occ_id for e in group], include_docs=True)
-            except CouchError as exc:
-                log_event("standby_check_failed", server=other.active.label, error=str(exc))
-                continue
-            for entry, row in zip(group, rows, strict=False):
-                verdict = self._standby_verdict(other, entry, row)
-                if verdict == "wait" and self._left_server(entry.uploaded_to, index):
-                    verdict = self._rescue(other, index, entry, row.get("doc"))
-                if verdict == "wait":
-                    continue
-                try:
-                    self._spool.delete(entry.seq)
-                except SpoolError:
-                    continue
-                changed = True
-                if verdict == "confirmed":
-                    log_event("result_confirmed", occ=entry.occ_id, server=other.active.label)
-                    self._emit("result_confirmed", occ_id=entry.occ_id)
-                else:
-                    log_event("result_superseded", LOG_WARNING, occ=entry.occ_id, why=verdict)
-                    self._emit("result_dropped", occ_id=entry.occ_id, why=verdict)
-        if changed:
+        if Confirmer(self.couch, self.db, self.name, self._spool, self._emit).run():
             self._emit_spool_counts()
-
-    def _left_server(self, uploaded_to: int | None, other_index: int) -> bool:
-        """We failed over away from the server that took the upload, to ``other_index``."""
-        return (
-            uploaded_to is not None
-            and self.couch.servers.index(self.couch.active) == (other_index) != uploaded_to
-        )
-
-    def _rescue(self, other: Couch, index: int, entry: Entry, doc: Any) -> str:
-        """Re-upload a result the dead server took but never replicated.
-
-        The survivor holds our lease (the claim replicated): finish on top of it. It holds
-        the occurrence ready (it did not): claim it again and finish, keeping the run's
-        own output and start time. Anyone else's lease or result there: it is theirs.
-        """
-        if not isinstance(doc, dict) or entry.op != "finish" or not entry.doc.get("result"):
-            return "wait"
-        try:
-            current = Occurrence.from_doc(doc)
-            sent = entry.doc["result"]
-            now = other.now()
-            if current.state == State.READY:
-                claimed = states.claim(current, self.name, now)
-                current = claimed.model_copy(update={"rev": other.put(self.db, claimed.to_doc())})
-            if current.state != State.LEASED or current.lease is None:
-                return "wait"
-            if current.lease.worker != self.name:
-                return "wait"
-            finished = states.finish(
-                current, self.name, now, started_at=from_wire(sent["started_at"]),
-                output=sent.get("output"),
-            )  # fmt: skip
-            other.put(self.db, finished.to_doc())
-        except (CouchError, ValueError, states.InvalidTransition) as exc:
-            log_event("result_rescue_failed", LOG_WARNING, occ=entry.occ_id, error=str(exc))
-            return "wait"
-        try:
-            self._spool.replace_doc(entry.seq, finished.to_doc())  # type: ignore[union-attr]
-            self._spool.mark_uploaded(entry.seq, index)  # type: ignore[union-attr]
-        except SpoolError:
-            pass
-        log_event("result_rescued", occ=entry.occ_id, server=other.active.label,
-                  attempt=finished.attempt)  # fmt: skip
-        return "wait"  # now confirmed on the other server, once that one answers again
-
-    def _standby_verdict(self, other: Couch, entry: Entry, row: dict[str, Any]) -> str:
-        doc = row.get("doc")
-        if isinstance(doc, dict) and not doc.get("_deleted"):
-            if doc.get("state") != State.DONE.value:
-                return "wait"  # not replicated yet
-            result = doc.get("result") or {}
-            if result.get("worker") == self.name and result.get("attempt") == _sent_attempt(entry):
-                return "confirmed"
-            return f"the standby holds another result (worker {result.get('worker')})"
-        found = self._archived_result(other, entry.occ_id, entry.doc)
-        if not found:
-            return "wait"
-        if found.get("worker") == self.name and found.get("attempt") == _sent_attempt(entry):
-            return "confirmed"
-        return f"the archived result is another worker's ({found.get('worker')})"
 
     def _get_quietly(self, occ_id: str) -> dict[str, Any] | None:
         try:
@@ -1288,12 +1188,6 @@ def script_specs(scripts: dict[str, Any]) -> dict[str, Any]:
         else:
             raise ValueError(f"script {name!r}: give a path or a table with 'path'")
     return specs
-
-
-def _sent_attempt(entry: Entry) -> int:
-    """The attempt our result carries (a rescued result may carry a later one)."""
-    result = entry.doc.get("result") if isinstance(entry.doc, dict) else None
-    return int(result["attempt"]) if result and "attempt" in result else entry.attempt
 
 
 def _progress_tuple(value: Any) -> tuple[float, float, str] | None:

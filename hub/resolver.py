@@ -8,6 +8,13 @@ picks a winner deterministically, but not by our rules, so the hub settles each 
   buried > leased > ready > scheduled); between two leases the later claim wins;
   between two results the first finished wins; the error histories are merged.
 - result (``res:``): the first finished wins; the others are logged.
+
+"First finished" is one total order, :func:`result_order`: ``finished_at`` (hub time),
+then the worker's name, so two results that finished in the same millisecond are still
+settled the same way everywhere. The worker's spool applies the same order when it finds
+the survivor of a failover holding a later-finished result than the one it was given a
+201 for (``desktop_worker.confirm``), and ``validate_doc_update`` lets a worker replace a
+done result only with one that comes first in this order.
 - task: the last edit by hub time (``updated_at``) wins.
 - worker and hub documents: the latest ``last_seen``/``at`` wins.
 
@@ -36,19 +43,44 @@ from hub.states import PROGRESS_RANK, State
 log = logging.getLogger("couchfarm.resolver")
 
 
+def result_order(result: dict[str, Any] | None) -> tuple[str, str]:
+    """Sort key of "first finished": finish time in hub time, then the worker's name.
+
+    Wire times sort as time (fixed width, UTC), so plain string order is time order. A
+    missing result sorts last: any result comes before none."""
+    if not result:
+        return ("9999", "")
+    return (str(result.get("finished_at") or "9999"), str(result.get("worker") or ""))
+
+
+def finished_first(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """True when result ``a`` comes strictly before result ``b`` in "first finished"."""
+    return result_order(a) < result_order(b)
+
+
+def same_run(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """The same run's result: same worker, start and finish. The attempt number is not
+    part of it: a result rescued onto a survivor is renumbered to the survivor's attempt."""
+    if not a or not b:
+        return False
+    return all(a.get(k) == b.get(k) for k in ("worker", "started_at", "finished_at"))
+
+
+def _inverted(key: tuple[str, str]) -> tuple[tuple[int, ...], ...]:
+    # max() picks the winner, and the earliest result must win: negate every character.
+    return tuple(tuple(-ord(ch) for ch in part) for part in key)
+
+
 def _occurrence_key(doc: dict[str, Any]) -> tuple:
     rank = PROGRESS_RANK.get(State(doc.get("state", "scheduled")), 0)
     lease = doc.get("lease") or {}
-    result = doc.get("result") or {}
-    # Earlier finish wins among results, so negate by sorting on an inverted string.
-    finished = result.get("finished_at") or "9999"
-    inverted_finish = "".join(chr(0x10FFFF - ord(ch)) for ch in finished)
-    return (rank, inverted_finish, lease.get("claimed_at", ""), doc.get("updated_at", ""))
+    first = _inverted(result_order(doc.get("result")))
+    claimed = lease.get("claimed_at", "")
+    return (rank, first, claimed, doc.get("updated_at", ""), doc.get("_rev", ""))
 
 
 def _result_key(doc: dict[str, Any]) -> tuple:
-    finished = doc.get("finished_at") or "9999"
-    return (tuple(-ord(ch) for ch in finished), doc.get("_rev", ""))
+    return (_inverted(result_order(doc)), doc.get("_rev", ""))
 
 
 def choose(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -114,12 +146,17 @@ def resolve(couch: Couch, db: str, doc: dict[str, Any]) -> Resolution | None:
         log.warning("event=resolve_incomplete doc=%s rows=%s", winner["_id"], failed)
     for loser in candidates:
         if loser["_rev"] != winner["_rev"]:
+            # A dropped result is named (worker, finish time) so it can be traced later.
+            dropped = loser.get("result") or (loser if loser["_id"].startswith("res:") else {})
             log.info(
-                "event=conflict_resolved doc=%s kept=%s dropped=%s dropped_state=%s",
+                "event=conflict_resolved doc=%s kept=%s dropped=%s dropped_state=%s "
+                "dropped_result_worker=%s dropped_finished_at=%s",
                 winner["_id"],
                 winner["_rev"],
                 loser["_rev"],
                 loser.get("state", loser.get("status")),
+                dropped.get("worker"),
+                dropped.get("finished_at"),
             )
     return Resolution(winner["_id"], winner["_rev"], losers, merged)
 

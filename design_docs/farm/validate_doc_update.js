@@ -228,6 +228,36 @@ function (newDoc, oldDoc, userCtx, secObj) {
     check(same(o.errors, oldDoc.errors), 'a claim cannot change the error history');
     return;
   }
+  if (oldDoc.state === 'done' && o.state === 'done') {  // supersede: first finished wins
+    // After a failover the survivor may hold a later-finished run of an occurrence whose
+    // earlier result the dead primary accepted (201) but never replicated. The worker that
+    // ran it kept it in its spool and may put it back: only its own result, only one that
+    // finished first (finish time, then worker name: hub/resolver.py result_order), and
+    // nothing else in the document changes. The replaced result is logged by the worker.
+    var r = o.result, was = oldDoc.result;
+    check(r.worker === name, 'result.worker must be ' + name + ', who is writing');
+    check(r.finished_at < was.finished_at ||
+            (r.finished_at === was.finished_at && r.worker < was.worker),
+          'occurrence ' + id + ' is done; a worker may replace its result only with one ' +
+          'that finished first (the stored one finished ' + was.finished_at + ')');
+    check(r.started_at <= r.finished_at, 'result.started_at must not be after result.finished_at');
+    check(Date.parse(r.finished_at) <= serverNow + CLOCK_SLACK,
+          'result.finished_at must be hub time, not in the future');
+    check(isInt(r.attempt, 1, o.attempt), 'result.attempt must be 1..' + o.attempt);
+    var k;
+    for (k in o) {
+      if (o.hasOwnProperty(k) && k !== '_rev' && k !== '_revisions' && k !== 'result' &&
+          k !== 'updated_at') {
+        check(same(o[k], oldDoc[k]), 'replacing a result cannot change occurrence.' + k);
+      }
+    }
+    for (k in oldDoc) {
+      if (oldDoc.hasOwnProperty(k) && k.charAt(0) !== '_' && !o.hasOwnProperty(k)) {
+        deny('replacing a result cannot remove occurrence.' + k);
+      }
+    }
+    return;
+  }
   check(oldDoc.state === 'leased',
           'occurrence ' + id + ' is ' + oldDoc.state + '; a worker can act only on ready ' +
           'occurrences or on ones it holds');

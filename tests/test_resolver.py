@@ -1,0 +1,229 @@
+"""First finished wins: the resolver's order, the one worker move that applies it, and the
+spool confirmation that puts a 201'd result back on a survivor (two real servers)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from desktop_worker.confirm import Confirmer
+from desktop_worker.spool import Spool
+from hub import provision, replication, resolver, states
+from hub.couch import Couch, CouchError
+from hub.model import Occurrence, Task, task_id
+from hub.timefmt import to_wire
+
+
+def _at(second: int) -> str:
+    return f"2027-01-01T00:00:{second:02d}.000Z"
+
+
+def _run(worker: str, finished: int, started: int = 0, attempt: int = 1) -> dict:
+    return {"worker": worker, "attempt": attempt, "started_at": _at(started),
+            "finished_at": _at(finished), "status": "ok"}  # fmt: skip
+
+
+def test_first_finished_is_one_total_order():
+    assert resolver.finished_first(_run("w2", 5), _run("w1", 6))
+    assert not resolver.finished_first(_run("w1", 6), _run("w2", 5))
+    # Same millisecond: the worker's name settles it, the same way on every copy.
+    assert resolver.finished_first(_run("w1", 5), _run("w2", 5))
+    assert not resolver.finished_first(_run("w1", 5), _run("w1", 5))
+    assert resolver.finished_first(_run("w9", 59), None)  # any result before none
+    # The same run, renumbered by a rescue, is still the same run; another start is not.
+    assert resolver.same_run(_run("w1", 5, attempt=1), _run("w1", 5, attempt=2))
+    assert not resolver.same_run(_run("w1", 5, started=1), _run("w1", 5, started=2))
+    base = {"_id": "occ:task:a:b:20270101T000000Z", "state": "done"}
+    leaves = [{**base, "_rev": "4-a", "result": _run("w2", 5)},
+              {**base, "_rev": "4-b", "result": _run("w1", 5)},
+              {**base, "_rev": "4-c", "result": _run("w0", 7)}]  # fmt: skip
+    assert resolver.choose(leaves)["_rev"] == "4-b"
+    assert resolver.choose(list(reversed(leaves)))["_rev"] == "4-b"
+    archived = [{"_id": "res:x", "_rev": "1-a", **_run("w3", 8)},
+                {"_id": "res:x", "_rev": "1-b", **_run("w2", 8)}]  # fmt: skip
+    assert resolver.choose(archived)["_rev"] == "1-b"
+
+
+# ------------------------------------------------------------------ on real servers
+
+
+def _task(slug: str, now) -> Task:
+    stamp = to_wire(now)
+    return Task(_id=task_id("acme", slug), client="acme", slug=slug, kind="demo.sleep",
+                schedule={"every": 60}, ttr=30, created_at=stamp, updated_at=stamp)  # fmt: skip
+
+
+def _finished(occ: Occurrence, couch: Couch, db: str, worker: str, finish_at) -> dict:
+    """Claim and finish ``occ`` as ``worker`` on ``couch``; the run ends at ``finish_at``."""
+    now = couch.now()
+    claimed = states.claim(occ, worker, now)
+    claimed = claimed.model_copy(update={"rev": couch.put(db, claimed.to_doc())})
+    done = states.finish(claimed, worker, now, started_at=finish_at - timedelta(seconds=1),
+                         output={})  # fmt: skip
+    doc = done.to_doc()
+    doc["result"]["finished_at"] = to_wire(finish_at)
+    doc["_rev"] = couch.put(db, doc)
+    return doc
+
+
+def test_a_worker_may_put_back_only_its_own_earlier_result(farm):
+    now = farm.now().replace(microsecond=0)
+    occ = states.materialize(_task(f"sup{secrets.token_hex(3)}", now), now, now)
+    farm.hub.put(farm.db, occ.to_doc())
+    w1, w2, w3 = (farm.worker(n, retries=0) for n in ("w1", "w2", "w3"))
+    stored = _finished(Occurrence.from_doc(farm.admin.get(farm.db, occ.id)), w2, farm.db, "w2",
+                       now)  # fmt: skip
+    was = stored["result"]
+
+    def put_back(couch: Couch, **changes) -> None:
+        result = {**was, "worker": "w1", **changes.pop("result", {})}
+        couch.put(farm.db, {**stored, "result": result, "updated_at": to_wire(farm.now()),
+                            **changes})  # fmt: skip
+
+    earlier = {"started_at": to_wire(now - timedelta(seconds=3)),
+               "finished_at": to_wire(now - timedelta(seconds=2))}  # fmt: skip
+    refused = [
+        (w1, {"result": {"finished_at": to_wire(now + timedelta(seconds=1))}}),  # later
+        (w1, {"result": {**earlier, "started_at": to_wire(now)}}),  # started after it ended
+        (w3, {"result": {"worker": "w3"}}),  # same millisecond, but "w3" sorts after "w2"
+        (w3, {"result": earlier}),  # a result in someone else's name
+        (w1, {"result": {**earlier, "attempt": 2}}),  # an attempt the occurrence never had
+        (w1, {"result": earlier, "priority": 0}),  # anything else changed
+        (w1, {"result": earlier, "state": "ready"}),
+        (w1, {"result": {"finished_at": to_wire(now + timedelta(hours=1))}}),
+    ]
+    for couch, changes in refused:
+        with pytest.raises(CouchError) as no:
+            put_back(couch, **changes)
+        assert no.value.status == 403, (changes, no.value)
+        assert farm.admin.get(farm.db, occ.id)["result"] == was
+    put_back(w1, result=earlier)
+    kept = farm.admin.get(farm.db, occ.id)
+    assert (
+        kept["result"]["worker"] == "w1" and kept["result"]["finished_at"] == earlier["finished_at"]
+    )
+    assert {k: v for k, v in kept.items() if k not in ("_rev", "result", "updated_at")} == {
+        k: v for k, v in stored.items() if k not in ("_rev", "result", "updated_at")
+    }
+    # The later result cannot come back over the earlier one.
+    with pytest.raises(CouchError) as no:
+        w2.put(farm.db, {**kept, "result": was, "updated_at": to_wire(farm.now())})
+    assert no.value.status == 403
+
+
+@pytest.fixture()
+def split(couch_server, standby_server, passwords):
+    """The same farm database on two servers, with validation, and not replicating: what a
+    primary that died before replicating leaves behind."""
+    db = f"farm_split_{secrets.token_hex(3)}"
+    ends = []
+    for info, name in ((couch_server, "primary"), (standby_server, "standby")):
+        admin = info.admin()
+        provision.init(admin, db, now=admin.now(), hub_user="")
+        provision.add_user(admin, "hub", [provision.ADMIN_ROLE], passwords["hub"], replace=True)
+        for user in ("w1", "w2"):
+            provision.add_user(admin, user, [provision.WORKER_ROLE], passwords[user], replace=True)
+        ends.append(replication.Endpoint(info.url, info.admin_user, info.admin_password, name))
+    return db, ends[0], ends[1]
+
+
+def _occurrence_on_both(db: str, primary, standby, passwords) -> Occurrence:
+    hub = Couch(primary.url, "hub", passwords["hub"])
+    now = hub.now().replace(microsecond=0)
+    occ = states.materialize(_task(f"sp{secrets.token_hex(3)}", now), now, now)
+    hub.put(db, occ.to_doc())
+    copy = {"source": primary.db_url(db), "target": standby.db_url(db)}
+    primary.couch().request("POST", "/_replicate", body=copy)
+    return Occurrence.from_doc(hub.get(db, occ.id))
+
+
+def _spooled(tmp: Path, name: str, doc: dict, server: int) -> Spool:
+    spool = Spool(tmp / f"{name}.sqlite3")
+    seq = spool.add(doc, op="finish", worker=name, attempt=doc["attempt"],
+                    claimed_at=doc["result"]["started_at"])  # fmt: skip
+    spool.mark_uploaded(seq, server)
+    return spool
+
+
+def _confirmer(name: str, primary, standby, db, passwords, spool, events) -> Confirmer:
+    couch = Couch([primary.url, standby.url], name, passwords[name], retries=0)
+    return Confirmer(couch, db, name, spool, lambda event, **f: events.append((event, f)))
+
+
+def test_spool_confirmation_puts_the_first_finished_result_back(split, passwords, tmp_path, caplog):
+    """w1 got a 201 on the primary, which never replicated it; the occurrence ran again on
+    the standby (w2, finished later). w1's confirmation puts its result back there, and
+    w2's confirmation finds the earlier one and logs its own as superseded."""
+    caplog.set_level(logging.INFO, logger="couchfarm.worker")
+    db, primary, standby = split
+    occ = _occurrence_on_both(db, primary, standby, passwords)
+    on_p = Couch(primary.url, "w1", passwords["w1"])
+    on_s = Couch(standby.url, "w2", passwords["w2"])
+    t1 = on_p.now().replace(microsecond=0) - timedelta(seconds=5)
+    ours = _finished(occ, on_p, db, "w1", t1)
+    theirs = _finished(occ, on_s, db, "w2", t1 + timedelta(seconds=2))
+    events: list = []
+    spool1 = _spooled(tmp_path, "w1", ours, 0)
+    w1 = _confirmer("w1", primary, standby, db, passwords, spool1, events)
+    assert not w1.run()  # put back on the standby; now waits to be seen on the primary
+    on_standby = standby.couch().get(db, occ.id)
+    assert on_standby["result"] == ours["result"]
+    assert "event=result_replaced" in caplog.text and "dropped_worker=w2" in caplog.text
+    [entry] = spool1.awaiting_confirmation()
+    assert entry.uploaded_to == 1
+    assert w1.run() and spool1.counts()["uploaded"] == 0  # the primary has it: confirmed
+    assert ("result_confirmed", {"occ_id": occ.id}) in events
+
+    spool2 = _spooled(tmp_path, "w2", theirs, 1)
+    w2 = _confirmer("w2", primary, standby, db, passwords, spool2, events)
+    assert w2.run() and spool2.counts()["uploaded"] == 0
+    assert f"event=result_superseded occ={occ.id}" in caplog.text
+    assert events[-1][0] == "result_dropped" and "finished first" in events[-1][1]["why"]
+
+
+def test_rescue_after_failover_keeps_the_run_times_and_waits_for_another_lease(
+    split, passwords, tmp_path, caplog
+):
+    """The claim never replicated: the standby holds the occurrence ready, then leased by
+    someone else. After failing over, w1 waits for their lease, and puts its own earlier
+    result back once theirs lands; on a ready copy it claims and finishes with its run's
+    own start and finish times."""
+    caplog.set_level(logging.INFO, logger="couchfarm.worker")
+    db, primary, standby = split
+    events: list = []
+    # 1. Ready on the survivor: claim, finish, keep the times.
+    occ = _occurrence_on_both(db, primary, standby, passwords)
+    t1 = primary.couch().now().replace(microsecond=0) - timedelta(seconds=3)
+    ours = _finished(occ, Couch(primary.url, "w1", passwords["w1"]), db, "w1", t1)
+    spool = _spooled(tmp_path, "w1", ours, 0)
+    w1 = _confirmer("w1", primary, standby, db, passwords, spool, events)
+    w1.couch._active = 1  # failed over: the primary "died" after its 201
+    w1.run()
+    rescued = standby.couch().get(db, occ.id)
+    assert rescued["state"] == "done" and rescued["result"]["worker"] == "w1"
+    assert rescued["result"]["finished_at"] == ours["result"]["finished_at"]
+    assert rescued["result"]["started_at"] == ours["result"]["started_at"]
+    assert "event=result_rescued" in caplog.text
+    assert spool.awaiting_confirmation()[0].uploaded_to == 1
+
+    # 2. Leased by w2 on the survivor: wait; w2 finishes later; w1's result replaces it.
+    occ2 = _occurrence_on_both(db, primary, standby, passwords)
+    ours2 = _finished(occ2, Couch(primary.url, "w1", passwords["w1"]), db, "w1", t1)
+    spool2 = _spooled(tmp_path, "w1b", ours2, 0)
+    w1b = _confirmer("w1", primary, standby, db, passwords, spool2, events)
+    w1b.couch._active = 1
+    on_s = Couch(standby.url, "w2", passwords["w2"])
+    leased = states.claim(occ2, "w2", on_s.now())
+    leased = leased.model_copy(update={"rev": on_s.put(db, leased.to_doc())})
+    w1b.run()
+    assert standby.couch().get(db, occ2.id)["lease"]["worker"] == "w2"  # theirs: waited
+    done = states.finish(leased, "w2", on_s.now(), started_at=on_s.now(), output={})
+    on_s.put(db, done.to_doc())
+    w1b.run()
+    final = standby.couch().get(db, occ2.id)
+    assert final["result"]["worker"] == "w1"
+    assert final["result"]["finished_at"] == ours2["result"]["finished_at"]
