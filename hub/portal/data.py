@@ -2,7 +2,8 @@
 
 The live database answers for occurrences still there (views ``by_client_state``,
 ``by_task``, ``outcomes_by_client_task``...); the monthly results databases answer for
-archived ones (``outcomes_by_client_task``, ``by_client_task_time``). Every query here takes
+archived ones (the archiver's ``tally:`` documents for counts, ``by_client_task_time`` for
+history). Every query here takes
 the client as the first part of its key (or a task id, which starts with the client), so
 one client's page can never read another's rows.
 
@@ -23,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hub import schedules
+from hub.archiver import TALLY_PREFIX
 from hub.couch import Couch, CouchError, NotFound
 from hub.model import FINAL_STATES, Task, occurrence_id
 from hub.provision import results_db
@@ -275,10 +277,14 @@ class PortalData:
         return {"live": live, "live_out": live_out, "archived": archived}
 
     def _archived_outcomes(self, month_db: str, client: str) -> list[tuple[str, str, dict]]:
-        """One month's outcomes of a client, reused while the month's database is unchanged.
+        """One month's outcomes of a client, from the archiver's per-task tallies.
 
-        Past months rarely change, and a server that reduces at query time (PouchDB) pays
-        for the whole range on every query; one ``GET /db`` tells whether anything moved.
+        ``tally:task:{client}:...`` documents (one per task and month, see hub.archiver) are
+        read as one ``_all_docs`` key range: the cost follows the number of tasks, not of
+        results, and needs no view index (POUCHDB: a reduce over the results would be
+        computed at query time over every result in range). Batches still pending are not
+        counted yet: their occurrences are still in the live database, counted there.
+        Reused while the month's database is unchanged (one ``GET /db`` tells).
         """
         try:
             seq = self.couch.update_seq(month_db)
@@ -289,14 +295,20 @@ class PortalData:
             cached = self._outcome_cache.get(key)
         if cached is not None and cached[0] == seq:
             return cached[1]
-        params = {"startkey": [client], "endkey": [client, {}], "group_level": 3}
+        prefix = f"{TALLY_PREFIX}task:{client}:"
         try:
-            reply = self.couch.view(month_db, "results", "outcomes_by_client_task", **params)
-            found = [(r["key"][1], r["key"][2], r["value"]) for r in reply["rows"]]
+            rows = self.couch.all_docs(
+                month_db, startkey=prefix, endkey=prefix + "\ufff0", include_docs=True
+            )
         except NotFound:
-            # A month whose design document predates outcomes_by_client_task: counts only.
-            rows = self._view(month_db, "by_client_task_status", "results", **params)
-            found = [(r["key"][1], r["key"][2], {"count": r["value"], "max": 0}) for r in rows]
+            return []
+        found = []
+        for row in rows:
+            doc = row.get("doc") or {}
+            if doc.get("type") != "tally" or doc.get("client") != client:
+                continue
+            for status, stats in (doc.get("statuses") or {}).items():
+                found.append((str(doc.get("task")), status, dict(stats)))
         with self._lock:
             if len(self._outcome_cache) >= 5000:
                 self._outcome_cache.clear()
