@@ -227,6 +227,48 @@ def test_logout_ends_the_session_even_for_a_copied_cookie(app, farm):
     assert thief.get("/api/me").status_code == 401
 
 
+@pytest.mark.parametrize("change", ["password", "deleted", "role removed", "nothing"])
+def test_a_session_is_rechecked_against_couchdb_within_a_minute(farm, service, change):
+    """A change in CouchDB's _users ends an open portal session at the next recheck."""
+    clock = FakeClock()
+    app = create_app(service, farm.hub, secret_key=SECRET, clock=clock)
+    name, password = f"carol-{change.replace(' ', '-')}", "first-password-123"
+    provision.add_user(farm.admin, name, ["client:acme"], password, replace=True)
+    client = TestClient(app)
+    reply = client.post("/login", data={"username": name, "password": password})
+    assert reply.status_code == 200, reply.text
+    assert client.get("/api/me").json()["user"] == name
+    user_doc = farm.admin.get("_users", f"org.couchdb.user:{name}")
+    if change == "password":
+        provision.add_user(farm.admin, name, ["client:acme"], "second-password-456", replace=True)
+    elif change == "deleted":
+        farm.admin.delete("_users", user_doc["_id"], user_doc["_rev"])
+    elif change == "role removed":
+        farm.admin.put("_users", {**user_doc, "roles": ["farm_worker"]})
+    # Within the recheck interval the session is taken on trust (bounded staleness)...
+    clock.now += 59
+    assert client.get("/api/me").status_code == 200
+    # ... and past it CouchDB is asked again.
+    clock.now += 2
+    expected = 200 if change == "nothing" else 401
+    assert client.get("/api/me").status_code == expected
+    clock.now += 61  # a refreshed check lasts another interval; an ended one stays ended
+    assert client.get("/api/me").status_code == expected
+    if change == "password":
+        again = client.post("/login", data={"username": name, "password": "second-password-456"})
+        assert again.status_code == 200
+        assert client.get("/api/me").status_code == 200
+
+
+def test_a_restarted_portal_asks_for_a_new_login(farm, service):
+    """The CouchDB session a portal session is rechecked with lives in the process."""
+    first = create_app(service, farm.hub, secret_key=SECRET)
+    client = login(first, "acme", farm.passwords["acme"])
+    second = create_app(service, farm.hub, secret_key=SECRET)
+    moved = TestClient(second, cookies={"cf_session": client.cookies.get("cf_session")})
+    assert moved.get("/api/me").status_code == 401
+
+
 def test_a_tampered_cookie_is_ignored(app, acme):
     cookie = acme.cookies.get("cf_session")
     forged = cookie.replace(cookie[10], "A" if cookie[10] != "A" else "B", 1)

@@ -48,6 +48,7 @@ from hub.portal.security import (
     Authenticator,
     BodyLimit,
     CatchAll,
+    CouchRecheck,
     Principal,
     RateLimiter,
     SecurityHeaders,
@@ -88,6 +89,7 @@ class PortalSettings:
     secret_key: str
     secure_cookies: bool = False  # always mark cookies Secure (behind a TLS proxy)
     session_max_age: int = 12 * 3600
+    session_recheck: float = 60.0  # seconds a session may go before CouchDB confirms it again
     login_limit: int = 5  # failed logins ...
     login_window: float = 60.0  # ... per this many seconds, per IP and per user name
     max_body: int = 64 * 1024
@@ -228,6 +230,17 @@ def create_app(
     )
     is_admin = admin_check or default_admin_check
     sessions = Sessions(secret_key, settings.session_max_age)
+    # Sessions from a CouchDB login are confirmed with CouchDB again every minute or so;
+    # a custom authenticator has no CouchDB session to confirm them with.
+    recheck = None
+    if isinstance(couch_for_login, Couch):
+        recheck = CouchRecheck(
+            couch_for_login,
+            is_admin,
+            every=settings.session_recheck,
+            max_age=settings.session_max_age,
+            clock=clock,
+        )
     limiter = RateLimiter(settings.login_limit, settings.login_window, clock)
     tokens = TokenStore(service.couch, service.db)
     data = PortalData(service, dbs_couch=dbs_couch)
@@ -334,6 +347,9 @@ def create_app(
             return found
         found = sessions.read(request.cookies.get(SESSION_COOKIE))
         if found is None:
+            raise NotLoggedIn()
+        if recheck is not None and not await run_in_threadpool(recheck.still_valid, found):
+            sessions.revoke(found.sid)
             raise NotLoggedIn()
         if request.method not in SAFE_METHODS:
             await check_csrf(request, found)
@@ -457,6 +473,8 @@ def create_app(
             raise HTTPException(403, "this user has no access to the portal")
         limiter.reset(keys[1])
         cookie, who = sessions.issue(who)
+        if recheck is not None:
+            recheck.hold(str(who.sid), who.user, ctx)
         log.info("event=login user=%s client=%s admin=%s", who.user, who.client, who.admin)
         response: Any
         if html:
@@ -473,6 +491,8 @@ def create_app(
     @app.post("/logout", summary="End the session (needs the CSRF token)")
     async def post_logout(request: Request, who: Principal = Depends(principal)) -> Any:
         sessions.revoke(who.sid)
+        if recheck is not None:
+            recheck.drop(who.sid)
         response: Any = (
             RedirectResponse("/login", status_code=303)
             if wants_html(request)

@@ -1,13 +1,18 @@
 """Who is asking, and the walls around the portal.
 
-- Login: the client's CouchDB name and password, checked once by ``GET /_session`` with
-  basic auth against the hub's own server list. The password is never stored.
+- Login: the client's CouchDB name and password, checked by ``POST /_session`` against
+  the hub's own server list. The password is never stored.
 - Sessions: a cookie signed with :mod:`itsdangerous` that carries the user, the client,
   a session id and a CSRF token; HttpOnly, SameSite=Lax, Secure on https. Logging out
-  revokes the session id, so a copied cookie dies with the logout.
+  revokes the session id, so a copied cookie dies with the logout. Every session is
+  re-checked against CouchDB at least once a minute (:class:`CouchRecheck`), so a user
+  deleted, a password changed or a role removed there ends it.
 - CSRF: every unsafe request authenticated by the cookie carries the session's token (form
   field ``csrf_token`` or header ``X-CSRF-Token``); a foreign ``Origin`` is refused.
-- Rate limits: failed logins per IP and per user name, in a sliding window.
+- Rate limits: failed logins per IP and per user name, in a sliding window. The counters
+  live in this process: one hub holds them all; with two hubs each counts its own, so a
+  guesser gets at most twice the allowance. Kept out of CouchDB on purpose: a write per
+  failed login would let a password guesser load the database it is guessing against.
 - API tokens: random secrets for scripts (``Authorization: Bearer``); only their SHA-256 is
   stored, as ``hub:token:<sha256>`` in the live database.
 - ASGI middlewares: a request-body size limit, security headers, and a last-resort handler
@@ -31,7 +36,7 @@ from typing import Any
 from fastapi import HTTPException
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from hub.couch import Couch, NotFound, Unauthorized
+from hub.couch import Couch, CouchError, NotFound, Unauthorized, Unavailable
 from hub.model import NAME_PATTERN
 from hub.provision import ADMIN_ROLE, CLIENT_ROLE_PREFIX
 from hub.timefmt import to_wire
@@ -99,34 +104,148 @@ Authenticator = Callable[[str, str], dict[str, Any] | None]
 
 
 def couch_authenticator(couch: Couch, timeout: float = 10.0) -> Authenticator:
-    """Check a name and password with ``GET /_session`` (basic auth) on ``couch``'s servers.
+    """Check a name and password with ``POST /_session`` on ``couch``'s servers.
 
-    Returns CouchDB's ``userCtx`` ({name, roles}) or None when the server says 401.
-    Other failures (server down) raise :class:`hub.couch.CouchError`.
+    Returns CouchDB's ``userCtx`` ({name, roles}) plus ``auth_cookie``, the CouchDB
+    session (``AuthSession``) the portal keeps server-side to re-check the user later
+    (:class:`CouchRecheck`), or None when the server says 401. Other failures (server
+    down) raise :class:`hub.couch.CouchError`.
     """
     urls = [server.url for server in couch.servers]
     verify = couch.verify
 
     def check(name: str, password: str) -> dict[str, Any] | None:
-        try:
-            conn = Couch(
-                urls, name, password, retries=0, connect_timeout=3.0, read_timeout=timeout,
-                verify=verify,
-            )  # fmt: skip
-        except ValueError:
-            # The client refuses some credentials outright (empty, or wrapped in quotes or
-            # braces); no CouchDB user can have them, so it is a failed login, not a 500.
+        if not name or not password:
             return None
+        # A fresh anonymous client per login: its cookie jar must hold nobody else's.
+        conn = Couch(urls, retries=0, read_timeout=timeout, verify=verify)
         try:
-            body = conn.session()
+            reply = conn.request("POST", "/_session", body={"name": name, "password": password})
         except Unauthorized:
             return None
-        ctx = body.get("userCtx") or {}
-        if ctx.get("name") != name:
+        body = reply.body or {}
+        if body.get("name") != name:
             return None
-        return {"name": name, "roles": [str(r) for r in ctx.get("roles") or []]}
+        cookie = auth_cookie(reply.headers)
+        if cookie is None:
+            raise CouchError("CouchDB answered /_session without an AuthSession cookie")
+        return {"name": name, "roles": [str(r) for r in body.get("roles") or []],
+                "auth_cookie": cookie}  # fmt: skip
 
     return check
+
+
+def auth_cookie(headers: dict[str, str]) -> str | None:
+    """The ``AuthSession`` value of a response's ``Set-Cookie`` header, if any."""
+    for key, value in headers.items():
+        if key.lower() != "set-cookie":
+            continue
+        for part in re.split(r"[;,]\s*", value):
+            if part.startswith("AuthSession="):
+                return part.removeprefix("AuthSession=") or None
+    return None
+
+
+@dataclass
+class _Held:
+    user: str
+    roles: tuple[str, ...]
+    cookie: str
+    checked_at: float
+    expires_at: float
+
+
+class CouchRecheck:
+    """Portal sessions re-checked against CouchDB, at most ``every`` seconds apart.
+
+    The portal's signed cookie alone would outlive a user deleted, a password changed or
+    a role removed in CouchDB until it expires (hours). So at login the portal keeps the
+    user's CouchDB session cookie (server-side, by session id; never sent to the browser)
+    and, when its last check is older than ``every`` seconds, asks ``GET /_session`` with
+    it. CouchDB signs that cookie with the user's password salt, so a changed password or
+    a deleted user ends it; the roles it reports must still give the same portal access.
+    CouchDB refreshes the cookie as it is used; an idle session ends after CouchDB's own
+    ``[chttpd_auth] timeout`` (600 s by default). Held in this process: a restarted portal
+    asks everyone to log in again, and two portals do not share sessions.
+    """
+
+    def __init__(
+        self,
+        couch: Couch,
+        admin_check: Callable[[list[str]], bool],
+        *,
+        every: float = 60.0,
+        max_age: float = 12 * 3600,
+        clock: Callable[[], float] = time.monotonic,
+        max_sessions: int = 100_000,
+        timeout: float = 10.0,
+    ) -> None:
+        self.urls = [server.url for server in couch.servers]
+        self.verify = couch.verify
+        self.admin_check = admin_check
+        self.every = every
+        self.max_age = max_age
+        self.clock = clock
+        self.max_sessions = max_sessions
+        self.timeout = timeout
+        self._held: OrderedDict[str, _Held] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def hold(self, sid: str, user: str, ctx: dict[str, Any]) -> None:
+        cookie = ctx.get("auth_cookie")
+        if not sid or not isinstance(cookie, str):
+            return
+        now = self.clock()
+        held = _Held(user, tuple(ctx.get("roles") or ()), cookie, now, now + self.max_age)
+        with self._lock:
+            self._held[sid] = held
+            while len(self._held) > self.max_sessions:
+                self._held.popitem(last=False)
+
+    def drop(self, sid: str | None) -> None:
+        with self._lock:
+            self._held.pop(sid or "", None)
+
+    def still_valid(self, who: Principal) -> bool:
+        """Whether CouchDB still knows this session's user with the same portal access.
+
+        Raises :class:`hub.couch.Unavailable` when CouchDB cannot be asked (the session is
+        kept: a server outage is not a logout).
+        """
+        now = self.clock()
+        with self._lock:
+            held = self._held.get(who.sid or "")
+        if held is None or held.user != who.user or now >= held.expires_at:
+            return False
+        if now - held.checked_at < self.every:
+            return True
+        conn = Couch(self.urls, retries=0, read_timeout=self.timeout, verify=self.verify)
+        try:
+            reply = conn.request(
+                "GET", "/_session", headers={"Cookie": f"AuthSession={held.cookie}"}
+            )
+        except Unavailable:
+            raise
+        except CouchError as exc:
+            log.info("event=session_recheck_refused user=%s status=%s", who.user, exc.status)
+            self.drop(who.sid)
+            return False
+        ctx = (reply.body or {}).get("userCtx") or {}
+        roles = [str(r) for r in ctx.get("roles") or []]
+        again = principal_from_roles(who.user, roles, self.admin_check)
+        if (
+            ctx.get("name") != who.user
+            or again is None
+            or (again.client, again.admin) != (who.client, who.admin)
+        ):
+            log.info("event=session_ended_by_couchdb user=%s name=%r", who.user, ctx.get("name"))
+            self.drop(who.sid)
+            return False
+        with self._lock:
+            held.cookie = auth_cookie(reply.headers) or held.cookie
+            held.roles = tuple(roles)
+            held.checked_at = now
+        return True
 
 
 # ---------------------------------------------------------------- sessions
