@@ -49,7 +49,9 @@ SCALES = {
     "small": {"tasks": 50, "results": 20, "reps": 9},
     "full": {"tasks": 200, "results": 5000, "reps": 41},  # 1,000,000 finished occurrences
 }
-SCALE = os.environ.get("PORTAL_BENCH_SCALE", "full").strip().lower()
+# PORTAL_BENCH_SCALE, else make bench's BENCH_SCALE, else full (the figure).
+SCALE = os.environ.get("PORTAL_BENCH_SCALE") or os.environ.get("BENCH_SCALE") or "full"
+SCALE = SCALE.strip().lower()
 if SCALE not in SCALES:
     raise SystemExit(f"PORTAL_BENCH_SCALE must be one of {', '.join(SCALES)}, not {SCALE!r}")
 TASKS = int(os.environ.get("PORTAL_BENCH_TASKS", SCALES[SCALE]["tasks"]))

@@ -319,7 +319,8 @@ def archive(
     # Batches a dead writer left pending: in the months written now, this month and the
     # last (where a crashed pass wrote; its occurrences were not removed, so the pass
     # after a restart writes to the same months again).
-    sweep = set(by_month) | {results_db(db, now), results_db(db, now - timedelta(days=28))}
+    last_month = now.replace(day=1) - timedelta(days=1)
+    sweep = set(by_month) | {results_db(db, now), results_db(db, last_month)}
     for month_db in sorted(sweep):
         try:
             report.recovered += recover_pending(couch, month_db, now)
