@@ -208,7 +208,93 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             + (f": {tray.get('why')}" if tray and tray.get("why") else ""),
             None,
         )
+    _failover_targets(s.get("failover"), add)
     return out
+
+
+# ---------------------------------------------------------------- failover (issue 6)
+
+
+def _failover_targets(fo: dict[str, Any] | None, add: Any) -> None:
+    if not _ok(fo):
+        add("8", "failover: kill -9 the primary under load", "0 lost",
+            (fo or {}).get("why") or "not run", None)  # fmt: skip
+        return
+    t, m, reps = fo["totals"], fo["median"], fo["config"]["reps"]
+    add(
+        "8a",
+        f"failover, {reps} repetition(s): results lost (of {t['stored_runs']} a worker got a "
+        "201 for) / duplicates / documents in conflict / unaccounted occurrences",
+        "0 / 0 / 0 / 0",
+        f"{t['lost_count']} / {t['duplicates_count']} / {t['conflicts_count']} / "
+        f"{t['unaccounted_count']}",
+        all(t[k] == 0 for k in ("lost_count", "duplicates_count", "conflicts_count",
+                                 "unaccounted_count")) and fo["recovery_ok"],
+    )  # fmt: skip
+    add(
+        "8b",
+        "failover time (primary death → first claim on the standby), median",
+        "report",
+        f"{fmt(m['failover_s'], 2)} s",
+        None,
+    )
+    add(
+        "8c",
+        "replication lag primary → standby under that load (median of medians; max)",
+        "report",
+        f"{fmt(m['lag_seconds'], 3)} s (max {fmt(m['lag_seconds_max'], 2)} s); "
+        f"{fmt(m['lag_docs'], 0)} docs (max {fmt(m['lag_docs_max'], 0)})",
+        None,
+    )
+
+
+def failover_lines(fo: dict[str, Any]) -> list[str]:
+    """The failover section: one row per repetition, then the medians."""
+    c = fo["config"]
+    lines = [
+        f"#### 8. Failover (issue 6): {c['tasks']} tasks of demo.sleep {c['sleep_ms']} ms "
+        f"every {c['every_s']} s, {c['workers']} workers, {c['slots']} slots each; kill -9 the "
+        f"primary {c['kill_after_s'][0]:g}-{c['kill_after_s'][1]:g} s in, "
+        f"{c['on_standby_s']:g} s on the standby, empty new primary, hub recover",
+        "",
+        "| rep | killed at s | results stored (201) | lost | duplicates | conflicts | "
+        "unaccounted | failover s | lag s (median / max) | lag docs (median / max) | "
+        "re-run on standby | rescued | later result replaced | superseded by rule | "
+        "recovery |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in fo["reps"]:
+        ls, ld = r["lag_seconds"], r["lag_docs"]
+        lines.append(
+            f"| {r['rep']} | {fmt(r['killed_after_s'])} | {r['stored_runs']} | "
+            f"{r['lost_count']} | {r['duplicates_count']} | {r['conflicts_count']} | "
+            f"{r['unaccounted_count']} | {fmt(r['failover_s'], 2)} | "
+            f"{fmt(ls['median'], 3)} / {fmt(ls['max'], 2)}"
+            + (
+                f" ({ls['unseen_at_kill']} probe(s) unseen at the kill, up to "
+                f"{fmt(ls['unseen_max_age'], 2)} s old)"
+                if ls.get("unseen_at_kill")
+                else ""
+            )
+            + f" | {fmt(ld['median'], 0)} / "
+            f"{fmt(ld['max'], 0)} | {r['reruns']} | {r['rescued']} | {r['replaced']} | "
+            f"{r['superseded']} | {'ok' if r['recovery_ok'] else 'FAILED'} |"
+        )
+    m = fo["median"]
+    lines += [
+        f"| **median** | | | {fmt(m['lost_count'], 0)} | {fmt(m['duplicates_count'], 0)} | "
+        f"{fmt(m['conflicts_count'], 0)} | {fmt(m['unaccounted_count'], 0)} | "
+        f"{fmt(m['failover_s'], 2)} | {fmt(m['lag_seconds'], 3)} / "
+        f"{fmt(m['lag_seconds_max'], 2)} | {fmt(m['lag_docs'], 0)} / "
+        f"{fmt(m['lag_docs_max'], 0)} | | | | | |",
+        "",
+        "Lost: a result a worker got a 201 for that is neither the stored result nor "
+        "beaten by one that finished first (tests/faults.py). Lag: a probe written on the "
+        "primary until read on the standby; documents whose winning revision on the primary "
+        "the standby lacked, sampled every 1.5 s before the kill.",
+        "",
+    ]
+    return lines
 
 
 def verdict(met: bool | None) -> str:
@@ -469,6 +555,8 @@ def markdown(results: dict[str, Any]) -> str:
             "requests per dashboard.",
             "",
         ]
+    if _ok(s.get("failover")):
+        lines += failover_lines(s["failover"])
     failed = [
         f"{name}: {sec.get('why')}"
         for name, sec in s.items()

@@ -32,6 +32,7 @@ from bench import (
     claim_race,
     e2e,
     extras,
+    failover,
     hub_capacity,
     latency,
     plots,
@@ -63,6 +64,7 @@ ORDER = [
     "beanstalkd",
     "tray_idle",
     "portal_dashboard",
+    "failover",
 ]
 
 
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "beanstalkd": lambda: beanstalk.run(scale, workdir),
         "tray_idle": lambda: extras.tray_idle(server, scale),
         "portal_dashboard": lambda: extras.portal_dashboard(server, scale),
+        "failover": lambda: failover.run(scale, workdir),
     }
     if "e2e" in only and "raw_write" not in only:
         only.add("raw_write")  # the end-to-end figure is a share of this run's raw write rate

@@ -1,0 +1,126 @@
+"""Issue 6 at full scale: kill -9 the primary under load, run on the standby, rebuild the
+primary empty, ``hub recover``, resume; repeated, with the audit of ``tests/faults.py``.
+
+    .venv/bin/python -m bench.failover                 # 5 repetitions, 100 tasks, 60 s
+    .venv/bin/python -m bench.failover --reps 1 --tasks 20 --standby-s 30
+
+Per repetition and as medians: results lost (of those a worker got a 201 for; "lost" is
+defined in tests/faults.py), duplicate results, documents left in conflict, unaccounted
+occurrences, failover time (primary death -> first claim on the standby) and replication
+lag under that load before the kill (seconds and documents). Each repetition runs its own
+two PouchDB Servers, so this section does not use the shared bench server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.common import BENCH_DIR, Scale, Section, log
+from tests.faults import FaultConfig, run_fault
+
+FULL = FaultConfig(tasks=100, every_s=5, on_standby_s=60.0, kill_after_s=(20.0, 40.0))
+# `make bench` at the small scale: one shorter repetition of the same scenario.
+SMALL = replace(FULL, tasks=40, on_standby_s=30.0)
+REPS = {"small": 1, "full": 5}
+FIGURES = ("lost_count", "duplicates_count", "conflicts_count", "unaccounted_count")
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 3) if present else None
+
+
+def run_reps(cfg: FaultConfig, reps: int, workdir: Path) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    for rep in range(1, reps + 1):
+        log(f"failover repetition {rep}/{reps}: {cfg.tasks} tasks, {cfg.on_standby_s:g} s "
+            "on the standby")  # fmt: skip
+        report = run_fault(workdir / f"rep{rep}", replace(cfg, seed=rep))
+        row = {"rep": rep, **report.as_dict()}
+        rows.append(row)
+        log(f"rep {rep}: lost {row['lost_count']}, duplicates {row['duplicates_count']}, "
+            f"conflicts {row['conflicts_count']}, unaccounted {row['unaccounted_count']}, "
+            f"failover {row['failover_s']} s, lag {row['lag_seconds']['median']} s / "
+            f"{row['lag_docs']['median']} docs, {row['stored_runs']} results, "
+            f"{row['seconds']:.0f} s")  # fmt: skip
+    median = {key: _median([r[key] for r in rows]) for key in FIGURES}
+    median["failover_s"] = _median([r["failover_s"] for r in rows])
+    median["lag_seconds"] = _median([r["lag_seconds"]["median"] for r in rows])
+    median["lag_seconds_max"] = max(
+        (r["lag_seconds"]["max"] for r in rows if r["lag_seconds"]["max"] is not None),
+        default=None,
+    )
+    median["lag_docs"] = _median([r["lag_docs"]["median"] for r in rows])
+    median["lag_docs_max"] = max(
+        (r["lag_docs"]["max"] for r in rows if r["lag_docs"]["max"] is not None), default=None
+    )
+    totals = {key: sum(r[key] for r in rows) for key in FIGURES}
+    for key in ("stored_runs", "reruns", "rescued", "replaced", "superseded", "not_restored"):
+        totals[key] = sum(r[key] for r in rows)
+    return {
+        "config": {
+            "tasks": cfg.tasks,
+            "every_s": cfg.every_s,
+            "sleep_ms": cfg.sleep_ms,
+            "workers": len(cfg.workers),
+            "slots": cfg.slots,
+            "kill_after_s": list(cfg.kill_after_s),
+            "on_standby_s": cfg.on_standby_s,
+            "reps": reps,
+        },
+        "reps": rows,
+        "median": median,
+        "totals": totals,
+        "recovery_ok": all(r["recovery_ok"] for r in rows),
+    }
+
+
+def run(scale: Scale, workdir: Path) -> Section:
+    cfg = FULL if scale.name == "full" else SMALL
+    reps = REPS.get(scale.name, 1)
+    data = run_reps(cfg, reps, workdir / "failover")
+    setup = (
+        f"hub serve + {len(cfg.workers)} workers ({cfg.slots} slots), {cfg.tasks} tasks of "
+        f"demo.sleep {cfg.sleep_ms} ms every {cfg.every_s} s; kill -9 the primary "
+        f"{cfg.kill_after_s[0]:g}-{cfg.kill_after_s[1]:g} s in, {cfg.on_standby_s:g} s on the "
+        f"standby, new empty primary, hub recover, resume; {reps} repetition(s)"
+    )
+    clean = all(data["totals"][k] == 0 for k in FIGURES) and data["recovery_ok"]
+    return Section("failover", setup, data=data, status="ok", why="" if clean else "faults found")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.failover", description=__doc__)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--tasks", type=int, default=FULL.tasks)
+    parser.add_argument("--standby-s", type=float, default=FULL.on_standby_s)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    import tempfile
+
+    from bench import report
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="couchfarm-failover-"))
+    cfg = replace(FULL, tasks=args.tasks, on_standby_s=args.standby_s)
+    began = time.monotonic()
+    data = run_reps(cfg, args.reps, workdir)
+    section = Section("failover", "", data=data, seconds=time.monotonic() - began)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+    out = BENCH_DIR / "results" / f"{stamp}-failover.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(section.to_json(), indent=1, default=str))
+    print("\n".join(report.failover_lines(section.to_json())))
+    log(f"wrote {out} in {(time.monotonic() - began) / 60:.1f} min (work directory {workdir})")
+    return 0 if all(data["totals"][k] == 0 for k in FIGURES) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
