@@ -95,6 +95,41 @@ def test_split_brain_conflict_converges_after_reconnect(pair, passwords):
     assert final["state"] == "done" and final["result"]["worker"] == "w2"
 
 
+@pytest.mark.pouchdb_difference
+def test_split_brain_two_results_the_first_finished_wins_on_both(pair, passwords):
+    """Cut apart, the occurrence runs on both sides; the later finish is on the primary.
+    After reconnecting, the resolver keeps the standby's earlier result on both copies, and
+    logs the dropped one."""
+    db, primary, standby = pair
+    p_admin, s_admin = primary.couch(), standby.couch()
+    now = p_admin.now().replace(microsecond=0)
+    occ = _occurrence(now)
+    p_admin.put(db, occ.to_doc())
+    p_admin.request(
+        "POST", "/_replicate", body={"source": primary.db_url(db), "target": standby.db_url(db)}
+    )
+    base = Occurrence.from_doc(p_admin.get(db, occ.id))
+    for url, worker, finish in ((primary.url, "w1", 5), (standby.url, "w2", 2)):
+        couch = p_admin.__class__(url, worker, passwords[worker])
+        claimed = states.claim(base, worker, now)
+        claimed = claimed.model_copy(update={"rev": couch.put(db, claimed.to_doc())})
+        couch.put(db, states.finish(claimed, worker, now + timedelta(seconds=finish),
+                                    started_at=now, output={"by": worker}).to_doc())  # fmt: skip
+    replication.setup(primary, standby, db)
+    wait_for(lambda: p_admin.get(db, occ.id, conflicts="true").get("_conflicts"),
+             what="the conflict to reach the primary")  # fmt: skip
+    resolver.resolve_all(p_admin, db)
+
+    def converged() -> bool:
+        a = p_admin.get(db, occ.id, conflicts="true")
+        b = s_admin.get(db, occ.id, conflicts="true")
+        return a["_rev"] == b["_rev"] and not a.get("_conflicts") and not b.get("_conflicts")
+
+    wait_for(converged, what="both copies to converge")
+    for couch in (p_admin, s_admin):
+        assert couch.get(db, occ.id)["result"]["worker"] == "w2"
+
+
 def test_resolver_rules():
     base = {"_id": "occ:task:a:b:20270101T000000Z"}
 
