@@ -253,6 +253,7 @@ def run_fault(tmp: Path, cfg: FaultConfig) -> FaultReport:
         stop_sampling.set()
         primary.kill()  # kill -9 at a random moment
         died_at = hub_couch.for_server(1).now()
+        killed_wall = time.time()
         for sampler in samplers:
             sampler.join(35)
         time.sleep(cfg.on_standby_s)
@@ -267,6 +268,7 @@ def run_fault(tmp: Path, cfg: FaultConfig) -> FaultReport:
         _stop(procs[1:])
         procs.clear()
         audit(ends[0].couch(), ends[1].couch(), tmp, cfg, died_at, report)
+        report.failover_s = first_run_after(tmp, cfg.workers, killed_wall) or report.failover_s
     finally:
         _stop(procs)
         for server in (reborn, primary, standby):
@@ -289,6 +291,26 @@ def stored_runs(tmp: Path, workers: tuple[str, ...]) -> list[StoredRun]:
         text = (tmp / f"{name}.log").read_text(errors="replace")
         runs += [StoredRun(*match) for match in STORED.findall(text)]
     return runs
+
+
+RUN_STARTED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ \S+ event=run_started ",
+                         re.MULTILINE)  # fmt: skip
+
+
+def first_run_after(tmp: Path, workers: tuple[str, ...], killed_wall: float) -> float | None:
+    """Seconds from the kill to the first run any worker started after it (the primary is
+    dead, so that claim was on the standby). Read from the workers' own log lines (local
+    time, same machine): the documents cannot tell, because a re-run on the standby whose
+    result was replaced by the earlier one no longer shows the standby's claim."""
+    firsts = []
+    for name in workers:
+        text = (tmp / f"{name}.log").read_text(errors="replace")
+        for stamp in RUN_STARTED.findall(text):
+            at = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if at > killed_wall:
+                firsts.append(at - killed_wall)
+                break
+    return round(min(firsts), 3) if firsts else None
 
 
 def _converge(p_admin: Couch, s_admin: Couch, timeout: float = 90.0) -> None:
@@ -402,7 +424,8 @@ def audit(p_admin: Couch, s_admin: Couch, tmp: Path, cfg: FaultConfig, died_at: 
                 t += step
     report.occurrences = len(set(live) | set(archived))
 
-    # 3. Failover time: primary death -> first claim on the standby.
+    # 3. Failover time from the documents: the first claim on the standby that is still
+    # visible (run_fault prefers the workers' logs, which see replaced re-runs too).
     def started(doc: dict[str, Any]) -> datetime | None:
         if doc.get("result"):
             return from_wire(doc["result"]["started_at"])
