@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from desktop_worker.config import DEFAULT_CLAIM_K
 from desktop_worker.log import log_event
+from desktop_worker.readyset import ReadySet
 from hub import states
 from hub.couch import Conflict, Couch, Forbidden, NotFound
 from hub.model import Occurrence, State
@@ -59,6 +60,7 @@ class ClaimResult:
     candidates: int = 0  # claimable rows seen (before trying)
     contended: bool = False  # there was work but every try lost
     next_not_before: datetime | None = None  # earliest future not_before seen
+    retry_in: float | None = None  # seconds until a staggered candidate's turn comes
     stats: ClaimStats = field(default_factory=ClaimStats)
 
 
@@ -80,6 +82,9 @@ class Claimer:
         backoff_max: float = 1.0,
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        ready_set: ReadySet | None = None,
+        poll_s: float = 30.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.couch = couch
         self.db = db
@@ -93,6 +98,9 @@ class Claimer:
         self.backoff_max = backoff_max
         self.rng = rng or random.Random()
         self.sleep = sleep
+        self.ready_set = ready_set
+        self.poll_s = poll_s
+        self.monotonic = monotonic
         self._tube_turn = 0
 
     # ------------------------------------------------------------ public
@@ -108,7 +116,9 @@ class Claimer:
                 need = wanted - len(result.won)
                 if need <= 0:
                     return result
-                candidates, next_nb = self._candidates(tube, need, result.stats)
+                candidates, next_nb, wait = self._candidates(tube, need, result.stats)
+                if wait is not None and (result.retry_in is None or wait < result.retry_in):
+                    result.retry_in = wait
                 if next_nb is not None and (
                     result.next_not_before is None or next_nb < result.next_not_before
                 ):
@@ -139,9 +149,19 @@ class Claimer:
 
     def _candidates(
         self, tube: str, need: int, stats: ClaimStats
-    ) -> tuple[list[Occurrence], datetime | None]:
-        """The first K claimable occurrences of a tube, shuffled, and the next not_before."""
-        limit = max(self.k, need) + self.extra_rows
+    ) -> tuple[list[Occurrence], datetime | None, float | None]:
+        """Claimable occurrences of a tube, in the order to try them; the next future
+        ``not_before``; and, with a ready set, the seconds until a staggered one's turn."""
+        first = max(self.k, need)
+        limit = first + self.extra_rows
+        ready = self.ready_set
+        if ready is not None:
+            now_mono = self.monotonic()
+            now = self.couch.now()
+            docs, wait = ready.candidates(tube, now, now_mono, first)
+            if docs or wait is not None or not ready.needs_read(tube, now_mono, self.poll_s):
+                occs, _ = self._claimable(docs, now)
+                return occs, ready.next_not_before(tube, now), wait
         body = self.couch.view(
             self.db,
             "farm",
@@ -152,12 +172,28 @@ class Claimer:
             include_docs=True,
         )
         stats.view_reads += 1
+        rows = body.get("rows", [])
+        docs = [row["doc"] for row in rows if isinstance(row.get("doc"), dict)]
         now = self.couch.now()
+        if ready is not None:
+            now_mono = self.monotonic()
+            ready.refill(tube, docs, full_page=len(rows) >= limit, now_mono=now_mono)
+            docs, wait = ready.candidates(tube, now, now_mono, first)
+            occs, _ = self._claimable(docs, now)
+            return occs, ready.next_not_before(tube, now), wait
+        occs, next_not_before = self._claimable(docs, now)
+        chosen = occs[:first]
+        self.rng.shuffle(chosen)
+        return chosen, next_not_before, None
+
+    def _claimable(
+        self, docs: list[dict[str, Any]], now: datetime
+    ) -> tuple[list[Occurrence], datetime | None]:
+        """The docs that are claimable *as seen*, in order, and the next future not_before."""
         claimable: list[Occurrence] = []
         next_not_before: datetime | None = None
-        for row in body.get("rows", []):
-            doc = row.get("doc")
-            if not isinstance(doc, dict) or doc.get("state") != State.READY.value:
+        for doc in docs:
+            if doc.get("state") != State.READY.value:
                 continue  # the index ran ahead of or behind the doc: not claimable as seen
             if self.kinds is not None and doc.get("kind") not in self.kinds:
                 continue
@@ -173,9 +209,7 @@ class Claimer:
                     next_not_before = not_before
                 continue
             claimable.append(occ)
-        first = claimable[: max(self.k, need)]
-        self.rng.shuffle(first)
-        return first, next_not_before
+        return claimable, next_not_before
 
     def _try(self, candidates: list[Occurrence], need: int, stats: ClaimStats) -> list[Occurrence]:
         won: list[Occurrence] = []
@@ -183,6 +217,8 @@ class Claimer:
             if len(won) >= need:
                 break
             leased = self._claim_one(occ, stats)
+            if self.ready_set is not None:
+                self.ready_set.forget(occ.id, self.monotonic())  # ours now, or someone's
             if leased is not None:
                 won.append(leased)
         return won

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -43,6 +43,7 @@ from desktop_worker.claim import Claimer, ClaimStats
 from desktop_worker.config import WorkerConfig
 from desktop_worker.confirm import Confirmer, archived_result
 from desktop_worker.log import log_event
+from desktop_worker.readyset import ReadySet
 from desktop_worker.spool import Spool, SpoolError
 from hub import states
 from hub.couch import (
@@ -52,6 +53,7 @@ from hub.couch import (
     CouchError,
     Forbidden,
     NotFound,
+    StreamBrokeOff,
     Unauthorized,
     Unavailable,
     redact_url,
@@ -69,6 +71,8 @@ from hub.timefmt import from_wire
 from hub.version import POLICY_DOC_ID, __version__, worker_too_old
 
 LOG_WARNING = logging.WARNING
+CLAIM_FEED = "farm/claim_feed"  # design_docs/farm/filters/claim_feed.js
+FEED_HEARTBEAT_S = 5.0
 
 
 class EngineState(StrEnum):
@@ -188,6 +192,7 @@ class Engine:
         self.feed_wait_s = feed_wait_s
         self.heartbeat_keepalive_s = heartbeat_keepalive_s or 2 * config.heartbeat_interval_s
         self.rng = rng or random.Random()
+        self.ready_set = ReadySet(self.name, config.tubes, config.kinds)
         self.claimer = Claimer(
             self.couch,
             self.db,
@@ -196,6 +201,8 @@ class Engine:
             k=config.claim_k,
             kinds=config.kinds,
             rng=random.Random(self.rng.random()),
+            ready_set=self.ready_set,
+            poll_s=config.poll_interval_s,
         )
         self.claim_stats = ClaimStats()
 
@@ -491,9 +498,11 @@ class Engine:
                 self._wake.wait(self.rng.uniform(0.05, 0.5))
                 continue
             timeout = self.config.poll_interval_s
+            if result.retry_in is not None:  # a staggered candidate's turn comes
+                timeout = min(timeout, result.retry_in + 0.01)
             if result.next_not_before is not None:
                 until = (result.next_not_before - self.couch.now()).total_seconds()
-                timeout = max(0.05, min(timeout, until + 0.05))
+                timeout = max(0.005, min(timeout, until + 0.005))
             self._wake.wait(timeout)
 
     def _check_session(self) -> bool:
@@ -539,11 +548,20 @@ class Engine:
     # ================================================================ changes watcher
 
     def _watch_loop(self) -> None:
+        """Keep the ready set current from the ``claim_feed`` changes, and wake the claim
+        loop when something claimable arrives.
+
+        One continuous ``_changes`` request carries every change; a proxy that buffers
+        streams shows as a silent stream, and then longpoll (one request per wake-up) takes
+        over. With no feed at all the ready set goes dark and the claim loop polls the view
+        every ``poll_interval_s``.
+        """
         since: str | None = None
         bound: Couch | None = None
         bound_url = ""
         failures = 0
-        params = {"filter": "_view", "view": "farm/ready"}
+        stream_failures = 0
+        params = {"filter": CLAIM_FEED, "tubes": ",".join(self.config.tubes)}
         while not self._stopping.is_set():
             try:
                 if since is None or self.couch.active.url != bound_url:
@@ -552,39 +570,90 @@ class Engine:
                     bound = self.couch.for_server(
                         [s.url for s in self.couch.servers].index(bound_url)
                     )
-                    bound.retries = 0  # a failed longpoll rebinds at once, via the failover list
+                    bound.retries = 0  # a failed feed rebinds at once, via the failover list
+                    self.ready_set.feed_started()
+                    self._load_peers(bound)
                     self._wake.set()  # whatever happened before `since` is seen by a read
                 assert bound is not None
-                results, since = bound.changes(
-                    self.db,
-                    since=since,
-                    feed="longpoll",
-                    wait=self.feed_wait_s,
-                    include_docs=True,
-                    params=params,
-                )
+                if stream_failures < 2:
+                    heard = [False]
+                    try:
+                        since = self._follow_stream(bound, since, params, bound_url, heard)
+                    except StreamBrokeOff:
+                        # Connected, then silent from the start (no row, no heartbeat):
+                        # something between us and the server holds streams back. Twice:
+                        # longpoll from now on.
+                        if not heard[0]:
+                            stream_failures += 1
+                            if stream_failures == 2:
+                                log_event("feed_longpoll", LOG_WARNING, worker=self.name)
+                        raise
+                else:
+                    results, since = bound.changes(
+                        self.db,
+                        since=since,
+                        feed="longpoll",
+                        wait=self.feed_wait_s,
+                        include_docs=True,
+                        params=params,
+                    )
+                    self._apply_changes(results)
                 failures = 0
-                if any(self._is_claimable_change(row) for row in results):
-                    self._wake.set()
             except Unavailable:
                 since = None
                 failures += 1
+                self.ready_set.feed_lost()
                 self._wake.set()  # the claim loop polls now, failing over if it must
                 self._stopping.wait(min(2.0**failures, 15.0))
             except Exception as exc:  # the feed is broken here: polling covers it
                 since = None
                 failures += 1
+                self.ready_set.feed_lost()
                 if self._stopping.is_set():
                     return
                 log_event("feed_error", LOG_WARNING, worker=self.name, error=str(exc))
                 self._stopping.wait(min(self.config.poll_interval_s, 2.0**failures))
 
-    def _is_claimable_change(self, row: dict[str, Any]) -> bool:
-        doc = row.get("doc") or {}
-        if doc.get("state") != State.READY.value or doc.get("tube") not in self.config.tubes:
-            return False
-        kinds = self.config.kinds
-        return kinds is None or doc.get("kind") in kinds
+    def _follow_stream(
+        self, bound: Couch, since: str, params: dict[str, str], bound_url: str, heard: list[bool]
+    ) -> str:
+        """Read one continuous stream until it ends, we stop, or the claim loop failed
+        over to another server (seen at the next heartbeat). Returns the seq to resume at."""
+        for row in bound.changes_stream(
+            self.db,
+            since=since,
+            include_docs=True,
+            params=params,
+            heartbeat_s=FEED_HEARTBEAT_S,
+            max_s=self.feed_wait_s * 12,
+        ):
+            heard[0] = True
+            if self._stopping.is_set() or self.couch.active.url != bound_url:
+                break
+            if row is None:
+                continue
+            since = str(row.get("seq", since))
+            self._apply_changes([row])
+        return since
+
+    def _apply_changes(self, rows: list[dict[str, Any]]) -> None:
+        now = time.monotonic()
+        if any([self.ready_set.apply(row.get("doc"), now) for row in rows]):
+            self._wake.set()
+
+    def _load_peers(self, couch: Couch) -> None:
+        """Who else is online, for the ready set's rendezvous order."""
+        try:
+            since = _wire(couch.now() - timedelta(seconds=self.ready_set.online_s))
+            body = couch.view(self.db, "farm", "workers_by_last_seen", startkey=since)
+        except CouchError as exc:
+            log_event("peers_unreadable", LOG_WARNING, worker=self.name, error=str(exc))
+            return
+        self.ready_set.set_peers(
+            {**row["value"], "last_seen": row["key"]}
+            for row in body.get("rows", [])
+            if isinstance(row.get("value"), dict)
+        )
 
     # ================================================================ runs
 

@@ -1,8 +1,9 @@
 """Design documents from ``design_docs/``: loaded from plain .js files, pushed when changed.
 
 Layout: ``design_docs/<name>/validate_doc_update.js`` and
-``design_docs/<name>/views/<view>/map.js`` (+ optional ``reduce.js``) become
-``_design/<name>``. Ops read the same text in Fauxton.
+``design_docs/<name>/views/<view>/map.js`` (+ optional ``reduce.js``) and
+``design_docs/<name>/filters/<filter>.js`` become ``_design/<name>``. Ops read the same
+text in Fauxton.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ def load(name: str, root: Path = DESIGN_ROOT) -> dict[str, Any]:
         views[view_dir.name] = view
     if views:
         doc["views"] = views
+    filters = {
+        path.stem: function_source(path.read_text())
+        for path in sorted((folder / "filters").glob("*.js"))
+    }
+    if filters:
+        doc["filters"] = filters
     return doc
 
 
@@ -74,9 +81,9 @@ def _parts(doc: dict[str, Any]) -> dict[str, Any]:
     for key, value in doc.items():
         if key.startswith("_"):
             continue
-        if key == "views":
-            for view, funcs in value.items():
-                parts[f"views.{view}"] = funcs
+        if key in ("views", "filters"):
+            for part, funcs in value.items():
+                parts[f"{key}.{part}"] = funcs
         else:
             parts[key] = value
     return parts

@@ -46,6 +46,7 @@ def plan_task(
     active: list[Occurrence],
     *,
     fair_offsets: list[float] | None = None,
+    ready_until: datetime | None = None,
 ) -> Plan:
     """Decide the fate of each due time of one task (the policies of DESIGN.md section 5).
 
@@ -62,6 +63,9 @@ def plan_task(
     records the new one ``skipped``; ``queue`` holds it ``scheduled`` until the running
     one ends; ``allow`` runs both; ``replace`` cancels the running one (its worker learns
     on its next write) and runs the new one.
+
+    ``ready_until`` (materializing ahead): an occurrence whose ``not_before`` is by then is
+    written ``ready`` although not yet due; workers hold it and claim it when it is.
     """
     plan = Plan()
     if not dues:
@@ -140,7 +144,8 @@ def plan_task(
                 for holder in leased:
                     why = f"overlap=replace: replaced by the run due {due:%H:%M:%S}Z"
                     plan.supersede.append((holder, "cancel", why))
-            state = State.READY if not_before <= now else State.SCHEDULED
+            ready_by = max(now, ready_until or now)
+            state = State.READY if not_before <= ready_by else State.SCHEDULED
             plan.creates.append(
                 states.materialize(
                     task, due, now, state=state, not_before=not_before, fair_offset=offset
@@ -222,6 +227,20 @@ class Materializer:
         if due > self.cursors.get(occ.task, due - timedelta(seconds=1)):
             self.cursors[occ.task] = due
 
+    def next_reap_due(self) -> datetime | None:
+        """The earliest moment the reaper has work, as far as the followed changes show:
+        a lease's expiry or a retry's ``not_before``. None: nothing leased or waiting."""
+        with self._lock:
+            moments = [
+                from_wire(occ.lease.expires_at)
+                if occ.state == State.LEASED and occ.lease is not None
+                else from_wire(occ.not_before)
+                for bucket in self.active.values()
+                for occ in bucket.values()
+                if occ.state in (State.LEASED, State.SCHEDULED)
+            ]
+        return min(moments, default=None)
+
     def _untrack(self, occ_id: str, task: str | None) -> None:
         for bucket in [self.active[task]] if task else self.active.values():
             bucket.pop(occ_id, None)
@@ -263,36 +282,57 @@ class Materializer:
         while self._heap and self._heap[0].generation != self._generation[self._heap[0].task_id]:
             heapq.heappop(self._heap)
 
-    def tick(self, now: datetime) -> int:
-        """Create every occurrence due by ``now``. Returns how many were created."""
+    def tick(self, now: datetime, ahead: tuple[float, float] | None = None) -> int:
+        """Create every occurrence due by ``now``. Returns how many were created.
+
+        ``ahead=(trigger_s, window_s)``: once a fire is within ``trigger_s``, also create
+        the next fire of every task due within ``window_s`` that has nothing active (so
+        no overlap or coalescing decision is taken early), ``ready`` with ``not_before``
+        at its due time. One bulk write then covers a window of fires, and workers hold
+        each occurrence before it is due. A pause or edit reaches runs due after it.
+        """
         with self._lock:
-            due_tasks: list[str] = []
+            horizon = now
+            self._discard_stale()
+            if ahead and self._heap and self._heap[0].fire_at <= now + timedelta(seconds=ahead[0]):
+                horizon = now + timedelta(seconds=ahead[1])
+            due_tasks: list[tuple[str, bool]] = []
+            deferred: list[_Slot] = []
             while True:
                 self._discard_stale()
-                if not self._heap or self._heap[0].fire_at > now:
+                if not self._heap or self._heap[0].fire_at > horizon:
                     break
                 slot = heapq.heappop(self._heap)
-                if slot.task_id in self.tasks:
-                    due_tasks.append(slot.task_id)
+                if slot.task_id not in self.tasks:
+                    continue
+                early = slot.fire_at > now
+                if early and any(self.active.get(slot.task_id, {}).values()):
+                    deferred.append(slot)  # its fate depends on what runs at its due time
+                    continue
+                due_tasks.append((slot.task_id, early))
+            for slot in deferred:
+                heapq.heappush(self._heap, slot)
             plans: list[tuple[str, list[datetime], Plan]] = []
             rank: dict[tuple[str, str], int] = defaultdict(int)
-            for task_id in due_tasks:
+            for task_id, early in due_tasks:
                 task = self.tasks[task_id]
                 after = self.cursors[task_id]
                 dues = []
-                for due in schedules.fire_times(task.schedule, after, now):
+                for due in schedules.fire_times(task.schedule, after, horizon if early else now):
                     dues.append(due)
-                    if len(dues) >= MAX_DUES_PER_TICK:
-                        break
+                    if early or len(dues) >= MAX_DUES_PER_TICK:
+                        break  # ahead of time: one fire, its successor waits its turn
                 offsets = []
                 for _ in dues:
                     key = (task.client, task.tube)
                     offsets.append(rank[key] * FAIR_QUANTUM_SECONDS)
                     rank[key] += 1
                 active = list(self.active.get(task_id, {}).values())
-                plans.append(
-                    (task_id, dues, plan_task(task, dues, now, active, fair_offsets=offsets))
-                )
+                plan = plan_task(
+                    task, dues, now, active, fair_offsets=offsets,
+                    ready_until=horizon if early else None,
+                )  # fmt: skip
+                plans.append((task_id, dues, plan))
         created = self._write(plans, now)
         with self._lock:
             for task_id, dues, _plan in plans:

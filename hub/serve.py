@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from hub import archiver, provision, reaper, replication, resolver
-from hub.couch import Couch, CouchError
+from hub.couch import Couch, CouchError, StreamBrokeOff
 from hub.materializer import Materializer
 from hub.model import Occurrence, Overlap
 from hub.service import TUBES_DOC
@@ -43,10 +44,16 @@ class HubConfig:
     retention_days: int = 90
     follow_wait: float = 20.0
     replication_every: float = 10.0
-    # Seconds between two _changes requests that returned changes. Without it the hub
-    # wakes on every claim and every finish (2 requests per occurrence, measured); with
-    # it, one request carries a second's worth of changes.
+    # Longpoll fallback only: seconds between two _changes requests that returned
+    # changes. Without it the hub wakes on every claim and every finish (2 requests per
+    # occurrence, measured); the continuous stream needs no such pause.
     follow_batch_s: float = 1.0
+    # The reaper queries its views only when the followed changes show a lease expiring
+    # or a retry due, and at least this often anyway (changes it may have missed).
+    reap_safety_s: float = 30.0
+    # Materialize ahead (trigger, window): when a fire is 1 s away, create every idle
+    # task's next fire within 5 s, ready with not_before = due. None: only when due.
+    materialize_ahead: tuple[float, float] | None = (1.0, 5.0)
 
 
 @dataclass
@@ -63,6 +70,10 @@ class Hub:
         self._scheduler: Any = None
         self._follower: threading.Thread | None = None
         self._since = "now"
+        self._follow_live = False  # the continuous stream is up: the reap gate may trust it
+        self._stream_heard = False
+        self._last_full_reap = float("-inf")
+        self.reaps_skipped = 0
         self._archived_until: str | None = None
         self._resolved_results_since: dict[str, str] = {}
         self.replication_health: replication.Health | None = None
@@ -80,7 +91,7 @@ class Hub:
 
     def materialize(self) -> int:
         self.materializer.paused_tubes = set(self.paused_tubes)
-        return self.materializer.tick(self.now())
+        return self.materializer.tick(self.now(), ahead=self.config.materialize_ahead)
 
     def may_promote(self, occ: Occurrence) -> bool:
         if occ.tube in self.paused_tubes:
@@ -91,7 +102,17 @@ class Hub:
         return True
 
     def reap(self) -> reaper.ReapReport:
-        return reaper.reap(self.couch, self.config.db, self.now(), may_promote=self.may_promote)
+        now = self.now()
+        due = self.materializer.next_reap_due()
+        if (
+            self._follow_live
+            and time.monotonic() - self._last_full_reap < self.config.reap_safety_s
+            and (due is None or due > now)
+        ):
+            self.reaps_skipped += 1
+            return reaper.ReapReport()  # nothing can be due yet: no request
+        self._last_full_reap = time.monotonic()
+        return reaper.reap(self.couch, self.config.db, now, may_promote=self.may_promote)
 
     def archive(self) -> archiver.ArchiveReport:
         cursors = self.materializer.cursors
@@ -128,6 +149,30 @@ class Hub:
             self.config.db, since=self._since, feed="longpoll", include_docs=True,
             conflicts=True, wait=self.config.follow_wait if wait is None else wait,
         )  # fmt: skip
+        self._apply_followed(results)
+        return len(results)
+
+    def follow_stream(self, max_s: float = 300.0) -> int:
+        """Follow one continuous ``_changes`` stream until it ends or the hub stops."""
+        seen = 0
+        try:
+            for row in self.couch.changes_stream(
+                self.config.db, since=self._since, include_docs=True,
+                params={"conflicts": "true"}, max_s=max_s,
+            ):  # fmt: skip
+                self._follow_live = self._stream_heard = True
+                if self._stop.is_set():
+                    break
+                if row is None:
+                    continue
+                self._apply_followed([row])
+                self._since = str(row.get("seq", self._since))
+                seen += 1
+        finally:
+            self._follow_live = False
+        return seen
+
+    def _apply_followed(self, results: list[dict[str, Any]]) -> None:
         for row in results:
             doc = row.get("doc")
             if row.get("id") == TUBES_DOC and doc:
@@ -136,7 +181,6 @@ class Hub:
                 # Two servers (or cluster nodes) took different writes: settle it now.
                 resolver.resolve(self.couch, self.config.db, doc)
         self.materializer.apply_changes(results, self.now())
-        return len(results)
 
     def watch_replication(self) -> replication.Health | None:
         """Probe both directions (lag in seconds and documents); settle conflicts in the
@@ -227,11 +271,19 @@ class Hub:
         return run
 
     def _follow_loop(self) -> None:
+        silent_streams = 0
         while not self._stop.is_set():
             try:
-                if self.follow_once():
+                if silent_streams < 2:
+                    self._stream_heard = False
+                    self.follow_stream()
+                    silent_streams = 0
+                elif self.follow_once():
                     self._stop.wait(self.config.follow_batch_s)
             except CouchError as exc:
+                # Silent from the start, twice: something holds streams back; longpoll.
+                if isinstance(exc, StreamBrokeOff) and not self._stream_heard:
+                    silent_streams += 1
                 log.warning("event=follow_failed error=%r", str(exc))
                 self._stop.wait(2.0)
             except Exception:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from desktop_worker import readyset
 from desktop_worker.config import WorkerConfig
 from desktop_worker.engine import Engine, EngineEvent, EngineState
 from desktop_worker.spool import Spool
@@ -224,6 +225,47 @@ def test_a_new_occurrence_starts_within_a_second_through_the_changes_feed(farm, 
     started = rec.wait("run_started", occ_id=occ_id, timeout=5)
     assert rec.at(started) - written < 1.5  # the claim loop alone would sleep 30 s
     rec.wait("run_finished", occ_id=occ_id, status="done", timeout=15)
+
+
+def test_a_new_occurrence_is_claimed_from_the_feed_without_reading_the_view(farm, make_engine):
+    engine, rec = make_engine("w1", "nofeedread", poll_interval_s=30)
+    rec.wait("state_changed", state="idle")
+    wait_for(lambda: engine.claim_stats.view_reads >= 1 and engine.ready_set.live, timeout=10)
+    time.sleep(0.5)
+    reads = engine.claim_stats.view_reads
+    ids = seed(farm.hub, farm.db, "nofeedread", "nofeedread", 3, ms=10)
+    for occ_id in ids:
+        rec.wait("run_finished", occ_id=occ_id, status="done", timeout=15)
+    # The feed carried each doc and its _rev: the claims needed no view read.
+    assert engine.claim_stats.view_reads == reads
+    assert engine.claim_stats.wins >= 3
+
+
+def test_idle_engines_take_turns_instead_of_racing(farm, make_engine):
+    """Two idle engines, occurrences arriving one at a time: the rendezvous order sends
+    each to the same engine first, and the other one sees it leased before its turn."""
+    engines = [make_engine(name, "turns", poll_interval_s=30) for name in ("w1", "w2")]
+    for engine, rec in engines:
+        engine.ready_set.stagger_s = 0.5  # well above the feed's delay on a loaded machine
+        rec.wait("state_changed", state="idle")
+    wait_for(
+        lambda: all(e.ready_set.online_peers("turns", farm.now()) for e, _ in engines),
+        timeout=40,
+    )
+    ids: list[str] = []
+    for _ in range(10):
+        ids += seed(farm.hub, farm.db, "turns", "turns", 1, ms=10)
+        time.sleep(1.05)  # seed() names occurrences by the second
+    for occ_id in ids:
+        wait_for(lambda i=occ_id: any(r.named("run_finished", occ_id=i) for _, r in engines))
+    first_choice = 0
+    for occ_id in ids:
+        [ran_on] = [e.name for e, r in engines if r.named("run_started", occ_id=occ_id)]
+        scores = {e.name: readyset._score(occ_id, e.name) for e, _ in engines}
+        first_choice += ran_on == min(scores, key=scores.__getitem__)
+    # Racing would give about half (P(>= 9 of 10) = 1 %); taking turns gives all.
+    assert first_choice >= 9, first_choice
+    assert sum(e.claim_stats.lost_races for e, _ in engines) <= 1
 
 
 # ------------------------------------------------------------------ leases

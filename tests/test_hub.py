@@ -274,3 +274,67 @@ def test_aging_a_low_priority_run_is_served_before_later_urgent_ones():
     penalties = [turn_at(due, p) - due for p in (0, 1, 2**10, 2**20, 2**32 - 1)]
     assert penalties == sorted(penalties)
     assert penalties[-1] - penalties[0] <= timedelta(minutes=33)
+
+
+def test_materializing_ahead_writes_the_next_fire_ready_before_it_is_due(farm):
+    clock = FakeClock(recent_minute(farm))
+    task = add_task(farm, "ahead", clock, ttr=3600, overlap="skip")
+    hub = new_hub(farm, clock)
+    due = clock.now.replace(second=0) + timedelta(minutes=1)
+    clock.now = due - timedelta(seconds=0.5)  # within the 1 s trigger
+    assert hub.materialize() == 1
+    [early] = occurrences(farm, task)
+    assert early["state"] == "ready" and early["due_at"] == to_wire(due)
+    assert early["not_before"] == to_wire(due)  # nobody may start it before it is due
+    assert early["created_at"] < early["due_at"]
+    # While it runs, the next fire's fate (overlap=skip) is decided at its due time only.
+    farm.worker("w1").put(farm.db, states.claim(Occurrence.from_doc(early), "w1", due).to_doc())
+    hub.follow_once(wait=5)
+    clock.now = due + timedelta(minutes=1) - timedelta(seconds=0.5)
+    assert hub.materialize() == 0
+    clock.now = due + timedelta(minutes=1, seconds=0.1)
+    assert hub.materialize() == 1
+    assert [d["state"] for d in occurrences(farm, task)] == ["leased", "skipped"]
+
+
+def test_materializing_ahead_is_off_without_the_setting(farm):
+    clock = FakeClock(recent_minute(farm))
+    task = add_task(farm, "notahead", clock)
+    hub = Hub(farm.hub, HubConfig(db=farm.db, materialize_ahead=None), clock=clock)
+    hub.load()
+    clock.now = clock.now.replace(second=0) + timedelta(minutes=1) - timedelta(seconds=0.5)
+    assert hub.materialize() == 0
+    assert occurrences(farm, task) == []
+
+
+def test_the_reaper_asks_the_server_only_when_the_followed_changes_show_work(farm):
+    """With the changes stream up and nothing leased, a reap sends no request; a lease
+    that expires is still reaped within a reap tick of its expiry, not the safety interval."""
+    hub = Hub(farm.hub, HubConfig(db=farm.db, reap_every=0.2, reap_safety_s=300.0))
+    hub.start()
+    try:
+        deadline = time.monotonic() + 10
+        while hub.reaps_skipped < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert hub.reaps_skipped >= 3  # nothing to reap and the stream is live
+        now = farm.now()
+        task = Task(
+            _id=task_id("acme", "gate"), client="acme", slug="gate", kind="demo.sleep",
+            input={"ms": 0}, schedule={"every": 3600}, ttr=2,
+            created_at=to_wire(now), updated_at=to_wire(now),
+        )  # fmt: skip
+        farm.hub.put(farm.db, task.to_doc())
+        occ = states.materialize(task, now - timedelta(seconds=1), now)
+        rev = farm.hub.put(farm.db, occ.to_doc())
+        leased = states.claim(occ.model_copy(update={"rev": rev}), "w2", farm.now())
+        farm.worker("w2").put(farm.db, leased.to_doc())
+        claimed = time.monotonic()
+        while time.monotonic() - claimed < 15:
+            doc = farm.admin.get(farm.db, occ.id)
+            if doc["state"] == "ready":
+                break
+            time.sleep(0.1)
+        assert doc["state"] == "ready" and "lease expired" in doc["errors"][-1]["error"]
+        assert time.monotonic() - claimed < 10  # far sooner than the 300 s safety interval
+    finally:
+        hub.stop()

@@ -1,0 +1,311 @@
+"""What a worker knows is ready to claim, kept current by its ``_changes`` stream.
+
+Why: with a view read per wake-up, every idle worker woke for every new occurrence, read
+the view and raced for the same doc: about 20 requests per occurrence with four idle
+workers, and stale candidate lists under contention. Here the worker's feed
+(``_design/farm/_filter/claim_feed``) carries each ready occurrence *with its doc and
+``_rev``*, and each claim of one (its ``leased`` revision), so the worker claims straight
+from what it holds and drops what another worker took, without asking the server.
+
+Who goes first: every worker ranks itself among the online workers of the occurrence's
+tube by rendezvous hashing of ``(occurrence id, worker name)``; rank ``r`` waits
+``min(r, max_rank) * stagger_s`` after it first saw the occurrence. All workers compute the
+same order from the same worker docs, so one idle worker takes each new occurrence and the
+others see it leased before their turn comes. A busy, paused or dead first choice costs
+the next one a stagger step, never the occurrence.
+
+The view is still read: when the feed (re)starts (what was ready before it), when the
+worker knows of no claimable occurrence although the last page was full (a backlog larger
+than what it holds), and every ``SAFETY_READ_S`` as a safety net. Within what it holds, the
+worker never takes an occurrence whose turn (``queue_at``) comes after the last row of an
+incomplete page, so the view's turn order (priority, aging, fair share) still holds.
+
+Pure: no I/O; callers pass the clocks. Thread-safe (the feed thread applies changes while
+the claim loop reads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from hub.timefmt import from_wire
+
+_GONE_FOR_S = 120.0  # how long a doc seen leaving `ready` shadows older copies of it
+SAFETY_READ_S = 300.0  # with a live feed, the view is read at least this often anyway
+
+
+@dataclass
+class _Known:
+    doc: dict[str, Any]
+    seen: float  # monotonic time it was first seen ready: its stagger counts from here
+
+
+@dataclass
+class _Peer:
+    last_seen: datetime
+    tubes: frozenset[str]
+    running: bool
+
+
+def _generation(rev: Any) -> int:
+    try:
+        return int(str(rev).split("-", 1)[0])
+    except ValueError:
+        return 0
+
+
+def _score(occ_id: str, worker: str) -> int:
+    digest = hashlib.blake2b(f"{occ_id}\0{worker}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+class ReadySet:
+    def __init__(
+        self,
+        worker: str,
+        tubes: Iterable[str],
+        kinds: Iterable[str] | None = None,
+        *,
+        stagger_s: float = 0.15,
+        max_rank: int = 3,
+        capacity: int = 2000,
+        online_s: float = 90.0,
+    ) -> None:
+        self.worker = worker
+        self.tubes = list(tubes)
+        self.kinds = None if kinds is None else frozenset(kinds)
+        self.stagger_s = stagger_s
+        self.max_rank = max_rank
+        self.capacity = capacity
+        self.online_s = online_s
+        self._lock = threading.Lock()
+        self._docs: dict[str, _Known] = {}
+        self._gone: dict[str, tuple[int, float]] = {}  # id -> (rev generation, when)
+        self._peers: dict[str, _Peer] = {}
+        self._live = False
+        self._complete = dict.fromkeys(self.tubes, False)
+        self._horizon: dict[str, str | None] = dict.fromkeys(self.tubes)
+        self._read_at = dict.fromkeys(self.tubes, float("-inf"))
+
+    # ------------------------------------------------------------ feed side
+
+    @property
+    def live(self) -> bool:
+        return self._live
+
+    def feed_started(self) -> None:
+        """The feed (re)connected from a fresh ``since``: what was ready before is unknown."""
+        with self._lock:
+            self._live = True
+            for tube in self.tubes:
+                self._complete[tube] = False
+
+    def feed_lost(self) -> None:
+        """No feed: every claim reads the view, as a plain poller would."""
+        with self._lock:
+            self._live = False
+            self._docs.clear()
+
+    def apply(self, doc: Any, now_mono: float) -> bool:
+        """One change row's doc. True when it brought something this worker may claim."""
+        if not isinstance(doc, dict):
+            return False
+        if doc.get("type") == "worker":
+            self._apply_worker(doc)
+            return False
+        occ_id = doc.get("_id")
+        if not isinstance(occ_id, str):
+            return False
+        generation = _generation(doc.get("_rev"))
+        with self._lock:
+            if self._claimable(doc):
+                if self._shadowed(occ_id, generation):
+                    return False
+                known = self._docs.get(occ_id)
+                seen = known.seen if known is not None else now_mono
+                self._docs[occ_id] = _Known(doc, seen)
+                self._trim()
+                return True
+            self._forget_locked(occ_id, generation, now_mono)
+            return False
+
+    def set_peers(self, worker_docs: Iterable[dict[str, Any]]) -> None:
+        for doc in worker_docs:
+            self._apply_worker(doc)
+
+    def _apply_worker(self, doc: dict[str, Any]) -> None:
+        name = doc.get("name")
+        if not isinstance(name, str) or name == self.worker:
+            return
+        try:
+            last_seen = from_wire(str(doc.get("last_seen")))
+        except ValueError:
+            return
+        tubes = doc.get("tubes") if isinstance(doc.get("tubes"), list) else []
+        with self._lock:
+            self._peers[name] = _Peer(
+                last_seen=last_seen,
+                tubes=frozenset(t for t in tubes if isinstance(t, str)),
+                running=doc.get("state") == "running",
+            )
+
+    # ------------------------------------------------------------ view side
+
+    def refill(
+        self, tube: str, docs: list[dict[str, Any]], full_page: bool, now_mono: float
+    ) -> None:
+        """The rows of a view read (docs in turn order). A full page may hide more rows."""
+        with self._lock:
+            self._read_at[tube] = now_mono
+            if not self._live:  # nothing keeps what we hold current: the page is the truth
+                self._docs = {i: k for i, k in self._docs.items() if k.doc.get("tube") != tube}
+            for doc in docs:
+                occ_id = doc.get("_id")
+                if not isinstance(occ_id, str) or not self._claimable(doc):
+                    continue
+                if self._shadowed(occ_id, _generation(doc.get("_rev"))):
+                    continue
+                known = self._docs.get(occ_id)
+                if known is None or _generation(known.doc.get("_rev")) < _generation(
+                    doc.get("_rev")
+                ):
+                    # Waiting in a backlog: nobody else will go first for it, take it now.
+                    self._docs[occ_id] = _Known(doc, float("-inf"))
+            self._complete[tube] = self._live and not full_page
+            self._horizon[tube] = (
+                None if not full_page or not docs else str(docs[-1].get("queue_at", ""))
+            )
+            self._trim()
+
+    def needs_read(self, tube: str, now_mono: float, poll_s: float) -> bool:
+        """Ask only when :meth:`candidates` had nothing to offer, not even a wait."""
+        with self._lock:
+            return (
+                not self._live
+                or not self._complete.get(tube, False)
+                or now_mono - self._read_at.get(tube, float("-inf")) >= max(poll_s, SAFETY_READ_S)
+            )
+
+    def forget(self, occ_id: str, now_mono: float) -> None:
+        """A claim of it lost: someone else has it, whatever the feed says yet."""
+        with self._lock:
+            known = self._docs.get(occ_id)
+            generation = _generation(known.doc.get("_rev")) if known else 0
+            self._forget_locked(occ_id, generation, now_mono)
+
+    def candidates(
+        self, tube: str, server_now: datetime, now_mono: float, k: int
+    ) -> tuple[list[dict[str, Any]], float | None]:
+        """Up to ``k`` docs whose turn has come, best first for this worker, and, when
+        some wait on their stagger, the seconds until the next one may go."""
+        with self._lock:
+            horizon = self._horizon.get(tube)
+            rows = sorted(
+                (
+                    known
+                    for known in self._docs.values()
+                    if known.doc.get("tube") == tube
+                    and (horizon is None or str(known.doc.get("queue_at", "")) <= horizon)
+                ),
+                key=lambda known: str(known.doc.get("queue_at", "")),
+            )
+            peers = self._online_peers(tube, server_now)
+            ready: list[tuple[int, int, dict[str, Any]]] = []
+            wait: float | None = None
+            for known in rows:
+                if len(ready) >= k:
+                    break
+                doc = known.doc
+                start = known.seen
+                try:
+                    not_before = from_wire(str(doc.get("not_before")))
+                except ValueError:
+                    pass  # the claim's own checks refuse it; don't hide it here
+                else:
+                    if not_before > server_now:
+                        continue
+                    # Materialized ahead: the turns count from its due time, not arrival.
+                    start = max(start, now_mono - (server_now - not_before).total_seconds())
+                mine = _score(doc["_id"], self.worker)
+                rank = sum(1 for peer in peers if _score(doc["_id"], peer) < mine)
+                due = start + min(rank, self.max_rank) * self.stagger_s
+                if due > now_mono:
+                    wait = due - now_mono if wait is None else min(wait, due - now_mono)
+                    continue
+                ready.append((rank, mine, doc))
+            ready.sort(key=lambda item: (item[0], item[1]))
+            return [doc for _, _, doc in ready], wait
+
+    def next_not_before(self, tube: str, server_now: datetime) -> datetime | None:
+        with self._lock:
+            times = []
+            for known in self._docs.values():
+                if known.doc.get("tube") != tube:
+                    continue
+                try:
+                    moment = from_wire(str(known.doc.get("not_before")))
+                except ValueError:
+                    continue
+                if moment > server_now:
+                    times.append(moment)
+            return min(times, default=None)
+
+    def online_peers(self, tube: str, server_now: datetime) -> list[str]:
+        """The other workers that count for the turn order in ``tube``."""
+        with self._lock:
+            return self._online_peers(tube, server_now)
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    # ------------------------------------------------------------ internals
+
+    def _claimable(self, doc: dict[str, Any]) -> bool:
+        return (
+            doc.get("type") == "occurrence"
+            and doc.get("state") == "ready"
+            and doc.get("tube") in self._complete
+            and (self.kinds is None or doc.get("kind") in self.kinds)
+        )
+
+    def _shadowed(self, occ_id: str, generation: int) -> bool:
+        gone = self._gone.get(occ_id)
+        return gone is not None and generation <= gone[0]
+
+    def _forget_locked(self, occ_id: str, generation: int, now_mono: float) -> None:
+        self._docs.pop(occ_id, None)
+        previous = self._gone.get(occ_id)
+        if previous is None or previous[0] < generation:
+            self._gone[occ_id] = (generation, now_mono)
+        if len(self._gone) > 4 * self.capacity:
+            cutoff = now_mono - _GONE_FOR_S
+            self._gone = {k: v for k, v in self._gone.items() if v[1] >= cutoff}
+
+    def _trim(self) -> None:
+        """Keep the ``capacity`` earliest turns; what is dropped is found again by a read."""
+        if len(self._docs) <= self.capacity:
+            return
+        ordered = sorted(self._docs.items(), key=lambda item: str(item[1].doc.get("queue_at")))
+        for occ_id, known in ordered[self.capacity :]:
+            del self._docs[occ_id]
+            tube = known.doc.get("tube")
+            if tube in self._complete:
+                self._complete[tube] = False
+        kept_last = str(ordered[self.capacity - 1][1].doc.get("queue_at"))
+        for tube in self.tubes:
+            if not self._complete[tube]:
+                horizon = self._horizon.get(tube)
+                self._horizon[tube] = kept_last if horizon is None else min(horizon, kept_last)
+
+    def _online_peers(self, tube: str, server_now: datetime) -> list[str]:
+        cutoff = server_now - timedelta(seconds=self.online_s)
+        return [
+            name
+            for name, peer in self._peers.items()
+            if peer.running and peer.last_seen >= cutoff and (not peer.tubes or tube in peer.tubes)
+        ]

@@ -1,0 +1,218 @@
+"""The ready set: what a worker holds from its feed, and who goes first (pure, no server)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from desktop_worker.readyset import ReadySet
+from hub.timefmt import to_wire
+
+NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def occ(
+    n: int,
+    *,
+    state: str = "ready",
+    rev: int = 1,
+    tube: str = "default",
+    kind: str = "demo.sleep",
+    not_before: datetime | None = None,
+    queue_at: datetime | None = None,
+) -> dict[str, Any]:
+    due = NOW - timedelta(seconds=1000 - n)
+    return {
+        "_id": f"occ:task:acme:t:{n:04d}",
+        "_rev": f"{rev}-abc",
+        "type": "occurrence",
+        "state": state,
+        "tube": tube,
+        "kind": kind,
+        "not_before": to_wire(not_before or due),
+        "queue_at": to_wire(queue_at or due),
+    }
+
+
+def worker(name: str, *, seen: datetime = NOW, state: str = "running", tubes=("default",)):
+    return {
+        "type": "worker",
+        "_id": f"worker:{name}",
+        "name": name,
+        "state": state,
+        "last_seen": to_wire(seen),
+        "tubes": list(tubes),
+    }
+
+
+def live(name: str = "w1", **kw: Any) -> ReadySet:
+    ready = ReadySet(name, ["default"], **kw)
+    ready.feed_started()
+    ready.refill("default", [], full_page=False, now_mono=0.0)  # the first read: nothing
+    return ready
+
+
+def ids(docs: list[dict[str, Any]]) -> list[str]:
+    return [d["_id"] for d in docs]
+
+
+def test_a_ready_doc_from_the_feed_is_offered_and_its_claim_removes_it():
+    ready = live()
+    assert ready.apply(occ(1), now_mono=1.0) is True
+    docs, wait = ready.candidates("default", NOW, 1.0, k=10)
+    assert ids(docs) == [occ(1)["_id"]] and wait is None
+    assert ready.apply(occ(1, state="leased", rev=2), now_mono=1.1) is False
+    assert ready.candidates("default", NOW, 1.2, k=10) == ([], None)
+
+
+def test_an_older_copy_never_brings_back_a_doc_seen_leased():
+    ready = live()
+    ready.apply(occ(1, state="leased", rev=2), now_mono=1.0)
+    assert ready.apply(occ(1, rev=1), now_mono=1.1) is False  # a late feed row
+    ready.refill("default", [occ(1, rev=1)], full_page=False, now_mono=1.2)  # a slow read
+    assert ready.candidates("default", NOW, 1.3, k=10) == ([], None)
+    assert ready.apply(occ(1, rev=3), now_mono=1.4) is True  # expired and ready again
+    assert ids(ready.candidates("default", NOW, 1.5, k=10)[0]) == [occ(1)["_id"]]
+
+
+def test_a_lost_claim_forgets_the_doc():
+    ready = live()
+    ready.apply(occ(1), now_mono=1.0)
+    ready.forget(occ(1)["_id"], now_mono=1.1)
+    assert ready.candidates("default", NOW, 1.2, k=10) == ([], None)
+    ready.refill("default", [occ(1)], full_page=False, now_mono=1.3)  # the same revision
+    assert ready.candidates("default", NOW, 1.4, k=10) == ([], None)
+
+
+def test_other_tubes_and_kinds_are_not_held():
+    ready = ReadySet("w1", ["default"], kinds=["demo.sleep"])
+    ready.feed_started()
+    assert ready.apply(occ(1, tube="gpu"), 1.0) is False
+    assert ready.apply(occ(2, kind="script"), 1.0) is False
+    assert ready.apply({"type": "task", "_id": "task:x"}, 1.0) is False
+    assert ready.apply(None, 1.0) is False
+    assert len(ready) == 0
+
+
+def test_two_workers_agree_who_goes_first_and_the_other_waits_one_step():
+    first_for = {"w1": 0, "w2": 0}
+    for n in range(200):
+        doc = occ(n)
+        offers = {}
+        for me, peer in (("w1", "w2"), ("w2", "w1")):
+            ready = live(me, stagger_s=0.15)
+            ready.set_peers([worker(peer)])
+            ready.apply(doc, now_mono=10.0)
+            offers[me] = ready.candidates("default", NOW, 10.0, k=10)
+        goes_now = [me for me, (docs, _) in offers.items() if docs]
+        assert len(goes_now) == 1, offers  # exactly one takes it at once
+        other = "w2" if goes_now[0] == "w1" else "w1"
+        assert offers[other][1] is not None and abs(offers[other][1] - 0.15) < 1e-9
+        first_for[goes_now[0]] += 1
+    # Rendezvous hashing spreads the first turns evenly (binomial, p=0.5, n=200).
+    assert 60 <= first_for["w1"] <= 140, first_for
+
+
+def test_the_second_in_line_takes_it_when_its_turn_comes():
+    for n in range(50):
+        doc = occ(n)
+        ready = live("w1", stagger_s=0.15)
+        ready.set_peers([worker("w2")])
+        ready.apply(doc, now_mono=10.0)
+        docs, wait = ready.candidates("default", NOW, 10.0, k=10)
+        if docs:
+            continue  # w1 is first for this one
+        assert wait is not None
+        assert ids(ready.candidates("default", NOW, 10.0 + wait, k=10)[0]) == [doc["_id"]]
+        return
+    raise AssertionError("w1 was first for every occurrence")
+
+
+def test_offline_paused_and_other_tube_workers_do_not_delay_anyone():
+    ready = live("w1", stagger_s=0.15)
+    ready.set_peers(
+        [
+            worker("gone", seen=NOW - timedelta(seconds=600)),
+            worker("resting", state="paused"),
+            worker("gpu", tubes=("gpu",)),
+            worker("w1"),  # itself
+        ]
+    )
+    for n in range(30):
+        ready.apply(occ(n), now_mono=1.0)
+    docs, wait = ready.candidates("default", NOW, 1.0, k=50)
+    assert len(docs) == 30 and wait is None
+
+
+def test_the_stagger_caps_at_max_rank():
+    ready = live("w1", stagger_s=0.1, max_rank=2)
+    ready.set_peers([worker(f"p{i}") for i in range(20)])
+    for n in range(40):
+        ready.apply(occ(n), now_mono=5.0)
+    docs, wait = ready.candidates("default", NOW, 5.0 + 0.2, k=100)
+    assert len(docs) == 40 and wait is None  # nobody waits more than 2 steps
+
+
+def test_an_occurrence_materialized_ahead_waits_for_its_due_time():
+    due = NOW + timedelta(seconds=3)
+    ready = live("w1", stagger_s=0.15)
+    ready.set_peers([worker("w2")])
+    doc = occ(1, not_before=due, queue_at=due)
+    ready.apply(doc, now_mono=0.0)
+    assert ready.candidates("default", NOW, 0.0, k=10) == ([], None)
+    assert ready.next_not_before("default", NOW) == due
+    # At its due time the turns start: held for 3 s already, nobody may skip the order.
+    at_due = NOW + timedelta(seconds=3)
+    docs, wait = ready.candidates("default", at_due, 3.0, k=10)
+    assert (docs, wait) in (([doc], None), ([], 0.15))
+
+
+def test_a_full_page_hides_later_turns_until_it_is_read_again():
+    ready = ReadySet("w1", ["default"])
+    ready.feed_started()
+    assert ready.needs_read("default", 0.0, poll_s=300)  # the feed just started
+    page = [occ(n) for n in range(3)]
+    ready.refill("default", page, full_page=True, now_mono=1.0)
+    ready.apply(occ(50), now_mono=1.1)  # new, but later than rows the read did not show
+    docs, _ = ready.candidates("default", NOW, 1.2, k=10)
+    assert sorted(ids(docs)) == sorted(ids(page))  # (in this worker's preferred order)
+    for doc in page:
+        ready.forget(doc["_id"], 1.3)
+    assert ready.candidates("default", NOW, 1.4, k=10) == ([], None)
+    assert ready.needs_read("default", 1.4, poll_s=300)  # there may be more: read
+    ready.refill("default", [occ(4), occ(50)], full_page=False, now_mono=1.5)
+    docs, _ = ready.candidates("default", NOW, 1.6, k=10)
+    assert sorted(ids(docs)) == [occ(4)["_id"], occ(50)["_id"]]
+    assert not ready.needs_read("default", 1.6, poll_s=300)
+    assert ready.needs_read("default", 301.6, poll_s=300)  # the safety read
+
+
+def test_turn_order_is_kept_within_what_is_held():
+    ready = live("w1")
+    later = occ(1, queue_at=NOW - timedelta(seconds=1))
+    sooner = occ(2, queue_at=NOW - timedelta(seconds=50))
+    ready.apply(later, 1.0)
+    ready.apply(sooner, 1.0)
+    assert ids(ready.candidates("default", NOW, 1.0, k=1)[0]) == [sooner["_id"]]
+
+
+def test_without_a_feed_every_claim_reads_and_the_page_is_the_truth():
+    ready = live()
+    ready.apply(occ(1), 1.0)
+    ready.feed_lost()
+    assert len(ready) == 0
+    assert ready.needs_read("default", 1.0, poll_s=300)
+    ready.refill("default", [occ(2)], full_page=False, now_mono=2.0)
+    ready.refill("default", [occ(3)], full_page=False, now_mono=3.0)  # 2 was taken meanwhile
+    assert ids(ready.candidates("default", NOW, 3.0, k=10)[0]) == [occ(3)["_id"]]
+    assert ready.needs_read("default", 3.0, poll_s=300)
+
+
+def test_capacity_keeps_the_earliest_turns_and_asks_for_a_read():
+    ready = live("w1", capacity=5)
+    for n in range(10):
+        ready.apply(occ(n), 1.0)
+    assert len(ready) == 5
+    docs, _ = ready.candidates("default", NOW, 1.0, k=10)
+    assert sorted(ids(docs)) == [occ(n)["_id"] for n in range(5)]
+    assert ready.needs_read("default", 1.0, poll_s=300)
