@@ -72,6 +72,11 @@ class WorkerConfig:
     run_timeout_s: float = 60.0
     memory_mb: int = 512
     max_output_bytes: int = 65536
+    # The owner's caps on what runs take from the PC (see desktop_worker.runner): the most
+    # of one CPU core a run may use, in percent (100 = no cap), and the network bandwidth
+    # all runs together may use, in KiB/s (0 = no cap; each of the slots gets an equal share).
+    cpu_cap_percent: int = 100
+    bandwidth_cap_kbps: int = 0
     # Lease: touch when this fraction of the TTR has passed since the last lease write.
     touch_at: float = 0.5
     # Claiming: pick at random among the first K ready rows.
@@ -140,6 +145,15 @@ class WorkerConfig:
                 problems.append(f"kind {kind!r} is not a valid kind name")
         if not 1 <= self.slots <= 256:
             problems.append(f"slots must be 1..256, got {self.slots}")
+        if not 1 <= self.cpu_cap_percent <= 100:
+            problems.append(
+                f"cpu_cap_percent must be 1..100 (percent of one core), got {self.cpu_cap_percent}"
+            )
+        if not 0 <= self.bandwidth_cap_kbps <= 10_000_000:
+            problems.append(
+                f"bandwidth_cap_kbps must be 0 (no cap) to 10000000 KiB/s, "
+                f"got {self.bandwidth_cap_kbps}"
+            )
         if not 1 <= self.claim_k <= 100:
             problems.append(f"claim_k must be 1..100, got {self.claim_k}")
         if not 0.1 <= self.touch_at <= 0.9:
@@ -305,7 +319,14 @@ def _check_types(config: WorkerConfig) -> None:
         not isinstance(config.kinds, list) or not all(isinstance(v, str) for v in config.kinds)
     ):
         problems.append("kinds must be a list of strings")
-    for name in ("slots", "claim_k", "memory_mb", "max_output_bytes"):
+    for name in (
+        "slots",
+        "claim_k",
+        "memory_mb",
+        "max_output_bytes",
+        "cpu_cap_percent",
+        "bandwidth_cap_kbps",
+    ):
         if not isinstance(getattr(config, name), int) or isinstance(getattr(config, name), bool):
             problems.append(f"{name} must be an integer")
     for name in ("allow_private_network", "verify_tls"):

@@ -18,6 +18,10 @@ a NAS, a printer, ``localhost`` services, a cloud metadata endpoint. The rules:
   resolved and checked again. Only http and https hops are followed.
 * **Bounded.** Responses are streamed and abandoned past ``max_response_bytes`` (1 MiB);
   requests to one host go through a token bucket (1 per second, burst 5).
+* **Bandwidth.** With ``NetPolicy.bandwidth`` (the owner's bandwidth cap), every byte an
+  HTTP connection sends or receives after the TLS handshake (TLS records included) takes
+  tokens from a :class:`ByteBucket`, and the socket's receive buffer is kept small so that
+  the TCP window, not only the reading, follows the cap.
 
 Refusals raise :class:`TargetRefused` (permanent: retrying cannot help). Network failures
 raise :class:`NetError` (transient).
@@ -26,6 +30,7 @@ raise :class:`NetError` (transient).
 from __future__ import annotations
 
 import http.client
+import io
 import ipaddress
 import socket
 import ssl
@@ -35,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from hub.timefmt import to_wire
@@ -260,6 +266,106 @@ class RateLimiter:
             del self._buckets[key]
 
 
+class ByteBucket:
+    """A token bucket in bytes: at most ``rate`` bytes a second over any stretch of time.
+
+    It starts empty and holds at most ``burst`` bytes of credit (default: a tenth of a
+    second's worth), so a transfer of N bytes takes at least (N - burst) / rate seconds.
+    :meth:`take` records bytes already moved and sleeps off any debt; callers move at
+    most :attr:`chunk` bytes at a time, so the overshoot stays small. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("a ByteBucket needs a rate above 0 bytes per second")
+        self.rate = float(rate)
+        self.burst = int(burst) if burst is not None else max(1024, int(self.rate / 10))
+        self.chunk = max(512, min(_CHUNK, self.burst))
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._tokens = 0.0
+        self._updated = clock()
+
+    def take(self, nbytes: int) -> float:
+        """Account for ``nbytes`` moved; sleep until the rate allows them. Returns the sleep."""
+        if nbytes <= 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.rate)
+            self._tokens = tokens - nbytes
+            self._updated = now
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+    def receive_buffer(self) -> int:
+        """A socket receive buffer for this rate: half a second of data, 4 KiB to 256 KiB.
+        The kernel's default (autotuned to megabytes) would let a whole response in at
+        full speed while the reader is still throttling."""
+        return max(4096, min(256 * 1024, int(self.rate / 2)))
+
+
+class ThrottledSocket:
+    """A connected socket (plain or TLS) whose reads and writes go through a ByteBucket.
+
+    Covers what ``http.client`` uses: ``sendall``/``send``, ``recv``/``recv_into`` and
+    ``makefile("rb")`` (built like ``socket.makefile``, so the response reads through
+    :meth:`recv_into`). Everything else goes to the wrapped socket.
+    """
+
+    def __init__(self, sock: socket.socket, bucket: ByteBucket) -> None:
+        self._sock = sock
+        self._bucket = bucket
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        view = memoryview(buffer).cast("B")
+        size = min(nbytes or len(view), self._bucket.chunk)
+        received = self._sock.recv_into(view[:size], size, flags)
+        self._bucket.take(received)
+        return received
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = self._sock.recv(min(bufsize, self._bucket.chunk), flags)
+        self._bucket.take(len(data))
+        return data
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        view = memoryview(data).cast("B")
+        sent = self._sock.send(view[: self._bucket.chunk], flags)
+        self._bucket.take(sent)
+        return sent
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), self._bucket.chunk):
+            piece = view[start : start + self._bucket.chunk]
+            self._sock.sendall(piece, flags)
+            self._bucket.take(len(piece))
+
+    def makefile(self, mode: str = "r", buffering: int | None = None, **_kw: Any) -> Any:
+        if set(mode) - {"r", "b"} or "b" not in mode:
+            raise ValueError(f"ThrottledSocket.makefile supports 'rb' only, not {mode!r}")
+        # As socket.makefile does: the file holds a reference, so close() waits for it.
+        self._sock._io_refs += 1  # type: ignore[attr-defined]
+        raw = socket.SocketIO(self, "rb")  # type: ignore[arg-type]
+        if buffering == 0:
+            return raw
+        size = io.DEFAULT_BUFFER_SIZE if buffering in (None, -1) else buffering
+        return io.BufferedReader(raw, size)
+
+
 # ------------------------------------------------------------------ policy
 
 
@@ -276,6 +382,8 @@ class NetPolicy:
     allowed_networks: tuple[str, ...] = ()
     ssl_context: ssl.SSLContext | None = field(default=None, compare=False)
     user_agent: str = f"couchfarm-worker/{__version__}"
+    # The owner's bandwidth cap for this run's HTTP traffic (None: no cap).
+    bandwidth: ByteBucket | None = field(default=None, compare=False)
 
     @cached_property
     def _allowed(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -386,13 +494,34 @@ class HttpResult:
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     """Speaks to ``host`` (Host header) but connects to the vetted ``ip``, never DNS."""
 
-    def __init__(self, host: str, port: int, ip: str, timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, ip: str, timeout: float, bandwidth: ByteBucket | None = None
+    ) -> None:
         super().__init__(host, port, timeout=timeout)
         self.pinned_ip = ip
+        self.bandwidth = bandwidth
+
+    def _open(self) -> socket.socket:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            self.pinned_ip, self.port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            if self.bandwidth is not None:  # before connect: it sets the TCP window
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_RCVBUF, self.bandwidth.receive_buffer()
+                )
+            sock.settimeout(self.timeout)
+            sock.connect(address)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self.pinned_ip, self.port), self.timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = self._open()
+        self.sock = ThrottledSocket(sock, self.bandwidth) if self.bandwidth is not None else sock
 
 
 class _PinnedHTTPSConnection(_PinnedHTTPConnection):
@@ -401,14 +530,24 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection):
     default_port = 443
 
     def __init__(
-        self, host: str, port: int, ip: str, timeout: float, context: ssl.SSLContext
+        self,
+        host: str,
+        port: int,
+        ip: str,
+        timeout: float,
+        context: ssl.SSLContext,
+        bandwidth: ByteBucket | None = None,
     ) -> None:
-        super().__init__(host, port, ip, timeout)
+        super().__init__(host, port, ip, timeout, bandwidth)
         self.tls_context = context
 
-    def connect(self) -> None:
-        super().connect()
-        self.sock = self.tls_context.wrap_socket(self.sock, server_hostname=self.host)
+    def _open(self) -> socket.socket:
+        sock = super()._open()
+        try:
+            return self.tls_context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
 
 
 def http_request(
@@ -502,9 +641,11 @@ def _connect(
             break
         conn: _PinnedHTTPConnection
         if scheme == "https":
-            conn = _PinnedHTTPSConnection(host, port, ip, left, policy.tls_context())
+            conn = _PinnedHTTPSConnection(
+                host, port, ip, left, policy.tls_context(), policy.bandwidth
+            )
         else:
-            conn = _PinnedHTTPConnection(host, port, ip, left)
+            conn = _PinnedHTTPConnection(host, port, ip, left, policy.bandwidth)
         try:
             conn.connect()
             return conn, ip

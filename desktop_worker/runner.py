@@ -9,6 +9,20 @@ The child reports progress and its outcome through a pipe. Limits:
 * **memory**: on POSIX the child sets ``RLIMIT_AS`` to ``Limits.memory_mb`` before the
   handler runs (scripts it starts inherit the cap). Windows has no such limit here.
 * **output**: the handler's output must be JSON of at most ``Limits.max_output_bytes``.
+* **CPU**: with ``Limits.cpu_cap_percent`` below 100, a thread in this process keeps the
+  run's share of one core at the cap: it reads the child's CPU time (scripts included)
+  every 0.1 s and, when the run is over its budget, suspends it (``SIGSTOP`` to the
+  child's process group on POSIX, ``psutil.Process.suspend`` on Windows) until the
+  budget has caught up. A suspended run still counts against its time limit.
+* **bandwidth**: with ``Limits.bandwidth_bps`` above 0, the child's HTTP connections read
+  and write through a token bucket of that many bytes a second
+  (:class:`desktop_worker.netguard.ByteBucket`). ``dns.resolve`` and ``tcp.connect``
+  move a few packets and are not throttled; a ``script`` is the owner's own program
+  and is not either.
+
+The caps come from the worker's config (``cpu_cap_percent``, ``bandwidth_cap_kbps``):
+:func:`limits_from_config` builds the Limits, and :func:`capped_start_run` wraps
+``start_run`` so that whatever Limits a caller passes get the config's caps.
 
 On POSIX the child leads its own process group and a kill takes the whole group, so a
 script the handler started dies with it.
@@ -33,7 +47,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -47,6 +61,7 @@ from desktop_worker.handlers import (
     plugin_schemas,
 )
 from desktop_worker.netguard import (
+    ByteBucket,
     NetError,
     NetPolicy,
     RateLimiter,
@@ -65,12 +80,15 @@ PROGRESS_INTERVAL_S = 0.05
 MAX_RATE_WAIT_SHARE = 0.5  # a run may spend at most this share of its time limit waiting
 
 __all__ = [
+    "CpuThrottle",
     "Limits",
     "Outcome",
     "Policy",
     "RunHandle",
     "ScriptSpec",
+    "capped_start_run",
     "enabled_kinds",
+    "limits_from_config",
     "reset_rate_limits",
     "run_inline",
     "start_run",
@@ -82,6 +100,48 @@ class Limits:
     timeout_s: float = 60.0
     memory_mb: int | None = 512
     max_output_bytes: int = 65536
+    # The most of one core the run may use, in percent; 100 (or more) = no cap.
+    cpu_cap_percent: int = 100
+    # Bytes per second for this run's HTTP traffic; 0 = no cap.
+    bandwidth_bps: int = 0
+
+
+def limits_from_config(config: Any) -> Limits:
+    """The run limits a :class:`desktop_worker.config.WorkerConfig` asks for.
+
+    The bandwidth cap is for all runs together, so each of the ``slots`` runs that may
+    be in progress at once gets an equal share.
+    """
+    return Limits(
+        timeout_s=float(config.run_timeout_s),
+        memory_mb=int(config.memory_mb) or None,
+        max_output_bytes=int(config.max_output_bytes),
+        **_caps(config),
+    )
+
+
+def _caps(config: Any) -> dict[str, int]:
+    cpu = int(getattr(config, "cpu_cap_percent", 100) or 100)
+    kib = int(getattr(config, "bandwidth_cap_kbps", 0) or 0)
+    slots = max(1, int(getattr(config, "slots", 1) or 1))
+    return {
+        "cpu_cap_percent": max(1, min(cpu, 100)),
+        "bandwidth_bps": max(1, kib * 1024 // slots) if kib > 0 else 0,
+    }
+
+
+def capped_start_run(config: Any) -> Callable[..., RunHandle]:
+    """``start_run`` with the config's CPU and bandwidth caps applied to every run.
+
+    For an engine that builds its own Limits without the caps: pass the result as the
+    engine's ``start_run``.
+    """
+    caps = _caps(config)
+
+    def start(kind: str, input: dict, limits: Limits, policy: Policy) -> RunHandle:
+        return start_run(kind, input, replace(limits, **caps), policy)
+
+    return start
 
 
 @dataclass(frozen=True)
@@ -223,7 +283,7 @@ def _error(message: str, permanent: bool, duration_s: float = 0.0) -> Outcome:
 # ------------------------------------------------------------------ the run itself
 
 
-def _net_policy(policy: Policy) -> NetPolicy:
+def _net_policy(policy: Policy, bandwidth_bps: int = 0) -> NetPolicy:
     resolver = (
         static_resolver(policy.resolver_hosts, fallback=default_resolver)
         if policy.resolver_hosts
@@ -236,6 +296,7 @@ def _net_policy(policy: Policy) -> NetPolicy:
         max_response_bytes=policy.max_response_bytes,
         max_redirects=policy.max_redirects,
         allowed_networks=tuple(policy.allowed_networks),
+        bandwidth=ByteBucket(bandwidth_bps) if bandwidth_bps > 0 else None,
     )
 
 
@@ -253,7 +314,7 @@ def _execute(
     delay: float,
 ) -> _Result:
     ctx = HandlerContext(
-        policy=_net_policy(policy),
+        policy=_net_policy(policy, limits.bandwidth_bps),
         progress_callback=progress,
         scripts=policy.scripts,
         deadline=deadline,
@@ -403,6 +464,109 @@ def _plain_policy(policy: Policy) -> Policy:
     )
 
 
+class CpuThrottle:
+    """Keeps one run's process (and the processes it started) at ``percent`` of one core.
+
+    A leaky bucket of CPU seconds: every ``period`` the budget grows by
+    ``percent / 100 * elapsed`` (holding at most one period's worth, so idle time does
+    not buy a long burst later) and shrinks by the CPU time the run used. When it is
+    negative the run is suspended until the budget is back to zero. A single-threaded
+    CPU-bound run at 25 % thus runs 0.1 s, then stays suspended 0.3 s.
+    """
+
+    def __init__(self, pid: int, percent: int, period: float = 0.1) -> None:
+        self.pid = pid
+        self.share = max(1, min(int(percent), 100)) / 100.0
+        self.period = period
+        self.suspended_s = 0.0  # total time the run spent suspended (logs, tests)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"couchfarm-cpu-cap-{pid}", daemon=True
+        )
+
+    def start(self) -> CpuThrottle:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop throttling and leave the run resumed. Call before the child is reaped."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+
+    def _loop(self) -> None:
+        import psutil
+
+        try:
+            proc = psutil.Process(self.pid)
+        except psutil.Error:
+            return
+        budget = 0.0
+        last_cpu = self._cpu(proc)
+        last = time.monotonic()
+        while not self._stop.wait(self.period):
+            cpu = self._cpu(proc)
+            if cpu is None or last_cpu is None:
+                return  # the run is over
+            now = time.monotonic()
+            budget = min(self.share * self.period, budget + self.share * (now - last))
+            budget -= cpu - last_cpu
+            last, last_cpu = now, cpu
+            if budget >= 0:
+                continue
+            pause = -budget / self.share
+            if not self._signal(proc, stop=True):
+                return
+            try:
+                self._stop.wait(pause)
+            finally:
+                self._signal(proc, stop=False)
+            self.suspended_s += pause
+            now = time.monotonic()
+            budget = min(self.share * self.period, budget + self.share * (now - last))
+            last = now
+
+    @staticmethod
+    def _cpu(proc: Any) -> float | None:
+        """CPU seconds of the run's process and of every process it started."""
+        import psutil
+
+        try:
+            times = proc.cpu_times()
+            total = times.user + times.system + times.children_user + times.children_system
+            for child in proc.children(recursive=True):
+                try:
+                    child_times = child.cpu_times()
+                    total += child_times.user + child_times.system
+                except psutil.Error:
+                    pass
+            return total
+        except psutil.Error:
+            return None
+
+    def _signal(self, proc: Any, *, stop: bool) -> bool:
+        """Suspend or resume the run: its whole process group on POSIX (scripts too)."""
+        if os.name == "posix":
+            sig = signal.SIGSTOP if stop else signal.SIGCONT
+            try:
+                os.killpg(self.pid, sig)
+                return True
+            except (ProcessLookupError, PermissionError, OSError):
+                pass  # not a group leader yet (it calls setpgrp first thing)
+            try:
+                os.kill(self.pid, sig)
+                return True
+            except (ProcessLookupError, PermissionError, OSError):
+                return False
+        import psutil
+
+        try:
+            proc.suspend() if stop else proc.resume()
+            return True
+        except psutil.Error:
+            return False
+
+
 class RunHandle:
     """One run in a child process. Poll it; cancel it; it kills itself at the time limit."""
 
@@ -425,12 +589,15 @@ class RunHandle:
         self._outcome = outcome
         self._lock = threading.RLock()
         self._timer: threading.Timer | None = None
+        self.throttle: CpuThrottle | None = None
         if outcome is None and process is not None:
             self._timer = threading.Timer(
                 max(0.0, self._deadline - time.monotonic()), self._on_deadline
             )
             self._timer.daemon = True
             self._timer.start()
+            if limits.cpu_cap_percent < 100 and getattr(process, "pid", None):
+                self.throttle = CpuThrottle(process.pid, limits.cpu_cap_percent).start()
 
     @property
     def pid(self) -> int | None:
@@ -513,6 +680,8 @@ class RunHandle:
 
     def _finish(self, outcome: Outcome | None) -> None:
         """Record the outcome, kill what is left of the child's group, reap the child."""
+        if self.throttle is not None:
+            self.throttle.stop()  # before the reap below: it signals the child by pid
         self._kill()
         process = self._process
         code = None

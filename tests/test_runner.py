@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from desktop_worker.config import WorkerConfig
+from desktop_worker.netguard import ByteBucket
 from desktop_worker.runner import (
     Limits,
     Outcome,
     Policy,
     RunHandle,
     ScriptSpec,
+    capped_start_run,
     enabled_kinds,
     reset_rate_limits,
     run_inline,
@@ -266,3 +269,93 @@ def test_redirect_from_an_allowed_target_to_loopback_is_refused(web: LocalHTTP) 
     assert (outcome.error or "").startswith("refused: 127.0.0.2 is a loopback address")
     ok = finished(start_run("http.check", {"url": web.url("/redirect/2")}, Limits(), policy))
     assert ok.status == "ok" and ok.output["redirects"] == 2
+
+
+# ------------------------------------------------------------------ CPU and bandwidth caps
+
+# Busy for a fixed wall time, then report the CPU time it got (the script's own clock).
+BURN = """
+import json, time
+end = time.monotonic() + {seconds}
+while time.monotonic() < end:
+    pass
+print(json.dumps({{"cpu_s": time.process_time()}}))
+"""
+
+
+def _burn(tmp_path: Path, seconds: float) -> Policy:
+    script = tmp_path / "burn.py"
+    script.write_text(BURN.format(seconds=seconds))
+    return Policy(scripts={"burn": ScriptSpec(path=str(script))})
+
+
+def test_cpu_cap_holds_a_cpu_bound_run_to_its_share(tmp_path: Path) -> None:
+    policy = _burn(tmp_path, 2.0)
+    # Side by side, so both see the same load on a busy machine.
+    free_handle = start_run("script", {"name": "burn"}, Limits(timeout_s=30), policy)
+    handle = start_run("script", {"name": "burn"}, Limits(timeout_s=30, cpu_cap_percent=10), policy)
+    free, capped = finished(free_handle, 30), finished(handle, 30)
+    assert free.status == "ok" and capped.status == "ok", (free.error, capped.error)
+    free_cpu, capped_cpu = free.output["cpu_s"], capped.output["cpu_s"]
+    # 10 % of 2 s is 0.2 s; uncapped it gets up to 2 s, and even on a 2-core machine
+    # under a load of 6 it got 0.5 s. The margins leave room for that.
+    assert capped_cpu < 0.6 * free_cpu, (capped_cpu, free_cpu)
+    assert capped_cpu < 0.5, capped_cpu
+    assert handle.throttle is not None and handle.throttle.suspended_s > 1.0
+
+
+def test_a_throttled_run_still_times_out_and_dies(tmp_path: Path) -> None:
+    policy = _burn(tmp_path, 30.0)
+    handle = start_run(
+        "script", {"name": "burn"}, Limits(timeout_s=1.5, cpu_cap_percent=10), policy
+    )
+    pid = handle.pid
+    outcome = finished(handle, 15)
+    # The script handler's own deadline (a bit inside the run's) or the run's timer ends it.
+    assert outcome.status == "error", outcome
+    assert "did not finish within" in (outcome.error or "") or "timed out" in (outcome.error or "")
+    assert outcome.duration_s < 10
+    assert pid is not None
+    assert_gone(pid)
+
+
+def test_bandwidth_cap_slows_a_download_to_the_cap(web: LocalHTTP) -> None:
+    size, cap = 300_000, 100_000  # bytes, bytes per second
+    policy = Policy(allow_private_network=True, **FAST)
+    run = {"url": web.url(f"/big?n={size}"), "extract": {"regex": "^x{10}"}}
+    free = finished(start_run("http.fetch", run, Limits(timeout_s=30), policy), 30)
+    began = time.monotonic()
+    capped = finished(
+        start_run("http.fetch", run, Limits(timeout_s=30, bandwidth_bps=cap), policy), 30
+    )
+    elapsed = time.monotonic() - began
+    assert free.status == "ok" and capped.status == "ok", (free.error, capped.error)
+    assert capped.output["bytes"] == size and capped.output["found"] is True
+    # The bucket starts empty and lends at most a tenth of a second's worth.
+    assert elapsed >= (size - cap / 10) / cap, elapsed
+
+
+def test_byte_bucket_makes_the_mover_wait_for_its_bytes() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    bucket = ByteBucket(1000, burst=100, clock=lambda: now[0], sleep=sleep)
+    for _ in range(10):
+        bucket.take(500)
+    assert now[0] == pytest.approx(5.0)  # 5000 bytes at 1000 B/s, starting empty
+    now[0] += 60  # an idle minute buys at most the burst (100 bytes), not 60,000
+    slept.clear()
+    bucket.take(1100)
+    assert sum(slept) == pytest.approx(1.0)
+
+
+def test_capped_start_run_applies_the_configs_caps() -> None:
+    config = WorkerConfig(cpu_cap_percent=30, bandwidth_cap_kbps=64, slots=4)
+    handle = capped_start_run(config)("demo.sleep", {"ms": 0}, Limits(timeout_s=20), Policy())
+    assert finished(handle).status == "ok"
+    assert (handle.limits.cpu_cap_percent, handle.limits.bandwidth_bps) == (30, 64 * 1024 // 4)
+    assert handle.limits.timeout_s == 20  # the caller's other limits stay

@@ -1166,3 +1166,45 @@ def test_quit_text_with_one_running_job_reads_right(tray: Harness, qtbot: Any) -
     texts = tray.app.tray.action_texts()
     assert "Quit when the running job finishes (results are delivered)" in texts, texts
     assert "Quit now, handing 1 running job back to the hub" in texts
+
+
+# ------------------------------------------------------------------ idle footprint (lean.py)
+
+LEAN_CHECK = """
+import linecache, sys
+import desktop_worker.tray.app
+assert "cryptography" not in sys.modules, "jwt/cryptography loaded at start"
+assert type(sys.modules["jwt"]).__name__ == "DeferredModule", type(sys.modules["jwt"])
+# shiboken reads the source of every module an import statement names once PySide6 is
+# loaded; the engine's own dependencies (cloudant_v1.py alone is 1 MB) must come before it.
+deep = ("ibmcloudant/cloudant_v1.py", "pydantic/main.py", "requests/models.py")
+scanned = [f for f in linecache.cache if f.endswith(deep)]
+assert not scanned, f"the engine's stack was imported after PySide6: {scanned}"
+import jwt
+token = jwt.encode({"a": 1}, "k" * 32, algorithm="HS256")
+assert jwt.decode(token, "k" * 32, algorithms=["HS256"]) == {"a": 1}
+assert type(sys.modules["jwt"]).__name__ == "module"
+print("lean ok")
+"""
+
+
+def test_tray_starts_without_jwt_and_imports_the_engine_before_qt() -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    done = subprocess.run(
+        [sys.executable, "-c", LEAN_CHECK], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "lean ok" in done.stdout
+
+
+def test_default_engine_runs_get_the_owners_caps() -> None:
+    from desktop_worker.runner import Limits, Policy
+    from desktop_worker.tray.app import capped_runs
+
+    config = WorkerConfig(cpu_cap_percent=40, bandwidth_cap_kbps=8)
+    handle = capped_runs(config)("demo.sleep", {"ms": 0}, Limits(timeout_s=20), Policy())
+    assert handle.wait(timeout=15) is not None
+    assert (handle.limits.cpu_cap_percent, handle.limits.bandwidth_bps) == (40, 8 * 1024)

@@ -155,6 +155,10 @@ def test_missing_things_are_named(tmp_path):
         ({"kinds": ["Not A Kind"]}, "kind 'Not A Kind'"),
         ({"slots": "two"}, "slots must be an integer"),
         ({"scripts": {"x": {"interpreter": ["sh"]}}}, "script 'x' needs a path"),
+        ({"cpu_cap_percent": 0}, "cpu_cap_percent must be 1..100"),
+        ({"cpu_cap_percent": 150}, "cpu_cap_percent must be 1..100"),
+        ({"bandwidth_cap_kbps": -1}, "bandwidth_cap_kbps must be 0"),
+        ({"bandwidth_cap_kbps": 1.5}, "bandwidth_cap_kbps must be an integer"),
     ],
 )
 def test_bad_values_are_explained(overrides, words):
@@ -191,3 +195,20 @@ def test_default_spool_lives_in_the_user_data_dir(monkeypatch, platform, env, ex
     assert cfg.default_spool_path("pc1") == Path(expected) / "spool-pc1.sqlite3"
     monkeypatch.setattr(sys, "platform", "darwin")
     assert "Application Support" in str(cfg.default_data_dir())
+
+
+def test_caps_come_from_the_file_and_reach_the_run_limits(tmp_path):
+    from desktop_worker.runner import limits_from_config
+
+    path = write(
+        tmp_path,
+        'hub_urls = ["http://h:5984"]\nname = "pc1"\nslots = 2\n'
+        "cpu_cap_percent = 25\nbandwidth_cap_kbps = 100\n",
+    )
+    config, _ = build_config(path, need_password=False, keyring_lookup=_no_keyring)
+    assert (config.cpu_cap_percent, config.bandwidth_cap_kbps) == (25, 100)
+    limits = limits_from_config(config)
+    assert limits.cpu_cap_percent == 25
+    assert limits.bandwidth_bps == 100 * 1024 // 2  # the cap is shared by the two slots
+    uncapped = limits_from_config(WorkerConfig())
+    assert (uncapped.cpu_cap_percent, uncapped.bandwidth_bps) == (100, 0)

@@ -12,3 +12,8 @@ Layers (see docs/TRAY.md):
 
 Nothing outside this package imports Qt; the engine never does.
 """
+
+# Before any tray module imports PySide6: see lean.py (about 23 MB of the idle footprint).
+from desktop_worker.tray import lean as _lean
+
+_lean.prepare()

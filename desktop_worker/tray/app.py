@@ -21,7 +21,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
 
 from desktop_worker.config import ConfigError, WorkerConfig, default_data_dir
 from desktop_worker.log import log_event
-from desktop_worker.tray import autostart
+from desktop_worker.tray import autostart, lean
 from desktop_worker.tray.bridge import EngineBridge, EngineFactory
 from desktop_worker.tray.clock import Clock, SystemClock
 from desktop_worker.tray.conditions import IdleDetector, Power, idle_detector, power_state
@@ -44,23 +44,29 @@ CONFIG_KEYS = [f.key for f in FIELDS if f.store == "worker"]
 
 
 def trim_memory() -> None:
-    """Give freed heap back to the OS (glibc keeps it otherwise); a no-op elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-        import gc
-
-        gc.collect()
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    """Give freed heap and shiboken's cached sources back to the OS (see lean.py)."""
+    lean.trim()
 
 
 def default_engine_factory(config: WorkerConfig) -> Any:
     from desktop_worker.engine import Engine
 
-    return Engine(config)
+    return Engine(config, start_run=capped_runs(config))
+
+
+def capped_runs(config: WorkerConfig) -> Callable[..., Any]:
+    """The engine's ``start_run`` with the owner's CPU and bandwidth caps from ``config``.
+
+    The engine builds each run's Limits without the caps; this puts them in. The runner
+    (and its handlers) is imported at the first run, not while the tray idles.
+    """
+
+    def start_run(kind: str, input: dict, limits: Any, policy: Any) -> Any:
+        from desktop_worker import runner
+
+        return runner.capped_start_run(config)(kind, input, limits, policy)
+
+    return start_run
 
 
 class TrayApp(QObject):

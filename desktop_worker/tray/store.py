@@ -151,7 +151,8 @@ FIELDS: tuple[Field, ...] = (
         "int",
         100,
         "CPU cap (%)",
-        "The most of one CPU core a run may use (100 = no cap). Stored for the runner.",
+        "The most of one CPU core a run may use (100 = no cap); a run over it is paused "
+        "for a moment. A capped run takes longer and still has the same time limit.",
         "Limits",
         5,
         100,
@@ -161,7 +162,8 @@ FIELDS: tuple[Field, ...] = (
         "int",
         0,
         "Bandwidth cap (KiB/s)",
-        "The most network bandwidth runs may use together; 0 = no cap. Stored for the runner.",
+        "The most network bandwidth HTTP runs may use together (each parallel slot gets "
+        "an equal share); 0 = no cap.",
         "Limits",
         0,
         10_000_000,

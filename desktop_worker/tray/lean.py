@@ -1,0 +1,149 @@
+"""Keep the idle tray app small. No Qt here: this runs before PySide6 is imported.
+
+Measured on Linux with ``bench/tray_idle.py`` (RSS deltas per import, ``tracemalloc``,
+``/proc/PID/smaps``), the idle tray app cost 113 MB, of which three items were waste:
+
+* **Shiboken's source scan (about 13 MB).** Once PySide6 is imported, shiboken's
+  ``__feature__`` import hook runs ``inspect.getsource`` on every Python module imported
+  after it (``shibokensupport.feature._mod_uses_pyside``), and ``linecache`` keeps every
+  line of every file: 15 MB of strings for the engine's ~300 modules. Clearing the cache
+  later gives back little (the strings are spread over pymalloc arenas that stay
+  partly used), so :func:`prepare` imports the engine's stack *before* PySide6, where the
+  hook cannot see it, and :func:`trim` clears what the hook still caches afterwards.
+* **JWT and cryptography (about 10 MB).** ``ibm_cloud_sdk_core`` imports its IAM and
+  container token managers at package import, and they ``import jwt``, which loads
+  ``cryptography``'s Rust extension. The worker authenticates with
+  ``BasicAuthenticator`` and never decodes a token, so :func:`defer_module` puts a
+  stand-in for ``jwt`` in ``sys.modules`` that imports the real package on first use.
+  Anyone who does use IAM still gets the real module, one attribute access later.
+* **malloc arenas.** glibc gives each thread that allocates its own arena (up to 8 per
+  core) and keeps freed memory in them; the engine and the tray run about ten threads.
+  Two arenas are plenty for a process that mostly waits (this is what
+  ``MALLOC_ARENA_MAX=2`` does, set here with ``mallopt`` before any thread starts), and
+  :func:`trim` hands freed heap back with ``malloc_trim``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import logging
+import sys
+import threading
+import types
+from typing import Any
+
+log = logging.getLogger("couchfarm.tray.lean")
+
+# glibc's mallopt parameter numbers (malloc.h).
+_M_ARENA_MAX = -8
+ARENA_MAX = 2
+# Modules nobody needs while the worker runs with basic auth (see the module docstring).
+DEFERRED = ("jwt",)
+
+_lock = threading.RLock()
+_prepared = False
+
+
+class DeferredModule(types.ModuleType):
+    """Stands in ``sys.modules`` for a package until one of its attributes is read.
+
+    ``import name`` finds the stand-in and is satisfied (it has a real ``__spec__``);
+    the first attribute that is not the stand-in's own (``jwt.decode``) imports the
+    real package, which then replaces the stand-in in ``sys.modules``.
+    """
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") and attr.endswith("__"):
+            # Introspection (inspect, shiboken's import hook, copy...) probes dunders
+            # the stand-in lacks; that is not a use of the package.
+            raise AttributeError(attr)
+        return getattr(self._load(), attr)
+
+    def _load(self) -> types.ModuleType:
+        with _lock:
+            real = self.__dict__.get("_deferred_real")
+            if real is None:
+                name = self.__name__
+                if sys.modules.get(name) is self:
+                    del sys.modules[name]
+                real = importlib.import_module(name)
+                self.__dict__["_deferred_real"] = real
+                log.debug("deferred module %s imported on first use", name)
+            return real
+
+
+def defer_module(name: str) -> bool:
+    """Put a :class:`DeferredModule` for ``name`` in ``sys.modules``. False when ``name``
+    is already imported or not installed (then nothing changes)."""
+    with _lock:
+        if name in sys.modules:
+            return False
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            return False
+        stand_in = DeferredModule(name)
+        stand_in.__spec__ = spec
+        stand_in.__file__ = spec.origin
+        stand_in.__loader__ = spec.loader
+        if spec.submodule_search_locations is not None:
+            stand_in.__path__ = list(spec.submodule_search_locations)  # submodules import
+        sys.modules[name] = stand_in
+        return True
+
+
+def limit_malloc_arenas(arenas: int = ARENA_MAX) -> bool:
+    """glibc only: at most ``arenas`` malloc arenas. Takes effect for threads started
+    after the call, so call it first thing."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, int(arenas)))
+    except (OSError, AttributeError):
+        return False
+
+
+def prepare() -> None:
+    """Before PySide6 is imported: defer unused modules, cap arenas, import the engine.
+
+    Idempotent. Importing the engine here is not extra work (the tray always runs it);
+    it only moves the import to before shiboken's import hook exists.
+    """
+    global _prepared
+    with _lock:
+        if _prepared:
+            return
+        _prepared = True
+    limit_malloc_arenas()
+    for name in DEFERRED:
+        defer_module(name)
+    if "PySide6" not in sys.modules:
+        with contextlib.suppress(ImportError):
+            import desktop_worker.engine  # noqa: F401  (see the module docstring)
+            import hub.couch  # noqa: F401
+
+
+def trim() -> None:
+    """Give memory back after start-up or after the window closed.
+
+    ``linecache`` holds what shiboken's hook read (see the module docstring); a
+    traceback reads the lines again if it needs them.
+    """
+    import gc
+    import linecache
+
+    linecache.clearcache()
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+__all__ = ["DeferredModule", "defer_module", "limit_malloc_arenas", "prepare", "trim"]
