@@ -62,6 +62,8 @@ def run_reps(cfg: FaultConfig, reps: int, workdir: Path) -> dict[str, Any]:
     median["lag_docs_max"] = max(
         (r["lag_docs"]["max"] for r in rows if r["lag_docs"]["max"] is not None), default=None
     )
+    median["exposed_results"] = _median([r.get("exposed_results") for r in rows])
+    median["exposed_window_s"] = _median([r.get("exposed_window_s") for r in rows])
     totals = {key: sum(r[key] for r in rows) for key in FIGURES}
     for key in ("stored_runs", "reruns", "rescued", "replaced", "superseded", "not_restored"):
         totals[key] = sum(r[key] for r in rows)

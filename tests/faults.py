@@ -105,6 +105,10 @@ class FaultReport:
     lag_seconds: list[float] = field(default_factory=list)
     lag_docs: list[int] = field(default_factory=list)
     lag_unseen_s: list[float] = field(default_factory=list)
+    # 201'd on the primary but missing on the standby when it died (then rescued by the
+    # workers' spools): how many, and how long before the kill the oldest one finished.
+    exposed_results: int = 0
+    exposed_window_s: float | None = None
     recovery_ok: bool = False
     recovery_lines: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -313,6 +317,21 @@ def first_run_after(tmp: Path, workers: tuple[str, ...], killed_wall: float) -> 
     return round(min(firsts), 3) if firsts else None
 
 
+RESCUED = re.compile(r"event=result_rescued occ=(\S+) .*finished_at=(\S+)")
+
+
+def exposure(worker_logs: str, died_at: datetime) -> tuple[int, float | None]:
+    """Results the primary had accepted but the standby lacked at the kill (the workers
+    rescued them): their number, and the age at the kill of the oldest. This is the
+    replication lag that matters, measured on the occurrences themselves."""
+    ages = [
+        (died_at - from_wire(finished)).total_seconds()
+        for _occ, finished in RESCUED.findall(worker_logs)
+        if from_wire(finished) < died_at
+    ]
+    return len(ages), (round(max(ages), 3) if ages else None)
+
+
 def _converge(p_admin: Couch, s_admin: Couch, timeout: float = 90.0) -> None:
     """Settle conflicts on both sides, then wait until both copies hold the same revisions."""
     deadline = time.monotonic() + timeout
@@ -399,6 +418,7 @@ def audit(p_admin: Couch, s_admin: Couch, tmp: Path, cfg: FaultConfig, died_at: 
         1 for rs in by_occ.values() if len({(r.worker, r.started_at) for r in rs}) > 1
     )
     text = "\n".join(logs.values())
+    report.exposed_results, report.exposed_window_s = exposure(text, died_at)
     report.replaced = text.count("event=result_replaced ")
     report.rescued = text.count("event=result_rescued ")
     report.not_restored = text.count("event=result_not_restored ")

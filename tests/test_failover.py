@@ -34,7 +34,9 @@ def test_primary_dies_farm_goes_on_and_recovery_loses_nothing(tmp_path, couch_se
         f"{report.occurrences} occurrences, {report.reruns} re-run on the standby, "
         f"{report.rescued} rescued, {report.replaced} later results replaced by an earlier "
         f"one, {report.superseded} superseded by the rule; lag under load "
-        f"{summary['lag_seconds']} s, {summary['lag_docs']} docs"
+        f"{summary['lag_seconds']} s, {summary['lag_docs']} docs; at the kill the standby "
+        f"lacked {report.exposed_results} 201'd results, the oldest finished "
+        f"{report.exposed_window_s} s before"
     )
     assert report.recovery_ok, "\n".join(report.recovery_lines)
     assert report.stored_runs, "no worker stored any result"
