@@ -50,10 +50,13 @@ def child(url: str, db: str, password: str, data: str) -> int:
 
     from desktop_worker.config import WorkerConfig
     from desktop_worker.tray.clock import SystemClock
+    from desktop_worker.tray.single import SingleInstance
     from desktop_worker.tray.store import SecretStore, SettingsStore
 
     qt_app = QApplication(["couchfarm-bench"])
     qt_app.setQuitOnLastWindowClosed(False)
+    single = SingleInstance(f"couchfarm-bench-{os.getpid()}")  # main() claims one too
+    single.claim()
     base = Path(data)
     config = WorkerConfig(
         hub_urls=[url],
@@ -67,7 +70,12 @@ def child(url: str, db: str, password: str, data: str) -> int:
         base / "worker.toml", data_dir=base, secrets=SecretStore(base, fail.Keyring())
     )
     app = build_app(
-        config, default_engine_factory, SystemClock(), store=store, quit_app=qt_app.quit
+        config,
+        default_engine_factory,
+        SystemClock(),
+        store=store,
+        single=single,
+        quit_app=qt_app.quit,
     )
 
     def report(state: str, why: str) -> None:

@@ -1180,6 +1180,7 @@ assert type(sys.modules["jwt"]).__name__ == "DeferredModule", type(sys.modules["
 deep = ("ibmcloudant/cloudant_v1.py", "pydantic/main.py", "requests/models.py")
 scanned = [f for f in linecache.cache if f.endswith(deep)]
 assert not scanned, f"the engine's stack was imported after PySide6: {scanned}"
+assert not [f for f in linecache.cache if f.endswith("desktop_worker/tray/app.py")]
 import jwt
 token = jwt.encode({"a": 1}, "k" * 32, algorithm="HS256")
 assert jwt.decode(token, "k" * 32, algorithms=["HS256"]) == {"a": 1}
@@ -1208,3 +1209,19 @@ def test_default_engine_runs_get_the_owners_caps() -> None:
     handle = capped_runs(config)("demo.sleep", {"ms": 0}, Limits(timeout_s=20), Policy())
     assert handle.wait(timeout=15) is not None
     assert (handle.limits.cpu_cap_percent, handle.limits.bandwidth_bps) == (40, 8 * 1024)
+
+
+def test_quiet_shiboken_check_gives_shibokens_answer() -> None:
+    import linecache
+    import sys
+    import types
+
+    from desktop_worker.tray import lean
+    from desktop_worker.tray import tray as tray_module
+
+    linecache.clearcache()
+    assert lean._uses_pyside(tray_module) is True  # imports PySide6
+    assert lean._uses_pyside(sys.modules["desktop_worker.tray.clock"]) is False
+    assert lean._uses_pyside(sys) is False  # built in: no source
+    assert lean._uses_pyside(types.ModuleType("made_up")) is False
+    assert not linecache.cache

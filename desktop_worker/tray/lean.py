@@ -9,13 +9,19 @@ Measured on Linux with ``bench/tray_idle.py`` (RSS deltas per import, ``tracemal
   line of every file: 15 MB of strings for the engine's ~300 modules. Clearing the cache
   later gives back little (the strings are spread over pymalloc arenas that stay
   partly used), so :func:`prepare` imports the engine's stack *before* PySide6, where the
-  hook cannot see it, and :func:`trim` clears what the hook still caches afterwards.
-* **JWT and cryptography (about 10 MB).** ``ibm_cloud_sdk_core`` imports its IAM and
-  container token managers at package import, and they ``import jwt``, which loads
-  ``cryptography``'s Rust extension. The worker authenticates with
-  ``BasicAuthenticator`` and never decodes a token, so :func:`defer_module` puts a
-  stand-in for ``jwt`` in ``sys.modules`` that imports the real package on first use.
+  hook cannot see it, and replaces the hook's source check with one that gives the
+  same answer (does the module's source mention ``PySide6``?) without keeping the lines
+  (:func:`quiet_shiboken_scan`; 2.8 MB less for the tray's own imports). :func:`trim`
+  clears whatever ``linecache`` still holds.
+* **JWT and cryptography (about 10 MB), charset_normalizer (about 3 MB).**
+  ``ibm_cloud_sdk_core`` imports its IAM and container token managers at package
+  import, and they ``import jwt``, which loads ``cryptography``'s Rust extension. The
+  worker authenticates with ``BasicAuthenticator`` and never decodes a token, so
+  :func:`defer_module` puts a stand-in for ``jwt`` in ``sys.modules`` that imports the
+  real package on first use.
   Anyone who does use IAM still gets the real module, one attribute access later.
+  ``charset_normalizer`` is deferred the same way: ``requests`` imports it at start but
+  calls it only to guess the encoding of a body that names none.
 * **malloc arenas.** glibc gives each thread that allocates its own arena (up to 8 per
   core) and keeps freed memory in them; the engine and the tray run about ten threads.
   Two arenas are plenty for a process that mostly waits (this is what
@@ -39,8 +45,15 @@ log = logging.getLogger("couchfarm.tray.lean")
 # glibc's mallopt parameter numbers (malloc.h).
 _M_ARENA_MAX = -8
 ARENA_MAX = 2
-# Modules nobody needs while the worker runs with basic auth (see the module docstring).
-DEFERRED = ("jwt",)
+# Modules nobody needs while the worker idles (see the module docstring): jwt (IAM tokens;
+# the worker uses basic auth) and charset_normalizer (requests guesses a response's
+# encoding with it only when asked for ``.text`` without a charset). The second item is
+# the distribution whose version the stand-in reports as ``__version__`` (requests checks it).
+DEFERRED = (("jwt", None), ("charset_normalizer", "charset-normalizer"))
+# What the idle tray imports anyway, imported before PySide6 so that shiboken's hook
+# neither scans nor caches it: the engine, the runner (the engine asks it for the kinds
+# it may run), the keyring (the password at start) and psutil (battery checks).
+EARLY = ("desktop_worker.engine", "hub.couch", "desktop_worker.runner", "keyring", "psutil")
 
 _lock = threading.RLock()
 _prepared = False
@@ -74,9 +87,11 @@ class DeferredModule(types.ModuleType):
             return real
 
 
-def defer_module(name: str) -> bool:
+def defer_module(name: str, distribution: str | None = None) -> bool:
     """Put a :class:`DeferredModule` for ``name`` in ``sys.modules``. False when ``name``
-    is already imported or not installed (then nothing changes)."""
+    is already imported or not installed (then nothing changes). With ``distribution``,
+    the stand-in's ``__version__`` is that distribution's version, read from its metadata
+    (not by importing it)."""
     with _lock:
         if name in sys.modules:
             return False
@@ -89,8 +104,45 @@ def defer_module(name: str) -> bool:
         stand_in.__loader__ = spec.loader
         if spec.submodule_search_locations is not None:
             stand_in.__path__ = list(spec.submodule_search_locations)  # submodules import
+        if distribution is not None:
+            from importlib import metadata
+
+            try:
+                stand_in.__version__ = metadata.version(distribution)
+            except metadata.PackageNotFoundError:
+                return False
         sys.modules[name] = stand_in
         return True
+
+
+def _uses_pyside(module: types.ModuleType) -> bool:
+    """shiboken's question (does this module's source mention PySide6?), answered from the
+    loader without filling ``linecache``. False when there is no source, as shiboken's
+    own check answers for builtins and compiled modules."""
+    loader = getattr(module, "__loader__", None)
+    get_source = getattr(loader, "get_source", None)
+    if get_source is None:
+        return False
+    try:
+        source = get_source(module.__name__)
+    except (ImportError, OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return False
+    return source is not None and "PySide6" in source
+
+
+def quiet_shiboken_scan() -> bool:
+    """Give shiboken's ``__feature__`` hook a source check that does not cache every line
+    it reads (see the module docstring). False (and nothing changed) when this shiboken
+    has no such check: the engine-first import order still holds the cost down."""
+    try:
+        import shiboken6  # noqa: F401  (makes shibokensupport importable)
+        from shibokensupport import feature  # type: ignore[import-not-found]
+    except ImportError:
+        return False
+    if not callable(getattr(feature, "_mod_uses_pyside", None)):
+        return False
+    feature._mod_uses_pyside = _uses_pyside
+    return True
 
 
 def limit_malloc_arenas(arenas: int = ARENA_MAX) -> bool:
@@ -107,7 +159,7 @@ def limit_malloc_arenas(arenas: int = ARENA_MAX) -> bool:
 
 
 def prepare() -> None:
-    """Before PySide6 is imported: defer unused modules, cap arenas, import the engine.
+    """Before PySide6 is imported: deferred modules, two malloc arenas, the engine.
 
     Idempotent. Importing the engine here is not extra work (the tray always runs it);
     it only moves the import to before shiboken's import hook exists.
@@ -118,12 +170,13 @@ def prepare() -> None:
             return
         _prepared = True
     limit_malloc_arenas()
-    for name in DEFERRED:
-        defer_module(name)
+    for name, distribution in DEFERRED:
+        defer_module(name, distribution)
     if "PySide6" not in sys.modules:
-        with contextlib.suppress(ImportError):
-            import desktop_worker.engine  # noqa: F401  (see the module docstring)
-            import hub.couch  # noqa: F401
+        for name in EARLY:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+    quiet_shiboken_scan()
 
 
 def trim() -> None:
@@ -146,4 +199,11 @@ def trim() -> None:
             pass
 
 
-__all__ = ["DeferredModule", "defer_module", "limit_malloc_arenas", "prepare", "trim"]
+__all__ = [
+    "DeferredModule",
+    "defer_module",
+    "limit_malloc_arenas",
+    "prepare",
+    "quiet_shiboken_scan",
+    "trim",
+]
