@@ -19,6 +19,7 @@ successfully more than once (PiCaS re-GETs the doc and locks whatever comes back
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter
@@ -94,6 +95,11 @@ def prepare_picas(server: BenchServer, db: str, count: int) -> None:
     assert rows, "no todo rows"
 
 
+# Couchfarm claims as its engine does: from the claim feed's ready set, taking turns by
+# rendezvous rank (desktop_worker/readyset.py). BENCH_CLAIM_FEED=0: one view read per claim.
+FEED = os.environ.get("BENCH_CLAIM_FEED", "1") != "0"
+
+
 def race_once(
     server: BenchServer,
     system: str,
@@ -108,7 +114,9 @@ def race_once(
     else:
         prepare_picas(server, db, count)
     for index, worker in enumerate(workers):
-        worker.send({"cmd": "prepare", "db": db, "k": None, "seed": index, "mode": mode})
+        worker.send(
+            {"cmd": "prepare", "db": db, "k": None, "seed": index, "mode": mode, "feed": FEED}
+        )
     readies = [worker.recv(60) for worker in workers]
     k = readies[0].get("k")
     start = server.settle_log(0.3)

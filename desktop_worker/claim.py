@@ -153,15 +153,19 @@ class Claimer:
         """Claimable occurrences of a tube, in the order to try them; the next future
         ``not_before``; and, with a ready set, the seconds until a staggered one's turn."""
         first = max(self.k, need)
-        limit = first + self.extra_rows
         ready = self.ready_set
         if ready is not None:
             now_mono = self.monotonic()
             now = self.couch.now()
+            # Two rows per online worker: each then likely finds one whose first turn is its
+            # own, instead of a dozen workers sharing the same first K (measured: 60 % lost
+            # races at 16 workers with K=10).
+            first = max(first, 2 * (len(ready.online_peers(tube, now)) + 1))
             docs, wait = ready.candidates(tube, now, now_mono, first)
             if docs or wait is not None or not ready.needs_read(tube, now_mono, self.poll_s):
                 occs, _ = self._claimable(docs, now)
                 return occs, ready.next_not_before(tube, now), wait
+        limit = first + self.extra_rows
         body = self.couch.view(
             self.db,
             "farm",
@@ -177,7 +181,11 @@ class Claimer:
         now = self.couch.now()
         if ready is not None:
             now_mono = self.monotonic()
-            ready.refill(tube, docs, full_page=len(rows) >= limit, now_mono=now_mono)
+            full_page = len(rows) >= limit
+            page = ready.refill(tube, docs, full_page, now_mono, server_now=now)
+            if full_page:  # a backlog: try the page at once, in this worker's order
+                occs, next_not_before = self._claimable(page, now)
+                return occs[:first], next_not_before, None
             docs, wait = ready.candidates(tube, now, now_mono, first)
             occs, _ = self._claimable(docs, now)
             return occs, ready.next_not_before(tube, now), wait

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -42,6 +42,7 @@ from pydantic import ValidationError
 from desktop_worker.claim import Claimer, ClaimStats
 from desktop_worker.config import WorkerConfig
 from desktop_worker.confirm import Confirmer, archived_result
+from desktop_worker.feed import ClaimFeed
 from desktop_worker.log import log_event
 from desktop_worker.readyset import ReadySet
 from desktop_worker.spool import Spool, SpoolError
@@ -53,7 +54,6 @@ from hub.couch import (
     CouchError,
     Forbidden,
     NotFound,
-    StreamBrokeOff,
     Unauthorized,
     Unavailable,
     redact_url,
@@ -71,8 +71,6 @@ from hub.timefmt import from_wire
 from hub.version import POLICY_DOC_ID, __version__, worker_too_old
 
 LOG_WARNING = logging.WARNING
-CLAIM_FEED = "farm/claim_feed"  # design_docs/farm/filters/claim_feed.js
-FEED_HEARTBEAT_S = 5.0
 
 
 class EngineState(StrEnum):
@@ -205,14 +203,26 @@ class Engine:
             poll_s=config.poll_interval_s,
         )
         self.claim_stats = ClaimStats()
+        self._wake = threading.Event()  # claim loop: something may be claimable
+        self._stopping = threading.Event()
+        self.feed = ClaimFeed(
+            self.couch,
+            self.db,
+            self.name,
+            list(config.tubes),
+            self.ready_set,
+            wake=self._wake.set,
+            stopping=self._stopping,
+            stream_s=feed_wait_s * 12,
+            longpoll_wait_s=feed_wait_s,
+            error_wait_s=config.poll_interval_s,
+        )
 
         self._lock = threading.RLock()
         self._listeners: list[Listener] = []
         self._upload_lock = threading.Lock()
-        self._wake = threading.Event()  # claim loop: something may be claimable
         self._spool_wake = threading.Event()
         self._hb_wake = threading.Event()
-        self._stopping = threading.Event()
         self._stopped = threading.Event()  # set once fully stopped (wait() returns)
         self._stopped.set()
         self._is_stopped = True
@@ -548,112 +558,8 @@ class Engine:
     # ================================================================ changes watcher
 
     def _watch_loop(self) -> None:
-        """Keep the ready set current from the ``claim_feed`` changes, and wake the claim
-        loop when something claimable arrives.
-
-        One continuous ``_changes`` request carries every change; a proxy that buffers
-        streams shows as a silent stream, and then longpoll (one request per wake-up) takes
-        over. With no feed at all the ready set goes dark and the claim loop polls the view
-        every ``poll_interval_s``.
-        """
-        since: str | None = None
-        bound: Couch | None = None
-        bound_url = ""
-        failures = 0
-        stream_failures = 0
-        params = {"filter": CLAIM_FEED, "tubes": ",".join(self.config.tubes)}
-        while not self._stopping.is_set():
-            try:
-                if since is None or self.couch.active.url != bound_url:
-                    since = self.couch.update_seq(self.db)
-                    bound_url = self.couch.active.url
-                    bound = self.couch.for_server(
-                        [s.url for s in self.couch.servers].index(bound_url)
-                    )
-                    bound.retries = 0  # a failed feed rebinds at once, via the failover list
-                    self.ready_set.feed_started()
-                    self._load_peers(bound)
-                    self._wake.set()  # whatever happened before `since` is seen by a read
-                assert bound is not None
-                if stream_failures < 2:
-                    heard = [False]
-                    try:
-                        since = self._follow_stream(bound, since, params, bound_url, heard)
-                    except StreamBrokeOff:
-                        # Connected, then silent from the start (no row, no heartbeat):
-                        # something between us and the server holds streams back. Twice:
-                        # longpoll from now on.
-                        if not heard[0]:
-                            stream_failures += 1
-                            if stream_failures == 2:
-                                log_event("feed_longpoll", LOG_WARNING, worker=self.name)
-                        raise
-                else:
-                    results, since = bound.changes(
-                        self.db,
-                        since=since,
-                        feed="longpoll",
-                        wait=self.feed_wait_s,
-                        include_docs=True,
-                        params=params,
-                    )
-                    self._apply_changes(results)
-                failures = 0
-            except Unavailable:
-                since = None
-                failures += 1
-                self.ready_set.feed_lost()
-                self._wake.set()  # the claim loop polls now, failing over if it must
-                self._stopping.wait(min(2.0**failures, 15.0))
-            except Exception as exc:  # the feed is broken here: polling covers it
-                since = None
-                failures += 1
-                self.ready_set.feed_lost()
-                if self._stopping.is_set():
-                    return
-                log_event("feed_error", LOG_WARNING, worker=self.name, error=str(exc))
-                self._stopping.wait(min(self.config.poll_interval_s, 2.0**failures))
-
-    def _follow_stream(
-        self, bound: Couch, since: str, params: dict[str, str], bound_url: str, heard: list[bool]
-    ) -> str:
-        """Read one continuous stream until it ends, we stop, or the claim loop failed
-        over to another server (seen at the next heartbeat). Returns the seq to resume at."""
-        for row in bound.changes_stream(
-            self.db,
-            since=since,
-            include_docs=True,
-            params=params,
-            heartbeat_s=FEED_HEARTBEAT_S,
-            max_s=self.feed_wait_s * 12,
-        ):
-            heard[0] = True
-            if self._stopping.is_set() or self.couch.active.url != bound_url:
-                break
-            if row is None:
-                continue
-            since = str(row.get("seq", since))
-            self._apply_changes([row])
-        return since
-
-    def _apply_changes(self, rows: list[dict[str, Any]]) -> None:
-        now = time.monotonic()
-        if any([self.ready_set.apply(row.get("doc"), now) for row in rows]):
-            self._wake.set()
-
-    def _load_peers(self, couch: Couch) -> None:
-        """Who else is online, for the ready set's rendezvous order."""
-        try:
-            since = _wire(couch.now() - timedelta(seconds=self.ready_set.online_s))
-            body = couch.view(self.db, "farm", "workers_by_last_seen", startkey=since)
-        except CouchError as exc:
-            log_event("peers_unreadable", LOG_WARNING, worker=self.name, error=str(exc))
-            return
-        self.ready_set.set_peers(
-            {**row["value"], "last_seen": row["key"]}
-            for row in body.get("rows", [])
-            if isinstance(row.get("value"), dict)
-        )
+        """The changes feed (desktop_worker/feed.py) keeps the ready set current."""
+        self.feed.run()
 
     # ================================================================ runs
 

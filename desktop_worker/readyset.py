@@ -16,9 +16,11 @@ the next one a stagger step, never the occurrence.
 
 The view is still read: when the feed (re)starts (what was ready before it), when the
 worker knows of no claimable occurrence although the last page was full (a backlog larger
-than what it holds), and every ``SAFETY_READ_S`` as a safety net. Within what it holds, the
-worker never takes an occurrence whose turn (``queue_at``) comes after the last row of an
-incomplete page, so the view's turn order (priority, aging, fair share) still holds.
+than what it holds), and every ``SAFETY_READ_S`` as a safety net. A full page is a backlog that
+every worker reads alike: it is tried at once in this worker's rendezvous order (so workers
+start on different rows) and not held, since its rows go stale within milliseconds. Within
+what it holds, the worker never takes an occurrence whose turn (``queue_at``) comes after
+the last row of a full page, so the view's turn order (priority, aging, fair share) holds.
 
 Pure: no I/O; callers pass the clocks. Thread-safe (the feed thread applies changes while
 the claim loop reads).
@@ -157,30 +159,55 @@ class ReadySet:
     # ------------------------------------------------------------ view side
 
     def refill(
-        self, tube: str, docs: list[dict[str, Any]], full_page: bool, now_mono: float
-    ) -> None:
-        """The rows of a view read (docs in turn order). A full page may hide more rows."""
+        self,
+        tube: str,
+        docs: list[dict[str, Any]],
+        full_page: bool,
+        now_mono: float,
+        server_now: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """The rows of a view read (docs in turn order). A full page may hide more rows.
+
+        A page that is not full is everything ready: it is held, and turns apply to it. A
+        full page is a backlog, a race every worker reads alike: it is not held (its rows
+        go stale within milliseconds) but returned, claimable rows only, in this worker's
+        rendezvous order, to try at once; the next claim reads again, as plain polling does.
+        """
         with self._lock:
             self._read_at[tube] = now_mono
             if not self._live:  # nothing keeps what we hold current: the page is the truth
                 self._docs = {i: k for i, k in self._docs.items() if k.doc.get("tube") != tube}
-            for doc in docs:
-                occ_id = doc.get("_id")
-                if not isinstance(occ_id, str) or not self._claimable(doc):
-                    continue
-                if self._shadowed(occ_id, _generation(doc.get("_rev"))):
-                    continue
-                known = self._docs.get(occ_id)
-                if known is None or _generation(known.doc.get("_rev")) < _generation(
-                    doc.get("_rev")
-                ):
-                    # Waiting in a backlog: nobody else will go first for it, take it now.
-                    self._docs[occ_id] = _Known(doc, float("-inf"))
+            fresh = [
+                doc
+                for doc in docs
+                if isinstance(doc.get("_id"), str)
+                and self._claimable(doc)
+                and not self._shadowed(doc["_id"], _generation(doc.get("_rev")))
+            ]
             self._complete[tube] = self._live and not full_page
             self._horizon[tube] = (
                 None if not full_page or not docs else str(docs[-1].get("queue_at", ""))
             )
+            if full_page:
+                peers = self._online_peers(tube, server_now) if server_now else []
+                return [doc for _, _, doc in sorted(self._ranked(fresh, peers))]
+            for doc in fresh:
+                known = self._docs.get(doc["_id"])
+                if known is None or _generation(known.doc.get("_rev")) < _generation(
+                    doc.get("_rev")
+                ):
+                    self._docs[doc["_id"]] = _Known(doc, now_mono if self._live else float("-inf"))
             self._trim()
+            return fresh
+
+    def _ranked(
+        self, docs: list[dict[str, Any]], peers: list[str]
+    ) -> list[tuple[int, int, dict[str, Any]]]:
+        out = []
+        for doc in docs:
+            mine = _score(doc["_id"], self.worker)
+            out.append((sum(1 for peer in peers if _score(doc["_id"], peer) < mine), mine, doc))
+        return out
 
     def needs_read(self, tube: str, now_mono: float, poll_s: float) -> bool:
         """Ask only when :meth:`candidates` had nothing to offer, not even a wait."""

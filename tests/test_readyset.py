@@ -167,24 +167,34 @@ def test_an_occurrence_materialized_ahead_waits_for_its_due_time():
     assert (docs, wait) in (([doc], None), ([], 0.15))
 
 
-def test_a_full_page_hides_later_turns_until_it_is_read_again():
+def test_a_full_page_is_tried_at_once_not_held_and_hides_later_turns():
     ready = ReadySet("w1", ["default"])
     ready.feed_started()
     assert ready.needs_read("default", 0.0, poll_s=300)  # the feed just started
     page = [occ(n) for n in range(3)]
-    ready.refill("default", page, full_page=True, now_mono=1.0)
+    ready.apply(page[1] | {"_rev": "2-x", "state": "leased"}, now_mono=0.5)  # taken meanwhile
+    tried = ready.refill("default", page, full_page=True, now_mono=1.0, server_now=NOW)
+    assert sorted(ids(tried)) == sorted(ids([page[0], page[2]]))
     ready.apply(occ(50), now_mono=1.1)  # new, but later than rows the read did not show
-    docs, _ = ready.candidates("default", NOW, 1.2, k=10)
-    assert sorted(ids(docs)) == sorted(ids(page))  # (in this worker's preferred order)
-    for doc in page:
-        ready.forget(doc["_id"], 1.3)
-    assert ready.candidates("default", NOW, 1.4, k=10) == ([], None)
-    assert ready.needs_read("default", 1.4, poll_s=300)  # there may be more: read
+    assert ready.candidates("default", NOW, 1.2, k=10) == ([], None)  # page rows not held
+    assert ready.needs_read("default", 1.2, poll_s=300)  # there may be more: read
     ready.refill("default", [occ(4), occ(50)], full_page=False, now_mono=1.5)
     docs, _ = ready.candidates("default", NOW, 1.6, k=10)
     assert sorted(ids(docs)) == [occ(4)["_id"], occ(50)["_id"]]
     assert not ready.needs_read("default", 1.6, poll_s=300)
     assert ready.needs_read("default", 301.6, poll_s=300)  # the safety read
+
+
+def test_a_full_page_comes_back_in_rendezvous_order_so_workers_spread_out():
+    page = [occ(n) for n in range(32)]
+    firsts = set()
+    for me in (f"w{i}" for i in range(8)):
+        ready = ReadySet(me, ["default"])
+        ready.feed_started()
+        ready.set_peers([worker(f"w{i}") for i in range(8)])
+        tried = ready.refill("default", page, full_page=True, now_mono=1.0, server_now=NOW)
+        firsts.add(tried[0]["_id"])
+    assert len(firsts) == 8  # each worker's first try is a row whose first turn is its own
 
 
 def test_turn_order_is_kept_within_what_is_held():

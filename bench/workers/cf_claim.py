@@ -3,8 +3,10 @@
 Started by bench/claim_race.py as ``python bench/workers/cf_claim.py URL NAME PASSWORD_FILE``.
 Commands, one JSON object per line on stdin; one answer per command on stdout:
 
-- ``{"cmd": "prepare", "db": DB, "k": K or null, "seed": N}`` -> ``{"ready": true}`` (client made,
-  credentials checked, connection warm);
+- ``{"cmd": "prepare", "db": DB, "k": K or null, "seed": N, "feed": bool}`` ->
+  ``{"ready": true}`` (client made, credentials checked, connection warm). With ``feed``, as
+  the engine does: a worker doc, the ``claim_feed`` stream into a ready set, and claims
+  from it (desktop_worker/feed.py, readyset.py); without, a ``ready`` view read per claim;
 - ``{"cmd": "go", "cap": SECONDS}`` -> claims one occurrence at a time until the ready view is
   empty or the cap passes -> ``{"claimed": [ids], "t_end": epoch, "stats": {...}}``;
 - ``{"cmd": "quit"}``.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from desktop_worker.claim import Claimer, ClaimStats
 from desktop_worker.config import DEFAULT_CLAIM_K
+from desktop_worker.feed import ClaimFeed
+from desktop_worker.readyset import ReadySet
 from hub.couch import Couch
+from hub.model import WorkerDoc, worker_id
+from hub.timefmt import to_wire
+from hub.version import __version__
 
 
 def reply(message: dict) -> None:
@@ -31,15 +39,38 @@ def reply(message: dict) -> None:
     sys.stdout.flush()
 
 
+def start_feed(couch: Couch, db: str, name: str, ready: ReadySet, stop: threading.Event) -> None:
+    """What the engine does at start: say it is online, then follow the claim feed."""
+    now = to_wire(couch.now())
+    doc = WorkerDoc(
+        _id=worker_id(name), name=name, version=__version__, os="bench", last_seen=now,
+        started_at=now,
+    ).to_doc()  # fmt: skip
+    current = couch.get_or_none(db, doc["_id"])
+    couch.put(db, {**doc, "_rev": current["_rev"]} if current else doc)
+    feed = ClaimFeed(couch, db, name, ["default"], ready, wake=lambda: None, stopping=stop)
+    threading.Thread(target=feed.run, daemon=True).start()
+    deadline = time.monotonic() + 10
+    while not ready.live and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def main() -> int:
     url, name, password_file = sys.argv[1:4]
     couch = Couch(url, name, Path(password_file).read_text().strip())
     claimer: Claimer | None = None
+    feed_stop = threading.Event()
     for line in sys.stdin:
         command = json.loads(line)
         if command["cmd"] == "quit":
             return 0
         if command["cmd"] == "prepare":
+            feed_stop.set()  # the previous run's feed, on the previous run's database
+            feed_stop = threading.Event()
+            ready = None
+            if command.get("feed"):
+                ready = ReadySet(name, ["default"])
+                start_feed(couch, command["db"], name, ready, feed_stop)
             claimer = Claimer(
                 couch,
                 command["db"],
@@ -47,6 +78,7 @@ def main() -> int:
                 ["default"],
                 k=int(command.get("k") or DEFAULT_CLAIM_K),
                 rng=random.Random(command.get("seed")),
+                ready_set=ready,
             )
             couch.session()  # checks the password, samples the server clock, warms the socket
             reply({"ready": True, "k": claimer.k})
@@ -60,6 +92,9 @@ def main() -> int:
                 result = claimer.claim(1)
                 stats.add(result.stats)
                 claimed.extend(occ.id for occ in result.won)
+                if not result.won and result.retry_in is not None:
+                    time.sleep(result.retry_in)  # held rows are other workers' turn first
+                    continue
                 if not result.won and result.candidates == 0 and not result.contended:
                     empty = True
                     break
