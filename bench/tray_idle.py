@@ -11,6 +11,9 @@ idle. After a warm-up, it samples the child for ``--seconds`` (default 60) with 
 - CPU time used in the window as a share of one core (target: about 0).
 
 ``--runs N`` repeats the whole measurement in fresh processes and reports the median.
+``--after-run`` first gives the app one ``demo.sleep`` run and waits until it is done, so
+the measurement includes what a run leaves behind (on POSIX, the runner's forkserver and
+multiprocessing's resource tracker stay alive as child processes; their RSS is added).
 ``--breakdown`` prints where the memory is at the end (``/proc/PID/smaps``: anonymous
 memory, the heap, and the largest shared libraries), Linux only.
 
@@ -32,14 +35,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 RSS_TARGET_MB = 80.0
+PASSWORD_ENV = "COUCHFARM_BENCH_PASSWORD"
 
 
-def child(url: str, db: str, password: str, data: str) -> int:
+def child(url: str, db: str, data: str) -> int:
     """The tray app itself: real engine, nothing to do. Imports in ``main``'s order."""
+    password = os.environ.pop(PASSWORD_ENV)  # not on the command line: it may start with "-"
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     # First, as in desktop-worker: the tray package readies the engine before Qt (lean.py).
     from desktop_worker.tray.app import build_app, default_engine_factory
@@ -102,12 +108,43 @@ def smaps_breakdown(pid: int, top: int = 12) -> list[tuple[str, int]]:
     return totals.most_common(top)
 
 
-def measure(args: argparse.Namespace, url: str, db: str, password: str, work: Path) -> dict:
+def seed_one_run(admin: Any, db: str) -> str:
+    """One ready demo.sleep occurrence in the bench's tube; returns its id."""
+    from datetime import timedelta
+
+    from hub import states
+    from hub.model import Task, task_id
+    from hub.timefmt import to_wire
+
+    now = admin.now().replace(microsecond=0)
+    stamp = to_wire(now)
+    task = Task(
+        _id=task_id("bench", "idle-once"),
+        client="bench",
+        slug="idle-once",
+        kind="demo.sleep",
+        input={"ms": 100},
+        schedule={"every": 3600},
+        tube="bench-idle",
+        ttr=60,
+        created_at=stamp,
+        updated_at=stamp,
+    )
+    if admin.get_or_none(db, task.id) is None:
+        admin.put(db, task.to_doc())
+    occ = states.materialize(task, now - timedelta(seconds=1), now)
+    admin.put(db, occ.to_doc())
+    return occ.id
+
+
+def measure(
+    args: argparse.Namespace, url: str, db: str, password: str, work: Path, admin: Any
+) -> dict:
     import psutil
 
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", PASSWORD_ENV: password}
     process = subprocess.Popen(
-        [sys.executable, __file__, "--child", url, db, password, str(work)],
+        [sys.executable, __file__, "--child", url, db, str(work)],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
@@ -137,6 +174,13 @@ def measure(args: argparse.Namespace, url: str, db: str, password: str, work: Pa
                 break
         if state != "idle":
             raise RuntimeError("the tray app did not reach the idle state")
+        if args.after_run:
+            occ_id = seed_one_run(admin, db)
+            deadline = time.monotonic() + 60
+            while (admin.get_or_none(db, occ_id) or {}).get("state") != "done":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the run {occ_id} did not finish within 60 s")
+                time.sleep(0.5)
         time.sleep(args.warmup)
         proc = psutil.Process(process.pid)
         rss_start, children = tree_rss(proc)
@@ -152,6 +196,14 @@ def measure(args: argparse.Namespace, url: str, db: str, password: str, work: Pa
         cpu = sum(proc.cpu_times()[:4]) - cpu_start
         rss_end, _ = tree_rss(proc)
         uss = proc.memory_full_info().uss
+        # PSS shares each page among the processes mapping it: the tree's sum without
+        # counting twice the libraries the tray and its helpers both map.
+        pss = 0
+        for member in [proc, *proc.children(recursive=True)]:
+            try:
+                pss += member.memory_full_info().pss
+            except (psutil.NoSuchProcess, AttributeError):
+                pass
         breakdown = smaps_breakdown(process.pid) if args.breakdown else []
     finally:
         process.terminate()
@@ -166,6 +218,7 @@ def measure(args: argparse.Namespace, url: str, db: str, password: str, work: Pa
         "rss_end": rss_end,
         "peak": peak,
         "uss": uss,
+        "pss": pss,
         "cpu": cpu,
         "children": children,
         "breakdown": breakdown,
@@ -178,7 +231,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=8.0)
     parser.add_argument("--runs", type=int, default=1, help="repeat; report the median")
     parser.add_argument("--breakdown", action="store_true", help="where the memory is")
-    parser.add_argument("--child", nargs=4, metavar=("URL", "DB", "PASSWORD", "DATA"))
+    parser.add_argument("--after-run", action="store_true", help="measure after one run")
+    parser.add_argument("--child", nargs=3, metavar=("URL", "DB", "DATA"))
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
@@ -208,7 +262,7 @@ def main() -> int:
     try:
         for number in range(max(1, args.runs)):
             try:
-                run = measure(args, url, db, password, work / f"app{number}")
+                run = measure(args, url, db, password, work / f"app{number}", admin)
             except RuntimeError as exc:
                 print(str(exc), file=sys.stderr)
                 return 1
@@ -216,7 +270,8 @@ def main() -> int:
             print(
                 f"run {number + 1}: RSS start {run['rss_start'] / mb:.1f} MB, "
                 f"end {run['rss_end'] / mb:.1f} MB, peak {run['peak'] / mb:.1f} MB "
-                f"(USS {run['uss'] / mb:.1f} MB); CPU {run['cpu']:.2f} s in "
+                f"(USS {run['uss'] / mb:.1f} MB, PSS of the tree {run['pss'] / mb:.1f} MB); "
+                f"CPU {run['cpu']:.2f} s in "
                 f"{run['elapsed']:.0f} s; child processes {run['children']}",
                 flush=True,
             )
@@ -234,12 +289,13 @@ def main() -> int:
     cpu = median("cpu")
     print(
         f"tray app idle for {elapsed:.0f} s with the real engine connected, nothing to do "
-        f"(median of {len(runs)} run(s))"
+        f"{'(after one run) ' if args.after_run else ''}(median of {len(runs)} run(s))"
     )
     print(
         f"RSS (tray + children): start {median('rss_start') / mb:.1f} MB, "
         f"end {median('rss_end') / mb:.1f} MB, peak {peak / mb:.1f} MB "
-        f"(USS {median('uss') / mb:.1f} MB; target <= {RSS_TARGET_MB:.0f} MB)"
+        f"(USS {median('uss') / mb:.1f} MB, PSS {median('pss') / mb:.1f} MB; "
+        f"target <= {RSS_TARGET_MB:.0f} MB)"
     )
     print(
         f"CPU: {cpu:.2f} s in {elapsed:.0f} s = {cpu / elapsed * 100:.2f} % of one core "
