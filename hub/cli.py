@@ -5,15 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hub import provision
 from hub.couch import Couch, CouchError
 from hub.settings import Connection, SettingsError, connection, read_password_file
 from hub.version import __version__
+
+if TYPE_CHECKING:
+    from hub.archiver import TallyChange
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -316,6 +321,70 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+MONTH_FORMAT = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+
+
+def _change_line(change: TallyChange) -> str:
+    statuses = sorted(set(change.before) | set(change.after))
+    counts = ", ".join(
+        f"{s} {change.before.get(s, 0)} -> {change.after.get(s, 0)}" for s in statuses
+    )
+    extra = f" (conflict: {len(change.deleted)} revision(s) removed)" if change.deleted else ""
+    return f"  {change.action} {change.task}: {counts or 'no results'}{extra}"
+
+
+def cmd_tallies(args: argparse.Namespace) -> int:
+    from hub import archiver
+    from hub.couch import Forbidden, NotFound, Unauthorized
+
+    conn = _conn(args)
+    couch = conn.couch()
+    months: list[str] = []
+    for text in args.month or []:
+        found = MONTH_FORMAT.match(text)
+        if not found:
+            raise ValueError(f"--month {text!r} is not a month: give YYYY-MM, e.g. 2026-11")
+        months.append(f"{conn.db}_results_{found[1]}_{found[2]}")
+    if args.task is not None and (
+        not args.task.startswith("task:") or len(args.task.split(":")) != 3
+    ):
+        raise ValueError(f"--task {args.task!r} is not a task id: give task:CLIENT:SLUG")
+    if not months:
+        try:
+            names = couch.all_dbs()
+        except (Unauthorized, Forbidden):
+            raise SettingsError(
+                "listing the monthly databases needs server-admin rights: pass --month YYYY-MM"
+            ) from None
+        months = sorted(name for name in names if provision.is_results_db(conn.db, name))
+        if not months:
+            print(f"no monthly results databases for {conn.db}")
+            return 0
+    status = 0
+    tasks = {args.task} if args.task else None
+    for db in dict.fromkeys(months):
+        try:
+            couch.db_info(db)
+        except NotFound:
+            print(f"hub: {db}: no such results database (nothing archived that month?)",
+                  file=sys.stderr)  # fmt: skip
+            status = 1
+            continue
+        report = archiver.recount_tallies(couch, db, tasks=tasks, dry_run=args.dry_run)
+        print(
+            f"{db}{' (dry run, nothing written)' if args.dry_run else ''}: "
+            f"{len(report.tallies or [])} task(s) recounted from {report.results} result(s); "
+            f"changed {len(report.of('changed'))}, created "
+            f"{len(report.of('created'))}, unchanged {len(report.of('unchanged'))}"
+        )
+        if report.recovered:
+            print(f"  folded {report.recovered} batch(es) left pending by a dead writer")
+        for change in report.tallies or []:
+            if change.action != "unchanged":
+                print(_change_line(change))
+    return status
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -441,6 +510,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="target", required=True, help="the new primary's URL")
     p.add_argument("--sample", type=int, default=50, help="document bodies to compare per db")
     p.set_defaults(func=cmd_recover)
+
+    tallies = sub.add_parser("tallies", help="the dashboard's monthly per-task tallies")
+    tallies_sub = tallies.add_subparsers(dest="action", required=True)
+    p = tallies_sub.add_parser(
+        "rebuild", help="recount tallies from the stored results (safe while the hub archives)"
+    )
+    _connection_args(p)
+    p.add_argument(
+        "--month",
+        action="append",
+        metavar="YYYY-MM",
+        help="month to recount (repeatable; default: every month, needs admin)",
+    )
+    p.add_argument("--task", metavar="TASK_ID", help="only this task (task:CLIENT:SLUG)")
+    p.add_argument("--dry-run", action="store_true", help="report, write nothing")
+    p.set_defaults(func=cmd_tallies)
 
     p = sub.add_parser("devserver", help="run a local PouchDB Server (development only)")
     p.add_argument("--dir", default="var/devserver", help="data directory")
