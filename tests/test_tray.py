@@ -1225,3 +1225,22 @@ def test_quiet_shiboken_check_gives_shibokens_answer() -> None:
     assert lean._uses_pyside(sys) is False  # built in: no source
     assert lean._uses_pyside(types.ModuleType("made_up")) is False
     assert not linecache.cache
+
+
+def test_caps_an_older_tray_kept_in_tray_toml_still_apply_and_move(tmp_path: Path) -> None:
+    # Before WorkerConfig had the caps, the tray stored them in tray.toml [settings].
+    (tmp_path / "worker.toml").write_text('hub_urls = ["http://127.0.0.1:5984"]\nname = "w1"\n')
+    (tmp_path / "tray.toml").write_text(
+        "[settings]\ncpu_cap_percent = 30\nbandwidth_cap_kbps = 512\nidle_minutes = 5\n"
+    )
+    store = SettingsStore(
+        tmp_path / "worker.toml", data_dir=tmp_path, secrets=SecretStore(tmp_path, MemoryKeyring())
+    )
+    assert (store.load()["cpu_cap_percent"], store.load()["bandwidth_cap_kbps"]) == (30, 512)
+    config = store.worker_config(need_password=False)
+    assert (config.cpu_cap_percent, config.bandwidth_cap_kbps) == (30, 512)
+    store.save({**store.load(), "password": "p"})
+    assert "cpu_cap_percent = 30" in (tmp_path / "worker.toml").read_text()
+    tray_text = (tmp_path / "tray.toml").read_text()
+    assert "cpu_cap_percent" not in tray_text and "idle_minutes = 5" in tray_text
+    assert store.worker_config().bandwidth_cap_kbps == 512

@@ -409,7 +409,7 @@ class SettingsStore:
         for f in FIELDS:
             if f.store == "worker" and f.key in worker:
                 values[f.key] = worker[f.key]
-            elif f.store == "tray" and f.key in tray:
+            elif f.key in tray:  # a tray key, or one an older tray kept (see _legacy)
                 values[f.key] = tray[f.key]
         if isinstance(values.get("scripts"), dict):
             values["scripts"] = dict(values["scripts"])
@@ -434,8 +434,10 @@ class SettingsStore:
                     worker.pop(f.key, None)
                 else:
                     worker[f.key] = value
-            elif f.store == "tray":
+            if f.store == "tray":
                 tray["settings"][f.key] = value
+            else:
+                tray["settings"].pop(f.key, None)  # moved to the worker file (see _legacy)
         password = values.get("password")
         if password:
             file = self.secrets.set(name, str(password))
@@ -468,6 +470,14 @@ class SettingsStore:
 
     # ------------------------------------------------------------ the engine's config
 
+    def _legacy(self) -> dict[str, Any]:
+        """Engine settings an older tray kept in tray.toml, before WorkerConfig had them
+        (the CPU and bandwidth caps): used until the next save moves them to the worker
+        file, so an upgrade does not silently drop a cap the owner set."""
+        worker = self._worker_raw()
+        tray = self._tray_raw()["settings"]
+        return {k: v for k, v in tray.items() if k in WORKER_FIELDS and k not in worker}
+
     def worker_config(
         self,
         overrides: Mapping[str, Any] | None = None,
@@ -476,9 +486,10 @@ class SettingsStore:
         keyring_lookup: Callable[[str], str | None] | None = None,
     ) -> WorkerConfig:
         """The engine's config: the TOML file, then overrides, then the password."""
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
         config, _source = build_config(
             self.config_path if self.exists else None,
-            overrides,
+            {**self._legacy(), **given},
             keyring_lookup=keyring_lookup or self.secrets.get_keyring,
             need_password=need_password,
         )
