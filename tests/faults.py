@@ -172,25 +172,26 @@ def _docs_behind(p_admin: Couch, s_admin: Couch, every: float, stop: threading.E
 
 def _probe_lag(p_admin: Couch, s_admin: Couch, every: float, stop: threading.Event,
                report: FaultReport) -> None:  # fmt: skip
-    """Lag in seconds: a numbered probe written on the primary every ``every`` s; the
-    standby is polled every 0.1 s, and each probe's lag is the time until the standby
-    showed it (or a later one). Probes still unseen when the primary dies are kept as
-    lower bounds (``lag_unseen_s``): that is exactly the window a kill loses."""
-    probe_id = "hub:probe:fault"
-    sent: dict[int, float] = {}
+    """Lag in seconds: a new probe document written on the primary every ``every`` s (a
+    new id each time: a rewritten document jumps to the end of the changes feed, so while
+    replication is behind it would never arrive); the standby is polled every 0.1 s and
+    each probe's lag is the time until the standby holds it. Probes still missing when the
+    primary dies are kept as lower bounds (``lag_unseen_s``)."""
+    sent: dict[str, float] = {}
     number, next_write = 0, 0.0
     while not stop.is_set():
         try:
             if time.monotonic() >= next_write:
                 number += 1
-                current = p_admin.get_or_none(DB, probe_id) or {"_id": probe_id, "type": "hub"}
-                p_admin.put(DB, {**current, "n": number, "at": to_wire(p_admin.now())})
-                sent[number] = time.monotonic()
-                next_write = sent[number] + every
-            seen = int((s_admin.get_or_none(DB, probe_id) or {}).get("n", 0))
+                probe_id = f"hub:probe:fault:{number:05d}"
+                p_admin.put(DB, {"_id": probe_id, "type": "hub", "at": to_wire(p_admin.now())})
+                sent[probe_id] = time.monotonic()
+                next_write = sent[probe_id] + every
+            rows = s_admin.all_docs(DB, keys=list(sent)) if sent else []
             arrived = time.monotonic()
-            for k in [k for k in sent if k <= seen]:
-                report.lag_seconds.append(round(arrived - sent.pop(k), 3))
+            for row in rows:
+                if "value" in row and row["key"] in sent:
+                    report.lag_seconds.append(round(arrived - sent.pop(row["key"]), 3))
         except CouchError:
             pass
         stop.wait(0.1)
