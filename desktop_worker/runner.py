@@ -765,7 +765,8 @@ def stop_idle_helpers() -> bool:
 
     True when something was stopped. Uses multiprocessing's own ``_stop`` methods (its
     test suite's way of stopping them); where those do not exist, nothing happens. The
-    next ``start_run`` starts both again.
+    next ``start_run`` starts both again. Safe because the worker process uses
+    multiprocessing only through this module: the tracker holds nothing of anyone else's.
     """
     global _helpers_timer
     from multiprocessing import forkserver, resource_tracker
