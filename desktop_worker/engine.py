@@ -567,11 +567,7 @@ class Engine:
         if self._limits is None:
             from desktop_worker import runner
 
-            self._limits = runner.Limits(
-                timeout_s=float(self.config.run_timeout_s),
-                memory_mb=int(self.config.memory_mb) or None,
-                max_output_bytes=int(self.config.max_output_bytes),
-            )
+            self._limits = runner.limits_from_config(self.config)  # incl. CPU/bandwidth caps
             self._policy = runner.Policy(
                 allow_private_network=self.config.allow_private_network,
                 allowed_kinds=None if self.config.kinds is None else frozenset(self.config.kinds),
@@ -585,10 +581,12 @@ class Engine:
     def enabled_kinds(self) -> list[str]:
         """The kinds this worker runs (for its worker doc)."""
         try:
-            from desktop_worker import runner
+            # Not through the runner: importing it (multiprocessing, handlers) costs an idle
+            # tray about 1 MB before any run.
+            from desktop_worker.handlers import runnable_kinds
 
-            self._runner_args()
-            return list(runner.enabled_kinds(self._policy))[:100]
+            allowed = None if self.config.kinds is None else frozenset(self.config.kinds)
+            return runnable_kinds(allowed, bool(self.config.scripts))[:100]
         except Exception:
             return list(self.config.kinds or [])[:100]
 

@@ -61,10 +61,9 @@ from desktop_worker.handlers import (
     HandlerContext,
     HandlerError,
     ScriptSpec,
-    builtin_kinds,
     get_handler,
-    load_plugins,
     plugin_schemas,
+    runnable_kinds,
 )
 from desktop_worker.log import log_event
 from desktop_worker.netguard import (
@@ -183,19 +182,8 @@ class Outcome:
 
 
 def enabled_kinds(policy: Policy) -> list[str]:
-    """The kinds this worker can run under ``policy``, for its worker document.
-
-    ``allowed_kinds=None`` means every built-in kind; plugins run only when named in
-    ``allowed_kinds``. ``script`` is left out while the script allow-list is empty.
-    """
-    builtins = set(builtin_kinds())
-    if policy.allowed_kinds is None:
-        kinds = builtins
-    else:
-        kinds = set(policy.allowed_kinds) & (builtins | set(load_plugins()))
-    if not policy.scripts:
-        kinds.discard("script")
-    return sorted(kinds)
+    """The kinds this worker can run under ``policy``, for its worker document."""
+    return runnable_kinds(policy.allowed_kinds, bool(policy.scripts))
 
 
 def _is_allowed(kind: str, policy: Policy) -> bool:

@@ -116,6 +116,22 @@ def builtin_kinds() -> list[str]:
     return sorted(BUILTIN_MODULES)
 
 
+def runnable_kinds(allowed_kinds: frozenset[str] | None, has_scripts: bool) -> list[str]:
+    """The kinds a worker can run, for its worker document.
+
+    ``allowed_kinds=None`` means every built-in kind; plugins run only when named in
+    ``allowed_kinds``. ``script`` is left out while the script allow-list is empty.
+    """
+    builtins = set(builtin_kinds())
+    if allowed_kinds is None:
+        kinds = builtins
+    else:
+        kinds = set(allowed_kinds) & (builtins | set(load_plugins()))
+    if not has_scripts:
+        kinds.discard("script")
+    return sorted(kinds)
+
+
 def load_plugins(refresh: bool = False) -> dict[str, Plugin]:
     """Kinds from the ``couchfarm.handlers`` entry points. Broken plugins are logged, skipped."""
     global _plugins_cache
