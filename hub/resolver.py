@@ -36,6 +36,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from hub import archiver
 from hub.couch import Couch
 from hub.model import MAX_ERROR_HISTORY
 from hub.states import PROGRESS_RANK, State
@@ -123,10 +124,15 @@ def leaves(couch: Couch, db: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
     return [row["ok"] for row in reply.body if "ok" in row and not row["ok"].get("_deleted")]
 
 
-def resolve(couch: Couch, db: str, doc: dict[str, Any]) -> Resolution | None:
+def resolve(
+    couch: Couch, db: str, doc: dict[str, Any]
+) -> Resolution | archiver.TallyResolution | None:
     """Settle one conflicted document (given as read with ``conflicts=true``)."""
     if not doc.get("_conflicts"):
         return None
+    if doc["_id"].startswith(archiver.TALLY_PREFIX):
+        # No revision of a month's tally is right after a partition: recount the results.
+        return archiver.resolve_tally(couch, db, doc)
     candidates = leaves(couch, db, doc)
     if len(candidates) < 2:
         return None

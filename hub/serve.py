@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hub import archiver, provision, reaper, replication, resolver
-from hub.couch import Couch, CouchError, StreamBrokeOff
+from hub.couch import Couch, CouchError, StreamBrokeOff, redact_url
 from hub.materializer import Materializer
 from hub.model import Occurrence, Overlap
 from hub.service import TUBES_DOC
@@ -70,6 +70,7 @@ class Hub:
         self._scheduler: Any = None
         self._follower: threading.Thread | None = None
         self._since = "now"
+        self._loaded_from: str | None = None  # the server the in-memory schedule came from
         self._follow_live = False  # the continuous stream is up: the reap gate may trust it
         self._stream_heard = False
         self._last_full_reap = float("-inf")
@@ -84,14 +85,31 @@ class Hub:
     # ------------------------------------------------------------ duties
 
     def load(self) -> None:
+        self._loaded_from = self.couch.active.url
         self._since = self.couch.update_seq(self.config.db)
         self.materializer.load(self.now())
         tubes = self.couch.get_or_none(self.config.db, TUBES_DOC) or {}
         self.paused_tubes = dict(tubes.get("paused", {}))
 
     def materialize(self) -> int:
+        if self._loaded_from is not None and self.couch.active.url != self._loaded_from:
+            self._reload_after_switch()
         self.materializer.paused_tubes = set(self.paused_tubes)
         return self.materializer.tick(self.now(), ahead=self.config.materialize_ahead)
+
+    def _reload_after_switch(self) -> None:
+        """The client moved to another server (failover or fail-back). What the schedule
+        holds came from the old one: a batch written there just before it died may never
+        have replicated, and the cursors have moved past it. Start again from what the
+        server now in use holds; re-creating an occurrence it has is a harmless 409."""
+        log.warning(
+            "event=hub_reload_after_switch from=%s to=%s",
+            redact_url(self._loaded_from or ""),
+            redact_url(self.couch.active.url),
+        )
+        self.materializer = Materializer(self.couch, self.config.db)
+        self._last_full_reap = float("-inf")
+        self.load()
 
     def may_promote(self, occ: Occurrence) -> bool:
         if occ.tube in self.paused_tubes:

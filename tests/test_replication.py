@@ -10,8 +10,10 @@ from datetime import timedelta
 import pytest
 
 from hub import provision, replication, resolver, states
+from hub.couch import Couch
 from hub.devserver import DevServer
 from hub.model import Occurrence, Task, task_id
+from hub.serve import Hub, HubConfig
 from hub.timefmt import to_wire
 
 
@@ -187,3 +189,32 @@ def test_recover_rebuilds_a_primary_from_the_standby(pair, tmp_path, standby_ser
         assert any("match" in line for line in report.lines)
     finally:
         fresh.stop()
+
+
+def test_hub_rebuilds_its_schedule_from_the_server_it_fails_over_to(pair, passwords):
+    """A batch the primary took just before it died, never replicated, is written again on
+    the standby: the hub reloads its schedule from the server it moved to."""
+    db, primary, standby = pair
+    hub_couch = Couch([primary.url, standby.url], "hub", passwords["hub"])
+    now = hub_couch.now().replace(microsecond=0)
+    stamp = to_wire(now - timedelta(minutes=3, seconds=30))
+    task = Task(_id=task_id("acme", "switch"), client="acme", slug="switch",
+                kind="demo.sleep", schedule={"every": 60}, misfire="run_all",
+                created_at=stamp, updated_at=stamp)  # fmt: skip
+    for end in (primary, standby):
+        Couch(end.url, end.user, end.password).put(db, task.to_doc())
+    hub = Hub(hub_couch, HubConfig(db=db, materialize_ahead=None), clock=lambda: now)
+    hub.load()
+    assert hub.materialize() == 3  # written on the primary only (no replication here)
+
+    def occurrence_ids(end: replication.Endpoint) -> list[str]:
+        rows = Couch(end.url, end.user, end.password).all_docs(
+            db, startkey="occ:", endkey="occ:\ufff0"
+        )
+        return [row["id"] for row in rows]
+
+    on_primary = occurrence_ids(primary)
+    assert len(on_primary) == 3 and occurrence_ids(standby) == []
+    hub_couch._fail_over_from(0)  # what the dead primary does to the hub's client
+    assert hub.materialize() == 3
+    assert occurrence_ids(standby) == on_primary

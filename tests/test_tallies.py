@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from hub import archiver, cli, provision, replication, states
+from hub import archiver, cli, provision, replication, resolver, states
 from hub.model import Task
 from hub.service import build_task
 from hub.timefmt import from_wire
@@ -457,7 +457,7 @@ def test_a_tally_conflicted_by_a_partition_is_settled_by_a_recount(
     tid = archiver.tally_id(task.id)
     doc = primary.get(month, tid, conflicts="true")
     assert doc.get("_conflicts"), "the partition should have left a conflicted tally"
-    settled = archiver.resolve_tally(primary, month, doc)
+    settled = resolver.resolve(primary, month, doc)  # the hub's way in
     assert settled is not None and settled.deleted and settled.merged
     sync(0, 1)
     for side in (primary, standby):
