@@ -162,10 +162,11 @@ class Claimer:
             # races at 16 workers with K=10).
             first = max(first, 2 * (len(ready.online_peers(tube, now)) + 1))
             docs, wait = ready.candidates(tube, now, now_mono, first)
-            if docs or wait is not None or not ready.needs_read(tube, now_mono, self.poll_s):
-                occs, _ = self._claimable(docs, now)
+            occs = self._claimable_held(docs, now, now_mono)
+            if occs or wait is not None or not ready.needs_read(tube, now_mono, self.poll_s):
                 return occs, ready.next_not_before(tube, now), wait
         limit = first + self.extra_rows
+        epoch = ready.epoch if ready is not None else None
         body = self.couch.view(
             self.db,
             "farm",
@@ -182,17 +183,30 @@ class Claimer:
         if ready is not None:
             now_mono = self.monotonic()
             full_page = len(rows) >= limit
-            page = ready.refill(tube, docs, full_page, now_mono, server_now=now)
+            page = ready.refill(tube, docs, full_page, now_mono, server_now=now, epoch=epoch)
             if full_page:  # a backlog: try the page at once, in this worker's order
                 occs, next_not_before = self._claimable(page, now)
                 return occs[:first], next_not_before, None
             docs, wait = ready.candidates(tube, now, now_mono, first)
-            occs, _ = self._claimable(docs, now)
+            occs = self._claimable_held(docs, now, now_mono)
             return occs, ready.next_not_before(tube, now), wait
         occs, next_not_before = self._claimable(docs, now)
         chosen = occs[:first]
         self.rng.shuffle(chosen)
         return chosen, next_not_before, None
+
+    def _claimable_held(
+        self, docs: list[dict[str, Any]], now: datetime, now_mono: float
+    ) -> list[Occurrence]:
+        """Like :meth:`_claimable`, and what it refuses for good (malformed, no attempts
+        left) the ready set forgets, so it cannot crowd out the rows behind it."""
+        occs, _ = self._claimable(docs, now)
+        kept = {occ.id for occ in occs}
+        assert self.ready_set is not None
+        for doc in docs:
+            if doc.get("_id") not in kept:
+                self.ready_set.forget(str(doc.get("_id")), now_mono)
+        return occs
 
     def _claimable(
         self, docs: list[dict[str, Any]], now: datetime

@@ -6,7 +6,7 @@ until it sees it on the *other* server of its list (the standby). Each pass of
 
 - the other server holds **this run's** result (same worker, start and finish; the attempt
   may have been renumbered by a rescue): ``confirmed``, the entry is deleted;
-- it holds a result that **finished first** (``hub.resolver.result_order``: finish time,
+- it holds a result that **finished first** (``hub.states.result_order``: finish time,
   then worker name): ours lost by the documented rule, logged ``result_superseded``;
 - it holds a result that **finished later** (the dead primary accepted ours and never
   replicated it, and the occurrence ran again on the standby): ours is put back over it
@@ -35,10 +35,10 @@ from typing import Any
 from desktop_worker.log import log_event
 from desktop_worker.spool import Entry, Spool, SpoolError
 from hub import states
-from hub.couch import Conflict, Couch, CouchError
+from hub.couch import Conflict, Couch, CouchError, Forbidden
 from hub.model import Occurrence, State, result_id
 from hub.provision import results_db
-from hub.resolver import finished_first, same_run
+from hub.states import finished_first, same_run
 from hub.timefmt import from_wire, to_wire
 
 Emit = Callable[..., None]
@@ -147,7 +147,16 @@ class Confirmer:
             return CONFIRMED
         if finished_first(stored, ours):
             return self._superseded(entry, ours, stored)
-        # Ours finished first: it wins. Put it back, on top of the later one.
+        # Ours finished first: it wins. But an occurrence kept live (the newest of its task)
+        # may already be archived with the later result: rewriting only the live copy would
+        # leave the archive and the tallies with the other run, and the archiver would keep
+        # theirs. That case is reported, not half-applied.
+        archived = archived_result(other, self.db, entry.occ_id, doc)
+        if archived is not None:
+            if same_run(archived, ours):
+                return CONFIRMED
+            return self._not_restored(entry, ours, "the survivor archived a later result")
+        # Put it back, on top of the later one.
         attempt = min(int(ours.get("attempt") or 1), int(doc.get("attempt") or 1))
         replaced = {
             **{k: v for k, v in doc.items() if k not in ("_conflicts", "_revisions")},
@@ -158,6 +167,8 @@ class Confirmer:
             replaced["_rev"] = other.put(self.db, replaced)
         except Conflict:
             return WAIT  # it changed meanwhile: look again next pass
+        except Forbidden as exc:  # e.g. too late to replace: final, say so once
+            return self._not_restored(entry, ours, f"the survivor refused it: {exc.reason}")
         except CouchError as exc:
             log_event("result_rescue_failed", logging.WARNING, occ=entry.occ_id, error=str(exc))
             return WAIT

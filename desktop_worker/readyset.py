@@ -90,6 +90,7 @@ class ReadySet:
         self._gone: dict[str, tuple[int, float]] = {}  # id -> (rev generation, when)
         self._peers: dict[str, _Peer] = {}
         self._live = False
+        self._epoch = 0
         self._complete = dict.fromkeys(self.tubes, False)
         self._horizon: dict[str, str | None] = dict.fromkeys(self.tubes)
         self._read_at = dict.fromkeys(self.tubes, float("-inf"))
@@ -100,10 +101,20 @@ class ReadySet:
     def live(self) -> bool:
         return self._live
 
+    @property
+    def epoch(self) -> int:
+        """Changes each time the feed (re)starts: a view read begun in an earlier epoch may
+        have missed what fell between its answer and the new feed's ``since``."""
+        return self._epoch
+
     def feed_started(self) -> None:
-        """The feed (re)connected from a fresh ``since``: what was ready before is unknown."""
+        """The feed (re)connected from a fresh ``since``, maybe to another server: what was
+        ready before is unknown, and revisions seen leaving ``ready`` may not exist there."""
         with self._lock:
             self._live = True
+            self._epoch += 1
+            self._docs.clear()
+            self._gone.clear()
             for tube in self.tubes:
                 self._complete[tube] = False
 
@@ -165,6 +176,7 @@ class ReadySet:
         full_page: bool,
         now_mono: float,
         server_now: datetime | None = None,
+        epoch: int | None = None,
     ) -> list[dict[str, Any]]:
         """The rows of a view read (docs in turn order). A full page may hide more rows.
 
@@ -184,7 +196,9 @@ class ReadySet:
                 and self._claimable(doc)
                 and not self._shadowed(doc["_id"], _generation(doc.get("_rev")))
             ]
-            self._complete[tube] = self._live and not full_page
+            # A read begun before the feed last (re)started may have missed something.
+            same_epoch = epoch is None or epoch == self._epoch
+            self._complete[tube] = self._live and not full_page and same_epoch
             self._horizon[tube] = (
                 None if not full_page or not docs else str(docs[-1].get("queue_at", ""))
             )
@@ -265,7 +279,8 @@ class ReadySet:
                     wait = due - now_mono if wait is None else min(wait, due - now_mono)
                     continue
                 ready.append((rank, mine, doc))
-            ready.sort(key=lambda item: (item[0], item[1]))
+            # Rank only says when this worker may try; among what it may try now, turn
+            # order (queue_at: priority, aging, fair share) comes first. ``rows`` is sorted.
             return [doc for _, _, doc in ready], wait
 
     def next_not_before(self, tube: str, server_now: datetime) -> datetime | None:

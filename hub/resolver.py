@@ -39,37 +39,17 @@ from typing import Any
 from hub import archiver
 from hub.couch import Couch
 from hub.model import MAX_ERROR_HISTORY
-from hub.states import PROGRESS_RANK, State
+from hub.states import PROGRESS_RANK, State, finished_first, result_order, same_run
+
+__all__ = ["choose", "finished_first", "merged_errors", "resolve", "result_order", "same_run"]
 
 log = logging.getLogger("couchfarm.resolver")
 
 
-def result_order(result: dict[str, Any] | None) -> tuple[str, str]:
-    """Sort key of "first finished": finish time in hub time, then the worker's name.
-
-    Wire times sort as time (fixed width, UTC), so plain string order is time order. A
-    missing result sorts last: any result comes before none."""
-    if not result:
-        return ("9999", "")
-    return (str(result.get("finished_at") or "9999"), str(result.get("worker") or ""))
-
-
-def finished_first(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
-    """True when result ``a`` comes strictly before result ``b`` in "first finished"."""
-    return result_order(a) < result_order(b)
-
-
-def same_run(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
-    """The same run's result: same worker, start and finish. The attempt number is not
-    part of it: a result rescued onto a survivor is renumbered to the survivor's attempt."""
-    if not a or not b:
-        return False
-    return all(a.get(k) == b.get(k) for k in ("worker", "started_at", "finished_at"))
-
-
 def _inverted(key: tuple[str, str]) -> tuple[tuple[int, ...], ...]:
     # max() picks the winner, and the earliest result must win: negate every character.
-    return tuple(tuple(-ord(ch) for ch in part) for part in key)
+    # The trailing 1 (above any negated character) keeps a prefix first: "w1" before "w10".
+    return tuple((*(-ord(ch) for ch in part), 1) for part in key)
 
 
 def _occurrence_key(doc: dict[str, Any]) -> tuple:

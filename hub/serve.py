@@ -85,11 +85,20 @@ class Hub:
     # ------------------------------------------------------------ duties
 
     def load(self) -> None:
-        self._loaded_from = self.couch.active.url
-        self._since = self.couch.update_seq(self.config.db)
-        self.materializer.load(self.now())
+        self._install(self.materializer)
+
+    def _install(self, materializer: Materializer) -> None:
+        """Load ``materializer`` from the server in use, then make it the hub's. Nothing is
+        swapped in until every read succeeded: a failed load leaves the old schedule (and
+        the switch still pending, so the next tick tries again)."""
+        source = self.couch.active.url
+        since = self.couch.update_seq(self.config.db)
+        materializer.load(self.now())
         tubes = self.couch.get_or_none(self.config.db, TUBES_DOC) or {}
         self.paused_tubes = dict(tubes.get("paused", {}))
+        self.materializer = materializer
+        self._since = since
+        self._loaded_from = source
 
     def materialize(self) -> int:
         if self._loaded_from is not None and self.couch.active.url != self._loaded_from:
@@ -107,9 +116,8 @@ class Hub:
             redact_url(self._loaded_from or ""),
             redact_url(self.couch.active.url),
         )
-        self.materializer = Materializer(self.couch, self.config.db)
+        self._install(Materializer(self.couch, self.config.db))
         self._last_full_reap = float("-inf")
-        self.load()
 
     def may_promote(self, occ: Occurrence) -> bool:
         if occ.tube in self.paused_tubes:
@@ -173,18 +181,22 @@ class Hub:
     def follow_stream(self, max_s: float = 300.0) -> int:
         """Follow one continuous ``_changes`` stream until it ends or the hub stops."""
         seen = 0
+        bound = self.couch.active.url
+        if bound != self._loaded_from:
+            return 0  # the schedule is reloaded from this server first (materialize)
         try:
             for row in self.couch.changes_stream(
                 self.config.db, since=self._since, include_docs=True,
                 params={"conflicts": "true"}, max_s=max_s,
             ):  # fmt: skip
                 self._follow_live = self._stream_heard = True
-                if self._stop.is_set():
-                    break
+                if self._stop.is_set() or self._loaded_from != bound:
+                    break  # stopping, or the schedule (and its seq) now come from elsewhere
                 if row is None:
                     continue
-                self._apply_followed([row])
+                # Advance first: one row that cannot be applied must not stall the feed.
                 self._since = str(row.get("seq", self._since))
+                self._apply_followed([row])
                 seen += 1
         finally:
             self._follow_live = False
@@ -192,13 +204,16 @@ class Hub:
 
     def _apply_followed(self, results: list[dict[str, Any]]) -> None:
         for row in results:
-            doc = row.get("doc")
-            if row.get("id") == TUBES_DOC and doc:
-                self.paused_tubes = dict(doc.get("paused", {}))
-            if doc and doc.get("_conflicts"):
-                # Two servers (or cluster nodes) took different writes: settle it now.
-                resolver.resolve(self.couch, self.config.db, doc)
-        self.materializer.apply_changes(results, self.now())
+            try:
+                doc = row.get("doc")
+                if row.get("id") == TUBES_DOC and doc:
+                    self.paused_tubes = dict(doc.get("paused", {}))
+                if doc and doc.get("_conflicts"):
+                    # Two servers (or cluster nodes) took different writes: settle it now.
+                    resolver.resolve(self.couch, self.config.db, doc)
+                self.materializer.apply_changes([row], self.now())
+            except Exception as exc:  # one bad document must not stop the hub following
+                log.warning("event=follow_row_failed doc=%s error=%r", row.get("id"), str(exc))
 
     def watch_replication(self) -> replication.Health | None:
         """Probe both directions (lag in seconds and documents); settle conflicts in the
@@ -296,6 +311,8 @@ class Hub:
                     self._stream_heard = False
                     self.follow_stream()
                     silent_streams = 0
+                    if self._loaded_from != self.couch.active.url:
+                        self._stop.wait(0.25)  # the next materialize tick reloads first
                 elif self.follow_once():
                     self._stop.wait(self.config.follow_batch_s)
             except CouchError as exc:

@@ -124,6 +124,8 @@ def claim(occ: Occurrence, worker: str, now: datetime) -> Occurrence:
     _require(occ, "claim", {State.READY})
     if occ.attempt >= occ.max_attempts:
         raise InvalidTransition(occ, "claim", "no attempts left")
+    if from_wire(occ.not_before) > now:  # materialized ahead, or a retry's backoff
+        raise InvalidTransition(occ, "claim", f"not before {occ.not_before}")
     return _with(
         occ,
         now,
@@ -325,3 +327,30 @@ PROGRESS_RANK: dict[State, int] = {
     State.FAILED: 5,
     State.DONE: 6,
 }
+
+
+# ---------------------------------------------------------------- result order
+# (here, not in hub.resolver, so the worker and its frozen bundle can use it)
+
+
+def result_order(result: dict[str, Any] | None) -> tuple[str, str]:
+    """Sort key of "first finished": finish time in hub time, then the worker's name.
+
+    Wire times sort as time (fixed width, UTC), so plain string order is time order. A
+    missing result sorts last: any result comes before none."""
+    if not result:
+        return ("9999", "")
+    return (str(result.get("finished_at") or "9999"), str(result.get("worker") or ""))
+
+
+def finished_first(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """True when result ``a`` comes strictly before result ``b`` in "first finished"."""
+    return result_order(a) < result_order(b)
+
+
+def same_run(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """The same run's result: same worker, start and finish. The attempt number is not
+    part of it: a result rescued onto a survivor is renumbered to the survivor's attempt."""
+    if not a or not b:
+        return False
+    return all(a.get(k) == b.get(k) for k in ("worker", "started_at", "finished_at"))

@@ -151,7 +151,7 @@ def world(farm: Farm) -> dict[str, dict]:
     farm.hub.put(farm.db, task.to_doc())
 
     def occ(minutes: int) -> Occurrence:
-        return states.materialize(task, now + timedelta(minutes=minutes), now)
+        return states.materialize(task, now - timedelta(minutes=minutes), now)  # due: claimable
 
     docs = {
         "ready": occ(1),

@@ -88,7 +88,7 @@ MORE = [
             **states.claim(Occurrence.from_doc(w["ready"]), "w1", now).to_doc(),
             "attempt": 4,
         },
-        "one more attempt",
+        "past max_attempts",
     ),
     Case(
         "worker finishes with another worker's name on the result",

@@ -227,3 +227,14 @@ def test_rescue_after_failover_keeps_the_run_times_and_waits_for_another_lease(
     final = standby.couch().get(db, occ2.id)
     assert final["result"]["worker"] == "w1"
     assert final["result"]["finished_at"] == ours2["result"]["finished_at"]
+
+
+def test_choose_agrees_with_result_order_when_one_worker_name_prefixes_another():
+    docs = [{"_id": "res:occ:x", "_rev": f"2-{w}", **_run(w, 5)} for w in ("w10", "w1", "w1a")]
+    winner = resolver.choose(docs)
+    assert winner["worker"] == min(("w10", "w1", "w1a")) == "w1"
+    occs = [
+        {"_id": "occ:x", "_rev": f"3-{w}", "state": "done", "result": _run(w, 5)}
+        for w in ("w10", "w1")
+    ]
+    assert resolver.choose(occs)["result"]["worker"] == "w1"

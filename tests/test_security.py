@@ -334,3 +334,24 @@ def test_clients_have_no_database_access(farm, world):
     assert "client:acme" in acme.session()["userCtx"]["roles"]
     with pytest.raises((Unauthorized, Forbidden)):
         acme.get(farm.db, world["task"]["_id"])
+
+
+def test_a_worker_cannot_claim_an_occurrence_before_its_not_before(farm, world):
+    """Occurrences materialized ahead are ready before they are due: the server holds the
+    claim to not_before, whatever the worker's own checks say."""
+    now = farm.now().replace(microsecond=0)
+    task = Task.from_doc(world["task"])
+    early = states.materialize(task, now + timedelta(seconds=90), now)  # due in 90 s
+    rev = farm.hub.put(farm.db, early.to_doc())
+    doc = early.to_doc() | {
+        "_rev": rev,
+        "state": "leased",
+        "attempt": 1,
+        "lease": {"worker": "w1", "claimed_at": to_wire(now),
+                  "expires_at": to_wire(now + timedelta(seconds=early.ttr))},
+    }  # fmt: skip
+    with pytest.raises(Forbidden) as refused:
+        farm.worker("w1").put(farm.db, doc)
+    assert "may not start before" in refused.value.reason
+    with pytest.raises(states.InvalidTransition, match="not before"):
+        states.claim(early.model_copy(update={"rev": rev}), "w1", now)

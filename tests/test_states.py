@@ -804,6 +804,8 @@ class OccurrenceLife(RuleBasedStateMachine):
         allowed, why = self.state_check({State.READY})
         if allowed and occ.attempt >= occ.max_attempts:
             allowed, why = False, "no attempts left"
+        if allowed and from_wire(occ.not_before) > self.now:
+            allowed, why = False, f"not before {occ.not_before}"
         new = self.apply("claim", lambda: claim(occ, worker, self.now), allowed, why)
         if new is not None:
             assert new.state is State.LEASED and new.lease is not None

@@ -166,6 +166,8 @@ function (newDoc, oldDoc, userCtx, secObj) {
   check(isInt(o.ttr, 1, 86400), 'occurrence.ttr must be 1..86400 seconds');
   check(isInt(o.max_attempts, 1, 100), 'occurrence.max_attempts must be 1..100');
   check(isInt(o.attempt, 0, 100), 'occurrence.attempt must be an integer 0..100');
+  check(o.attempt <= o.max_attempts || (o.state !== 'ready' && o.state !== 'leased'),
+        'a ready or leased occurrence cannot be past max_attempts (' + o.max_attempts + ')');
   check(time(o.not_before), 'occurrence.not_before must be a hub time');
   check(o.queue_at === undefined || time(o.queue_at), 'occurrence.queue_at must be a hub time');
   check(isObject(o.input), 'occurrence.input must be an object');
@@ -209,6 +211,7 @@ function (newDoc, oldDoc, userCtx, secObj) {
   // a lease may run at most one TTR (plus slack) past now. Replicated revisions are
   // written by _admin and return above, so this time check never blocks replication.
   var CLOCK_SLACK = 300000;
+  var SUPERSEDE_WINDOW = 30 * 60 * 1000;  // ms: how long a done result may be replaced
   var serverNow = new Date().getTime();
   function nearNow(t) { return Math.abs(Date.parse(t) - serverNow) <= CLOCK_SLACK; }
   check(time(o.updated_at) && nearNow(o.updated_at),
@@ -225,6 +228,9 @@ function (newDoc, oldDoc, userCtx, secObj) {
     check(o.attempt === oldDoc.attempt + 1, 'a claim counts one more attempt');
     check(o.attempt <= o.max_attempts, 'no attempts left on ' + id);
     check(nearNow(o.lease.claimed_at), 'lease.claimed_at must be hub time');
+    // Ready ahead of time (materialized before due, or a retry's backoff): not yet.
+    check(o.lease.claimed_at >= oldDoc.not_before,
+          'occurrence ' + id + ' may not start before ' + oldDoc.not_before);
     check(same(o.errors, oldDoc.errors), 'a claim cannot change the error history');
     return;
   }
@@ -241,6 +247,11 @@ function (newDoc, oldDoc, userCtx, secObj) {
           'occurrence ' + id + ' is done; a worker may replace its result only with one ' +
           'that finished first (the stored one finished ' + was.finished_at + ')');
     check(r.started_at <= r.finished_at, 'result.started_at must not be after result.finished_at');
+    // A failover's rescue comes within minutes; an occurrence kept live as the newest of its
+    // task must not stay open to replacement for good.
+    check(Date.parse(was.finished_at) >= serverNow - SUPERSEDE_WINDOW,
+          'the result of ' + id + ' is older than ' + SUPERSEDE_WINDOW / 60000 +
+          ' minutes; it can no longer be replaced');
     check(Date.parse(r.finished_at) <= serverNow + CLOCK_SLACK,
           'result.finished_at must be hub time, not in the future');
     check(isInt(r.attempt, 1, o.attempt), 'result.attempt must be 1..' + o.attempt);
