@@ -197,7 +197,8 @@ def test_hub_rebuilds_its_schedule_from_the_server_it_fails_over_to(pair, passwo
     db, primary, standby = pair
     hub_couch = Couch([primary.url, standby.url], "hub", passwords["hub"])
     now = hub_couch.now().replace(microsecond=0)
-    stamp = to_wire(now - timedelta(minutes=3, seconds=30))
+    # Created just after a minute three minutes back: exactly three every-60-s fires are due.
+    stamp = to_wire(now.replace(second=0) - timedelta(minutes=3) + timedelta(seconds=1))
     task = Task(_id=task_id("acme", "switch"), client="acme", slug="switch",
                 kind="demo.sleep", schedule={"every": 60}, misfire="run_all",
                 created_at=stamp, updated_at=stamp)  # fmt: skip
