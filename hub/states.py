@@ -120,18 +120,10 @@ def materialize(
 # ---------------------------------------------------------------- worker operations
 
 
-CLAIM_CLOCK_SLACK_S = 1.0
-
-
 def claim(occ: Occurrence, worker: str, now: datetime) -> Occurrence:
     _require(occ, "claim", {State.READY})
     if occ.attempt >= occ.max_attempts:
         raise InvalidTransition(occ, "claim", "no attempts left")
-    # Materialized ahead, or a retry's backoff. The slack is the resolution of two
-    # clients' estimates of the server clock (whole-second Date headers); workers
-    # themselves wait for not_before by their own estimate.
-    if from_wire(occ.not_before) > now + timedelta(seconds=CLAIM_CLOCK_SLACK_S):
-        raise InvalidTransition(occ, "claim", f"not before {occ.not_before}")
     return _with(
         occ,
         now,

@@ -804,8 +804,6 @@ class OccurrenceLife(RuleBasedStateMachine):
         allowed, why = self.state_check({State.READY})
         if allowed and occ.attempt >= occ.max_attempts:
             allowed, why = False, "no attempts left"
-        if allowed and from_wire(occ.not_before) > self.now + timedelta(seconds=1):
-            allowed, why = False, f"not before {occ.not_before}"
         new = self.apply("claim", lambda: claim(occ, worker, self.now), allowed, why)
         if new is not None:
             assert new.state is State.LEASED and new.lease is not None
@@ -914,7 +912,7 @@ class OccurrenceLife(RuleBasedStateMachine):
     def promote(self) -> None:
         occ = self.occ
         allowed, why = self.state_check({State.SCHEDULED})
-        if allowed and from_wire(occ.not_before) > self.now + timedelta(seconds=1):
+        if allowed and from_wire(occ.not_before) > self.now:
             allowed, why = False, f"not before {occ.not_before}"
         new = self.apply("promote", lambda: promote(occ, self.now), allowed, why)
         if new is not None:
