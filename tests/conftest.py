@@ -171,3 +171,12 @@ def world(farm: Farm) -> dict[str, dict]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def month(farm: Farm) -> str:
+    """A fresh results database for one test, named as a month long past."""
+    name = f"{farm.db}_results_{1900 + secrets.randbelow(99)}_{secrets.randbelow(12) + 1:02d}"
+    farm.admin.delete_db(name)
+    provision.ensure_results_db(farm.admin, name)
+    return name

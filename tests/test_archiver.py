@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -54,15 +53,6 @@ def task(farm) -> Task:
     return made
 
 
-@pytest.fixture
-def month(farm) -> str:
-    """A fresh results database for one test (names as a month far in the past)."""
-    name = f"{farm.db}_results_{1900 + secrets.randbelow(99)}_{secrets.randbelow(12) + 1:02d}"
-    farm.admin.delete_db(name)
-    provision.ensure_results_db(farm.admin, name)
-    return name
-
-
 def finished(task: Task, due, *, ok: bool = True):
     occ = states.claim(states.materialize(task, due, due), "w1", due + timedelta(seconds=1))
     if ok:
@@ -73,7 +63,7 @@ def finished(task: Task, due, *, ok: bool = True):
     return states.fail(occ, "w1", due + timedelta(seconds=2), error="boom", permanent=True)
 
 
-def results(task: Task, start, count: int, *, every_nth_fails: int = 0) -> list[dict[str, Any]]:
+def results(task: Task, start, count: int, every_nth_fails: int = 0) -> list[dict[str, Any]]:
     return [
         archiver.to_result(
             finished(task, start + timedelta(minutes=k),

@@ -26,7 +26,7 @@ from desktop_worker.runner import (
     start_run,
     stop_idle_helpers,
 )
-from tests.test_netguard import LocalHTTP, serve_http
+from tests.test_netguard import LocalHTTP, make_cert, serve_http, server_tls
 
 # Tests talk to 127.0.0.1 over and over: keep the per-target limit out of the way.
 FAST = {"rate_per_target": 1000.0, "rate_burst": 1000}
@@ -417,56 +417,15 @@ def test_helpers_stop_by_themselves_after_the_idle_time(monkeypatch: pytest.Monk
     assert_gone(pid)
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key (PEM files)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_bandwidth_cap_holds_over_tls(tmp_path: Path) -> None:
     import ssl
 
     from desktop_worker.netguard import NetPolicy, http_request
 
-    cert, key = _self_signed(tmp_path)
-    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_tls.load_cert_chain(cert, key)
+    cert, key = make_cert(tmp_path)
     client_tls = ssl.create_default_context(cafile=str(cert))
     size, cap = 200_000, 100_000
-    with serve_http(tls=server_tls) as server:
+    with serve_http(tls=server_tls(cert, key)) as server:
         policy = NetPolicy(
             allow_private_network=True, ssl_context=client_tls, bandwidth=ByteBucket(cap)
         )

@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 
-from hub import archiver, cli, provision, replication, resolver, states
+from hub import archiver, cli, provision, replication, resolver
 from hub.model import Task
 from hub.service import build_task
 from hub.timefmt import from_wire
-
-EVERY = {"kind": "demo.sleep", "input": {"ms": 1}, "schedule": {"every": 60}}
+from tests.test_archiver import EVERY, results
 
 
 @pytest.fixture(scope="module")
@@ -33,33 +32,6 @@ def tasks(farm) -> list[Task]:
     for task in made:
         farm.hub.put(farm.db, task.to_doc())
     return made
-
-
-@pytest.fixture
-def month(farm) -> str:
-    """A fresh results database for one test, named as a month long past."""
-    name = f"{farm.db}_results_{1900 + secrets.randbelow(99)}_{secrets.randbelow(12) + 1:02d}"
-    farm.admin.delete_db(name)
-    provision.ensure_results_db(farm.admin, name)
-    return name
-
-
-def finished(task: Task, due, ok: bool):
-    occ = states.claim(states.materialize(task, due, due), "w1", due + timedelta(seconds=1))
-    if ok:
-        return states.finish(occ, "w1", due + timedelta(seconds=3),
-                             started_at=due + timedelta(seconds=1), output={"n": 1})  # fmt: skip
-    return states.fail(occ, "w1", due + timedelta(seconds=2), error="boom", permanent=True)
-
-
-def results(task: Task, start, count: int, fail_every: int = 0) -> list[dict[str, Any]]:
-    return [
-        archiver.to_result(
-            finished(task, start + timedelta(minutes=k),
-                     ok=not (fail_every and k % fail_every == 0))
-        ).to_doc()
-        for k in range(count)
-    ]  # fmt: skip
 
 
 def stored(farm, month: str, task: Task) -> list[dict[str, Any]]:
@@ -121,12 +93,12 @@ def fill(farm, month: str, tasks: list[Task]) -> None:
     now = farm.now()
     start = now.replace(microsecond=0, second=0) - timedelta(days=1)
     acme, globex = tasks
-    legacy = results(acme, start, 7, fail_every=3)
+    legacy = results(acme, start, 7, every_nth_fails=3)
     assert all("rev" in r for r in farm.hub.bulk_docs(month, legacy))
     archiver.store_results(farm.hub, month, results(acme, start + timedelta(hours=1), 9, 4),
                            now - timedelta(hours=5))  # fmt: skip
     archiver.store_results(farm.hub, month, results(acme, start + timedelta(hours=2), 5), now)
-    archiver.store_results(farm.hub, month, results(globex, start, 6, fail_every=2), now)
+    archiver.store_results(farm.hub, month, results(globex, start, 6, every_nth_fails=2), now)
 
 
 # ---------------------------------------------------------------- rebuild
