@@ -63,8 +63,10 @@ def demo_task(now_stamp: str) -> Task:
     )
 
 
-def prepare(admin: Couch, db: str) -> list[str]:
+def prepare(admin: Couch, db: str, *, users: bool = True) -> list[str]:
     report, _ = provision.init(admin, db, now=admin.now(), hub_user="")
+    if not users:
+        return report.lines  # the standby gets them by replication
     # The demo's users get known passwords, so that the printed credentials always work.
     provision.add_user(admin, "hub", [provision.ADMIN_ROLE], PASSWORDS["hub"], replace=True)
     provision.add_user(
@@ -96,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for url in (primary_url, standby_url):
             admin = Couch(url, admin_user, admin_password)
-            for line in prepare(admin, args.db):
+            for line in prepare(admin, args.db, users=url == primary_url):
                 print(f"[init {url}] {line}")
         from hub import replication
 
@@ -104,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             replication.Endpoint(url, admin_user, admin_password, side)
             for url, side in ((primary_url, "primary"), (standby_url, "standby"))
         ]
+        for line in replication.copy_users(ends[0], ends[1]):
+            print(f"[replication] {line}")
         for line in replication.setup(ends[0], ends[1], args.db):
             print(f"[replication] {line}")
         hub = Couch(primary_url, "hub", PASSWORDS["hub"])

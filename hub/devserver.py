@@ -23,6 +23,8 @@ import requests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVER_SCRIPT = REPO_ROOT / "node_modules" / "pouchdb-server" / "bin" / "pouchdb-server"
+# Source fixes preloaded into the server; each is described in the file itself.
+FIXES_SCRIPT = Path(__file__).resolve().parent / "pouchdb_fixes.js"
 
 
 class DevServerError(RuntimeError):
@@ -76,6 +78,8 @@ class DevServer:
             [
                 node,
                 "--unhandled-rejections=warn",
+                "--require",
+                str(FIXES_SCRIPT),
                 str(SERVER_SCRIPT),
                 "--host",
                 self.host,

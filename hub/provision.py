@@ -12,7 +12,7 @@ from datetime import datetime
 
 from hub import designdocs
 from hub.couch import Conflict, Couch, NotFound
-from hub.timefmt import month_key
+from hub.timefmt import month_key, to_wire
 from hub.version import MIN_WORKER_VERSION, POLICY_DOC_ID, at_least
 
 ADMIN_ROLE = "farm_admin"
@@ -176,6 +176,8 @@ def add_user(
         "type": "user",
         "roles": roles,
         "password": password,
+        # The conflict resolver keeps the latest edit of a user edited on both servers.
+        "updated_at": to_wire(couch.now()),
     }
     try:
         couch.put("_users", doc)

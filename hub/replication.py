@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from hub import provision
+from hub import provision, resolver
 from hub.couch import Conflict, Couch, CouchError, NotFound
 from hub.timefmt import from_wire, to_wire
 
@@ -111,6 +111,31 @@ def setup(primary: Endpoint, standby: Endpoint, db: str) -> list[str]:
                 lines.append(f"{doc_id}: created")
             except Conflict:
                 lines.append(f"{doc_id}: exists")
+    return lines + settle_users(primary_admin, standby_admin)
+
+
+def copy_users(source: Endpoint, target: Endpoint) -> list[str]:
+    """Copy ``_users`` one way now, then settle conflicts on both servers.
+
+    Users are written on one server only (the primary) and reach the other by
+    replication: the same user written on both would be two branches once ``_users``
+    replicates (password hashes are salted, so never the same revision), and CouchDB
+    refuses to log a conflicted user in."""
+    source.couch().request(
+        "POST", "/_replicate", body={"source": source.db_url("_users"),
+                                     "target": target.db_url("_users")},
+    )  # fmt: skip
+    return settle_users(source.couch(), target.couch())
+
+
+def settle_users(*admins: Couch) -> list[str]:
+    """Settle conflicted user documents on each server (see ``resolver.settle_users``)."""
+    lines = []
+    for admin in admins:
+        settled = resolver.settle_users(admin)
+        if settled:
+            where = admin.active.label
+            lines.append(f"_users: {settled} conflicted user document(s) settled on {where}")
     return lines
 
 
@@ -262,7 +287,9 @@ def recover(
         )
         report.add(f"{name}: copied in {time.monotonic() - started:.1f} s")
     report.lines += [
-        f"replication {line}" for line in setup(target, source, db) if "created" in line
+        f"replication {line}" if "couchfarm-" in line else line
+        for line in setup(target, source, db)
+        if "created" in line or "settled" in line
     ]
     for name in databases:
         _verify(src, dst, name, sample, report)

@@ -16,7 +16,14 @@ the survivor of a failover holding a later-finished result than the one it was g
 201 for (``desktop_worker.confirm``), and ``validate_doc_update`` lets a worker replace a
 done result only with one that comes first in this order.
 - task: the last edit by hub time (``updated_at``) wins.
+- user (``_users``): the last edit (``updated_at``, stamped by ``hub add-worker`` and its
+  kin) wins. CouchDB refuses to log in a user whose document is in conflict, so only
+  server admins can settle these: ``hub replication setup|status`` and ``hub recover``
+  do (:func:`settle_users`), the hub service (a farm_admin) cannot read ``_users``.
 - worker and hub documents: the latest ``last_seen``/``at`` wins.
+
+Every tie falls to CouchDB's own winner order (revision number, then revision hash), so
+all copies pick the same leaf.
 
 The chosen leaf is kept (plus one revision on top of it when error histories had to be
 merged) and every other leaf is deleted, so every copy converges to the same document.
@@ -41,9 +48,18 @@ from hub.couch import Couch
 from hub.model import MAX_ERROR_HISTORY
 from hub.states import PROGRESS_RANK, State, finished_first, result_order, same_run
 
-__all__ = ["choose", "finished_first", "merged_errors", "resolve", "result_order", "same_run"]
+__all__ = [
+    "choose",
+    "finished_first",
+    "merged_errors",
+    "resolve",
+    "result_order",
+    "same_run",
+    "settle_users",
+]
 
 log = logging.getLogger("couchfarm.resolver")
+USER_PREFIX = "org.couchdb.user:"
 
 
 def _inverted(key: tuple[str, str]) -> tuple[tuple[int, ...], ...]:
@@ -57,11 +73,17 @@ def _occurrence_key(doc: dict[str, Any]) -> tuple:
     lease = doc.get("lease") or {}
     first = _inverted(result_order(doc.get("result")))
     claimed = lease.get("claimed_at", "")
-    return (rank, first, claimed, doc.get("updated_at", ""), doc.get("_rev", ""))
+    return (rank, first, claimed, doc.get("updated_at", ""), _rev_key(doc))
 
 
 def _result_key(doc: dict[str, Any]) -> tuple:
-    return (_inverted(result_order(doc)), doc.get("_rev", ""))
+    return (_inverted(result_order(doc)), _rev_key(doc))
+
+
+def _rev_key(doc: dict[str, Any]) -> tuple[int, str]:
+    """CouchDB's winner order among leaves: the longer history, then the larger hash."""
+    number, _, digest = str(doc.get("_rev", "")).partition("-")
+    return (int(number) if number.isdigit() else 0, digest)
 
 
 def choose(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -71,9 +93,9 @@ def choose(docs: list[dict[str, Any]]) -> dict[str, Any]:
         return max(docs, key=_occurrence_key)
     if doc_id.startswith("res:"):
         return max(docs, key=_result_key)
-    if doc_id.startswith("task:"):
-        return max(docs, key=lambda d: (d.get("updated_at", ""), d.get("_rev", "")))
-    return max(docs, key=lambda d: (d.get("last_seen", d.get("at", "")), d.get("_rev", "")))
+    if doc_id.startswith(("task:", USER_PREFIX)):
+        return max(docs, key=lambda d: (d.get("updated_at", ""), _rev_key(d)))
+    return max(docs, key=lambda d: (d.get("last_seen", d.get("at", "")), _rev_key(d)))
 
 
 def merged_errors(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -165,3 +187,12 @@ def resolve_all(couch: Couch, db: str, since: str = "0", batch: int = 500) -> tu
         if len(results) < batch or last == since:
             return resolved, last
         since = last
+
+
+def settle_users(admin: Couch) -> int:
+    """Settle every conflicted ``_users`` document (server admins only). A user edited on
+    both servers while they were apart cannot log in on CouchDB until this runs."""
+    resolved, _seq = resolve_all(admin, "_users")
+    if resolved:
+        log.info("event=users_settled count=%d", resolved)
+    return resolved

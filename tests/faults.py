@@ -218,9 +218,11 @@ def run_fault(tmp: Path, cfg: FaultConfig) -> FaultReport:
         for end in ends:
             admin = end.couch()
             provision.init(admin, DB, now=admin.now(), hub_user="")
-            provision.add_user(admin, "hub", [provision.ADMIN_ROLE], hub_pw, replace=True)
-            for name in cfg.workers:
-                provision.add_user(admin, name, [provision.WORKER_ROLE], worker_pw, replace=True)
+        admin = ends[0].couch()
+        provision.add_user(admin, "hub", [provision.ADMIN_ROLE], hub_pw, replace=True)
+        for name in cfg.workers:
+            provision.add_user(admin, name, [provision.WORKER_ROLE], worker_pw, replace=True)
+        replication.copy_users(ends[0], ends[1])
         replication.setup(ends[0], ends[1], DB)
         hub_couch = Couch([primary.url, standby.url], "hub", hub_pw)
         stamp = to_wire(hub_couch.now())

@@ -20,7 +20,7 @@ from desktop_worker import readyset
 from desktop_worker.config import WorkerConfig
 from desktop_worker.engine import Engine, EngineEvent, EngineState
 from desktop_worker.spool import Spool
-from hub import provision, states
+from hub import provision, replication, states
 from hub.couch import Couch
 from hub.devserver import DevServer
 from hub.model import Backoff, Occurrence, Result, Task, result_id, task_id, worker_id
@@ -595,7 +595,13 @@ def test_result_is_spooled_while_the_server_is_down_and_uploaded_when_it_returns
 
 def test_uploaded_result_stays_until_seen_on_the_standby(farm, make_engine, standby_server):
     standby = standby_server.admin()
-    _provision(standby, farm)
+    provision.init(standby, farm.db, now=standby.now(), hub_user="")
+    replication.copy_users(
+        replication.Endpoint(farm.server.url, farm.server.admin_user,
+                             farm.server.admin_password, "primary"),
+        replication.Endpoint(standby_server.url, standby_server.admin_user,
+                             standby_server.admin_password, "standby"),
+    )  # fmt: skip
     ids = seed(farm.hub, farm.db, "confirm", "confirm", 2, ms=0)
     engine, rec = make_engine("w2", "confirm", urls=[farm.server.url, standby_server.url])
     for occ_id in ids:

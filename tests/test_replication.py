@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from hub import provision, replication, resolver, states
-from hub.couch import Couch
+from hub.couch import Couch, CouchError
 from hub.devserver import DevServer
 from hub.model import Occurrence, Task, task_id
 from hub.serve import Hub, HubConfig
@@ -28,29 +28,20 @@ def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "") -
 
 @pytest.fixture()
 def pair(couch_server, standby_server, passwords):
-    """A fresh farm database on both servers, not yet replicating."""
+    """A fresh farm database on both servers, not yet replicating; the users are written
+    on the primary and copied to the standby, as in production."""
     db = f"farm_repl_{secrets.token_hex(3)}"
     ends = []
     for info, name in ((couch_server, "primary"), (standby_server, "standby")):
         admin = info.admin()
         provision.init(admin, db, now=admin.now(), hub_user="")
-        for user, role in (("hub", provision.ADMIN_ROLE), ("w1", provision.WORKER_ROLE),
-                           ("w2", provision.WORKER_ROLE)):  # fmt: skip
-            provision.add_user(admin, user, [role], passwords[user], replace=True)
-        if info.is_pouchdb:
-            _drop_validation(admin, db)
         ends.append(replication.Endpoint(info.url, info.admin_user, info.admin_password, name))
+    admin = couch_server.admin()
+    for user, role in (("hub", provision.ADMIN_ROLE), ("w1", provision.WORKER_ROLE),
+                       ("w2", provision.WORKER_ROLE)):  # fmt: skip
+        provision.add_user(admin, user, [role], passwords[user], replace=True)
+    replication.copy_users(ends[0], ends[1])
     return db, ends[0], ends[1]
-
-
-def _drop_validation(admin, db: str) -> None:
-    """POUCHDB: with any validate_doc_update in a database, PouchDB Server silently drops
-    conflicting revisions that arrive by replication (measured: even an empty function,
-    even for _admin), so a split brain could never show a conflict there. On PouchDB the
-    replication tests run without validation; on CouchDB 3 (COUCHDB_URL) they keep it."""
-    ddoc = admin.get(db, "_design/farm")
-    ddoc.pop("validate_doc_update", None)
-    admin.put(db, ddoc)
 
 
 def _occurrence(now) -> Occurrence:
@@ -60,7 +51,6 @@ def _occurrence(now) -> Occurrence:
     return states.materialize(task, now.replace(microsecond=0), now)
 
 
-@pytest.mark.pouchdb_difference
 def test_split_brain_conflict_converges_after_reconnect(pair, passwords):
     db, primary, standby = pair
     p_admin, s_admin = primary.couch(), standby.couch()
@@ -97,7 +87,6 @@ def test_split_brain_conflict_converges_after_reconnect(pair, passwords):
     assert final["state"] == "done" and final["result"]["worker"] == "w2"
 
 
-@pytest.mark.pouchdb_difference
 def test_split_brain_two_results_the_first_finished_wins_on_both(pair, passwords):
     """Cut apart, the occurrence runs on both sides; the later finish is on the primary.
     After reconnecting, the resolver keeps the standby's earlier result on both copies, and
@@ -155,6 +144,45 @@ def test_resolver_rules():
                     {"attempt": 2, "at": "2027-01-01T00:00:02.000Z", "error": "b"}]},
     ])  # fmt: skip
     assert [e["error"] for e in errors] == ["a", "b"]
+    # Users: the last edit wins; without stamps, CouchDB's own order (10- is after 9-).
+    user = {"_id": "org.couchdb.user:w1"}
+    edited = {**user, "_rev": "2-a", "updated_at": "2027-01-02T00:00:00.000Z"}
+    assert resolver.choose([edited, {**user, "_rev": "9-f"}])["_rev"] == "2-a"
+    assert resolver.choose([{**user, "_rev": "9-f"}, {**user, "_rev": "10-a"}])["_rev"] == "10-a"
+
+
+def test_a_user_edited_on_both_servers_is_settled_and_can_log_in_again(pair, passwords):
+    """Salted password hashes make two writes of one user two branches once ``_users``
+    replicates; CouchDB (and PouchDB Server, with its validation fixed) then refuses that
+    user's logins until an admin command settles it: the latest edit wins."""
+    db, primary, standby = pair
+    name = f"u{secrets.token_hex(3)}"
+    # Cut apart: other tests may have left _users replicating between these servers.
+    for source, target in ((primary, standby), (standby, primary)):
+        admin = source.couch()
+        current = admin.get_or_none("_replicator", replication.replication_id("_users", source,
+                                                                              target))  # fmt: skip
+        if current:
+            admin.delete("_replicator", current["_id"], current["_rev"])
+    for end, password in ((primary, "first-pass"), (standby, "second-pass")):
+        provision.add_user(end.couch(), name, [provision.WORKER_ROLE], password)
+    for source, target in ((primary, standby), (standby, primary)):
+        body = {"source": source.db_url("_users"), "target": target.db_url("_users")}
+        primary.couch().request("POST", "/_replicate", body=body)
+    user_doc = provision.user_doc_id(name)
+    assert primary.couch().get("_users", user_doc, conflicts="true").get("_conflicts")
+    with pytest.raises(CouchError):
+        Couch(primary.url, name, "second-pass", retries=0).db_info(db)
+    lines = replication.settle_users(primary.couch(), standby.couch())
+    assert lines and "settled" in lines[0]
+    for end in (primary, standby):
+        doc = end.couch().get("_users", user_doc, conflicts="true")
+        assert not doc.get("_conflicts")
+        assert Couch(end.url, name, "second-pass").db_info(db)["db_name"] == db
+    replication.setup(primary, standby, db)  # reconnected: nothing conflicts again
+    time.sleep(1.0)
+    for end in (primary, standby):
+        assert not end.couch().get("_users", user_doc, conflicts="true").get("_conflicts")
 
 
 def test_setup_is_idempotent_and_health_reports_lag(pair):

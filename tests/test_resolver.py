@@ -124,10 +124,12 @@ def split(couch_server, standby_server, passwords):
     for info, name in ((couch_server, "primary"), (standby_server, "standby")):
         admin = info.admin()
         provision.init(admin, db, now=admin.now(), hub_user="")
-        provision.add_user(admin, "hub", [provision.ADMIN_ROLE], passwords["hub"], replace=True)
-        for user in ("w1", "w2"):
-            provision.add_user(admin, user, [provision.WORKER_ROLE], passwords[user], replace=True)
         ends.append(replication.Endpoint(info.url, info.admin_user, info.admin_password, name))
+    admin = couch_server.admin()
+    provision.add_user(admin, "hub", [provision.ADMIN_ROLE], passwords["hub"], replace=True)
+    for user in ("w1", "w2"):
+        provision.add_user(admin, user, [provision.WORKER_ROLE], passwords[user], replace=True)
+    replication.copy_users(ends[0], ends[1])
     return db, ends[0], ends[1]
 
 

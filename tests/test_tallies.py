@@ -387,7 +387,6 @@ def test_a_bad_month_or_task_is_refused_by_name(farm, hub_env, capsys):
 # ---------------------------------------------------------------- conflicted tallies
 
 
-@pytest.mark.pouchdb_difference
 def test_a_tally_conflicted_by_a_partition_is_settled_by_a_recount(
     couch_server, standby_server, passwords
 ):
@@ -399,16 +398,12 @@ def test_a_tally_conflicted_by_a_partition_is_settled_by_a_recount(
     for info, name in ((couch_server, "primary"), (standby_server, "standby")):
         admin = info.admin()
         provision.init(admin, db, now=admin.now(), hub_user="")
-        provision.add_user(admin, "hub", [provision.ADMIN_ROLE], passwords["hub"], replace=True)
         provision.ensure_results_db(admin, month)
-        if info.is_pouchdb:
-            # POUCHDB: with a validate_doc_update it drops replicated conflicting
-            # revisions silently (see tests/test_replication.py), so no conflict would form.
-            ddoc = admin.get(month, "_design/results")
-            ddoc.pop("validate_doc_update", None)
-            admin.put(month, ddoc)
         ends.append(replication.Endpoint(info.url, info.admin_user, info.admin_password, name))
         conns.append(info.as_user("hub", passwords["hub"]))
+    hub_user = [provision.ADMIN_ROLE]
+    provision.add_user(couch_server.admin(), "hub", hub_user, passwords["hub"], replace=True)
+    replication.copy_users(ends[0], ends[1])
     primary, standby = conns
     now = primary.now()
     task = build_task("acme", "split", EVERY, now - timedelta(days=2))

@@ -1,0 +1,71 @@
+// Preloaded into PouchDB Server by hub/devserver.py (`node --require`): source fixes for
+// places where PouchDB Server 4.2.0 breaks CouchDB 3 semantics that Couchfarm relies on.
+// Each fix names the file it patches and the exact text it expects; if the text is not
+// there (a different version), the server refuses to start instead of running unpatched.
+'use strict';
+const Module = require('module');
+const path = require('path');
+
+const FIXES = [
+  {
+    // pouchdb-validation sets the incoming document's `_revisions` to the local winner's
+    // history so that validate_doc_update can see one, and leaves it there. For a
+    // replicated revision (new_edits=false) `_revisions`, or its absence (PouchDB's
+    // replicator sends first-generation revisions without it), is what places the
+    // revision in the tree, so every conflicting revision that arrived by replication
+    // became a copy of the local one and was silently dropped whenever the database had
+    // any validate_doc_update. CouchDB keeps it as a conflict. Show validation a history
+    // as before, then give the document back exactly what it brought.
+    file: path.join('pouchdb-validation', 'lib', 'index.js'),
+    find:
+      '  newDoc._revisions = (oldDoc || {})._revisions;\n\n' +
+      '  try {\n' +
+      '    validationFuncs.forEach(function (validationFuncInfo) {\n' +
+      '      var func = validationFuncInfo.func;\n' +
+      '      var designDoc = validationFuncInfo.designDoc;\n' +
+      '      func.call(designDoc, newDoc, oldDoc, options.userCtx, options.secObj);\n' +
+      '    });\n' +
+      '  } catch (e) {\n',
+    replace:
+      '  var ownRevisions = newDoc._revisions;\n' +
+      '  newDoc._revisions = ownRevisions || (oldDoc || {})._revisions;\n\n' +
+      '  try {\n' +
+      '    validationFuncs.forEach(function (validationFuncInfo) {\n' +
+      '      var func = validationFuncInfo.func;\n' +
+      '      var designDoc = validationFuncInfo.designDoc;\n' +
+      '      func.call(designDoc, newDoc, oldDoc, options.userCtx, options.secObj);\n' +
+      '    });\n' +
+      '    restoreRevisions(newDoc, ownRevisions);\n' +
+      '  } catch (e) {\n' +
+      '    restoreRevisions(newDoc, ownRevisions);\n',
+    append:
+      '\nfunction restoreRevisions(doc, own) {\n' +
+      '  if (own === undefined) { delete doc._revisions; } else { doc._revisions = own; }\n' +
+      '}\n',
+  },
+];
+
+const originalCompile = Module.prototype._compile;
+Module.prototype._compile = function (content, filename) {
+  for (const fix of FIXES) {
+    if (filename.endsWith(path.sep + fix.file)) {
+      if (content.split(fix.find).length !== 2) {
+        throw new Error(
+          `couchfarm pouchdb_fixes: ${filename} does not contain the text this fix expects; ` +
+          'is this the PouchDB Server version pinned in package.json?'
+        );
+      }
+      content = content.replace(fix.find, fix.replace) + (fix.append || '');
+      fix.applied = true;
+    }
+  }
+  return originalCompile.call(this, content, filename);
+};
+
+process.on('exit', () => {
+  // Visible in server.out: which fixes this process actually applied.
+  const missing = FIXES.filter((fix) => !fix.applied).map((fix) => fix.file);
+  if (missing.length) {
+    console.error(`couchfarm pouchdb_fixes: never loaded: ${missing.join(', ')}`);
+  }
+});

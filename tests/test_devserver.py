@@ -1,0 +1,38 @@
+"""The PouchDB Server stand-in: its source fixes are applied, or the server refuses to run."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hub.devserver import FIXES_SCRIPT, REPO_ROOT
+
+NODE = shutil.which("node")
+pytestmark = pytest.mark.skipif(NODE is None, reason="Node.js is installed by make setup")
+
+
+def _load_with_fixes(module: Path) -> subprocess.CompletedProcess[str]:
+    script = f"process.stdout.write(String(typeof require({str(module)!r})))"
+    return subprocess.run(
+        [str(NODE), "--require", str(FIXES_SCRIPT), "-e", script],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_the_pinned_validation_plugin_loads_with_the_fix():
+    pinned = REPO_ROOT / "node_modules" / "pouchdb-validation" / "lib" / "index.js"
+    run = _load_with_fixes(pinned)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "object"
+
+
+def test_an_unknown_version_of_the_plugin_refuses_to_load(tmp_path):
+    other = tmp_path / "node_modules" / "pouchdb-validation" / "lib" / "index.js"
+    other.parent.mkdir(parents=True)
+    other.write_text("exports.version = 'not the pinned one';\n")
+    run = _load_with_fixes(other)
+    assert run.returncode != 0
+    assert "does not contain the text this fix expects" in run.stderr
