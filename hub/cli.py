@@ -212,7 +212,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         for link in health.links:
             lag = "unknown" if link.lag_seconds is None else f"{link.lag_seconds:.1f} s"
             print(
-                f"replication {link.source} -> {link.target}: {link.state}, lag {lag}, "
+                f"replication {link.db} {link.source} -> {link.target}: {link.state}, lag {lag}, "
                 f"{link.lag_docs} doc(s) apart"
             )
     return 0

@@ -188,6 +188,8 @@ def link_health(
     source_side: str,
     target_side: str,
     admin: Couch | None = None,
+    *,
+    probe: bool = True,
 ) -> LinkHealth:
     try:
         src_info, dst_info = source.db_info(db), target.db_info(db)
@@ -196,8 +198,8 @@ def link_health(
             - (dst_info["doc_count"] + dst_info.get("doc_del_count", 0))
         )
         probe_id = f"{PROBE_ID}:{source_side}"
-        at_source = source.get_or_none(db, probe_id)
-        at_target = target.get_or_none(db, probe_id)
+        at_source = source.get_or_none(db, probe_id) if probe else None
+        at_target = target.get_or_none(db, probe_id) if probe else None
         lag_seconds: float | None = None
         if at_source and at_target:
             behind = from_wire(at_source["at"]) - from_wire(at_target["at"])
@@ -224,18 +226,45 @@ def _scheduler_state(admin: Couch, db: str, source_side: str, target_side: str) 
     return str(doc.get("_replication_state", "unknown"))
 
 
-def status(primary: Couch, standby: Couch, db: str, *, admin: bool = False) -> Health:
-    """Health of both directions for the live database (the one that matters for work).
+def watched_databases(primary: Couch, standby: Couch, db: str, *, admin: bool) -> list[str]:
+    """The databases whose replication is reported: every farm database for server admins;
+    for the hub (a farm_admin, which may not list databases) the live one and this month's
+    results database once it exists."""
+    if admin:
+        for couch in (primary, standby):
+            try:
+                return farm_databases(couch, db)
+            except CouchError:
+                continue
+        return [db]
+    month = provision.results_db(db, primary.now())
+    for couch in (primary, standby):
+        try:
+            couch.db_info(month)
+            return [db, month]
+        except NotFound:
+            return [db]
+        except CouchError:
+            continue
+    return [db]
 
-    With ``admin`` (the connections are server admins) the replications' own states are
-    read too; the hub service, a farm_admin, reports lag only."""
+
+def status(primary: Couch, standby: Couch, db: str, *, admin: bool = False) -> Health:
+    """Health of both directions of each watched database (:func:`watched_databases`).
+
+    Lag in seconds comes from the probe documents, which live in the live database (the
+    one that matters for work); every database reports its lag in documents. With
+    ``admin`` (the connections are server admins) the replications' own states are read
+    too; the hub service, a farm_admin, reports lag only."""
     health = Health(at=to_wire(primary.now()))
-    health.links.append(
-        link_health(primary, standby, db, "primary", "standby", primary if admin else None)
-    )
-    health.links.append(
-        link_health(standby, primary, db, "standby", "primary", standby if admin else None)
-    )
+    for name in watched_databases(primary, standby, db, admin=admin):
+        directions = ((primary, standby, "primary", "standby"),
+                      (standby, primary, "standby", "primary"))  # fmt: skip
+        for source, target, source_side, target_side in directions:
+            reader = source if admin else None
+            link = link_health(source, target, name, source_side, target_side, reader,
+                               probe=name == db)  # fmt: skip
+            health.links.append(link)
     for link in health.links:
         if not link.healthy:
             log.warning(

@@ -151,41 +151,41 @@ def test_resolver_rules():
     assert resolver.choose([{**user, "_rev": "9-f"}, {**user, "_rev": "10-a"}])["_rev"] == "10-a"
 
 
-def test_a_user_edited_on_both_servers_is_settled_and_can_log_in_again(pair, passwords):
-    """Salted password hashes make two writes of one user two branches once ``_users``
-    replicates; CouchDB (and PouchDB Server, with its validation fixed) then refuses that
-    user's logins until an admin command settles it: the latest edit wins."""
+def test_a_conflicted_user_is_settled_and_can_log_in_again(pair, passwords):
+    """Salted password hashes make the same user written on both servers two branches once
+    ``_users`` replicates; CouchDB (and PouchDB Server, with its validation fixed) then
+    refuses that user's logins until an admin command settles it: the latest edit wins.
+    The second branch is written directly (``new_edits=false``), as replication would,
+    so the session's standing replications need not be cut."""
     db, primary, standby = pair
-    name = f"u{secrets.token_hex(3)}"
-    # Cut apart: other tests may have left _users replicating between these servers.
-    for source, target in ((primary, standby), (standby, primary)):
-        admin = source.couch()
-        current = admin.get_or_none("_replicator", replication.replication_id("_users", source,
-                                                                              target))  # fmt: skip
-        if current:
-            admin.delete("_replicator", current["_id"], current["_rev"])
-    for end, password in ((primary, "first-pass"), (standby, "second-pass")):
-        provision.add_user(end.couch(), name, [provision.WORKER_ROLE], password)
-    for source, target in ((primary, standby), (standby, primary)):
-        body = {"source": source.db_url("_users"), "target": target.db_url("_users")}
-        primary.couch().request("POST", "/_replicate", body=body)
+    admin = primary.couch()
+    name, donor = f"u{secrets.token_hex(3)}", f"d{secrets.token_hex(3)}"
+    provision.add_user(admin, name, [provision.WORKER_ROLE], "first-pass")
+    provision.add_user(admin, donor, [provision.WORKER_ROLE], "second-pass")
     user_doc = provision.user_doc_id(name)
-    assert primary.couch().get("_users", user_doc, conflicts="true").get("_conflicts")
+    hashed = admin.get("_users", provision.user_doc_id(donor))
+    branch = {key: hashed[key] for key in ("iterations", "password_scheme", "salt",
+                                           "derived_key") if key in hashed}  # fmt: skip
+    branch |= {"_id": user_doc, "_rev": f"1-{secrets.token_hex(16)}", "name": name,
+               "type": "user", "roles": [provision.WORKER_ROLE],
+               "updated_at": to_wire(admin.now() + timedelta(seconds=1))}  # fmt: skip
+    admin.request("POST", "/_users/_bulk_docs", body={"docs": [branch], "new_edits": False})
+    assert admin.get("_users", user_doc, conflicts="true").get("_conflicts")
     with pytest.raises(CouchError):
         Couch(primary.url, name, "second-pass", retries=0).db_info(db)
-    lines = replication.settle_users(primary.couch(), standby.couch())
-    assert lines and "settled" in lines[0]
+    # The admin commands copy and settle (the standby got both branches too).
+    lines = replication.copy_users(primary, standby)
+    assert lines and "1 conflicted user document(s) settled" in lines[0]
     for end in (primary, standby):
         doc = end.couch().get("_users", user_doc, conflicts="true")
         assert not doc.get("_conflicts")
         assert Couch(end.url, name, "second-pass").db_info(db)["db_name"] == db
-    replication.setup(primary, standby, db)  # reconnected: nothing conflicts again
-    time.sleep(1.0)
-    for end in (primary, standby):
-        assert not end.couch().get("_users", user_doc, conflicts="true").get("_conflicts")
+    assert provision.user_roles(admin, donor) == [provision.WORKER_ROLE]
+    donor_doc = admin.get("_users", provision.user_doc_id(donor))
+    admin.delete("_users", donor_doc["_id"], donor_doc["_rev"])
 
 
-def test_setup_is_idempotent_and_health_reports_lag(pair):
+def test_setup_is_idempotent_and_health_reports_lag(pair, passwords):
     db, primary, standby = pair
     first = replication.setup(primary, standby, db)
     assert any("created" in line for line in first)
@@ -197,6 +197,25 @@ def test_setup_is_idempotent_and_health_reports_lag(pair):
     forward = health.links[0]
     assert forward.error is None and forward.lag_seconds is not None and forward.lag_seconds < 5
     assert forward.healthy
+    # Every farm database's replication is reported, both ways: to the hub the live one and
+    # this month's results; to a server admin also _users, with the replications' states.
+    month = provision.results_db(db, p_admin.now())
+    provision.ensure_results_db(p_admin, month)
+    replication.setup(primary, standby, db)
+    wait_for(lambda: s_admin.get_or_none(month, "_design/results") is not None, what="month")
+    hub = Couch([primary.url, standby.url], "hub", passwords["hub"])
+    as_hub = replication.status(hub.for_server(0), hub.for_server(1), db)
+    assert [(link.db, link.source) for link in as_hub.links] == [
+        (db, "primary"), (db, "standby"), (month, "primary"), (month, "standby")]  # fmt: skip
+    assert all(link.error is None for link in as_hub.links), as_hub.as_dict()
+    as_admin = replication.status(p_admin, s_admin, db, admin=True)
+    assert {link.db for link in as_admin.links} == {"_users", db, month}
+
+    def states_known() -> bool:  # a replication just (re)created has no state for a moment
+        links = replication.status(p_admin, s_admin, db, admin=True).links
+        return all(link.state not in ("unknown", "unreachable") for link in links)
+
+    wait_for(states_known, what="every replication's state")
 
 
 def test_recover_rebuilds_a_primary_from_the_standby(pair, tmp_path, standby_server):
