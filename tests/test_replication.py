@@ -191,8 +191,13 @@ def test_setup_is_idempotent_and_health_reports_lag(pair, passwords):
     assert any("created" in line for line in first)
     assert all("exists" in line for line in replication.setup(primary, standby, db))
     p_admin, s_admin = primary.couch(), standby.couch()
-    replication.write_probe(p_admin, db, "primary")
-    wait_for(lambda: s_admin.get_or_none(db, "hub:probe:primary") is not None, what="probe")
+    # Written twice: an update must replicate, not only a new document (PouchDB Server's
+    # validation used to drop every replicated revision of a document the target had).
+    for _ in range(2):
+        replication.write_probe(p_admin, db, "primary")
+        written = p_admin.get(db, "hub:probe:primary")["_rev"]
+        wait_for(lambda rev=written: (s_admin.get_or_none(db, "hub:probe:primary") or {})
+                 .get("_rev") == rev, what="the latest probe on the standby")  # fmt: skip
     health = replication.status(p_admin, s_admin, db)
     forward = health.links[0]
     assert forward.error is None and forward.lag_seconds is not None and forward.lag_seconds < 5
