@@ -151,7 +151,15 @@ def resolve(
     rows = couch.bulk_docs(db, writes)
     failed = [row for row in rows if "rev" not in row]
     if failed:
-        log.warning("event=resolve_incomplete doc=%s rows=%s", winner["_id"], failed)
+        # A 409 here usually means replication already brought the other server's
+        # deletion of that same leaf: only a leaf still live is a real leftover.
+        now = couch.get_or_none(db, winner["_id"], conflicts="true") or {}
+        left = set(now.get("_conflicts", [])) & set(losers)
+        if left:
+            log.warning(
+                "event=resolve_incomplete doc=%s left=%s rows=%s", winner["_id"], sorted(left),
+                failed,
+            )  # fmt: skip
     for loser in candidates:
         if loser["_rev"] != winner["_rev"]:
             # A dropped result is named (worker, finish time) so it can be traced later.
