@@ -294,11 +294,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     conn = _conn(args)
     admin = None
+    ends = None
     if args.admin_password_file:
         from hub.couch import Couch
 
-        admin = Couch(conn.urls, args.admin_user, read_password_file(args.admin_password_file))
-    hub = Hub(conn.couch(), HubConfig(db=conn.db, retention_days=args.retention_days), admin=admin)
+        admin_password = read_password_file(args.admin_password_file)
+        admin = Couch(conn.urls, args.admin_user, admin_password)
+        if len(conn.urls) == 2:
+            from hub.replication import Endpoint
+
+            primary_url, standby_url = conn.urls
+            ends = (Endpoint(primary_url, args.admin_user, admin_password, "primary"),
+                    Endpoint(standby_url, args.admin_user, admin_password, "standby"))  # fmt: skip
+    hub = Hub(conn.couch(), HubConfig(db=conn.db, retention_days=args.retention_days),
+              admin=admin, replication_ends=ends)  # fmt: skip
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -114,6 +114,21 @@ def setup(primary: Endpoint, standby: Endpoint, db: str) -> list[str]:
     return lines + settle_users(primary_admin, standby_admin)
 
 
+def retire(primary: Endpoint, standby: Endpoint, databases: list[str]) -> list[str]:
+    """Remove both replications of each database about to be dropped (a replication whose
+    source is gone only fails, and one towards a dropped target would re-fill it)."""
+    lines = []
+    for name in databases:
+        for source, target in ((primary, standby), (standby, primary)):
+            admin = source.couch()
+            doc_id = replication_id(name, source, target)
+            current = admin.get_or_none("_replicator", doc_id)
+            if current is not None:
+                admin.delete("_replicator", doc_id, current["_rev"])
+                lines.append(f"{doc_id}: removed")
+    return lines
+
+
 def copy_users(source: Endpoint, target: Endpoint) -> list[str]:
     """Copy ``_users`` one way now, then settle conflicts on both servers.
 

@@ -8,7 +8,8 @@ clock and ``hub serve`` drives them with APScheduler and the server's clock):
 - reap: expired leases back to ready or buried, due retries promoted (every 2 s);
 - archive: finished occurrences to the month's results database (every 30 s);
 - retention: drop expired months, create the next month's database (hourly, needs a
-  server-admin connection; without one it logs what it could not do).
+  server-admin connection; without one it logs what it could not do). With a standby it
+  does both on both servers, and adds or removes those months' replications.
 
 Two ``hub serve`` processes can run side by side: occurrence ids are deterministic, so
 the second create of any occurrence is a 409 and nothing is materialized twice.
@@ -62,6 +63,9 @@ class Hub:
     config: HubConfig = field(default_factory=HubConfig)
     admin: Couch | None = None
     clock: Callable[[], datetime] | None = None
+    # Server-admin endpoints of primary and standby: the hub then creates each new month's
+    # results database on both, with its replications, and retires expired months on both.
+    replication_ends: tuple[replication.Endpoint, replication.Endpoint] | None = None
 
     def __post_init__(self) -> None:
         self.materializer = Materializer(self.couch, self.config.db)
@@ -166,9 +170,44 @@ class Hub:
             )
             return []
         now = self.now()
-        for ahead in (now, now + timedelta(days=32)):
-            provision.ensure_results_db(self.admin, provision.results_db(self.config.db, ahead))
-        return archiver.drop_expired(self.admin, self.config.db, now, self.config.retention_days)
+        ahead = (now, now + timedelta(days=32))
+        months = [provision.results_db(self.config.db, at) for at in ahead]
+        # Every server, not only the one in use: `_security` does not replicate, and a
+        # month the standby lacks would have nowhere to replicate to.
+        servers = [self.admin.for_server(index) for index in range(len(self.admin.servers))]
+        for server in servers:
+            try:
+                for month in months:
+                    provision.ensure_results_db(server, month)
+            except CouchError as exc:
+                log.warning("event=month_create_failed server=%s error=%r", server.active.label,
+                            str(exc))  # fmt: skip
+        expired = archiver.expired_months(
+            self.admin.all_dbs(), self.config.db, now, self.config.retention_days
+        )
+        ends = self.replication_ends
+        if ends is not None and expired:
+            try:
+                replication.retire(*ends, expired)  # first: it would re-fill a dropped copy
+            except CouchError as exc:
+                log.warning("event=replication_retire_failed error=%r", str(exc))
+        dropped: list[str] = []
+        for server in servers:
+            try:
+                dropped += archiver.drop_expired(
+                    server, self.config.db, now, self.config.retention_days
+                )
+            except CouchError as exc:
+                log.warning("event=retention_failed server=%s error=%r", server.active.label,
+                            str(exc))  # fmt: skip
+        if ends is not None:
+            try:
+                for line in replication.setup(*ends, self.config.db):
+                    if "created" in line or "settled" in line:
+                        log.info("event=replication_setup %s", line)
+            except CouchError as exc:
+                log.warning("event=replication_setup_failed error=%r", str(exc))
+        return sorted(set(dropped))
 
     def follow_once(self, wait: float | None = None) -> int:
         results, self._since = self.couch.changes(

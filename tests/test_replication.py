@@ -271,3 +271,32 @@ def test_hub_rebuilds_its_schedule_from_the_server_it_fails_over_to(pair, passwo
     hub_couch._fail_over_from(0)  # what the dead primary does to the hub's client
     assert hub.materialize() == 3
     assert occurrence_ids(standby) == on_primary
+
+
+def test_the_hub_creates_new_months_with_replications_and_retires_old_ones(pair, passwords):
+    db, primary, standby = pair
+    p_admin, s_admin = primary.couch(), standby.couch()
+    expired = f"{db}_results_2020_01"
+    for admin in (p_admin, s_admin):
+        provision.ensure_results_db(admin, expired)
+    replication.setup(primary, standby, db)
+    assert p_admin.get_or_none("_replicator", replication.replication_id(expired, primary,
+                                                                          standby))  # fmt: skip
+    admin = Couch([primary.url, standby.url], primary.user, primary.password)
+    hub = Hub(Couch([primary.url, standby.url], "hub", passwords["hub"]), HubConfig(db=db),
+              admin=admin, replication_ends=(primary, standby))  # fmt: skip
+    now = hub.now()
+    next_month = provision.results_db(db, now + timedelta(days=32))
+
+    assert hub.retention() == [expired]
+    for couch in (p_admin, s_admin):
+        assert expired not in couch.all_dbs()
+        assert couch.get_security(next_month)["members"]["roles"]  # not replicated: set on both
+    for source, target, couch in ((primary, standby, p_admin), (standby, primary, s_admin)):
+        assert couch.get_or_none("_replicator", replication.replication_id(next_month, source,
+                                                                            target))  # fmt: skip
+        retired = replication.replication_id(expired, source, target)
+        assert couch.get_or_none("_replicator", retired) is None
+    p_admin.put(next_month, {"_id": "res:probe", "type": "probe"})
+    wait_for(lambda: s_admin.get_or_none(next_month, "res:probe") is not None,
+             what="a document in the new month on the standby")  # fmt: skip
