@@ -430,7 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the hub service (and the portal)")
     _connection_args(p)
     p.add_argument("--admin-user", default="admin", help="server admin, for monthly databases")
-    p.add_argument("--admin-password-file", help="server admin password file (retention)")
+    p.add_argument(
+        "--admin-password-file",
+        help="server admin password file: monthly databases created and dropped on every "
+        "server, and their replications kept (without it: the hub only warns)",
+    )
     p.add_argument("--retention-days", type=int, default=90)
     p.add_argument("--portal-host", default="127.0.0.1")
     p.add_argument("--portal-port", type=int, default=8080, help="-1 disables the portal")
