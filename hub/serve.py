@@ -255,8 +255,9 @@ class Hub:
                 log.warning("event=follow_row_failed doc=%s error=%r", row.get("id"), str(exc))
 
     def watch_replication(self) -> replication.Health | None:
-        """Probe both directions (lag in seconds and documents); settle conflicts in the
-        monthly results databases, which the live feed does not cover."""
+        """Probe both directions (lag in seconds and documents; with server-admin
+        credentials also each replication's state, for every farm database); settle
+        conflicts in the monthly results databases, which the live feed does not cover."""
         if len(self.couch.servers) < 2:
             return None
         primary, standby = self.couch.for_server(0), self.couch.for_server(1)
@@ -265,7 +266,12 @@ class Hub:
                 replication.write_probe(couch, self.config.db, side)
             except CouchError as exc:
                 log.warning("event=probe_failed side=%s error=%r", side, str(exc))
-        self.replication_health = replication.status(primary, standby, self.config.db)
+        if self.admin is not None and len(self.admin.servers) >= 2:
+            # A server admin may read the replications' own states and every database.
+            readers = (self.admin.for_server(0), self.admin.for_server(1))
+            self.replication_health = replication.status(*readers, self.config.db, admin=True)
+        else:
+            self.replication_health = replication.status(primary, standby, self.config.db)
         month_db = provision.results_db(self.config.db, self.now())
         since = self._resolved_results_since.get(month_db, "0")
         try:

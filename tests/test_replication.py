@@ -297,6 +297,10 @@ def test_the_hub_creates_new_months_with_replications_and_retires_old_ones(pair,
                                                                             target))  # fmt: skip
         retired = replication.replication_id(expired, source, target)
         assert couch.get_or_none("_replicator", retired) is None
+    health = hub.watch_replication()  # with server-admin credentials: states, every db
+    assert health is not None and {link.db for link in health.links} >= {"_users", db,
+                                                                          next_month}  # fmt: skip
+    assert all(link.error is None for link in health.links), health.as_dict()
     p_admin.put(next_month, {"_id": "res:probe", "type": "probe"})
     wait_for(lambda: s_admin.get_or_none(next_month, "res:probe") is not None,
              what="a document in the new month on the standby")  # fmt: skip
