@@ -243,3 +243,35 @@ def test_choose_agrees_with_result_order_when_one_worker_name_prefixes_another()
         for w in ("w10", "w1")
     ]
     assert resolver.choose(occs)["result"]["worker"] == "w1"
+
+
+def test_two_accepted_claims_the_later_is_kept_and_the_other_worker_learns_at_its_touch(
+    split, passwords
+):
+    """What a CouchDB cluster can do under quorum writes, made here with two servers: both
+    claims accepted. The resolver keeps the later claim and deletes the other branch; the
+    losing worker's next touch carries a revision that is no longer a live leaf, so it is
+    refused (409 on CouchDB; 403 on PouchDB Server, which validates first) and the
+    engine's ``_touch`` reports the lease lost. The winner touches on."""
+    db, primary, standby = split
+    occ = _occurrence_on_both(db, primary, standby, passwords)
+    on_p = Couch(primary.url, "w1", passwords["w1"])
+    on_s = Couch(standby.url, "w2", passwords["w2"])
+    now = on_p.now()
+    mine = states.claim(occ, "w1", now)
+    mine = mine.model_copy(update={"rev": on_p.put(db, mine.to_doc())})
+    theirs = states.claim(occ, "w2", now + timedelta(seconds=1))
+    theirs = theirs.model_copy(update={"rev": on_s.put(db, theirs.to_doc())})
+    for source, target in ((standby, primary), (primary, standby)):
+        body = {"source": source.db_url(db), "target": target.db_url(db)}
+        primary.couch().request("POST", "/_replicate", body=body)
+    conflicted = primary.couch().get(db, occ.id, conflicts="true")
+    assert conflicted.get("_conflicts"), "both claims should stand as two branches"
+
+    settled = resolver.resolve(primary.couch(), db, conflicted)
+    assert settled is not None and settled.kept == theirs.rev and settled.deleted == [mine.rev]
+    with pytest.raises(CouchError) as refused:
+        on_p.put(db, states.touch(mine, "w1", on_p.now(), None).to_doc())
+    assert refused.value.status in (409, 403)
+    touched = states.touch(theirs, "w2", on_p.now(), None)
+    assert Couch(primary.url, "w2", passwords["w2"]).put(db, touched.to_doc())
