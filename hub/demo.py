@@ -2,7 +2,7 @@
 
 Starts a primary and a standby PouchDB Server (or uses ``COUCHDB_URL`` /
 ``COUCHDB_STANDBY_URL``), runs ``hub init`` on both, creates a demo client, a demo
-worker and a demo task, starts the parts of the system that exist, prints URLs and
+worker and demo tasks for two clients, starts the parts of the system that exist, prints URLs and
 credentials, and runs until Ctrl-C (or ``--seconds``).
 """
 
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from hub import provision
 from hub.couch import Conflict, Couch
@@ -25,7 +26,12 @@ from hub.timefmt import to_wire
 
 DEMO_DIR = REPO_ROOT / "var" / "demo"
 ADMIN_PASSWORD = "demo-admin"
-PASSWORDS = {"hub": "demo-hub", "demo-worker": "demo-worker", "demo": "demo-client"}
+PASSWORDS = {
+    "hub": "demo-hub",
+    "demo-worker": "demo-worker",
+    "demo": "demo-client",
+    "acme": "acme-client",
+}
 
 
 def _server(role: str, env_var: str, port: int) -> tuple[str, DevServer | None]:
@@ -49,18 +55,34 @@ def _port_or_free(preferred: int) -> int:
             return free_port()
 
 
-def demo_task(now_stamp: str) -> Task:
-    return Task(
-        _id=task_id("demo", "heartbeat"),
-        client="demo",
-        slug="heartbeat",
-        kind="demo.sleep",
-        input={"ms": 300, "fail_rate": 0.1},
-        schedule={"every": 10},
-        ttr=30,
-        created_at=now_stamp,
-        updated_at=now_stamp,
-    )
+# (client, slug, what it shows, kind input, schedule, task options)
+DEMO_TASKS: tuple[tuple[str, str, str, dict, dict, dict], ...] = (
+    ("demo", "heartbeat", "demo.sleep 0.3 s every 10 s, fails 10 % (retries)",
+     {"ms": 300, "fail_rate": 0.1}, {"every": 10}, {"ttr": 30}),
+    ("demo", "quick", "demo.sleep 0.1 s every 5 s, priority 10 (ahead of the others)",
+     {"ms": 100}, {"every": 5}, {"priority": 10}),
+    ("demo", "long", "demo.sleep 45 s every 60 s, progress in % while it runs",
+     {"ms": 45000}, {"every": 60}, {"ttr": 20}),
+    ("acme", "report", "another client: demo.sleep 2 s every 30 s; acme sees only this",
+     {"ms": 2000}, {"every": 30}, {}),
+)  # fmt: skip
+
+
+def demo_tasks(now_stamp: str) -> list[Task]:
+    return [
+        Task(
+            _id=task_id(client, slug),
+            client=client,
+            slug=slug,
+            kind="demo.sleep",
+            input=data,
+            schedule=schedule,
+            created_at=now_stamp,
+            updated_at=now_stamp,
+            **options,
+        )
+        for client, slug, _what, data, schedule, options in DEMO_TASKS
+    ]
 
 
 def prepare(admin: Couch, db: str, *, users: bool = True) -> list[str]:
@@ -72,9 +94,9 @@ def prepare(admin: Couch, db: str, *, users: bool = True) -> list[str]:
     provision.add_user(
         admin, "demo-worker", [provision.WORKER_ROLE], PASSWORDS["demo-worker"], replace=True
     )
-    provision.add_user(
-        admin, "demo", [provision.CLIENT_ROLE_PREFIX + "demo"], PASSWORDS["demo"], replace=True
-    )
+    for client in ("demo", "acme"):
+        role = [provision.CLIENT_ROLE_PREFIX + client]
+        provision.add_user(admin, client, role, PASSWORDS[client], replace=True)
     return report.lines
 
 
@@ -95,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     admin_user = os.environ.get("COUCHDB_USER", "admin")
     admin_password = os.environ.get("COUCHDB_PASSWORD", ADMIN_PASSWORD)
     children: list[subprocess.Popen[bytes]] = []
+    hub_env: dict[str, str] = {}
     try:
         for url in (primary_url, standby_url):
             admin = Couch(url, admin_user, admin_password)
@@ -112,11 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[replication] {line}")
         hub = Couch(primary_url, "hub", PASSWORDS["hub"])
         now = hub.now()
-        try:
-            hub.put(args.db, demo_task(to_wire(now)).to_doc())
-            print("[demo] created task task:demo:heartbeat (demo.sleep every 10 s)")
-        except Conflict:
-            print("[demo] task task:demo:heartbeat exists")
+        for task, (*_, what, _data, _schedule, _options) in zip(
+            demo_tasks(to_wire(now)), DEMO_TASKS, strict=True
+        ):
+            try:
+                hub.put(args.db, task.to_doc())
+                print(f"[demo] created {task.id}: {what}")
+            except Conflict:
+                print(f"[demo] {task.id} exists: {what}")
         logs = DEMO_DIR / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         hub_env = {
@@ -126,16 +152,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             "COUCHFARM_PASSWORD": PASSWORDS["hub"],
             "COUCHFARM_DB": args.db,
         }
+        # The hub gets the server admin too, as in production: it then keeps each month's
+        # results database and its replications on both servers.
+        admin_file = _secret_file(DEMO_DIR / "admin.password", admin_password)
         children.append(
             _spawn(
                 "hub-serve",
-                [sys.executable, "-m", "hub.cli", "serve", "--portal-port", str(args.portal_port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "hub.cli",
+                    "serve",
+                    "--portal-port",
+                    str(args.portal_port),
+                    "--admin-user",
+                    admin_user,
+                    "--admin-password-file",
+                    str(admin_file),
+                ],
                 hub_env,
             )
         )
-        password_file = DEMO_DIR / "demo-worker.password"
-        password_file.write_text(PASSWORDS["demo-worker"])
-        password_file.chmod(0o600)
+        password_file = _secret_file(DEMO_DIR / "demo-worker.password", PASSWORDS["demo-worker"])
         worker_env = {k: v for k, v in os.environ.items() if not k.startswith("COUCHFARM_")}
         children.append(
             _spawn(
@@ -167,15 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  logs              {logs}/")
         sys.stdout.flush()
         time.sleep(min(args.seconds or 12.0, 12.0))
-        stats = subprocess.run(
-            [sys.executable, "-m", "hub.cli", "stats"],
-            env=hub_env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        print("[demo] hub stats:\n" + stats.stdout + stats.stderr)
-        sys.stdout.flush()
+        _print_stats(hub_env, "after 12 s")
         deadline = time.monotonic() + args.seconds if args.seconds else None
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while deadline is None or time.monotonic() < deadline:
@@ -183,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if hub_env and any(child.poll() is None for child in children):
+            _print_stats(hub_env, "at the end")
         for child in children:
             child.terminate()
         for child in children:
@@ -195,6 +227,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dev.stop()
         print("[demo] stopped")
     return 0
+
+
+def _secret_file(path: Path, secret: str) -> Path:
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(secret)
+    return path
+
+
+def _print_stats(hub_env: dict[str, str], when: str) -> None:
+    try:
+        stats = subprocess.run(
+            [sys.executable, "-m", "hub.cli", "stats"],
+            env=hub_env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        print(f"[demo] hub stats {when}:\n" + stats.stdout + stats.stderr)
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"[demo] hub stats {when}: not available ({exc})")
+    sys.stdout.flush()
 
 
 def _spawn(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -219,7 +270,7 @@ Couchfarm demo is running. Ctrl-C stops it.
   server admin      {admin_user} / {admin_password}
   hub service user  hub / {PASSWORDS["hub"]}          (role farm_admin)
   demo worker       demo-worker / {PASSWORDS["demo-worker"]}  (role farm_worker)
-  demo client       demo / {PASSWORDS["demo"]}         (portal login)
+  clients           demo / {PASSWORDS["demo"]}, acme / {PASSWORDS["acme"]}  (portal logins)
 """
 
 
