@@ -63,7 +63,6 @@ from hub.model import (
     Occurrence,
     Progress,
     State,
-    WorkerDoc,
     WorkerTotals,
     worker_id,
 )
@@ -83,6 +82,9 @@ class EngineState(StrEnum):
     ERROR = "error"  # cannot work safely (spool unwritable, credentials refused)
 
 
+# The counters a worker document carries (done, failed, lost): the model's fields, read
+# without building its validator.
+WORKER_TOTALS = tuple(WorkerTotals.model_fields)
 # What the worker doc calls each engine state.
 DOC_STATE = {
     EngineState.STOPPED: "stopped",
@@ -1033,13 +1035,25 @@ class Engine:
             self._hb_wake.clear()
 
     def worker_doc(self) -> dict[str, Any]:
+        """The heartbeat's ``worker:{name}`` document, in ``WorkerDoc.to_doc()``'s shape.
+
+        Written as a plain dict, not through the ``WorkerDoc`` model: building a pydantic
+        validator the first time costs about 2 MB, and the heartbeat is the only model an
+        idle worker would build (docs/TRAY.md, "Numbers"). Every value comes from the
+        validated config or the engine itself, cut to ``WorkerDoc``'s limits here; the
+        server's ``validate_doc_update`` checks the document on every write, and
+        ``tests/test_worker_doc.py`` holds this shape to the model.
+        """
         with self._lock:
             state = DOC_STATE.get(self._state, "running")
             current = sorted(self._runs)[:256]
-            totals = WorkerTotals(**self.totals)
+            totals = {key: int(self.totals.get(key, 0)) for key in WORKER_TOTALS}
         now = self.couch.now()
-        doc = WorkerDoc(
-            _id=worker_id(self.name),
+        doc: dict[str, Any] = {"_id": worker_id(self.name)}
+        if self._hb_rev:
+            doc["_rev"] = self._hb_rev
+        doc.update(
+            type="worker",
             name=self.name,
             version=__version__[:40],
             os=platform.platform()[:100],
@@ -1051,9 +1065,7 @@ class Engine:
             started_at=_wire(self.started_at or now),
             current=current,
             totals=totals,
-        ).to_doc()
-        if self._hb_rev:
-            doc["_rev"] = self._hb_rev
+        )
         return doc
 
     def _kinds_for_doc(self) -> list[str]:

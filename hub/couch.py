@@ -1,7 +1,11 @@
 """CouchDB access: the only module that speaks HTTP to CouchDB.
 
-Built on ``ibmcloudant`` (``CloudantV1`` with ``BasicAuthenticator``; its session
-authenticator sends ``username`` and fails on PouchDB Server). Every call goes through
+Built on the IBM Cloud SDK core that ``ibmcloudant`` is made of: :class:`CouchService` is
+its ``BaseService`` with ``BasicAuthenticator`` (ibmcloudant's session authenticator sends
+``username`` and fails on PouchDB Server). ``Couch`` never called one of ``CloudantV1``'s
+generated operations, only the base's ``prepare_request``/``send``, and importing
+``ibmcloudant`` loads its generated 870 KB ``cloudant_v1.py`` (2.4 MB of an idle tray
+worker; docs/ARCHITECTURE.md, "CouchDB access"). Every call goes through
 :meth:`Couch.request`, which gives:
 
 - an ordered list of servers (primary, standby...) with failover and timed fail-back;
@@ -30,9 +34,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
-from ibm_cloud_sdk_core import ApiException
-from ibm_cloud_sdk_core.authenticators import BasicAuthenticator, NoAuthAuthenticator
-from ibmcloudant.cloudant_v1 import CloudantV1
+from ibm_cloud_sdk_core import ApiException, BaseService
+from ibm_cloud_sdk_core.authenticators import Authenticator, BasicAuthenticator, NoAuthAuthenticator
 
 log = logging.getLogger("couchfarm.couch")
 
@@ -172,10 +175,23 @@ class ServerClock:
 # ---------------------------------------------------------------- servers
 
 
+class CouchService(BaseService):
+    """The HTTP service for one CouchDB server: the SDK core's ``BaseService``, which
+    ``ibmcloudant.CloudantV1`` extends with generated operations and checks ``Couch`` does
+    not use. ``Couch`` passes its own timeouts to every ``send`` and reads error bodies
+    itself, so CloudantBaseService's default timeouts and error-body rewriting are not
+    needed either."""
+
+    DEFAULT_SERVICE_NAME = "couchdb"
+
+    def __init__(self, url: str, authenticator: Authenticator) -> None:
+        super().__init__(service_url=url, authenticator=authenticator)
+
+
 @dataclass
 class Server:
     url: str
-    service: CloudantV1
+    service: CouchService
     clock: ServerClock = field(default_factory=ServerClock)
     failures: int = 0
 
@@ -247,8 +263,7 @@ class Couch:
                 if name is not None and secret is not None
                 else NoAuthAuthenticator()
             )
-            service = CloudantV1(authenticator=authenticator)
-            service.set_service_url(bare)
+            service = CouchService(bare, authenticator)
             # Our documents are small; compressing each body costs CPU and buys nothing.
             service.set_enable_gzip_compression(False)
             service.set_disable_ssl_verification(verify is False)

@@ -1012,6 +1012,41 @@ def test_second_launch_brings_the_first_to_the_front(
     third.close()
 
 
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="Unix sockets (QLocalServer on Windows)")
+def test_single_instance_socket_is_private_and_replaces_a_crashed_ones(
+    qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    name = f"couchfarm-test-{os.getpid()}"
+    path = tmp_path / name
+    crashed = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    crashed.bind(str(path))  # what a killed instance leaves: a socket file nobody answers
+    crashed.close()
+    first = SingleInstance(name)
+    assert first.claim()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # A client that connects and says nothing holds nobody up; "show" still gets through.
+    slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    slow.connect(str(path))
+    try:
+        qtbot.wait(100)  # accepted, nothing to read yet
+        with qtbot.waitSignal(first.activated, timeout=3000):
+            assert SingleInstance(name).claim() is False
+        with qtbot.waitSignal(first.activated, timeout=3000):  # its words, when they come
+            slow.sendall(b"show\n")
+    finally:
+        slow.close()
+    first.close()
+    assert not path.exists()
+    # Closing removes only its own socket file, never a newer instance's.
+    second = SingleInstance(name)
+    assert second.claim()
+    first.close()
+    assert path.exists()
+    second.close()
+    assert not path.exists()
+
+
 # ------------------------------------------------------------------ robustness
 
 
@@ -1173,11 +1208,17 @@ def test_quit_text_with_one_running_job_reads_right(tray: Harness, qtbot: Any) -
 LEAN_CHECK = """
 import linecache, sys
 import desktop_worker.tray.app
+import desktop_worker.tray.single
 assert "cryptography" not in sys.modules, "jwt/cryptography loaded at start"
-assert type(sys.modules["jwt"]).__name__ == "DeferredModule", type(sys.modules["jwt"])
+for name in ("jwt", "dateutil.parser", "more_itertools"):
+    assert type(sys.modules[name]).__name__ == "DeferredModule", (name, sys.modules[name])
+# Loaded only when used: the runner (first run), ibmcloudant's generated client (never;
+# hub/couch.py uses the SDK core), QtNetwork (Windows' single-instance pipe only).
+for name in ("desktop_worker.runner", "multiprocessing", "ibmcloudant", "PySide6.QtNetwork"):
+    assert name not in sys.modules, f"{name} loaded at start"
 # shiboken reads the source of every module an import statement names once PySide6 is
-# loaded; the engine's own dependencies (cloudant_v1.py alone is 1 MB) must come before it.
-deep = ("ibmcloudant/cloudant_v1.py", "pydantic/main.py", "requests/models.py")
+# loaded; the engine's own dependencies must come before it.
+deep = ("ibm_cloud_sdk_core/base_service.py", "pydantic/main.py", "requests/models.py")
 scanned = [f for f in linecache.cache if f.endswith(deep)]
 assert not scanned, f"the engine's stack was imported after PySide6: {scanned}"
 assert not [f for f in linecache.cache if f.endswith("desktop_worker/tray/app.py")]
@@ -1185,6 +1226,9 @@ import jwt
 token = jwt.encode({"a": 1}, "k" * 32, algorithm="HS256")
 assert jwt.decode(token, "k" * 32, algorithms=["HS256"]) == {"a": 1}
 assert type(sys.modules["jwt"]).__name__ == "module"
+from ibm_cloud_sdk_core.utils import string_to_datetime
+assert string_to_datetime("2026-12-01T09:30:00Z").hour == 9  # the real dateutil, on first use
+assert type(sys.modules["dateutil.parser"]).__name__ == "module"
 print("lean ok")
 """
 

@@ -2,7 +2,8 @@
 
 Measured on Linux with ``bench/tray_idle.py`` (RSS deltas per import, ``tracemalloc``,
 ``/proc/PID/smaps``): the idle tray app with the real engine took 117.8 MB before these
-measures and 87.5 MB with them (median of three 60 s runs). What was waste:
+measures and 87.5 MB with them (median of three 60 s runs); 78.0 MB with the later cuts
+listed in docs/TRAY.md, "Numbers". What was waste:
 
 * **Shiboken's source scan (about 13 MB).** Once PySide6 is imported, shiboken's
   ``__feature__`` import hook runs ``inspect.getsource`` on every Python module imported
@@ -22,7 +23,14 @@ measures and 87.5 MB with them (median of three 60 s runs). What was waste:
   real package on first use.
   Anyone who does use IAM still gets the real module, one attribute access later.
   ``charset_normalizer`` is deferred the same way: ``requests`` imports it at start but
-  calls it only to guess the encoding of a body that names none.
+  calls it only to guess the encoding of a body that names none. So are
+  ``dateutil.parser`` (0.45 MB with six, ``dateutil.tz`` and relativedelta; the SDK core
+  parses the dates of generated models with it) and ``more_itertools`` (0.45 MB; keyring's
+  ``jaraco.functools`` uses it in one helper keyring never calls).
+* **Imports on an engine thread.** The handlers (the engine lists their kinds in its
+  worker document) imported at the first heartbeat, after PySide6 and on an engine
+  thread, cost 0.8 MB more than in :data:`EARLY`. The runner is not imported early: the
+  idle worker never needs it or multiprocessing.
 * **malloc arenas.** glibc gives each thread that allocates its own arena (up to 8 per
   core) and keeps freed memory in them; the engine and the tray run about ten threads.
   Two arenas are plenty for a process that mostly waits (this is what
@@ -47,14 +55,23 @@ log = logging.getLogger("couchfarm.tray.lean")
 _M_ARENA_MAX = -8
 ARENA_MAX = 2
 # Modules nobody needs while the worker idles (see the module docstring): jwt (IAM tokens;
-# the worker uses basic auth) and charset_normalizer (requests guesses a response's
-# encoding with it only when asked for ``.text`` without a charset). The second item is
-# the distribution whose version the stand-in reports as ``__version__`` (requests checks it).
-DEFERRED = (("jwt", None), ("charset_normalizer", "charset-normalizer"))
+# the worker uses basic auth), charset_normalizer (requests guesses a response's encoding
+# with it only when asked for ``.text`` without a charset), dateutil's parser (with six,
+# dateutil.tz and relativedelta: ibm_cloud_sdk_core imports it to parse the dates of
+# generated models, which hub/couch.py does not use) and more_itertools (keyring's
+# jaraco.functools calls it in one helper keyring never uses). The second item is the
+# distribution whose version the stand-in reports as ``__version__`` (requests checks it).
+DEFERRED = (
+    ("jwt", None),
+    ("charset_normalizer", "charset-normalizer"),
+    ("dateutil.parser", None),
+    ("more_itertools", None),
+)
 # What the idle tray imports anyway, imported before PySide6 so that shiboken's hook
-# neither scans nor caches it: the engine, the runner (the engine asks it for the kinds
-# it may run), the keyring (the password at start) and psutil (battery checks).
-EARLY = ("desktop_worker.engine", "hub.couch", "desktop_worker.runner", "keyring", "psutil")
+# neither scans nor caches it: the engine, the handlers (the engine lists the kinds it
+# runs in its worker document), the keyring (the password at start) and psutil (battery
+# checks). Not the runner: it (and multiprocessing) loads with the first run.
+EARLY = ("desktop_worker.engine", "hub.couch", "desktop_worker.handlers", "keyring", "psutil")
 
 _lock = threading.RLock()
 _prepared = False
