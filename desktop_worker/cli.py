@@ -15,7 +15,6 @@ Exit codes: 0 stopped normally, 2 bad usage or settings (``--self-test``: 0 ok, 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import signal
 import sys
 import threading
@@ -89,9 +88,13 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # In a frozen bundle a run's child process starts this same executable: hand it over
-    # to multiprocessing before anything else happens (a no-op when not frozen).
-    multiprocessing.freeze_support()
+    if getattr(sys, "frozen", False):
+        # In a frozen bundle a run's child process starts this same executable: hand it
+        # over to multiprocessing before anything else happens. Not imported otherwise:
+        # an idle tray has no use for multiprocessing until its first run.
+        import multiprocessing
+
+        multiprocessing.freeze_support()
     args = parser().parse_args(argv)
     if args.self_test:
         from desktop_worker import selftest

@@ -354,15 +354,6 @@ def expired_months(all_dbs: list[str], db: str, now: datetime, retention_days: i
     return sorted(expired)
 
 
-def drop_expired(admin: Couch, db: str, now: datetime, retention_days: int) -> list[str]:
-    dropped = []
-    for name in expired_months(admin.all_dbs(), db, now, retention_days):
-        admin.delete_db(name)
-        log.warning("event=results_month_dropped db=%s retention_days=%d", name, retention_days)
-        dropped.append(name)
-    return dropped
-
-
 # ---------------------------------------------------------------- recount (rebuild)
 
 # A batch named more than this long before a recount began is taken as settled: folded, or

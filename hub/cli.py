@@ -239,8 +239,6 @@ def cmd_replication(args: argparse.Namespace) -> int:
         for line in replication.setup(primary, standby, conn.db):
             print(line)
         return 0
-    for line in replication.settle_users(primary.couch(), standby.couch()):
-        print(line, file=sys.stderr if args.json else sys.stdout)
     health = replication.status(primary.couch(), standby.couch(), conn.db, admin=True)
     if args.json:
         _print_json(health.as_dict())

@@ -25,6 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVER_SCRIPT = REPO_ROOT / "node_modules" / "pouchdb-server" / "bin" / "pouchdb-server"
 # Source fixes preloaded into the server; each is described in the file itself.
 FIXES_SCRIPT = Path(__file__).resolve().parent / "pouchdb_fixes.js"
+FIXES_APPLIED = b"couchfarm pouchdb_fixes: applied pouchdb-validation"
 
 
 class DevServerError(RuntimeError):
@@ -73,7 +74,9 @@ class DevServer:
         config.setdefault("admins", {})[self.admin_user] = self.admin_password
         config["log"] = {"file": str(self.request_log), "level": "info"}
         config_path.write_text(json.dumps(config, indent=2))
-        stdout = (self.data_dir / "server.out").open("ab")
+        out_path = self.data_dir / "server.out"
+        out_from = out_path.stat().st_size if out_path.exists() else 0
+        stdout = out_path.open("ab")
         self.process = subprocess.Popen(
             [
                 node,
@@ -97,7 +100,25 @@ class DevServer:
         )
         stdout.close()
         self._wait_until_up(timeout)
+        self._check_fixes_applied(out_path, out_from)
         return self
+
+    def _check_fixes_applied(self, out_path: Path, out_from: int, wait: float = 10.0) -> None:
+        """The server must say it loaded the patched module (``pouchdb_fixes.js``)."""
+        deadline = time.monotonic() + wait
+        while True:
+            with out_path.open("rb") as out:
+                out.seek(out_from)
+                if FIXES_APPLIED in out.read():
+                    return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise DevServerError(
+                    f"PouchDB Server started without its fixes ({FIXES_SCRIPT.name} never "
+                    f"patched pouchdb-validation; see {out_path}): is node_modules the "
+                    "version pinned in package.json?"
+                )
+            time.sleep(0.1)
 
     def _wait_until_up(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

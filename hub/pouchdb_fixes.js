@@ -6,6 +6,8 @@
 const Module = require('module');
 const path = require('path');
 
+const APPLIED = 'couchfarm pouchdb_fixes: applied';
+
 const FIXES = [
   {
     // pouchdb-validation sets the incoming document's `_revisions` to the local winner's
@@ -56,16 +58,10 @@ Module.prototype._compile = function (content, filename) {
         );
       }
       content = content.replace(fix.find, fix.replace) + (fix.append || '');
-      fix.applied = true;
+      // hub/devserver.py refuses a server whose output lacks this line: a future version
+      // that moved the file would otherwise start unpatched, silently.
+      process.stdout.write(`${APPLIED} ${fix.file}\n`);
     }
   }
   return originalCompile.call(this, content, filename);
 };
-
-process.on('exit', () => {
-  // Visible in server.out: which fixes this process actually applied.
-  const missing = FIXES.filter((fix) => !fix.applied).map((fix) => fix.file);
-  if (missing.length) {
-    console.error(`couchfarm pouchdb_fixes: never loaded: ${missing.join(', ')}`);
-  }
-});

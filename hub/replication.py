@@ -34,6 +34,10 @@ from hub.timefmt import from_wire, to_wire
 log = logging.getLogger("couchfarm.replication")
 PROBE_ID = "hub:probe"
 LAG_WARN_SECONDS = 30.0
+# Replication states (CouchDB's scheduler, PouchDB's _replication_state, or ours) that
+# mean it is not running. "unknown" is not one: a non-admin cannot read states, and a
+# replication just created has none for a moment.
+FAILED_STATES = frozenset({"crashing", "failed", "error", "missing"})
 
 
 @dataclass(frozen=True)
@@ -49,11 +53,8 @@ class Endpoint:
         return Couch(self.url, self.user, self.password, **kwargs)
 
     def db_url(self, db: str) -> str:
-        """The database URL with credentials in it, for one-shot ``_replicate``.
-
-        POUCHDB: its ``_replicate`` rejects the ``{"url", "headers"}`` form (500 "Missing/
-        invalid DB name"); credentials in the URL work on both servers.
-        """
+        """The database URL with credentials in it: the only form PouchDB Server's one-shot
+        ``_replicate`` accepts (see :func:`replicate_once`)."""
         parts = urlsplit(self.url.rstrip("/"))
         auth = f"{quote(self.user, safe='')}:{quote(self.password, safe='')}@"
         return urlunsplit((parts.scheme, auth + parts.netloc, f"{parts.path}/{db}", "", ""))
@@ -66,6 +67,36 @@ class Endpoint:
         }
 
 
+_POUCHDB: dict[str, bool] = {}
+
+
+def is_pouchdb(end: Endpoint) -> bool:
+    if end.url not in _POUCHDB:
+        welcome = end.couch().request("GET", "/").body or {}
+        _POUCHDB[end.url] = "express-pouchdb" in welcome
+    return _POUCHDB[end.url]
+
+
+def replicate_once(
+    source: Endpoint, target: Endpoint, db: str, *, run_on: Endpoint | None = None,
+    timeout: float = 300.0,
+) -> dict[str, Any]:  # fmt: skip
+    """One-shot ``POST /_replicate`` of ``db`` from ``source`` to ``target``, run by
+    ``run_on`` (default: the target). Returns the replication's report.
+
+    POUCHDB: its ``_replicate`` rejects the ``{"url", "headers"}`` endpoint form (500
+    "Missing/invalid DB name") and needs the credentials in the URL. CouchDB 3.2+ does not
+    decode credentials in a URL (a password with ``@`` or ``%`` would fail), so it gets
+    the headers form, which every CouchDB 3 accepts."""
+    runner = run_on or target
+    if is_pouchdb(runner):
+        body = {"source": source.db_url(db), "target": target.db_url(db)}
+    else:
+        body = {"source": source.db_spec(db), "target": target.db_spec(db)}
+    reply = runner.couch(read_timeout=timeout).request("POST", "/_replicate", body=body)
+    return dict(reply.body or {})
+
+
 def replication_id(db: str, source: Endpoint, target: Endpoint) -> str:
     return f"couchfarm-{db}-{source.name}-to-{target.name}"
 
@@ -75,12 +106,21 @@ def farm_databases(admin: Couch, db: str) -> list[str]:
     return ["_users", db, *sorted(n for n in names if provision.is_results_db(db, n))]
 
 
-def setup(primary: Endpoint, standby: Endpoint, db: str) -> list[str]:
-    """Create (or keep) continuous replications both ways for every farm database."""
+def setup(
+    primary: Endpoint, standby: Endpoint, db: str, *, replace: bool = True,
+    skip: frozenset[str] = frozenset(),
+) -> list[str]:  # fmt: skip
+    """Create (or keep) continuous replications both ways for every farm database.
+
+    ``replace=False`` (the hub's hourly pass) only adds what is missing: a replication
+    that points somewhere else than this caller's URLs is reported and kept, because the
+    caller's URLs are its own view of the servers, not necessarily what each server can
+    reach. ``skip``: databases being retired. A database one side lacks is created there
+    with the other side's ``_security``, which does not replicate."""
     lines = []
     primary_admin, standby_admin = primary.couch(), standby.couch()
     databases = sorted(
-        set(farm_databases(primary_admin, db)) | set(farm_databases(standby_admin, db))
+        (set(farm_databases(primary_admin, db)) | set(farm_databases(standby_admin, db))) - skip
     )
     for source, target, admin in (
         (primary, standby, primary_admin),
@@ -88,7 +128,11 @@ def setup(primary: Endpoint, standby: Endpoint, db: str) -> list[str]:
     ):
         target_admin = target.couch()
         for name in databases:
-            target_admin.create_db(name)
+            if target_admin.create_db(name) and not name.startswith("_"):
+                security = admin.get_security(name)
+                if security:
+                    target_admin.put_security(name, security)
+                lines.append(f"{name}: created on {target.name} with {source.name}'s _security")
             doc_id = replication_id(name, source, target)
             wanted = {
                 "_id": doc_id,
@@ -104,6 +148,12 @@ def setup(primary: Endpoint, standby: Endpoint, db: str) -> list[str]:
             ):
                 lines.append(f"{doc_id}: exists")
                 continue
+            if current is not None and not replace:
+                lines.append(
+                    f"{doc_id}: points elsewhere than this hub's URLs; kept (run `hub "
+                    "replication setup` to replace it)"
+                )
+                continue
             if current is not None:
                 admin.delete("_replicator", doc_id, current["_rev"])
             try:
@@ -114,19 +164,28 @@ def setup(primary: Endpoint, standby: Endpoint, db: str) -> list[str]:
     return lines + settle_users(primary_admin, standby_admin)
 
 
-def retire(primary: Endpoint, standby: Endpoint, databases: list[str]) -> list[str]:
+def retire(
+    primary: Endpoint, standby: Endpoint, databases: list[str]
+) -> tuple[list[str], set[str]]:
     """Remove both replications of each database about to be dropped (a replication whose
-    source is gone only fails, and one towards a dropped target would re-fill it)."""
-    lines = []
+    source is gone only fails, and one towards a dropped target would re-fill it).
+    Returns the lines and the databases whose replications could not all be removed:
+    those must not be dropped yet."""
+    lines: list[str] = []
+    kept: set[str] = set()
     for name in databases:
         for source, target in ((primary, standby), (standby, primary)):
-            admin = source.couch()
             doc_id = replication_id(name, source, target)
-            current = admin.get_or_none("_replicator", doc_id)
-            if current is not None:
-                admin.delete("_replicator", doc_id, current["_rev"])
-                lines.append(f"{doc_id}: removed")
-    return lines
+            try:
+                admin = source.couch()
+                current = admin.get_or_none("_replicator", doc_id)
+                if current is not None:
+                    admin.delete("_replicator", doc_id, current["_rev"])
+                    lines.append(f"{doc_id}: removed")
+            except CouchError as exc:
+                kept.add(name)
+                lines.append(f"{doc_id}: could not be removed ({exc}); {name} is kept")
+    return lines, kept
 
 
 def copy_users(source: Endpoint, target: Endpoint) -> list[str]:
@@ -136,10 +195,7 @@ def copy_users(source: Endpoint, target: Endpoint) -> list[str]:
     replication: the same user written on both would be two branches once ``_users``
     replicates (password hashes are salted, so never the same revision), and CouchDB
     refuses to log a conflicted user in."""
-    source.couch().request(
-        "POST", "/_replicate", body={"source": source.db_url("_users"),
-                                     "target": target.db_url("_users")},
-    )  # fmt: skip
+    replicate_once(source, target, "_users", run_on=source)
     return settle_users(source.couch(), target.couch())
 
 
@@ -169,7 +225,11 @@ class LinkHealth:
 
     @property
     def healthy(self) -> bool:
-        return self.error is None and (self.lag_seconds or 0) < LAG_WARN_SECONDS
+        return (
+            self.error is None
+            and (self.lag_seconds or 0) < LAG_WARN_SECONDS
+            and self.state not in FAILED_STATES
+        )
 
 
 @dataclass
@@ -235,9 +295,11 @@ def _scheduler_state(admin: Couch, db: str, source_side: str, target_side: str) 
         pass
     # POUCHDB: no /_scheduler; it writes _replication_state into the _replicator doc.
     try:
-        doc = admin.get_or_none("_replicator", doc_id) or {}
+        doc = admin.get_or_none("_replicator", doc_id)
     except CouchError:
         return "unknown"
+    if doc is None:
+        return "missing"  # no replication of this database in this direction at all
     return str(doc.get("_replication_state", "unknown"))
 
 
@@ -323,12 +385,7 @@ def recover(
                 dst.put_security(name, security)
                 report.add(f"{name}/_security: copied")
         started = time.monotonic()
-        dst.request(
-            "POST",
-            "/_replicate",
-            body={"source": source.db_url(name), "target": target.db_url(name)},
-            timeout=timeout,
-        )
+        replicate_once(source, target, name, timeout=timeout)
         report.add(f"{name}: copied in {time.monotonic() - started:.1f} s")
     report.lines += [
         f"replication {line}" if "couchfarm-" in line else line

@@ -17,9 +17,9 @@ the survivor of a failover holding a later-finished result than the one it was g
 done result only with one that comes first in this order.
 - task: the last edit by hub time (``updated_at``) wins.
 - user (``_users``): the last edit (``updated_at``, stamped by ``hub add-worker`` and its
-  kin) wins. CouchDB refuses to log in a user whose document is in conflict, so only
-  server admins can settle these: ``hub replication setup|status`` and ``hub recover``
-  do (:func:`settle_users`), the hub service (a farm_admin) cannot read ``_users``.
+  kin) wins. CouchDB refuses to log in a user whose document is in conflict, and only
+  server admins can read ``_users``: ``hub replication setup``, ``hub recover`` and
+  ``hub serve`` given server-admin credentials (hourly) settle them (:func:`settle_users`).
 - worker and hub documents: the latest ``last_seen``/``at`` wins.
 
 Every tie falls to CouchDB's own winner order (revision number, then revision hash), so
@@ -152,13 +152,15 @@ def resolve(
     failed = [row for row in rows if "rev" not in row]
     if failed:
         # A 409 here usually means replication already brought the other server's
-        # deletion of that same leaf: only a leaf still live is a real leftover.
+        # deletion of that same leaf. What counts is what is left: any branch still in
+        # conflict, or a merged error history that did not land (the next pass retries).
         now = couch.get_or_none(db, winner["_id"], conflicts="true") or {}
-        left = set(now.get("_conflicts", [])) & set(losers)
-        if left:
+        merge_lost = merged and now.get("errors") != writes[0]["errors"]
+        if now.get("_conflicts") or merge_lost:
+            merged = merged and not merge_lost
             log.warning(
-                "event=resolve_incomplete doc=%s left=%s rows=%s", winner["_id"], sorted(left),
-                failed,
+                "event=resolve_incomplete doc=%s left=%s merge_lost=%s rows=%s", winner["_id"],
+                sorted(now.get("_conflicts", [])), merge_lost, failed,
             )  # fmt: skip
     for loser in candidates:
         if loser["_rev"] != winner["_rev"]:

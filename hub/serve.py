@@ -182,28 +182,44 @@ class Hub:
             except CouchError as exc:
                 log.warning("event=month_create_failed server=%s error=%r", server.active.label,
                             str(exc))  # fmt: skip
-        expired = archiver.expired_months(
-            self.admin.all_dbs(), self.config.db, now, self.config.retention_days
-        )
-        ends = self.replication_ends
-        if ends is not None and expired:
-            try:
-                replication.retire(*ends, expired)  # first: it would re-fill a dropped copy
-            except CouchError as exc:
-                log.warning("event=replication_retire_failed error=%r", str(exc))
-        dropped: list[str] = []
+        # Every server's list: a month left on one side only is retired too.
+        names: set[str] = set()
         for server in servers:
             try:
-                dropped += archiver.drop_expired(
-                    server, self.config.db, now, self.config.retention_days
-                )
+                names.update(server.all_dbs())
             except CouchError as exc:
                 log.warning("event=retention_failed server=%s error=%r", server.active.label,
                             str(exc))  # fmt: skip
+        expired = archiver.expired_months(
+            sorted(names), self.config.db, now, self.config.retention_days
+        )
+        ends = self.replication_ends
+        kept: set[str] = set()
+        if ends is not None and expired:
+            # First: a replication still running would re-fill a dropped copy.
+            lines, kept = replication.retire(*ends, expired)
+            for line in lines:
+                log.info("event=replication_retire %s", line)
+        dropped: list[str] = []
+        for server in servers:
+            for name in expired:
+                if name in kept:
+                    continue
+                try:
+                    if server.delete_db(name):
+                        log.warning("event=results_month_dropped db=%s server=%s "
+                                    "retention_days=%d", name, server.active.label,
+                                    self.config.retention_days)  # fmt: skip
+                        dropped.append(name)
+                except CouchError as exc:
+                    log.warning("event=retention_failed server=%s db=%s error=%r",
+                                server.active.label, name, str(exc))  # fmt: skip
         if ends is not None:
             try:
-                for line in replication.setup(*ends, self.config.db):
-                    if "created" in line or "settled" in line:
+                # Only what is missing: the hub's URLs are its view, not the servers'.
+                for line in replication.setup(*ends, self.config.db, replace=False,
+                                              skip=frozenset(expired)):  # fmt: skip
+                    if "exists" not in line:
                         log.info("event=replication_setup %s", line)
             except CouchError as exc:
                 log.warning("event=replication_setup_failed error=%r", str(exc))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.devserver import FIXES_SCRIPT, REPO_ROOT
+from hub.devserver import FIXES_APPLIED, FIXES_SCRIPT, REPO_ROOT
 
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="Node.js is installed by make setup")
@@ -26,7 +26,22 @@ def test_the_pinned_validation_plugin_loads_with_the_fix():
     pinned = REPO_ROOT / "node_modules" / "pouchdb-validation" / "lib" / "index.js"
     run = _load_with_fixes(pinned)
     assert run.returncode == 0, run.stderr
-    assert run.stdout == "object"
+    # The line hub/devserver.py waits for, then the module itself.
+    assert run.stdout.encode().startswith(FIXES_APPLIED), run.stdout
+    assert run.stdout.endswith("object")
+
+
+def test_a_server_whose_fix_never_applied_is_refused(tmp_path, monkeypatch):
+    """As if a future version had moved the file: nothing patched, so no server."""
+    import hub.devserver as devserver
+
+    unpatched = tmp_path / "no_fixes.js"
+    unpatched.write_text("// patches nothing\n")
+    monkeypatch.setattr(devserver, "FIXES_SCRIPT", unpatched)
+    server = devserver.DevServer(tmp_path / "data")
+    with pytest.raises(devserver.DevServerError, match="without its fixes"):
+        server.start()
+    assert server.process is not None and server.process.poll() is not None  # stopped
 
 
 def test_an_unknown_version_of_the_plugin_refuses_to_load(tmp_path):

@@ -124,11 +124,25 @@ def test_without_stdout_the_verdict_goes_to_a_file(
 
 
 def test_cli_self_test_flag_calls_freeze_support_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
     calls: list[str] = []
-    monkeypatch.setattr(cli.multiprocessing, "freeze_support", lambda: calls.append("freeze"))
+    monkeypatch.setattr(multiprocessing, "freeze_support", lambda: calls.append("freeze"))
     monkeypatch.setattr(selftest, "main", lambda: calls.append("selftest") or 7)
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
     assert cli.main(["--self-test"]) == 7
     assert calls == ["freeze", "selftest"]
+    calls.clear()
+    monkeypatch.setattr(sys, "frozen", False)
+    assert cli.main(["--self-test"]) == 7
+    assert calls == ["selftest"]  # not frozen: multiprocessing is not even imported
+
+
+def test_the_worker_entry_point_does_not_import_multiprocessing() -> None:
+    probe = "import sys, desktop_worker.cli; print('multiprocessing' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60, check=True)  # fmt: skip
+    assert run.stdout.strip() == "False"
 
 
 # ================================================================== the spec

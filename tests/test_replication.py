@@ -57,9 +57,7 @@ def test_split_brain_conflict_converges_after_reconnect(pair, passwords):
     now = p_admin.now()
     occ = _occurrence(now)
     p_admin.put(db, occ.to_doc())
-    p_admin.request(
-        "POST", "/_replicate", body={"source": primary.db_url(db), "target": standby.db_url(db)}
-    )
+    replication.replicate_once(primary, standby, db)
     base = Occurrence.from_doc(p_admin.get(db, occ.id))
     # Cut apart: w1 claims on the primary, w2 claims and finishes on the standby.
     w1 = primary.couch().__class__(primary.url, "w1", passwords["w1"])
@@ -96,9 +94,7 @@ def test_split_brain_two_results_the_first_finished_wins_on_both(pair, passwords
     now = p_admin.now().replace(microsecond=0)
     occ = _occurrence(now)
     p_admin.put(db, occ.to_doc())
-    p_admin.request(
-        "POST", "/_replicate", body={"source": primary.db_url(db), "target": standby.db_url(db)}
-    )
+    replication.replicate_once(primary, standby, db)
     base = Occurrence.from_doc(p_admin.get(db, occ.id))
     for url, worker, finish in ((primary.url, "w1", 5), (standby.url, "w2", 2)):
         couch = p_admin.__class__(url, worker, passwords[worker])
@@ -149,6 +145,19 @@ def test_resolver_rules():
     edited = {**user, "_rev": "2-a", "updated_at": "2027-01-02T00:00:00.000Z"}
     assert resolver.choose([edited, {**user, "_rev": "9-f"}])["_rev"] == "2-a"
     assert resolver.choose([{**user, "_rev": "9-f"}, {**user, "_rev": "10-a"}])["_rev"] == "10-a"
+
+
+def test_a_link_is_unhealthy_when_its_replication_is_not_running():
+    def link(**fields) -> replication.LinkHealth:
+        return replication.LinkHealth("farm", "primary", "standby", 0, 0.2, **fields)
+
+    assert link(state="running").healthy and link(state="triggered").healthy
+    assert link(state="unknown").healthy  # a non-admin cannot tell
+    for state in ("crashing", "failed", "error", "missing"):
+        assert not link(state=state).healthy
+    assert not link(state="running", error="unreachable").healthy
+    slow = replication.LinkHealth("farm", "primary", "standby", 0, 31.0, "running")
+    assert not slow.healthy
 
 
 def test_a_conflicted_user_is_settled_and_can_log_in_again(pair, passwords):
@@ -222,6 +231,21 @@ def test_setup_is_idempotent_and_health_reports_lag(pair, passwords):
 
     wait_for(states_known, what="every replication's state")
 
+    # The hub's hourly pass adds only what is missing: a replication pointing elsewhere is
+    # reported and kept; `hub replication setup` (replace) puts it back. Last: on PouchDB
+    # a doc re-created with its old source and target is never started again.
+    doc_id = replication.replication_id(db, primary, standby)
+    current = p_admin.get("_replicator", doc_id)
+    p_admin.delete("_replicator", doc_id, current["_rev"])
+    elsewhere = {"_id": doc_id, "source": primary.db_spec(db),
+                 "target": standby.db_spec(f"{db}_x"), "continuous": True}  # fmt: skip
+    p_admin.put("_replicator", elsewhere)
+    kept = replication.setup(primary, standby, db, replace=False)
+    assert any(line.startswith(f"{doc_id}: points elsewhere") for line in kept), kept
+    assert p_admin.get("_replicator", doc_id)["target"] == elsewhere["target"]
+    assert f"{doc_id}: created" in replication.setup(primary, standby, db)
+    assert p_admin.get("_replicator", doc_id)["target"] == standby.db_spec(db)
+
 
 def test_recover_rebuilds_a_primary_from_the_standby(pair, tmp_path, standby_server):
     db, _primary, standby = pair
@@ -230,8 +254,10 @@ def test_recover_rebuilds_a_primary_from_the_standby(pair, tmp_path, standby_ser
     s_admin.bulk_docs(db, docs)
     fresh = DevServer(tmp_path / "new-primary", admin_password=standby_server.admin_password)
     fresh.start()
+    # Not named "primary": recovering would re-point the session standby's own replications
+    # to this short-lived server (on PouchDB a re-pointed-back doc never starts again).
+    target = replication.Endpoint(fresh.url, "admin", standby_server.admin_password, "rebuilt")
     try:
-        target = replication.Endpoint(fresh.url, "admin", standby_server.admin_password, "primary")
         report = replication.recover(standby, target, db, sample=20)
         assert report.ok, report.lines
         new = target.couch()
@@ -240,6 +266,7 @@ def test_recover_rebuilds_a_primary_from_the_standby(pair, tmp_path, standby_ser
         assert new.get("_users", "org.couchdb.user:w1")["roles"] == ["farm_worker"]
         assert any("match" in line for line in report.lines)
     finally:
+        replication.retire(target, standby, replication.farm_databases(s_admin, db))
         fresh.stop()
 
 

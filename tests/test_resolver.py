@@ -141,8 +141,7 @@ def _occurrence_on_both(db: str, primary, standby, passwords) -> Occurrence:
         _task(f"sp{secrets.token_hex(3)}", now), now - timedelta(seconds=2), now
     )
     hub.put(db, occ.to_doc())
-    copy = {"source": primary.db_url(db), "target": standby.db_url(db)}
-    primary.couch().request("POST", "/_replicate", body=copy)
+    replication.replicate_once(primary, standby, db)
     return Occurrence.from_doc(hub.get(db, occ.id))
 
 
@@ -251,8 +250,8 @@ def test_two_accepted_claims_the_later_is_kept_and_the_other_worker_learns_at_it
     """What a CouchDB cluster can do under quorum writes, made here with two servers: both
     claims accepted. The resolver keeps the later claim and deletes the other branch; the
     losing worker's next touch carries a revision that is no longer a live leaf, so it is
-    refused (409 on CouchDB; 403 on PouchDB Server, which validates first) and the
-    engine's ``_touch`` reports the lease lost. The winner touches on."""
+    refused: 409 on CouchDB, 403 on PouchDB Server (which validates first), both of which
+    the engine's ``_touch`` takes as the lease lost. The winner touches on."""
     db, primary, standby = split
     occ = _occurrence_on_both(db, primary, standby, passwords)
     on_p = Couch(primary.url, "w1", passwords["w1"])
@@ -263,8 +262,7 @@ def test_two_accepted_claims_the_later_is_kept_and_the_other_worker_learns_at_it
     theirs = states.claim(occ, "w2", now + timedelta(seconds=1))
     theirs = theirs.model_copy(update={"rev": on_s.put(db, theirs.to_doc())})
     for source, target in ((standby, primary), (primary, standby)):
-        body = {"source": source.db_url(db), "target": target.db_url(db)}
-        primary.couch().request("POST", "/_replicate", body=body)
+        replication.replicate_once(source, target, db)
     conflicted = primary.couch().get(db, occ.id, conflicts="true")
     assert conflicted.get("_conflicts"), "both claims should stand as two branches"
 
@@ -275,3 +273,41 @@ def test_two_accepted_claims_the_later_is_kept_and_the_other_worker_learns_at_it
     assert refused.value.status in (409, 403)
     touched = states.touch(theirs, "w2", on_p.now(), None)
     assert Couch(primary.url, "w2", passwords["w2"]).put(db, touched.to_doc())
+
+
+def test_a_losing_leaf_changed_meanwhile_is_reported_only_when_it_is_still_live(
+    couch_server, caplog
+):
+    """Between reading the leaves and deleting the losers, replication may bring another
+    server's deletion of one (harmless) or a new revision on it (still in conflict)."""
+    admin = couch_server.admin()
+    db = f"resolve_race_{secrets.token_hex(3)}"
+    admin.create_db(db)
+    caplog.set_level(logging.INFO, logger="couchfarm.resolver")
+    try:
+        for meanwhile, reported in (("deleted", False), ("edited", True)):
+            doc_id = f"task:acme:{meanwhile}"
+            stamps = ("2027-01-01T00:00:00.000Z", "2027-01-02T00:00:00.000Z")
+            branches = [{"_id": doc_id, "_rev": f"1-{secrets.token_hex(16)}", "updated_at": at}
+                        for at in stamps]  # fmt: skip
+            admin.bulk_docs(db, branches, new_edits=False)
+            loser = branches[0]["_rev"]
+            other = couch_server.admin()
+            real_bulk_docs = admin.bulk_docs
+
+            def racing(db_name, docs, *, loser=loser, meanwhile=meanwhile, other=other,
+                       real=real_bulk_docs, **kw):  # fmt: skip
+                change = {"_deleted": True} if meanwhile == "deleted" else {"edited": True}
+                other.bulk_docs(db_name, [{"_id": docs[0]["_id"], "_rev": loser, **change}])
+                return real(db_name, docs, **kw)
+
+            admin.bulk_docs = racing
+            caplog.clear()
+            doc = admin.get(db, doc_id, conflicts="true")
+            assert resolver.resolve(admin, db, doc) is not None
+            admin.bulk_docs = real_bulk_docs
+            assert ("event=resolve_incomplete" in caplog.text) is reported, caplog.text
+            left = admin.get(db, doc_id, conflicts="true").get("_conflicts")
+            assert bool(left) is reported
+    finally:
+        admin.delete_db(db)

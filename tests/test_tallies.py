@@ -411,8 +411,7 @@ def test_a_tally_conflicted_by_a_partition_is_settled_by_a_recount(
     archiver.store_results(primary, month, results(task, start, 10, 3), now)
 
     def sync(source: int, target: int) -> None:
-        body = {"source": ends[source].db_url(month), "target": ends[target].db_url(month)}
-        ends[0].couch().request("POST", "/_replicate", body=body)
+        replication.replicate_once(ends[source], ends[target], month, run_on=ends[0])
 
     sync(0, 1)
     # Partition: each side archives; five occurrences are archived on both sides.
