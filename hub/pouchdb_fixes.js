@@ -1,7 +1,8 @@
 // Preloaded into PouchDB Server by hub/devserver.py (`node --require`): source fixes for
 // places where PouchDB Server 4.2.0 breaks CouchDB 3 semantics that Couchfarm relies on.
-// Each fix names the file it patches and the exact text it expects; if the text is not
-// there (a different version), the server refuses to start instead of running unpatched.
+// Each fix names the file it patches and the exact text of each edit, which must occur
+// once; if it does not (a different version), the server refuses to start instead of
+// running unpatched.
 'use strict';
 const Module = require('module');
 const path = require('path');
@@ -19,27 +20,23 @@ const FIXES = [
     // any validate_doc_update. CouchDB keeps it as a conflict. Show validation a history
     // as before, then give the document back exactly what it brought.
     file: path.join('pouchdb-validation', 'lib', 'index.js'),
-    find:
-      '  newDoc._revisions = (oldDoc || {})._revisions;\n\n' +
-      '  try {\n' +
-      '    validationFuncs.forEach(function (validationFuncInfo) {\n' +
-      '      var func = validationFuncInfo.func;\n' +
-      '      var designDoc = validationFuncInfo.designDoc;\n' +
-      '      func.call(designDoc, newDoc, oldDoc, options.userCtx, options.secObj);\n' +
-      '    });\n' +
-      '  } catch (e) {\n',
-    replace:
-      '  var ownRevisions = newDoc._revisions;\n' +
-      '  newDoc._revisions = ownRevisions || (oldDoc || {})._revisions;\n\n' +
-      '  try {\n' +
-      '    validationFuncs.forEach(function (validationFuncInfo) {\n' +
-      '      var func = validationFuncInfo.func;\n' +
-      '      var designDoc = validationFuncInfo.designDoc;\n' +
-      '      func.call(designDoc, newDoc, oldDoc, options.userCtx, options.secObj);\n' +
-      '    });\n' +
-      '    restoreRevisions(newDoc, ownRevisions);\n' +
-      '  } catch (e) {\n' +
-      '    restoreRevisions(newDoc, ownRevisions);\n',
+    edits: [
+      [
+        '  newDoc._revisions = (oldDoc || {})._revisions;\n',
+        '  var ownRevisions = newDoc._revisions;\n' +
+          '  newDoc._revisions = ownRevisions || (oldDoc || {})._revisions;\n',
+      ],
+      [
+        '      func.call(designDoc, newDoc, oldDoc, options.userCtx, options.secObj);\n' +
+          '    });\n' +
+          '  } catch (e) {\n',
+        '      func.call(designDoc, newDoc, oldDoc, options.userCtx, options.secObj);\n' +
+          '    });\n' +
+          '    restoreRevisions(newDoc, ownRevisions);\n' +
+          '  } catch (e) {\n' +
+          '    restoreRevisions(newDoc, ownRevisions);\n',
+      ],
+    ],
     append:
       '\nfunction restoreRevisions(doc, own) {\n' +
       '  if (own === undefined) { delete doc._revisions; } else { doc._revisions = own; }\n' +
@@ -51,13 +48,16 @@ const originalCompile = Module.prototype._compile;
 Module.prototype._compile = function (content, filename) {
   for (const fix of FIXES) {
     if (filename.endsWith(path.sep + fix.file)) {
-      if (content.split(fix.find).length !== 2) {
-        throw new Error(
-          `couchfarm pouchdb_fixes: ${filename} does not contain the text this fix expects; ` +
-          'is this the PouchDB Server version pinned in package.json?'
-        );
+      for (const [find, replace] of fix.edits) {
+        if (content.split(find).length !== 2) {
+          throw new Error(
+            `couchfarm pouchdb_fixes: ${filename} does not contain the text this fix ` +
+            'expects; is this the PouchDB Server version pinned in package.json?'
+          );
+        }
+        content = content.split(find).join(replace);
       }
-      content = content.replace(fix.find, fix.replace) + (fix.append || '');
+      content += fix.append || '';
       // hub/devserver.py refuses a server whose output lacks this line: a future version
       // that moved the file would otherwise start unpatched, silently.
       process.stdout.write(`${APPLIED} ${fix.file}\n`);
