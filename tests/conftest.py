@@ -20,7 +20,7 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from hub import provision, states
+from hub import provision, replication, states
 from hub.couch import Couch
 from hub.devserver import DevServer
 from hub.model import Occurrence, Task, task_id
@@ -47,6 +47,9 @@ class ServerInfo:
 
     def as_user(self, name: str | None, password: str | None, **kwargs: object) -> Couch:
         return Couch(self.url, name, password, **kwargs)  # type: ignore[arg-type]
+
+    def endpoint(self, name: str) -> replication.Endpoint:
+        return replication.Endpoint(self.url, self.admin_user, self.admin_password, name)
 
 
 def _server_from_env(url_var: str) -> ServerInfo | None:
@@ -85,6 +88,28 @@ def standby_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerI
 def passwords() -> dict[str, str]:
     """One fresh password per test user for this session."""
     return {name: secrets.token_urlsafe(12) for name in ("hub", *WORKERS, "acme", "globex")}
+
+
+@pytest.fixture()
+def farm_on_both(couch_server, standby_server, passwords):
+    """Make a fresh farm database on the primary and the standby, not replicating, with
+    hub, w1 and w2 written on the primary and copied to the standby, as in production.
+    Returns ``make(prefix) -> (db, primary endpoint, standby endpoint)``."""
+
+    def make(prefix: str) -> tuple[str, replication.Endpoint, replication.Endpoint]:
+        db = f"{prefix}_{secrets.token_hex(3)}"
+        for info in (couch_server, standby_server):
+            admin = info.admin()
+            provision.init(admin, db, now=admin.now(), hub_user="")
+        admin = couch_server.admin()
+        for user, role in (("hub", provision.ADMIN_ROLE), ("w1", provision.WORKER_ROLE),
+                           ("w2", provision.WORKER_ROLE)):  # fmt: skip
+            provision.add_user(admin, user, [role], passwords[user], replace=True)
+        primary, standby = couch_server.endpoint("primary"), standby_server.endpoint("standby")
+        replication.copy_users(primary, standby)
+        return db, primary, standby
+
+    return make
 
 
 @dataclass

@@ -596,12 +596,7 @@ def test_result_is_spooled_while_the_server_is_down_and_uploaded_when_it_returns
 def test_uploaded_result_stays_until_seen_on_the_standby(farm, make_engine, standby_server):
     standby = standby_server.admin()
     provision.init(standby, farm.db, now=standby.now(), hub_user="")
-    replication.copy_users(
-        replication.Endpoint(farm.server.url, farm.server.admin_user,
-                             farm.server.admin_password, "primary"),
-        replication.Endpoint(standby_server.url, standby_server.admin_user,
-                             standby_server.admin_password, "standby"),
-    )  # fmt: skip
+    replication.copy_users(farm.server.endpoint("primary"), standby_server.endpoint("standby"))
     ids = seed(farm.hub, farm.db, "confirm", "confirm", 2, ms=0)
     engine, rec = make_engine("w2", "confirm", urls=[farm.server.url, standby_server.url])
     for occ_id in ids:

@@ -27,21 +27,9 @@ def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "") -
 
 
 @pytest.fixture()
-def pair(couch_server, standby_server, passwords):
-    """A fresh farm database on both servers, not yet replicating; the users are written
-    on the primary and copied to the standby, as in production."""
-    db = f"farm_repl_{secrets.token_hex(3)}"
-    ends = []
-    for info, name in ((couch_server, "primary"), (standby_server, "standby")):
-        admin = info.admin()
-        provision.init(admin, db, now=admin.now(), hub_user="")
-        ends.append(replication.Endpoint(info.url, info.admin_user, info.admin_password, name))
-    admin = couch_server.admin()
-    for user, role in (("hub", provision.ADMIN_ROLE), ("w1", provision.WORKER_ROLE),
-                       ("w2", provision.WORKER_ROLE)):  # fmt: skip
-        provision.add_user(admin, user, [role], passwords[user], replace=True)
-    replication.copy_users(ends[0], ends[1])
-    return db, ends[0], ends[1]
+def pair(farm_on_both):
+    """A fresh farm database on both servers, not yet replicating."""
+    return farm_on_both("farm_repl")
 
 
 def _occurrence(now) -> Occurrence:

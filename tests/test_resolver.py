@@ -12,7 +12,7 @@ import pytest
 
 from desktop_worker.confirm import Confirmer
 from desktop_worker.spool import Spool
-from hub import provision, replication, resolver, states
+from hub import replication, resolver, states
 from hub.couch import Couch, CouchError
 from hub.model import Occurrence, Task, task_id
 from hub.timefmt import to_wire
@@ -116,21 +116,10 @@ def test_a_worker_may_put_back_only_its_own_earlier_result(farm):
 
 
 @pytest.fixture()
-def split(couch_server, standby_server, passwords):
+def split(farm_on_both):
     """The same farm database on two servers, with validation, and not replicating: what a
     primary that died before replicating leaves behind."""
-    db = f"farm_split_{secrets.token_hex(3)}"
-    ends = []
-    for info, name in ((couch_server, "primary"), (standby_server, "standby")):
-        admin = info.admin()
-        provision.init(admin, db, now=admin.now(), hub_user="")
-        ends.append(replication.Endpoint(info.url, info.admin_user, info.admin_password, name))
-    admin = couch_server.admin()
-    provision.add_user(admin, "hub", [provision.ADMIN_ROLE], passwords["hub"], replace=True)
-    for user in ("w1", "w2"):
-        provision.add_user(admin, user, [provision.WORKER_ROLE], passwords[user], replace=True)
-    replication.copy_users(ends[0], ends[1])
-    return db, ends[0], ends[1]
+    return farm_on_both("farm_split")
 
 
 def _occurrence_on_both(db: str, primary, standby, passwords) -> Occurrence:

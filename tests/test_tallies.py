@@ -7,7 +7,6 @@ Python over ``_all_docs``, or the results view), never from the code under test.
 from __future__ import annotations
 
 import random
-import secrets
 import threading
 import time
 from collections import Counter
@@ -388,22 +387,16 @@ def test_a_bad_month_or_task_is_refused_by_name(farm, hub_env, capsys):
 
 
 def test_a_tally_conflicted_by_a_partition_is_settled_by_a_recount(
-    couch_server, standby_server, passwords
+    couch_server, standby_server, passwords, farm_on_both
 ):
     """Both sides archived during a partition (some occurrences on both): no revision
     is right and summing them double counts; the recount is exact on both servers."""
-    db = f"farm_tsplit_{secrets.token_hex(3)}"
+    db, *ends = farm_on_both("farm_tsplit")
     month = f"{db}_results_1999_03"
-    ends, conns = [], []
-    for info, name in ((couch_server, "primary"), (standby_server, "standby")):
-        admin = info.admin()
-        provision.init(admin, db, now=admin.now(), hub_user="")
-        provision.ensure_results_db(admin, month)
-        ends.append(replication.Endpoint(info.url, info.admin_user, info.admin_password, name))
+    conns = []
+    for info in (couch_server, standby_server):
+        provision.ensure_results_db(info.admin(), month)
         conns.append(info.as_user("hub", passwords["hub"]))
-    hub_user = [provision.ADMIN_ROLE]
-    provision.add_user(couch_server.admin(), "hub", hub_user, passwords["hub"], replace=True)
-    replication.copy_users(ends[0], ends[1])
     primary, standby = conns
     now = primary.now()
     task = build_task("acme", "split", EVERY, now - timedelta(days=2))
