@@ -97,8 +97,12 @@ def replicate_once(
     return dict(reply.body or {})
 
 
-def replication_id(db: str, source: Endpoint, target: Endpoint) -> str:
-    return f"couchfarm-{db}-{source.name}-to-{target.name}"
+def replication_id(db: str, source: Endpoint | str, target: Endpoint | str) -> str:
+    """The ``_replicator`` doc id of ``db`` from ``source`` to ``target`` (endpoints, or
+    their names: "primary", "standby")."""
+    source_name = source if isinstance(source, str) else source.name
+    target_name = target if isinstance(target, str) else target.name
+    return f"couchfarm-{db}-{source_name}-to-{target_name}"
 
 
 def farm_databases(admin: Couch, db: str) -> list[str]:
@@ -287,7 +291,7 @@ def link_health(
 
 
 def _scheduler_state(admin: Couch, db: str, source_side: str, target_side: str) -> str:
-    doc_id = f"couchfarm-{db}-{source_side}-to-{target_side}"
+    doc_id = replication_id(db, source_side, target_side)
     try:
         reply = admin.request("GET", f"/_scheduler/docs/_replicator/{doc_id}", timeout=3.0)
         return str(reply.body.get("state", "unknown"))
@@ -334,9 +338,9 @@ def status(primary: Couch, standby: Couch, db: str, *, admin: bool = False) -> H
     ``admin`` (the connections are server admins) the replications' own states are read
     too; the hub service, a farm_admin, reports lag only."""
     health = Health(at=to_wire(primary.now()))
+    directions = ((primary, standby, "primary", "standby"),
+                  (standby, primary, "standby", "primary"))  # fmt: skip
     for name in watched_databases(primary, standby, db, admin=admin):
-        directions = ((primary, standby, "primary", "standby"),
-                      (standby, primary, "standby", "primary"))  # fmt: skip
         for source, target, source_side, target_side in directions:
             reader = source if admin else None
             link = link_health(source, target, name, source_side, target_side, reader,
