@@ -19,7 +19,7 @@ What "lost" means, precisely. A *stored run* is a result a worker got a 201 for:
 line ``event=result_stored ... state=done worker= started_at= finished_at=``. A run is
 identified by (occurrence, worker, started_at, finished_at); the attempt number is not
 part of it (a rescue renumbers it to the survivor's attempt). The rule is "a result: the
-first finished wins" (``hub.resolver.result_order``: finish time, then worker name). A
+first finished wins" (``hub.states.result_order``: finish time, then worker name). A
 stored run is **lost** when, at the end, the occurrence's result (live or archived) is
 neither that run nor one that finished before it. A stored run that lost to an earlier
 one is *superseded*: that is the rule working, and its worker logs ``result_superseded``.

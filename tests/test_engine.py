@@ -25,6 +25,7 @@ from hub.couch import Couch
 from hub.devserver import DevServer
 from hub.model import Backoff, Occurrence, Result, Task, result_id, task_id, worker_id
 from hub.timefmt import from_wire, to_wire
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,17 +74,6 @@ class Recorder:
                     seen = [(e.name, e.occ_id, e.status, e.state) for e in self.events]
                     raise AssertionError(f"no {name} {match} within {timeout} s; saw {seen}")
                 self._cond.wait(left)
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {check}")
-        time.sleep(every)
 
 
 def seed(

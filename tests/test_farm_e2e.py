@@ -26,18 +26,13 @@ import pytest
 from hub import provision
 from hub.model import Task, task_id
 from hub.timefmt import to_wire
+from tests import waiting
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return waiting.wait_for(check, timeout, what, every=0.5)  # processes: look less often
 
 
 class Farmhands:

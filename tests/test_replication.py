@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -15,15 +14,11 @@ from hub.devserver import DevServer
 from hub.model import Occurrence, Task, task_id
 from hub.serve import Hub, HubConfig
 from hub.timefmt import to_wire
+from tests import waiting
 
 
-def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_for(check: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
+    return waiting.wait_for(check, timeout, what, every=0.3)  # replication: seconds, not ms
 
 
 @pytest.fixture()

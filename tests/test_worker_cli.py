@@ -18,7 +18,8 @@ from hub import states
 from hub.model import Occurrence
 from hub.timefmt import from_wire
 from hub.version import __version__
-from tests.test_engine import seed, wait_for
+from tests.test_engine import seed
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
