@@ -334,25 +334,6 @@ def test_failed_logins_are_rate_limited_per_ip(farm, service):
     )
 
 
-def test_failed_logins_are_rate_limited_per_user_name(farm, service):
-    app = create_app(service, farm.hub, secret_key=SECRET, clock=FakeClock())
-    for i in range(5):
-        client = TestClient(app, client=(f"198.51.100.{i}", 1))
-        assert (
-            client.post("/login", data={"username": "globex", "password": "x"}).status_code == 401
-        )
-    fresh_ip = TestClient(app, client=("198.51.100.99", 1))
-    reply = fresh_ip.post("/login", data={"username": "globex", "password": "x"})
-    assert reply.status_code == 429 and "Retry-After" in reply.headers
-    # Another user from that address is not affected.
-    assert (
-        fresh_ip.post(
-            "/login", data={"username": "acme", "password": farm.passwords["acme"]}
-        ).status_code
-        == 200
-    )
-
-
 def test_rate_limiter_window():
     clock = FakeClock()
     limiter = RateLimiter(limit=2, window=10, clock=clock)

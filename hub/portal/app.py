@@ -40,6 +40,11 @@ from hub.model import SLUG_PATTERN, Schedule, Task, describe_validation_error
 from hub.model import split_occurrence_id as _split_occ
 from hub.portal import forms
 from hub.portal.data import ALL_STATES, SHOWN_STATES, PortalData, describe_schedule, next_due
+from hub.portal.login_guard import (
+    COUCH_LOCKOUT_LIFETIME,
+    LoginGuard,
+    UsersDbVerifier,
+)
 from hub.portal.security import (
     CSRF_HEADER,
     LOGIN_COOKIE,
@@ -49,8 +54,8 @@ from hub.portal.security import (
     BodyLimit,
     CatchAll,
     CouchRecheck,
+    LockedByCouch,
     Principal,
-    RateLimiter,
     SecurityHeaders,
     Sessions,
     TokenStore,
@@ -91,7 +96,12 @@ class PortalSettings:
     session_max_age: int = 12 * 3600
     session_recheck: float = 60.0  # seconds a session may go before CouchDB confirms it again
     login_limit: int = 5  # failed logins ...
-    login_window: float = 60.0  # ... per this many seconds, per IP and per user name
+    login_window: float = 60.0  # ... per this many seconds, per address (and address + user)
+    # Wrong passwords per user sent to CouchDB per lockout window when the portal cannot
+    # check them itself: fewer than CouchDB's [chttpd_auth_lockout] threshold (5), with
+    # room for a second hub behind the same address (hub.portal.login_guard).
+    couch_failures_per_user: int = 2
+    couch_lockout_window: float = COUCH_LOCKOUT_LIFETIME + 10.0
     max_body: int = 64 * 1024
     refresh_seconds: int = 10
     title: str = "Couchfarm"
@@ -212,6 +222,7 @@ def create_app(
     dbs_couch: Couch | None = None,
     replication_status: Callable[[], dict[str, Any] | None] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    users_reader: Couch | None = None,
 ) -> FastAPI:
     """The portal for ``service``'s farm.
 
@@ -219,7 +230,9 @@ def create_app(
     ``/_session``) or a function (name, password) -> userCtx or None. ``admin_check``
     decides from a user's roles whether they operate the farm (default: ``farm_admin``).
     ``replication_status`` returns the ops page's replication health (None: not
-    configured).
+    configured). ``users_reader``, a server admin's connection, lets the portal check
+    passwords against ``_users`` itself, so no wrong password reaches CouchDB
+    (:mod:`hub.portal.login_guard`).
     """
     settings = settings or PortalSettings(secret_key=secret_key)
     settings.secret_key = secret_key
@@ -241,7 +254,14 @@ def create_app(
             max_age=settings.session_max_age,
             clock=clock,
         )
-    limiter = RateLimiter(settings.login_limit, settings.login_window, clock)
+    guard = LoginGuard(
+        limit=settings.login_limit,
+        window=settings.login_window,
+        verify=UsersDbVerifier(users_reader) if users_reader is not None else None,
+        couch_failures=settings.couch_failures_per_user,
+        couch_window=settings.couch_lockout_window,
+        clock=clock,
+    )
     tokens = TokenStore(service.couch, service.db)
     data = PortalData(service, dbs_couch=dbs_couch)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -265,7 +285,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.limiter = limiter
+    app.state.login_guard = guard
     app.state.sessions = sessions
     app.state.data = data
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
@@ -445,22 +465,45 @@ def create_app(
                 return login_page(request, "The form expired; please try again.", 403, next_)
             raise HTTPException(403, "missing or wrong login form token; reload the page")
         ip = request.client.host if request.client else "unknown"
-        keys = [f"ip:{ip}", f"user:{username.lower()[:100]}"]
-        wait = max((limiter.retry_after(k) or 0) for k in keys)
+
+        def refused(status: int, message: str, wait: int = 0) -> Any:
+            headers = {"Retry-After": str(wait)} if wait else None
+            if html:
+                response = login_page(request, message, status, next_, username)
+                response.headers.update(headers or {})
+                return response
+            raise HTTPException(status, message[:1].lower() + message[1:].rstrip("."), headers)
+
+        wait = guard.address_wait(ip, username)
         if wait:
             log.warning("event=login_limited ip=%s user=%r", ip, username[:100])
-            message = f"Too many failed logins; try again in {wait} seconds."
-            if html:
-                response = login_page(request, message, 429, next_)
-                response.headers["Retry-After"] = str(wait)
-                return response
-            raise HTTPException(429, message, headers={"Retry-After": str(wait)})
+            return refused(429, f"Too many failed logins from your address; try again in "
+                                f"{wait} seconds.", wait)  # fmt: skip
         ctx = None
         if USERNAME_PATTERN.match(username) and 0 < len(password) <= 1024:
-            ctx = await run_in_threadpool(authenticate, username, password)
+            verdict = await run_in_threadpool(guard.check, username, password)
+            if verdict.action == "refuse":
+                guard.address_failed(ip, username)
+                log.warning("event=login_held ip=%s user=%r retry_after=%d", ip,
+                            username[:100], verdict.retry_after)  # fmt: skip
+                return refused(429, verdict.message, verdict.retry_after)
+            if verdict.action == "ask_couch":
+                try:
+                    ctx = await run_in_threadpool(authenticate, username, password)
+                except LockedByCouch:
+                    log.error("event=login_locked_by_couchdb user=%r", username[:100])
+                    return refused(
+                        503,
+                        "CouchDB has locked this account for a few minutes "
+                        "after failed logins; please try again later.",
+                        300,
+                    )
+                if ctx is None:
+                    guard.couch_refused(username)
+                else:
+                    guard.couch_accepted(username, password)
         if ctx is None:
-            for key in keys:
-                limiter.fail(key)
+            guard.address_failed(ip, username)
             log.info("event=login_failed ip=%s user=%r", ip, username[:100])
             if html:
                 return login_page(request, "Name or password is incorrect.", 401, next_, username)
@@ -471,7 +514,6 @@ def create_app(
             if html:
                 return login_page(request, "This user has no access to the portal.", 403, next_)
             raise HTTPException(403, "this user has no access to the portal")
-        limiter.reset(keys[1])
         cookie, who = sessions.issue(who)
         if recheck is not None:
             recheck.hold(str(who.sid), who.user, ctx)

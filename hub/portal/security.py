@@ -9,10 +9,12 @@
   deleted, a password changed or a role removed there ends it.
 - CSRF: every unsafe request authenticated by the cookie carries the session's token (form
   field ``csrf_token`` or header ``X-CSRF-Token``); a foreign ``Origin`` is refused.
-- Rate limits: failed logins per IP and per user name, in a sliding window. The counters
-  live in this process: one hub holds them all; with two hubs each counts its own, so a
-  guesser gets at most twice the allowance. Kept out of CouchDB on purpose: a write per
-  failed login would let a password guesser load the database it is guessing against.
+- Rate limits: failed logins per address (and address and user name), in a sliding
+  window, never per user alone: the owner logs in at once from any other address. Wrong
+  passwords are kept away from CouchDB so its lockout never fires because of the portal
+  (:mod:`hub.portal.login_guard`). The counters live in this process: with two hubs each
+  counts its own. Kept out of CouchDB on purpose: a write per failed login would let a
+  password guesser load the database it is guessing against.
 - API tokens: random secrets for scripts (``Authorization: Bearer``); only their SHA-256 is
   stored, as ``hub:token:<sha256>`` in the live database.
 - ASGI middlewares: a request-body size limit, security headers, and a last-resort handler
@@ -36,7 +38,7 @@ from typing import Any
 from fastapi import HTTPException
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from hub.couch import Couch, CouchError, NotFound, Unauthorized, Unavailable
+from hub.couch import Couch, CouchError, Forbidden, NotFound, Unauthorized, Unavailable
 from hub.model import NAME_PATTERN
 from hub.provision import ADMIN_ROLE, CLIENT_ROLE_PREFIX
 from hub.timefmt import to_wire
@@ -103,6 +105,15 @@ def valid_client_name(name: str | None) -> bool:
 Authenticator = Callable[[str, str], dict[str, Any] | None]
 
 
+class LockedByCouch(Exception):
+    """CouchDB itself refused the login: its lockout for this user and address is on."""
+
+
+def is_lockout(error: Forbidden) -> bool:
+    """CouchDB's answer while its lockout holds: 403 "Account is temporarily locked"."""
+    return "locked" in str(error).lower()
+
+
 def couch_authenticator(couch: Couch, timeout: float = 10.0) -> Authenticator:
     """Check a name and password with ``POST /_session`` on ``couch``'s servers.
 
@@ -123,6 +134,10 @@ def couch_authenticator(couch: Couch, timeout: float = 10.0) -> Authenticator:
             reply = conn.request("POST", "/_session", body={"name": name, "password": password})
         except Unauthorized:
             return None
+        except Forbidden as error:
+            if is_lockout(error):
+                raise LockedByCouch(str(error)) from None
+            raise
         body = reply.body or {}
         if body.get("name") != name:
             return None

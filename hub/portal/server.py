@@ -123,6 +123,7 @@ def start_portal(hub: Any, host: str = "127.0.0.1", port: int = 8080) -> Running
         secret_key=secret,
         settings=settings,
         dbs_couch=getattr(hub, "admin", None),
+        users_reader=getattr(hub, "admin", None),
         replication_status=replication_reader(hub.couch, hub.config.db),
     )
     running = serve_app(app, host, port)
