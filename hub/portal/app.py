@@ -273,6 +273,7 @@ def create_app(
     templates.env.filters["pct"] = _pct
     templates.env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
     templates.env.filters["ms"] = _ms
+    templates.env.filters["num"] = _num
 
     app = FastAPI(
         title="Couchfarm portal API",
@@ -1069,6 +1070,13 @@ def _when(value: str | None) -> str:
         return as_utc(from_wire(value)).strftime("%Y-%m-%d %H:%M:%S UTC")
     except ValueError:
         return str(value)
+
+
+def _num(value: Any) -> str:
+    """A stored number as a person writes it: CouchDB keeps 3.0 as 3.0 (PouchDB gives 3)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _pct(value: float | None) -> str:
