@@ -36,7 +36,6 @@ from bench.common import (
     add_users,
     bulk,
     cpu_seconds,
-    endpoint_counts,
     log,
     python_env,
     ready_occurrences,
@@ -119,23 +118,23 @@ def race_once(
         )
     readies = [worker.recv(60) for worker in workers]
     k = readies[0].get("k")
-    start = server.settle_log(0.3)
-    server_cpu, client_cpu = cpu_seconds(server.pid), sum(cpu_seconds(w.pid) for w in workers)
+    start = server.mark(settle=0.3)
+    client_cpu = sum(cpu_seconds(w.pid) for w in workers)
     t_go = time.time()
     for worker in workers:
         worker.send({"cmd": "go", "cap": cap})
     answers = [worker.recv(cap + 120) for worker in workers]
     elapsed = max(a["t_end"] for a in answers) - t_go
-    server_cpu = cpu_seconds(server.pid) - server_cpu
     client_cpu = sum(cpu_seconds(w.pid) for w in workers) - client_cpu
-    end = server.settle_log(0.5)
-    lines = [ln for ln in server.log_lines(start, end) if ln.db == db]
+    figures = server.figures(start, server.mark(settle=0.5), db=db, whole_seconds=False)
+    server_cpu = figures.cpu_s
+    requests = figures.requests
     claimed = [occ for a in answers for occ in a["claimed"]]
     locks = Counter(claimed)
     claims = len(claimed)
-    puts = [ln for ln in lines if ln.method == "PUT"]
-    lost = [ln for ln in puts if ln.lost_race]
-    conflicts_409 = sum(1 for ln in puts if ln.status == 409)
+    puts = figures.by_method.get("PUT", 0)
+    lost = figures.lost_races
+    conflicts_409 = figures.by_status.get("409", 0)
     server.drop_db(db)
     return {
         "claims": claims,
@@ -143,19 +142,23 @@ def race_once(
         "distinct_items": len(locks),
         "seconds": elapsed,
         "claims_per_s": claims / elapsed if elapsed > 0 else 0.0,
-        "requests": len(lines),
-        "requests_per_claim": len(lines) / claims if claims else None,
-        "lost_races": len(lost),
+        "requests": requests,
+        "requests_per_claim": requests / claims if claims else None,
+        "lost_races": lost,
         "http_409": conflicts_409,
-        "lost_per_claim": len(lost) / claims if claims else None,
-        "conflict_waste": len(lost) / len(puts) if puts else 0.0,
-        "server_cpu_ms_per_claim": 1000 * server_cpu / claims if claims else None,
+        "lost_per_claim": lost / claims if claims else None,
+        "conflict_waste": lost / puts if puts else 0.0,
+        "server_cpu_ms_per_claim": 1000 * server_cpu / claims
+        if claims and server_cpu is not None
+        else None,
         "client_cpu_ms_per_claim": 1000 * client_cpu / claims if claims else None,
         "double_claimed_items": sum(1 for n in locks.values() if n > 1),
         "double_claim_rate": sum(1 for n in locks.values() if n > 1) / len(locks) if locks else 0.0,
         "drained": all(a.get("empty") for a in answers),
         "gave_up": sum(a.get("gave_up", 0) for a in answers),
-        "endpoints": endpoint_counts(lines),
+        "endpoints": figures.endpoints
+        or {**figures.by_method, **{f"-> {k}": v for k, v in figures.by_status.items()}},
+        "server": figures.to_json(),
     }
 
 
@@ -179,7 +182,7 @@ def start_workers(
                 str(PICAS_PYTHON),
                 str(BENCH_DIR / "workers" / "picas_claim.py"),
                 server.url,
-                server.dev.admin_user,
+                server.admin_user,
                 str(passwords["admin"]),
             ]
             env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
@@ -213,7 +216,7 @@ def run(server: BenchServer, scale: Scale, workdir: Path) -> Section:
     names = [f"race-{i}" for i in range(max(scale.race_workers))]
     passwords = add_users(admin, names, provision.WORKER_ROLE, workdir / "passwords")
     admin_file = workdir / "passwords" / "admin.password"
-    admin_file.write_text(server.dev.admin_password)
+    admin_file.write_text(server.admin_password)
     admin_file.chmod(0o600)
     passwords["admin"] = admin_file
     logs = workdir / "logs"

@@ -1,10 +1,16 @@
-"""What every benchmark shares: the scale, the server and its request log, statistics,
+"""What every benchmark shares: the scale, the server and its figures, statistics,
 child processes, users and documents.
 
-Requests are counted from PouchDB Server's own request log (``DATA_DIR/log.txt``, one line
-per HTTP request, written when the response ends), never from client counters: a bulk
-request counts once, and a client cannot forget to count a retry. Each line carries a
-whole-second timestamp, the method, the path with its query string and the status.
+The server is PouchDB Server, started by the run, or with ``COUCHDB_URL`` set any CouchDB
+(:class:`BenchServer`). Requests are counted by the server, never from client counters: a
+bulk request counts once, and a client cannot forget to count a retry. On PouchDB Server
+they come from its request log (``DATA_DIR/log.txt``, one line per HTTP request, written
+when the response ends, with a whole-second timestamp, the method, the path with its query
+string and the status); on CouchDB from ``/_node/_local/_stats`` (requests by method and by
+status, diffed over a window). Every section reads them the same way:
+``server.mark()`` at the window's edges, then ``server.figures(start, end)``
+(:class:`ServerFigures`: requests by method and status, server CPU seconds including the
+server's child processes, e.g. CouchDB's ``couchjs``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import psutil
 
@@ -76,6 +82,15 @@ class Scale:
     beanstalk_jobs: int = 500
     beanstalk_workers: tuple[int, ...] = (1, 4, 16)
     extra_timeout_s: float = 120.0
+    # fleet (W engines, runs in-process, steady offered load)
+    fleet_workers: tuple[int, ...] = (4, 16)
+    fleet_tasks: int = 60
+    fleet_every: int = 10
+    fleet_ms: int = 200
+    fleet_idle_s: int = 10
+    fleet_warmup_s: int = 10
+    fleet_window_s: int = 30
+    fleet_per_host: int = 50
 
 
 SCALES = {
@@ -96,6 +111,10 @@ SCALES = {
         capacity_window_s=55,
         beanstalk_jobs=10_000,
         extra_timeout_s=600.0,
+        fleet_workers=(4, 16, 64, 200),
+        fleet_idle_s=40,
+        fleet_warmup_s=20,
+        fleet_window_s=60,
     ),
 }
 
@@ -242,6 +261,8 @@ def endpoint(line: LogLine) -> str:
     if rest[0] == "_design":
         return f"{prefix}{method} design doc"
     if rest[0] == "_changes":
+        if "claim_feed" in query:
+            return f"{prefix}{method} _changes (claim feed)"
         if "filter=_view" in query:
             return f"{prefix}{method} _changes (worker feed)"
         if "conflicts=true" in query:
@@ -267,43 +288,313 @@ def endpoint_counts(lines: Iterable[LogLine]) -> dict[str, int]:
 # ---------------------------------------------------------------- server
 
 
-class BenchServer:
-    """One PouchDB Server for the whole run (every figure of a run comes from it)."""
+def process_tree_cpu(pid: int | None) -> dict[str, float]:
+    """CPU seconds (user+system) of a process and every descendant, by process name.
 
-    def __init__(self, root: Path) -> None:
+    Each process counts its own time plus what its reaped children left in its
+    ``children_*`` counters, so a JS process that exited between two samples (CouchDB's
+    ``couchjs``, reaped by ``erl_child_setup``) is still counted, and nothing twice.
+    """
+    if pid is None:
+        return {}
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return {}
+    out: dict[str, float] = {}
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            name = proc.name()
+        except psutil.Error:
+            continue
+        total = times.user + times.system + times.children_user + times.children_system
+        out[name] = out.get(name, 0.0) + total
+    return out
+
+
+def pid_listening_on(port: int) -> int | None:
+    """The process that listens on a local TCP port (psutil; None if it cannot be seen)."""
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return None
+    for conn in conns:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            return conn.pid
+    return None
+
+
+# CouchDB's /_node/_local/_stats counters a window is diffed on (each is {"value": n}).
+STATS_METHODS = ("httpd_request_methods",)
+STATS_STATUS = ("httpd_status_codes",)
+STATS_COUNTERS = {
+    "requests": ("couchdb", "httpd", "requests"),
+    "bulk_requests": ("couchdb", "httpd", "bulk_requests"),
+    "view_reads": ("couchdb", "httpd", "view_reads"),
+    "clients_requesting_changes": ("couchdb", "httpd", "clients_requesting_changes"),
+    "database_reads": ("couchdb", "database_reads"),
+    "database_writes": ("couchdb", "database_writes"),
+    "document_writes": ("couchdb", "document_writes"),
+    "auth_cache_hits": ("couchdb", "auth_cache_hits"),
+    "auth_cache_misses": ("couchdb", "auth_cache_misses"),
+}
+
+
+@dataclass(frozen=True)
+class Mark:
+    """The server's own figures at one moment: see :meth:`BenchServer.mark`."""
+
+    at: float  # time.time() when taken
+    cpu: dict[str, float]  # CPU seconds so far by process name (server and its children)
+    log_offset: int = 0  # PouchDB: size of the request log
+    stats: dict[str, Any] = field(default_factory=dict)  # CouchDB: flattened counters
+
+
+@dataclass
+class ServerFigures:
+    """What the server did between two marks: requests by method and status, CPU seconds.
+
+    ``endpoints`` (requests by what they did, e.g. ``PUT occ doc -> 409``) exists where the
+    server logs each request (PouchDB Server); CouchDB's ``_stats`` gives methods, status
+    codes and a few kinds (``counters``) only.
+    """
+
+    seconds: float
+    requests: int
+    by_method: dict[str, int]
+    by_status: dict[str, int]
+    cpu_s: float | None
+    cpu_by_process: dict[str, float]
+    endpoints: dict[str, int] | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+    lines: list[LogLine] = field(default_factory=list)
+
+    @property
+    def lost_races(self) -> int:
+        """PUTs refused because the doc moved on (409; PouchDB's VDU answers 403 first)."""
+        if self.lines:
+            return sum(1 for ln in self.lines if ln.lost_race)
+        return self.by_status.get("409", 0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seconds": self.seconds,
+            "requests": self.requests,
+            "by_method": self.by_method,
+            "by_status": self.by_status,
+            "cpu_s": self.cpu_s,
+            "cpu_by_process": self.cpu_by_process,
+            "endpoints": self.endpoints,
+            "counters": self.counters,
+        }
+
+
+def by_method_status(figures: ServerFigures) -> dict[str, int]:
+    """Where no log names each request (CouchDB): requests by method, then by status."""
+    return {
+        **{f"{method} (any)": n for method, n in figures.by_method.items()},
+        **{f"status {status}": n for status, n in figures.by_status.items()},
+    }
+
+
+class BenchServer:
+    """The one server of a run (every figure of a run comes from it).
+
+    Without ``COUCHDB_URL`` it starts PouchDB Server (``hub.devserver.DevServer``) and counts
+    requests from its log. With ``COUCHDB_URL`` (and ``COUCHDB_USER``/``COUCHDB_PASSWORD``, a
+    server admin) it uses that server as it is, counts requests from
+    ``/_node/_local/_stats`` and takes CPU from the process listening on the URL's port (or
+    ``COUCHDB_PID``) and all its descendants (CouchDB's ``couchjs`` processes).
+    """
+
+    def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ if env is None else env)
         self.root = root
-        self.dev = DevServer(root / "server")
+        self.external_url = env.get("COUCHDB_URL", "").strip().rstrip("/") or None
+        self.dev: DevServer | None = None
+        self._pid: int | None = None
+        self._env_pid = env.get("COUCHDB_PID", "").strip()
+        if self.external_url:
+            self.admin_user = env.get("COUCHDB_USER", "admin")
+            self.admin_password = env.get("COUCHDB_PASSWORD", "")
+        else:
+            self.dev = DevServer(root / "server")
+            self.admin_user = self.dev.admin_user
+            self.admin_password = self.dev.admin_password
+        self.kind = "couchdb" if self.external_url else "pouchdb"
+        self.version = "n/a"
         self.admin: Couch
+        self._mark_requests = 0  # requests a CouchDB mark itself costs (measured at start)
 
     def start(self) -> BenchServer:
-        self.dev.start()
-        self.admin = Couch(
-            self.dev.url, self.dev.admin_user, self.dev.admin_password, read_timeout=300
-        )
+        if self.dev is not None:
+            self.dev.start()
+            self._pid = self.dev.process.pid if self.dev.process else None
+        self.admin = Couch(self.url, self.admin_user, self.admin_password, read_timeout=300)
+        welcome = self.admin.request("GET", "/").body or {}
+        self.version = str(welcome.get("version", "n/a"))
+        if self.external_url:
+            vendor = (welcome.get("vendor") or {}).get("name", "")
+            self.kind = "couchdb" if "couchdb" in str(welcome.get("couchdb", "")).lower() else "?"
+            self.version = f"{vendor or 'CouchDB'} {self.version}".strip()
+            self._pid = self._find_pid()
+            if self._pid is None:
+                log(
+                    f"cannot see the process serving {self.url}: server CPU is n/a "
+                    "(set COUCHDB_PID)"
+                )
+            first = self._stats()
+            second = self._stats()
+            self._mark_requests = int(second.get("requests", 0) - first.get("requests", 0))
+        else:
+            self.version = f"PouchDB Server {self.version}"
         return self
 
+    def _find_pid(self) -> int | None:
+        if self._env_pid:
+            return int(self._env_pid)
+        port = urlsplit(self.url).port or (443 if self.url.startswith("https") else 80)
+        return pid_listening_on(port)
+
     def stop(self) -> None:
-        self.dev.stop()
+        if self.dev is not None:
+            self.dev.stop()
 
     @property
     def url(self) -> str:
+        if self.external_url:
+            return self.external_url
+        assert self.dev is not None
         return self.dev.url
 
     @property
-    def pid(self) -> int:
-        assert self.dev.process is not None
-        return self.dev.process.pid
+    def pid(self) -> int | None:
+        return self._pid
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds so far of the server and every process under it (JS included)."""
+        return sum(process_tree_cpu(self._pid).values())
+
+    # ------------------------------------------------------------ server figures
+
+    def _stats(self) -> dict[str, Any]:
+        body = self.admin.request("GET", "/_node/_local/_stats").body or {}
+        flat: dict[str, Any] = {}
+        for key, path in STATS_COUNTERS.items():
+            node: Any = body
+            for part in path:
+                node = node.get(part, {}) if isinstance(node, dict) else {}
+            if isinstance(node, dict) and "value" in node:
+                flat[key] = node["value"]
+        httpd = body.get("couchdb", {})
+        groups = (("httpd_request_methods", "method:"), ("httpd_status_codes", "status:"))
+        for group, prefix in groups:
+            for name, node in (httpd.get(group) or {}).items():
+                if isinstance(node, dict) and "value" in node:
+                    flat[prefix + name] = node["value"]
+        return flat
+
+    def mark(self, settle: float = 0.0) -> Mark:
+        """The server's figures now (after ``settle`` s for responses in flight)."""
+        if settle:
+            time.sleep(settle)
+        at = time.time()
+        cpu = process_tree_cpu(self._pid)
+        if self.dev is not None:
+            return Mark(at, cpu, log_offset=self.log_size())
+        return Mark(at, cpu, stats=self._stats())
+
+    def figures(
+        self,
+        start: Mark,
+        end: Mark,
+        *,
+        db: str | None = None,
+        exclude: int = 0,
+        whole_seconds: bool = True,
+    ) -> ServerFigures:
+        """What the server did between two marks.
+
+        PouchDB: the log lines between the marks (with ``whole_seconds``, the lines stamped
+        in seconds [floor(start), floor(end)), read a little before and after the marks'
+        offsets, so responses still in flight at a mark land in the right window; call it
+        after the end mark has settled), minus the runner's observer, only ``db`` if given.
+        CouchDB: the counters' differences, server-wide (``db`` cannot be told apart), minus
+        the marks' own ``_stats`` reads and ``exclude`` requests the caller sent itself.
+        """
+        seconds = end.at - start.at
+        cpu_by = {
+            name: end.cpu.get(name, 0.0) - start.cpu.get(name, 0.0)
+            for name in sorted(set(end.cpu) | set(start.cpu))
+        }
+        cpu = sum(cpu_by.values()) if (end.cpu or start.cpu) else None
+        if self.dev is not None:
+            if whole_seconds:
+                lo, hi = math.floor(start.at), math.floor(end.at)
+                text_lines = self.log_lines(max(0, start.log_offset - 65536))
+                lines = [ln for ln in lines_in_window(text_lines, lo, hi)]
+            else:
+                lines = [
+                    ln for ln in self.log_lines(start.log_offset, end.log_offset) if not ln.observer
+                ]
+            if db is not None:
+                lines = [ln for ln in lines if ln.db == db]
+            return ServerFigures(
+                seconds=seconds,
+                requests=len(lines),
+                by_method=dict(Counter(ln.method for ln in lines).most_common()),
+                by_status=dict(Counter(str(ln.status) for ln in lines).most_common()),
+                cpu_s=cpu,
+                cpu_by_process=cpu_by,
+                endpoints=endpoint_counts(lines),
+                lines=lines,
+            )
+        diff = {
+            key: int(end.stats.get(key, 0) - start.stats.get(key, 0))
+            for key in set(end.stats) | set(start.stats)
+        }
+        own = self._mark_requests + exclude  # the end mark's _stats GET (+ the caller's)
+        by_method = {k[7:]: v for k, v in diff.items() if k.startswith("method:") and v}
+        by_status = {k[7:]: v for k, v in diff.items() if k.startswith("status:") and v}
+        if by_method.get("GET"):
+            by_method["GET"] = max(0, by_method["GET"] - own)
+        if by_status.get("200"):
+            by_status["200"] = max(0, by_status["200"] - own)
+        counters = {k: v for k, v in diff.items() if ":" not in k}
+        return ServerFigures(
+            seconds=seconds,
+            requests=max(0, counters.get("requests", 0) - own),
+            by_method=dict(sorted(by_method.items(), key=lambda kv: -kv[1])),
+            by_status=dict(sorted(by_status.items(), key=lambda kv: -kv[1])),
+            cpu_s=cpu,
+            cpu_by_process=cpu_by,
+            counters=counters,
+        )
+
+    # ------------------------------------------------------------ PouchDB's request log
 
     def log_size(self) -> int:
+        if self.dev is None:
+            return 0
         try:
             return self.dev.request_log.stat().st_size
         except FileNotFoundError:
             return 0
 
     def log_lines(self, start: int = 0, end: int | None = None) -> list[LogLine]:
+        if self.dev is None:
+            return []
         with self.dev.request_log.open("rb") as handle:
+            partial = False
+            if start:  # an offset inside a line: skip to the next one
+                handle.seek(start - 1)
+                partial = handle.read(1) != b"\n"
             handle.seek(start)
             data = handle.read() if end is None else handle.read(max(0, end - start))
+        if partial:
+            data = data.split(b"\n", 1)[1] if b"\n" in data else b""
         return parse_log(data.decode("utf-8", errors="replace"))
 
     def settle_log(self, pause: float = 0.4) -> int:
@@ -474,6 +765,40 @@ def add_users(admin: Couch, names: Iterable[str], role: str, workdir: Path) -> d
         path.chmod(0o600)
         files[name] = path
     return files
+
+
+def add_users_bulk(
+    admin: Couch, names: Sequence[str], role: str, password: str, chunk: int = 500
+) -> None:
+    """Create (or reset) many users sharing one password in a few ``_bulk_docs`` on ``_users``.
+
+    The server hashes each ``password`` as it stores the doc, as for a single PUT. Users
+    cannot be shared: a worker's name is its CouchDB user name (validate_doc_update checks
+    ``lease.worker`` and ``worker:{name}`` against ``userCtx.name``).
+    """
+    stamp = to_wire(admin.now())
+    for start in range(0, len(names), chunk):
+        part = list(names[start : start + chunk])
+        ids = [provision.user_doc_id(name) for name in part]
+        revs = {
+            row["id"]: row["value"]["rev"]
+            for row in admin.all_docs("_users", keys=ids)
+            if "value" in row and not row["value"].get("deleted")
+        }
+        docs = []
+        for name, doc_id in zip(part, ids, strict=True):
+            doc = {
+                "_id": doc_id,
+                "name": name,
+                "type": "user",
+                "roles": [role],
+                "password": password,
+                "updated_at": stamp,
+            }
+            if doc_id in revs:
+                doc["_rev"] = revs[doc_id]
+            docs.append(doc)
+        bulk(admin, "_users", docs, chunk=chunk)
 
 
 def bench_task(

@@ -33,8 +33,7 @@ from bench.common import (
     Scale,
     Section,
     all_occurrences,
-    endpoint_counts,
-    lines_in_window,
+    by_method_status,
     log,
     percentile,
     sleep_until,
@@ -75,7 +74,6 @@ def run_variant(
 ) -> dict[str, Any]:
     db = f"bench_e2e_{variant}"
     farm = Farm(server, db, workdir, credentials)
-    log_start = server.log_size()
     steps: list[dict[str, Any]] = []
     per_worker, cap = RATE_GUESS[variant]
     window = scale.e2e_window_s
@@ -89,16 +87,25 @@ def run_variant(
             time.sleep(scale.e2e_warmup_s)
             t0 = math.ceil(time.time()) + 1
             edges = [t0 + i * window for i in range(scale.reps + 1)]
-            cpu = []
+            cpu, marks = [], []
             for edge in edges:
                 sleep_until(edge)
+                marks.append(server.mark())
                 cpu.append(farm.cpu())
             ready_left = farm.count_ready()
-            steps.append({"workers": count, "edges": edges, "cpu": cpu, "ready_left": ready_left})
+            steps.append(
+                {
+                    "workers": count,
+                    "edges": edges,
+                    "cpu": cpu,
+                    "marks": marks,
+                    "ready_left": ready_left,
+                }
+            )
             log(f"e2e {variant} W={count}: windows done, {ready_left} still ready")
     finally:
         farm.stop()
-    lines = server.log_lines(log_start, server.settle_log(1.0))
+    time.sleep(1.0)  # the last responses reach PouchDB Server's log
     docs = all_occurrences(server.admin, db)
     server.drop_db(db)
     finished: list[float] = []
@@ -121,13 +128,13 @@ def run_variant(
         for i in range(scale.reps):
             start, end = step["edges"][i], step["edges"][i + 1]
             done = sum(1 for t in finished if start <= t < end)
-            window_lines = lines_in_window(lines, start, end)
+            figures = server.figures(step["marks"][i], step["marks"][i + 1])
             rates.append(done / (end - start))
             fractions.append(done / (end - start) / yardstick if yardstick else None)
-            req_per_occ.append(len(window_lines) / done if done else None)
-            total_requests += len(window_lines)
+            req_per_occ.append(figures.requests / done if done else None)
+            total_requests += figures.requests
             total_done += done
-            endpoints.update(endpoint_counts(window_lines))
+            endpoints.update(figures.endpoints or by_method_status(figures))
             for role, value in step["cpu"][i + 1].items():
                 cores.setdefault(role, []).append((value - step["cpu"][i][role]) / (end - start))
         out["by_workers"][str(step["workers"])] = {

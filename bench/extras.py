@@ -19,8 +19,8 @@ def _run(server: BenchServer, argv: list[str], env_extra: dict[str, str], timeou
     env = {
         **os.environ,
         "COUCHDB_URL": server.url,
-        "COUCHDB_USER": server.dev.admin_user,
-        "COUCHDB_PASSWORD": server.dev.admin_password,
+        "COUCHDB_USER": server.admin_user,
+        "COUCHDB_PASSWORD": server.admin_password,
         "PYTHONPATH": str(REPO),
         **env_extra,
     }

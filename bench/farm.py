@@ -163,7 +163,7 @@ class Farm:
                     continue
                 children += d.user + d.system + d.children_user + d.children_system
         return {
-            "server": cpu_seconds(self.server.pid),
+            "server": self.server.cpu_seconds(),
             "hub": cpu_seconds(self.hub.pid) if self.hub else 0.0,
             "workers": workers,
             "worker_runs": children,

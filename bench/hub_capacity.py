@@ -49,7 +49,7 @@ class IdObserver(threading.Thread):
 
     def __init__(self, server: BenchServer, db: str, until: float) -> None:
         super().__init__(name="bench-id-observer", daemon=True)
-        self.couch = Couch(server.url, server.dev.admin_user, server.dev.admin_password)
+        self.couch = Couch(server.url, server.admin_user, server.admin_password)
         self.db = db
         self.until = until
         self.seen: dict[str, float] = {}
@@ -107,7 +107,7 @@ def one_level(
         cpu = []
         for edge in edges:
             sleep_until(edge)
-            cpu.append((cpu_seconds(hub_pid), cpu_seconds(server.pid)))
+            cpu.append((cpu_seconds(hub_pid), server.cpu_seconds()))
         rss = psutil.Process(hub_pid).memory_info().rss
         time.sleep(2.0)
         observer.stop_event.set()

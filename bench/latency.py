@@ -33,9 +33,8 @@ from bench.common import (
     Section,
     all_occurrences,
     bench_task,
-    endpoint_counts,
+    by_method_status,
     latency_summary,
-    lines_in_window,
     log,
     sleep_until,
     summary,
@@ -50,7 +49,7 @@ class Observer(threading.Thread):
 
     def __init__(self, server: BenchServer, db: str, until: float) -> None:
         super().__init__(name="bench-observer", daemon=True)
-        self.couch = Couch(server.url, server.dev.admin_user, server.dev.admin_password)
+        self.couch = Couch(server.url, server.admin_user, server.admin_password)
         self.db = db
         self.until = until
         self.seen: dict[str, dict[str, float]] = {}
@@ -124,7 +123,6 @@ def run(server: BenchServer, scale: Scale, workdir: Path, credentials: Credentia
     )
     db = "bench_latency"
     farm = Farm(server, db, workdir, credentials)
-    log_start = server.log_size()
     window = scale.latency_window_s
     try:
         farm.start_hub()
@@ -149,20 +147,22 @@ def run(server: BenchServer, scale: Scale, workdir: Path, credentials: Credentia
         observer = Observer(server, db, until=base + window + 30)
         observer.start()
         sleep_until(base)
+        seen_start = observer.couch.requests_sent
+        mark_start = server.mark()
         cpu_start = farm.cpu()
         sleep_until(base + window)
+        mark_end = server.mark()
+        observer_requests = observer.couch.requests_sent - seen_start
         cpu_end = farm.cpu()
         time.sleep(4.0)  # the last ones finish
         observer.stop_event.set()
         observer.join(10)
     finally:
         farm.stop()
-    lines = server.log_lines(log_start, server.settle_log(0.5))
     docs = all_occurrences(server.admin, db)
     claims = claimed_at(server.admin, db, [d for d in docs if d.get("state") == "done"])
     server.drop_db(db)
 
-    edges = [base + i * window / scale.reps for i in range(scale.reps + 1)]
     samples: dict[str, list[list[float]]] = {
         k: [[] for _ in range(scale.reps)]
         for k in ("created", "claimed", "started", "done", "seen_leased", "seen_done")
@@ -193,7 +193,8 @@ def run(server: BenchServer, scale: Scale, workdir: Path, credentials: Credentia
             samples["seen_leased"][rep].append(seen["leased"] - due)
         if "done" in seen:
             samples["seen_done"][rep].append(seen["done"] - due)
-    window_lines = lines_in_window(lines, int(edges[0]), math.ceil(edges[-1]))
+    # The observer's own requests: marked in PouchDB's log, counted by its client on CouchDB.
+    figures = server.figures(mark_start, mark_end, exclude=observer_requests)
     cores = {role: (cpu_end[role] - cpu_start[role]) / window for role in cpu_end}
     out: dict[str, Any] = {
         "tasks": scale.latency_tasks,
@@ -207,11 +208,13 @@ def run(server: BenchServer, scale: Scale, workdir: Path, credentials: Credentia
             for k, v in samples.items()
         },
         "observer_minus_stamp_s": latency_summary(clock_skew),
-        "requests": len(window_lines),
+        "requests": figures.requests,
+        "server": figures.to_json(),
         "done": done_in_window,
-        "requests_per_occurrence": len(window_lines) / done_in_window if done_in_window else None,
+        "requests_per_occurrence": figures.requests / done_in_window if done_in_window else None,
         "requests_per_occurrence_by_endpoint": {
-            label: n / done_in_window for label, n in endpoint_counts(window_lines).items()
+            label: n / done_in_window
+            for label, n in (figures.endpoints or by_method_status(figures)).items()
         }
         if done_in_window
         else {},

@@ -22,7 +22,7 @@ def _one_rep(server: BenchServer, db: str, clients: int, count: int, rep: int) -
     template = ready_occurrences(datetime.now(UTC), 1)[0]
     template.pop("_id", None)
     body_base = json.dumps(template)[1:]  # everything after '{'
-    auth = (server.dev.admin_user, server.dev.admin_password)
+    auth = (server.admin_user, server.admin_password)
     per_client = [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
     errors: list[str] = []
     barrier = threading.Barrier(clients + 1)

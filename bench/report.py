@@ -209,7 +209,121 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             None,
         )
     _failover_targets(s.get("failover"), add)
+    _fleet_targets(s.get("fleet"), add)
     return out
+
+
+def _fleet_targets(fleet: dict[str, Any] | None, add: Any) -> None:
+    """Issue 20's fleet targets, at the largest W run (200 at full scale)."""
+    rows = _get(fleet, "by_workers") or {}
+    if not _ok(fleet) or not rows:
+        add("9", "fleet", "see issue 20", "not run", None)
+        return
+    top = max(rows, key=int)
+    row, base = rows[top], rows.get("4")
+    w = f"W={top}"
+    done, offered = row.get("completed_per_s"), row.get("offered_per_s")
+    add(
+        "9a",
+        f"fleet {w}: completed/s vs offered/s",
+        "= offered",
+        f"{fmt(done, 2)} of {fmt(offered, 2)}",
+        None if done is None else done >= 0.97 * offered,
+    )
+    cpu, cpu4 = row.get("server_cpu_ms_per_occurrence"), _get(base, "server_cpu_ms_per_occurrence")
+    add(
+        "9b",
+        f"fleet {w}: server CPU per occurrence vs W=4",
+        "≤ 1.5x",
+        f"{fmt(cpu, 1)} ms vs {fmt(cpu4, 1)} ms"
+        + (f" = {cpu / cpu4:.2f}x" if cpu is not None and cpu4 else ""),
+        None if cpu is None or not cpu4 else cpu <= 1.5 * cpu4,
+    )
+    rpo = row.get("requests_per_occurrence")
+    add(
+        "9c",
+        f"fleet {w}: requests per occurrence (server)",
+        "≤ 3.5",
+        fmt(rpo, 2),
+        None if rpo is None else rpo <= 3.5,
+    )
+    idle = _get(row, "idle", "bytes_per_worker_per_s")
+    add(
+        "9d",
+        f"fleet {w}: an idle worker's traffic",
+        "≤ 1 KB/s",
+        f"{fmt(idle, 0)} B/s (max {fmt(_get(row, 'idle', 'max_bytes_per_worker_per_s'), 0)})",
+        None if idle is None else idle <= 1024,
+    )
+    p99 = _get(row, "due_to_claimed_s", "p99")
+    add(
+        "9e",
+        f"fleet {w}: p99 due → claimed",
+        "≤ 1 s",
+        f"{fmt(p99, 3)} s ({row.get('unclaimed_due_in_window', 0)} due in the window unclaimed)",
+        None if p99 is None else p99 <= 1.0 and not row.get("unclaimed_due_in_window"),
+    )
+
+
+def fleet_lines(fleet: dict[str, Any]) -> list[str]:
+    rows = fleet.get("by_workers") or {}
+    if not rows:
+        return []
+    lines = [
+        f"#### 9. Fleet ({fleet.get('setup', '')})",
+        "",
+        "| workers | completed/s (of offered) | server CPU ms/occ | requests/occ (server) | "
+        "lost races/occ | bytes per worker per occ | bytes, all workers, per occ | "
+        "idle: bytes per worker per s | due → claimed p50 / p95 / p99 s | due, unclaimed | "
+        "cores: server / hub / fleet |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for w, row in rows.items():
+        claimed = row.get("due_to_claimed_s") or {}
+        lines.append(
+            f"| {w} | {fmt(row.get('completed_per_s'), 2)} ({fmt(row.get('offered_per_s'), 1)}) "
+            f"| {fmt(row.get('server_cpu_ms_per_occurrence'), 1)} "
+            f"| {fmt(row.get('requests_per_occurrence'), 2)} "
+            f"| {fmt(row.get('lost_races_per_occurrence'), 2)} "
+            f"| {fmt(row.get('bytes_per_worker_per_occurrence'), 0)} "
+            f"| {fmt(row.get('bytes_all_workers_per_occurrence'), 0)} "
+            f"| {fmt(_get(row, 'idle', 'bytes_per_worker_per_s'), 0)} "
+            f"| {fmt(claimed.get('p50'), 3)} / {fmt(claimed.get('p95'), 3)} / "
+            f"{fmt(claimed.get('p99'), 3)} (n={claimed.get('n', 0)}) "
+            f"| {row.get('unclaimed_due_in_window', 0)} "
+            f"| {fmt(row.get('server_cores'), 2)} / {fmt(row.get('hub_cores'), 2)} / "
+            f"{fmt(row.get('fleet_cores'), 2)} |"
+        )
+    lines.append("")
+    for title, key in (
+        ("server, by method", "requests_per_occurrence_by_method"),
+        ("server, by status", "requests_per_occurrence_by_status"),
+        ("server log, by endpoint", "requests_per_occurrence_by_endpoint"),
+        (
+            "the workers' own requests (client side), by endpoint",
+            "worker_requests_per_occurrence_by_endpoint",
+        ),
+    ):
+        mixes = [(w, row.get(key) or {}) for w, row in rows.items()]
+        if not any(m for _w, m in mixes):
+            continue
+        labels: list[str] = []
+        for _w, mix in mixes:
+            labels += [k for k in mix if k not in labels]
+        lines += [
+            f"Fleet requests per completed occurrence, {title}:",
+            "",
+            "| request | " + " | ".join(f"W={w}" for w, _m in mixes) + " |",
+            "|---|" + "---|" * len(mixes),
+        ]
+        for label in labels:
+            lines.append(
+                f"| {label} | "
+                + " | ".join(fmt(m.get(label), 2) if m.get(label) else "" for _w, m in mixes)
+                + " |"
+            )
+        lines.append("")
+    return lines
 
 
 # ---------------------------------------------------------------- failover (issue 6)
@@ -320,7 +434,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{meta['load_end']} at the end (other work was running); Python {meta['python']}, "
         f"Node {meta['node']}, pouchdb-server {meta['pouchdb_server']}, picas "
         f"{meta.get('picas', 'n/a')}, beanstalkd {meta.get('beanstalkd', 'n/a')}; "
-        f"commit {meta['commit']}. Figures are medians of {meta['reps']} repetitions with "
+        f"commit {meta['commit']}; server {meta.get('server', 'PouchDB Server')}. "
+        f"Figures are medians of {meta['reps']} repetitions with "
         "(min-max), all from this one run on one server.",
         "",
         "| # | what | target | figure | verdict |",
@@ -453,7 +568,12 @@ def markdown(results: dict[str, Any]) -> str:
                 + " |"
             )
         lines.append(
-            "| **total** | " + " | ".join(fmt(sum(m.values()), 2) for _n, m in mixes) + " |"
+            "| **total** | "
+            + " | ".join(
+                fmt(sum(v for k, v in m.items() if not k.startswith("status ")), 2)
+                for _n, m in mixes
+            )
+            + " |"
         )
         lines.append("")
 
@@ -488,6 +608,10 @@ def markdown(results: dict[str, Any]) -> str:
             f"estimate error). States of the occurrences due: {lat['states_of_due_occurrences']}.",
             "",
         ]
+
+    fleet = s.get("fleet")
+    if _ok(fleet):
+        lines += fleet_lines(fleet)
 
     cap = s.get("hub_capacity")
     if _ok(cap):

@@ -1,4 +1,8 @@
-"""``make bench``: every Couchfarm benchmark in one run, on one PouchDB Server.
+"""``make bench``: every Couchfarm benchmark in one run, on one server.
+
+PouchDB Server, started by the run; or, with ``COUCHDB_URL`` (and ``COUCHDB_USER``,
+``COUCHDB_PASSWORD`` of a server admin; ``COUCHDB_PID`` if the process listening on the
+URL's port cannot be seen), that CouchDB (bench.common.BenchServer).
 
     make bench                          # BENCH_SCALE=small (default): under 10 minutes
     make bench BENCH_SCALE=full         # the full sizes (10,000 items, longer windows)
@@ -33,6 +37,7 @@ from bench import (
     e2e,
     extras,
     failover,
+    fleet,
     hub_capacity,
     latency,
     plots,
@@ -60,6 +65,7 @@ ORDER = [
     "raw_write",
     "e2e",
     "latency",
+    "fleet",
     "hub_capacity",
     "beanstalkd",
     "tray_idle",
@@ -144,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, subprocess.SubprocessError) as exc:
             log(f"could not create bench/.venv-picas: {exc}")
     server = BenchServer(workdir).start()
+    info["server"] = f"{server.kind}: {server.version}"
+    info["server_pid_seen"] = server.pid is not None
+    log(f"server {server.url} ({info['server']}, pid {server.pid})")
     sections: dict[str, Section] = {}
     state: dict[str, Any] = {}
 
@@ -163,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "raw_write": lambda: raw_write.run(server, scale),
         "e2e": lambda: e2e.run(server, scale, workdir, credentials(), yardstick()),
         "latency": lambda: latency.run(server, scale, workdir, credentials()),
+        "fleet": lambda: fleet.run(server, scale, workdir, credentials()),
         "hub_capacity": lambda: hub_capacity.run(server, scale, workdir, credentials()),
         "beanstalkd": lambda: beanstalk.run(scale, workdir),
         "tray_idle": lambda: extras.tray_idle(server, scale),

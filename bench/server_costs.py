@@ -26,7 +26,6 @@ from bench.common import (
     Section,
     add_users,
     bulk,
-    cpu_seconds,
     log,
     ready_occurrences,
 )
@@ -48,7 +47,7 @@ def run(server: BenchServer, scale: Scale, workdir: Path) -> Section:
     worker_pw = add_users(admin, ["w-cost"], provision.WORKER_ROLE, workdir / "passwords")
     url = server.url
     root = requests.Session()
-    root.auth = (server.dev.admin_user, server.dev.admin_password)
+    root.auth = (server.admin_user, server.admin_password)
     worker = requests.Session()
     worker.auth = ("w-cost", worker_pw["w-cost"].read_text())
     anonymous = requests.Session()
@@ -62,10 +61,10 @@ def run(server: BenchServer, scale: Scale, workdir: Path) -> Section:
     }
 
     def measure(label: str, count: int, action: Callable[[int], Any]) -> None:
-        before = cpu_seconds(server.pid)
+        before = server.cpu_seconds()
         for i in range(count):
             action(i)
-        costs.setdefault(label, []).append(1000 * (cpu_seconds(server.pid) - before) / count)
+        costs.setdefault(label, []).append(1000 * (server.cpu_seconds() - before) / count)
 
     try:
         for rep in range(scale.reps):
