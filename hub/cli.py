@@ -267,6 +267,32 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from hub import audit
+
+    if bool(args.primary) != bool(args.standby):
+        raise SettingsError("give both --primary URL and --standby URL")
+    if args.primary:
+        args.url = f"{args.primary},{args.standby}"
+    conn = _conn(args, admin=True)
+    if len(conn.urls) != 2:
+        raise SettingsError(
+            "give both servers: --primary URL --standby URL (or --url PRIMARY_URL,STANDBY_URL)"
+        )
+    couch = conn.couch()
+    try:
+        report = audit.audit(couch.for_server(0), couch.for_server(1), conn.db)
+    except audit.AuditError as exc:
+        print(f"hub: audit: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        for line in report.lines():
+            print(line)
+    return 0 if report.clean else 1
+
+
 def cmd_occurrence(args: argparse.Namespace) -> int:
     from hub.service import ServiceError
 
@@ -523,6 +549,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="target", required=True, help="the new primary's URL")
     p.add_argument("--sample", type=int, default=50, help="document bodies to compare per db")
     p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser(
+        "audit",
+        help="compare primary and standby: differing, missing and conflicted documents, "
+        "occurrences with two results (exit 1 if any)",
+    )
+    _connection_args(p)
+    p.add_argument("--primary", help="the primary's URL (default: the first of --url)")
+    p.add_argument("--standby", help="the standby's URL (default: the second of --url)")
+    p.add_argument("--json", action="store_true", help="the report as JSON, for scripts")
+    p.set_defaults(func=cmd_audit)
 
     tallies = sub.add_parser("tallies", help="the dashboard's monthly per-task tallies")
     tallies_sub = tallies.add_subparsers(dest="action", required=True)
