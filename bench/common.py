@@ -437,7 +437,7 @@ class BenchServer:
         self.version = str(welcome.get("version", "n/a"))
         if self.external_url:
             vendor = (welcome.get("vendor") or {}).get("name", "")
-            self.kind = "couchdb" if "couchdb" in str(welcome.get("couchdb", "")).lower() else "?"
+            self.kind = "couchdb" if "couchdb" in welcome else "pouchdb"
             self.version = f"{vendor or 'CouchDB'} {self.version}".strip()
             self._pid = self._find_pid()
             if self._pid is None:

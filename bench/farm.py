@@ -65,7 +65,9 @@ class Farm:
 
     # ------------------------------------------------------------ processes
 
-    def start_hub(self, timeout: float = 120.0) -> Child:
+    def start_hub(self, timeout: float = 120.0, counts: Path | None = None) -> Child:
+        """``hub serve``; with ``counts``, under bench/workers/counted_hub.py, which writes the
+        hub's own requests by endpoint to that file."""
         env = python_env()
         env.update(
             {
@@ -76,8 +78,12 @@ class Farm:
             }
         )
         log_path = self.workdir / "hub.log"
+        if counts is None:
+            argv = [sys.executable, "-m", "hub.cli"]
+        else:
+            argv = [sys.executable, str(BENCH_DIR / "workers" / "counted_hub.py"), str(counts)]
         self.hub = Child(
-            [sys.executable, "-m", "hub.cli", "serve", "--portal-port", "-1"],
+            [*argv, "serve", "--portal-port", "-1"],
             log_path=log_path,
             env=env,
         )

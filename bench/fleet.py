@@ -32,7 +32,9 @@ Phases, per W, once every worker has checked in:
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import secrets
 import sys
 import time
@@ -143,6 +145,15 @@ class Fleet:
             "lost": lost,
         }
 
+    def claims(self) -> dict[str, str]:
+        """``lease.claimed_at`` of every claim the engines made (from their run tables)."""
+        out: dict[str, str] = {}
+        for host in self.hosts:
+            host.send({"cmd": "claims"})
+        for host in self.hosts:
+            out.update(host.recv(60)["claims"])
+        return out
+
     def stop(self) -> None:
         for host in self.hosts:
             try:
@@ -215,8 +226,11 @@ def run_level(
     fleet = Fleet(server, db, names, password_file, workdir / db, scale.fleet_per_host)
     offered = scale.fleet_tasks / scale.fleet_every
     hub_cpu: list[float] = []
+    hub_counts_path = workdir / db / "hub-counts.json"
+    hub_counts: list[dict[str, Any]] = []
+    engine_claims: dict[str, str] = {}
     try:
-        farm.start_hub()
+        farm.start_hub(counts=hub_counts_path)
         began = time.monotonic()
         fleet.start()
         farm.wait_checked_in(names, timeout=60 + workers)
@@ -249,19 +263,25 @@ def run_level(
         t1 = t0 + scale.fleet_window_s
         sleep_until(t0)
         load_a, load_m0 = fleet.sample(), server.mark()
+        hub_counts.append(_read_counts(hub_counts_path))
         hub_cpu.append(cpu_seconds(farm.hub.pid) if farm.hub else 0.0)
         sleep_until(t1)
         load_m1, load_b = server.mark(), fleet.sample()
+        hub_counts.append(_read_counts(hub_counts_path))
         hub_cpu.append(cpu_seconds(farm.hub.pid) if farm.hub else 0.0)
         hosts_rss = sum(_rss(host.pid) for host in fleet.hosts)
         time.sleep(3.0)  # runs in flight at the window's end finish
+        engine_claims = fleet.claims()
     finally:
         fleet.stop()
         farm.stop()
     time.sleep(1.0)  # the last responses reach PouchDB Server's log
     docs = all_occurrences(server.admin, db)
     finished = _finished_times(server, db, docs)
+    # Claim times as the engines wrote them; revision 2 of the occurrence for any they did
+    # not report (CouchDB may have compacted old revisions away).
     claims = claimed_at(server.admin, db, [d for d in docs if d.get("state") == "done"])
+    claims.update(engine_claims)
     server.drop_db(db)
     return summarize(
         server,
@@ -276,7 +296,22 @@ def run_level(
         claims=claims,
         hub_cpu_s=hub_cpu[1] - hub_cpu[0],
         hosts_rss=hosts_rss,
+        hub_endpoints=_counts_diff(hub_counts[0], hub_counts[1]),
     )
+
+
+def _read_counts(path: Path) -> dict[str, Any]:
+    """The hub's own requests by endpoint so far (bench/workers/counted_hub.py)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"endpoints": {}}
+
+
+def _counts_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, int]:
+    diff = Counter(b.get("endpoints", {}))
+    diff.subtract(Counter(a.get("endpoints", {})))
+    return {k: v for k, v in diff.most_common() if v}
 
 
 def _rss(pid: int) -> int:
@@ -300,21 +335,25 @@ def summarize(
     claims: dict[str, str],
     hub_cpu_s: float,
     hosts_rss: int,
+    hub_endpoints: dict[str, int],
 ) -> dict[str, Any]:
     start, end = window
     seconds = end.at - start.at
     load = server.figures(start, end)
     quiet = server.figures(*idle)
     done = sum(1 for t in finished.values() if start.at <= t < end.at)
-    delays, unclaimed = [], 0
+    delays, started, unclaimed = [], [], 0
     for doc in docs:
         due = from_wire(doc["due_at"]).timestamp()
         if not start.at <= due < end.at:
             continue
+        run = doc.get("result") or {}
+        if run.get("started_at"):
+            started.append(from_wire(run["started_at"]).timestamp() - due)
         if doc["_id"] in claims:
             delays.append(from_wire(claims[doc["_id"]]).timestamp() - due)
-        elif doc.get("state") in ("ready", "leased", "retry"):
-            unclaimed += 1  # not claimed (or not finished) by the end
+        elif doc.get("state") in ("ready", "retry"):
+            unclaimed += 1  # waiting at the end, never (or no longer) claimed
     states = Counter(
         d.get("state") for d in docs if start.at <= from_wire(d["due_at"]).timestamp() < end.at
     )
@@ -351,6 +390,15 @@ def summarize(
         }
         if done
         else {},
+        "hub_requests_per_occurrence": per_occ(sum(hub_endpoints.values())),
+        # Requests the server counted that neither the workers nor the hub sent: on a shared
+        # CouchDB, someone else's traffic (its CPU is in the server's figure too).
+        "unattributed_requests_per_occurrence": per_occ(
+            load.requests - load_traffic["requests"] - sum(hub_endpoints.values())
+        ),
+        "hub_requests_per_occurrence_by_endpoint": {k: v / done for k, v in hub_endpoints.items()}
+        if done
+        else {},
         "bytes_per_worker_per_occurrence": per_occ(load_traffic["bytes"] / workers),
         "bytes_all_workers_per_occurrence": per_occ(load_traffic["bytes"]),
         "bytes_per_worker_per_s_loaded": load_traffic["bytes"] / workers / seconds
@@ -370,6 +418,7 @@ def summarize(
             "server_cores": None if quiet.cpu_s is None else quiet.cpu_s / (quiet.seconds or 1),
         },
         "due_to_claimed_s": latency_summary(delays),
+        "due_to_started_s": latency_summary(started),
         "unclaimed_due_in_window": unclaimed,
         "states_of_due_in_window": dict(states),
         "lost_races": load.lost_races,
@@ -395,18 +444,25 @@ def _f(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
+def levels(scale: Scale) -> tuple[int, ...]:
+    """The scale's W, or BENCH_FLEET_WORKERS (e.g. ``4,16,64``)."""
+    chosen = os.environ.get("BENCH_FLEET_WORKERS", "")
+    return tuple(int(x) for x in chosen.split(",") if x.strip()) or scale.fleet_workers
+
+
 def run(server: BenchServer, scale: Scale, workdir: Path, credentials: Credentials) -> Section:
+    workers_levels = levels(scale)
     section = Section(
         "fleet",
         "See bench/fleet.py. "
-        + f"W = {list(scale.fleet_workers)} engines (runs in-process, up to "
+        + f"W = {list(workers_levels)} engines (runs in-process, up to "
         + f"{scale.fleet_per_host} per host process); {scale.fleet_tasks} tasks of demo.sleep "
         + f"{scale.fleet_ms} ms every {scale.fleet_every} s, starts spread "
         + f"({scale.fleet_tasks / scale.fleet_every:g} occ/s offered); idle "
         + f"{scale.fleet_idle_s} s, then {scale.fleet_warmup_s} s warm-up and a "
         + f"{scale.fleet_window_s} s window; server {server.kind} {server.version}.",
     )
-    most = max(scale.fleet_workers)
+    most = max(workers_levels)
     password = secrets.token_urlsafe(15)
     password_file = workdir / "passwords" / "fleet.password"
     password_file.parent.mkdir(parents=True, exist_ok=True)
@@ -421,7 +477,7 @@ def run(server: BenchServer, scale: Scale, workdir: Path, credentials: Credentia
     )
     section.data["server"] = {"kind": server.kind, "version": server.version}
     section.data["by_workers"] = {}
-    for count in scale.fleet_workers:
+    for count in workers_levels:
         log(f"fleet: W={count}")
         section.data["by_workers"][str(count)] = run_level(
             server, scale, workdir, credentials, count, password_file

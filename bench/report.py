@@ -273,10 +273,11 @@ def fleet_lines(fleet: dict[str, Any]) -> list[str]:
         f"#### 9. Fleet ({fleet.get('setup', '')})",
         "",
         "| workers | completed/s (of offered) | server CPU ms/occ | requests/occ (server) | "
-        "lost races/occ | bytes per worker per occ | bytes, all workers, per occ | "
+        "of which workers / hub / neither | lost races/occ | bytes per worker per occ | "
+        "bytes, all workers, per occ | "
         "idle: bytes per worker per s | due → claimed p50 / p95 / p99 s | due, unclaimed | "
         "cores: server / hub / fleet |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for w, row in rows.items():
         claimed = row.get("due_to_claimed_s") or {}
@@ -284,6 +285,9 @@ def fleet_lines(fleet: dict[str, Any]) -> list[str]:
             f"| {w} | {fmt(row.get('completed_per_s'), 2)} ({fmt(row.get('offered_per_s'), 1)}) "
             f"| {fmt(row.get('server_cpu_ms_per_occurrence'), 1)} "
             f"| {fmt(row.get('requests_per_occurrence'), 2)} "
+            f"| {fmt(row.get('worker_requests_per_occurrence'), 2)} / "
+            f"{fmt(row.get('hub_requests_per_occurrence'), 2)} / "
+            f"{fmt(row.get('unattributed_requests_per_occurrence'), 2)} "
             f"| {fmt(row.get('lost_races_per_occurrence'), 2)} "
             f"| {fmt(row.get('bytes_per_worker_per_occurrence'), 0)} "
             f"| {fmt(row.get('bytes_all_workers_per_occurrence'), 0)} "
@@ -302,6 +306,10 @@ def fleet_lines(fleet: dict[str, Any]) -> list[str]:
         (
             "the workers' own requests (client side), by endpoint",
             "worker_requests_per_occurrence_by_endpoint",
+        ),
+        (
+            "the hub's own requests (client side, bench/workers/counted_hub.py), by endpoint",
+            "hub_requests_per_occurrence_by_endpoint",
         ),
     ):
         mixes = [(w, row.get(key) or {}) for w, row in rows.items()]
@@ -469,7 +477,7 @@ def markdown(results: dict[str, Any]) -> str:
             "PiCaS req/claim | Couchfarm lost races/claim | Couchfarm waste | "
             "double-claimed items: Couchfarm / PiCaS | CPU ms per claim, server: Couchfarm / "
             "PiCaS | CPU ms per claim, clients: Couchfarm / PiCaS |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for w, row in race["by_workers"].items():
             cf, pc = row["couchfarm"], row["picas"]

@@ -13,8 +13,9 @@ what the engine has read so far. Requests are counted too, by what they did.
 
 Protocol: JSON lines on stdin, answers on stdout (``bench.common.Child`` with pipes):
 ``{"cmd": "start"}`` → ``{"started": n}``; ``{"cmd": "sample"}`` → bytes and requests per
-worker, requests by endpoint, runs, CPU of this process; ``{"cmd": "stop"}`` → stops every
-engine (in parallel) and answers ``{"stopped": n}``.
+worker, requests by endpoint, runs, CPU of this process; ``{"cmd": "claims"}`` → each
+claimed occurrence's ``lease.claimed_at``; ``{"cmd": "stop"}`` → stops every engine (in
+parallel) and answers ``{"stopped": n}``.
 """
 
 from __future__ import annotations
@@ -92,6 +93,29 @@ class Traffic:
             self.endpoints[label] += 1
 
 
+class ClaimTimes:
+    """Each claim's ``lease.claimed_at`` (hub time, as written), noted when its run starts.
+
+    Read from the engine's run table (``Engine._runs``: no public accessor carries it); the
+    bench falls back to revision 2 of the occurrence when this finds nothing."""
+
+    def __init__(self, engine: Engine, claims: dict[str, str], lock: threading.Lock) -> None:
+        self.engine = engine
+        self.claims = claims
+        self.lock = lock
+
+    def __call__(self, event: Any) -> None:
+        if event.name != "run_started" or not event.occ_id:
+            return
+        run = getattr(self.engine, "_runs", {}).get(event.occ_id)
+        claimed = getattr(run, "claimed_at", "") if run is not None else ""
+        if not claimed and run is not None and getattr(run.occ, "lease", None) is not None:
+            claimed = run.occ.lease.claimed_at
+        if claimed:
+            with self.lock:
+                self.claims[event.occ_id] = claimed
+
+
 def _header_bytes(response: Any) -> int:
     # Status line and headers as sent ("Name: value\r\n"), plus the blank line.
     size = len(f"HTTP/1.1 {response.status_code} {response.reason or ''}\r\n") + 2
@@ -148,6 +172,8 @@ def main() -> int:
     spool_dir = Path(args.spool_dir)
     spool_dir.mkdir(parents=True, exist_ok=True)
     traffic = {name: Traffic() for name in names}
+    claims: dict[str, str] = {}
+    claims_lock = threading.Lock()
     engines: list[Engine] = []
     for name in names:
         config = WorkerConfig(
@@ -163,7 +189,9 @@ def main() -> int:
         def factory(cfg: WorkerConfig, _t: Traffic = traffic[name]) -> Couch:
             return count_traffic(default_couch_factory(cfg), _t)
 
-        engines.append(Engine(config, couch_factory=factory, start_run=start_sleep))
+        engine = Engine(config, couch_factory=factory, start_run=start_sleep)
+        engine.add_listener(ClaimTimes(engine, claims, claims_lock))
+        engines.append(engine)
     me = psutil.Process()
 
     def reply(message: dict[str, Any]) -> None:
@@ -198,6 +226,9 @@ def main() -> int:
                     "threads": me.num_threads(),
                 }
             )
+        elif cmd == "claims":
+            with claims_lock:
+                reply({"claims": dict(claims)})
         elif cmd == "stop":
             stoppers = [
                 threading.Thread(target=engine.stop, kwargs={"timeout": 10.0}, daemon=True)
