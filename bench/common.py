@@ -15,6 +15,7 @@ server's child processes, e.g. CouchDB's ``couchjs``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -288,13 +289,16 @@ def endpoint_counts(lines: Iterable[LogLine]) -> dict[str, int]:
 # ---------------------------------------------------------------- server
 
 
-def process_tree_cpu(pid: int | None) -> dict[str, float]:
-    """CPU seconds (user+system) of a process and every descendant, by process name.
+@dataclass(frozen=True)
+class ProcCpu:
+    name: str
+    ppid: int
+    own: float  # user + system of the process itself
+    reaped: float  # what its exited, waited-for children left in its children_* counters
 
-    Each process counts its own time plus what its reaped children left in its
-    ``children_*`` counters, so a JS process that exited between two samples (CouchDB's
-    ``couchjs``, reaped by ``erl_child_setup``) is still counted, and nothing twice.
-    """
+
+def process_tree_cpu(pid: int | None) -> dict[int, ProcCpu]:
+    """CPU seconds of a process and every descendant, by pid (see :func:`cpu_by_name`)."""
     if pid is None:
         return {}
     try:
@@ -302,16 +306,55 @@ def process_tree_cpu(pid: int | None) -> dict[str, float]:
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
         return {}
-    out: dict[str, float] = {}
+    out: dict[int, ProcCpu] = {}
     for proc in procs:
         try:
-            times = proc.cpu_times()
-            name = proc.name()
+            with proc.oneshot():
+                times = proc.cpu_times()
+                out[proc.pid] = ProcCpu(
+                    proc.name(),
+                    proc.ppid(),
+                    times.user + times.system,
+                    times.children_user + times.children_system,
+                )
         except psutil.Error:
             continue
-        total = times.user + times.system + times.children_user + times.children_system
-        out[name] = out.get(name, 0.0) + total
     return out
+
+
+def cpu_by_name(start: dict[int, ProcCpu], end: dict[int, ProcCpu]) -> dict[str, float]:
+    """CPU seconds spent between two samples of a process tree, by process name.
+
+    A process that exited in between (CouchDB's ``couchjs``, reaped by ``erl_child_setup``)
+    left its whole lifetime in its parent's ``children_*``: that, less what it had used at
+    the first sample, is charged to the exited processes' name (when the parent's exited
+    children had one name, else to ``exited children of <parent>``). Nothing is counted twice.
+    """
+    out: dict[str, float] = {}
+    for pid, now in end.items():
+        before = start.get(pid)
+        if before is not None and before.name != now.name:
+            before = None  # pid reused
+        out[now.name] = out.get(now.name, 0.0) + now.own - (before.own if before else 0.0)
+    gone: dict[int, list[ProcCpu]] = {}
+    for pid, then in start.items():
+        if pid not in end or end[pid].name != then.name:
+            gone.setdefault(then.ppid, []).append(then)
+    parents = set(gone)
+    for pid, now in end.items():
+        before = start.get(pid)
+        reaped = now.reaped - (before.reaped if before and before.name == now.name else 0.0)
+        if reaped <= 0 and pid not in gone:
+            continue
+        dead = gone.get(pid, [])
+        names = {d.name for d in dead}
+        label = names.pop() if len(names) == 1 else f"exited children of {now.name}"
+        out[label] = out.get(label, 0.0) + reaped - sum(d.own for d in dead)
+        parents.discard(pid)
+    for ppid in parents:  # exited children whose parent left the tree too: lost
+        for dead in gone[ppid]:
+            out[dead.name] = out.get(dead.name, 0.0) - dead.own
+    return {k: round(v, 3) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 
 def pid_listening_on(port: int) -> int | None:
@@ -347,7 +390,7 @@ class Mark:
     """The server's own figures at one moment: see :meth:`BenchServer.mark`."""
 
     at: float  # time.time() when taken
-    cpu: dict[str, float]  # CPU seconds so far by process name (server and its children)
+    cpu: dict[int, ProcCpu]  # CPU seconds so far of the server and its descendants, by pid
     log_offset: int = 0  # PouchDB: size of the request log
     stats: dict[str, Any] = field(default_factory=dict)  # CouchDB: flattened counters
 
@@ -445,9 +488,10 @@ class BenchServer:
                     f"cannot see the process serving {self.url}: server CPU is n/a "
                     "(set COUCHDB_PID)"
                 )
-            first = self._stats()
-            second = self._stats()
-            self._mark_requests = int(second.get("requests", 0) - first.get("requests", 0))
+            # What one mark's own _stats read adds to a window (1 on CouchDB 3.5): the least
+            # of a few back-to-back differences, as other clients may be sending too.
+            counts = [self._stats().get("requests", 0) for _ in range(5)]
+            self._mark_requests = int(min(b - a for a, b in itertools.pairwise(counts)))
         else:
             self.version = f"PouchDB Server {self.version}"
         return self
@@ -475,7 +519,7 @@ class BenchServer:
 
     def cpu_seconds(self) -> float:
         """CPU seconds so far of the server and every process under it (JS included)."""
-        return sum(process_tree_cpu(self._pid).values())
+        return sum(p.own + p.reaped for p in process_tree_cpu(self._pid).values())
 
     # ------------------------------------------------------------ server figures
 
@@ -525,10 +569,7 @@ class BenchServer:
         the marks' own ``_stats`` reads and ``exclude`` requests the caller sent itself.
         """
         seconds = end.at - start.at
-        cpu_by = {
-            name: end.cpu.get(name, 0.0) - start.cpu.get(name, 0.0)
-            for name in sorted(set(end.cpu) | set(start.cpu))
-        }
+        cpu_by = cpu_by_name(start.cpu, end.cpu)
         cpu = sum(cpu_by.values()) if (end.cpu or start.cpu) else None
         if self.dev is not None:
             if whole_seconds:
