@@ -9,9 +9,17 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hub.timefmt import from_wire, to_id_stamp
 
@@ -25,6 +33,11 @@ DEFAULT_PRIORITY = 1024
 MAX_INPUT_BYTES = 16 * 1024
 MAX_OUTPUT_BYTES = 64 * 1024
 MAX_ERROR_HISTORY = 20
+# Lengths (in characters) of the text fields that hold text from outside: a worker's or a
+# handler's error and progress message, a reason given by a person or the hub.
+MAX_REASON_CHARS = 500
+MAX_ERROR_CHARS = 2000
+MAX_PROGRESS_CHARS = 200
 
 
 class State(StrEnum):
@@ -76,6 +89,44 @@ class DocModel(BaseModel):
         # _conflicts / _revisions / _attachments are CouchDB metadata, not part of the model.
         clean = {k: v for k, v in doc.items() if not k.startswith("_") or k in ("_id", "_rev")}
         return cls.model_validate(clean)
+
+
+# ---------------------------------------------------------------- text from outside
+
+
+def clean_text(text: str, limit: int | None = None) -> str:
+    """Text from outside (an error, a progress message, a reason) made fit to store.
+
+    Lone surrogates, which ``json.loads`` and Python strings allow but UTF-8, pydantic and
+    CouchDB refuse, become U+FFFD (a surrogate pair becomes its character); then the text
+    is cut to ``limit`` characters, the model's maximum for its field. Text that is
+    already valid comes back unchanged (cut, if it is longer than ``limit``).
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text if limit is None else text[:limit]
+
+
+def clean_json(value: Any) -> Any:
+    """A JSON value (a run's output) with every string in it, keys too, through clean_text."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_json(key): clean_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean_json(item) for item in value]
+    return value
+
+
+def _valid_text(value: Any) -> Any:
+    return clean_text(value) if isinstance(value, str) else value
+
+
+# A text field that takes text from outside: lone surrogates are replaced, not refused
+# (its length is still checked; hub.states cuts what it stores to the field's maximum).
+OutsideText = Annotated[str, BeforeValidator(_valid_text)]
 
 
 # ---------------------------------------------------------------- ids
@@ -207,7 +258,7 @@ class Progress(BaseModel):
 
     num: float = Field(default=0, ge=0)
     den: float = Field(default=0, ge=0)
-    msg: str = Field(default="", max_length=200)
+    msg: OutsideText = Field(default="", max_length=MAX_PROGRESS_CHARS)
 
 
 class ErrorRecord(BaseModel):
@@ -216,7 +267,7 @@ class ErrorRecord(BaseModel):
     attempt: int = Field(ge=0)
     at: str = Field(pattern=WIRE_TIME_PATTERN)
     worker: str | None = Field(default=None, pattern=NAME_PATTERN)
-    error: str = Field(max_length=2000)
+    error: OutsideText = Field(max_length=MAX_ERROR_CHARS)
 
 
 class RunResult(BaseModel):
@@ -230,12 +281,17 @@ class RunResult(BaseModel):
     started_at: str = Field(pattern=WIRE_TIME_PATTERN)
     finished_at: str = Field(pattern=WIRE_TIME_PATTERN)
     output: Any = None
-    error: str | None = Field(default=None, max_length=2000)
+    error: OutsideText | None = Field(default=None, max_length=MAX_ERROR_CHARS)
 
     @field_validator("output")
     @classmethod
     def _output_small(cls, value: Any) -> Any:
-        if json_size(value) > MAX_OUTPUT_BYTES:
+        try:
+            size = json_size(value)
+        except UnicodeEncodeError:  # lone surrogates, e.g. from a handler's JSON
+            value = clean_json(value)
+            size = json_size(value)
+        if size > MAX_OUTPUT_BYTES:
             raise ValueError(f"output is larger than {MAX_OUTPUT_BYTES} bytes of JSON")
         return value
 
@@ -260,7 +316,7 @@ class Occurrence(DocModel):
     progress: Progress | None = None
     errors: list[ErrorRecord] = Field(default_factory=list)
     result: RunResult | None = None
-    reason: str | None = Field(default=None, max_length=500)
+    reason: OutsideText | None = Field(default=None, max_length=MAX_REASON_CHARS)
     created_at: str = Field(pattern=WIRE_TIME_PATTERN)
     updated_at: str = Field(pattern=WIRE_TIME_PATTERN)
 

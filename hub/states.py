@@ -24,7 +24,9 @@ from hub.model import (
     ACTIVE_STATES,
     DEFAULT_PRIORITY,
     FINAL_STATES,
+    MAX_ERROR_CHARS,
     MAX_ERROR_HISTORY,
+    MAX_REASON_CHARS,
     Backoff,
     ErrorRecord,
     Lease,
@@ -33,6 +35,7 @@ from hub.model import (
     RunResult,
     State,
     Task,
+    clean_text,
     occurrence_id,
 )
 from hub.timefmt import from_wire, to_wire
@@ -66,6 +69,12 @@ def _with(occ: Occurrence, now: datetime, **changes: Any) -> Occurrence:
     data = occ.model_dump(by_alias=True, exclude_none=False)
     data.update(changes)
     return Occurrence.model_validate(data)
+
+
+def _reason(text: str) -> str:
+    """A reason as stored: valid text (lone surrogates replaced), cut to the model's maximum.
+    Every reason and error that comes from outside goes through here or :func:`fail`."""
+    return clean_text(text, MAX_REASON_CHARS)
 
 
 def _errors_plus(occ: Occurrence, record: ErrorRecord) -> list[ErrorRecord]:
@@ -111,7 +120,7 @@ def materialize(
         not_before=to_wire(not_before or due),
         queue_at=to_wire(turn_at(not_before or due, task.priority, fair_offset)),
         state=state,
-        reason=reason,
+        reason=None if reason is None else _reason(reason),
         created_at=stamp,
         updated_at=stamp,
     )
@@ -141,7 +150,10 @@ def claim(occ: Occurrence, worker: str, now: datetime) -> Occurrence:
 def touch(
     occ: Occurrence, worker: str, now: datetime, progress: Progress | None = None
 ) -> Occurrence:
-    """Extend the lease by a TTR from ``now`` (beanstalkd's touch), with optional progress."""
+    """Extend the lease by a TTR from ``now`` (beanstalkd's touch), with optional progress.
+
+    ``Progress`` replaces lone surrogates in its message itself (hub.model.OutsideText), so
+    a worker's progress is valid however it was built; its length is the caller's to cut."""
     _require_holder(occ, "touch", worker)
     assert occ.lease is not None
     lease = occ.lease.model_copy(update={"expires_at": to_wire(now + timedelta(seconds=occ.ttr))})
@@ -152,6 +164,7 @@ def finish(
     occ: Occurrence, worker: str, now: datetime, *, started_at: datetime, output: Any
 ) -> Occurrence:
     _require_holder(occ, "finish", worker)
+    # RunResult replaces lone surrogates in the output's strings (hub.model.clean_json).
     result = RunResult(
         status="ok",
         worker=worker,
@@ -175,10 +188,11 @@ def fail(
 ) -> Occurrence:
     """A run failed: retry after backoff, bury when attempts are used, or fail for good."""
     _require_holder(occ, "fail", worker)
-    record = ErrorRecord(attempt=occ.attempt, at=to_wire(now), worker=worker, error=error[:2000])
+    stored = clean_text(error, MAX_ERROR_CHARS)
+    record = ErrorRecord(attempt=occ.attempt, at=to_wire(now), worker=worker, error=stored)
     errors = _errors_plus(occ, record)
     if permanent:
-        return _with(occ, now, state=State.FAILED, lease=None, errors=errors, reason=error[:500])
+        return _with(occ, now, state=State.FAILED, lease=None, errors=errors, reason=_reason(error))
     if occ.attempt >= occ.max_attempts:
         reason = f"failed {occ.attempt} of {occ.max_attempts} attempts"
         return _with(occ, now, state=State.BURIED, lease=None, errors=errors, reason=reason)
@@ -202,7 +216,7 @@ def release(occ: Occurrence, worker: str, now: datetime, reason: str = "released
         state=State.READY,
         lease=None,
         attempt=max(0, occ.attempt - 1),
-        reason=reason[:500],
+        reason=_reason(reason),
     )
 
 
@@ -238,7 +252,7 @@ def promote(occ: Occurrence, now: datetime) -> Occurrence:
 
 def bury(occ: Occurrence, now: datetime, reason: str) -> Occurrence:
     _require(occ, "bury", {State.SCHEDULED, State.READY, State.LEASED})
-    return _with(occ, now, state=State.BURIED, lease=None, reason=reason[:500])
+    return _with(occ, now, state=State.BURIED, lease=None, reason=_reason(reason))
 
 
 def kick(occ: Occurrence, now: datetime) -> Occurrence:
@@ -257,18 +271,18 @@ def kick(occ: Occurrence, now: datetime) -> Occurrence:
 
 def skip(occ: Occurrence, now: datetime, reason: str) -> Occurrence:
     _require(occ, "skip", {State.SCHEDULED, State.READY})
-    return _with(occ, now, state=State.SKIPPED, reason=reason[:500])
+    return _with(occ, now, state=State.SKIPPED, reason=_reason(reason))
 
 
 def miss(occ: Occurrence, now: datetime, reason: str) -> Occurrence:
     _require(occ, "miss", {State.SCHEDULED, State.READY})
-    return _with(occ, now, state=State.MISSED, reason=reason[:500])
+    return _with(occ, now, state=State.MISSED, reason=_reason(reason))
 
 
 def cancel(occ: Occurrence, now: datetime, reason: str) -> Occurrence:
     """Stop an occurrence for good. A worker holding it learns at its next write (409)."""
     _require(occ, "cancel", ACTIVE_STATES | {State.BURIED})
-    return _with(occ, now, state=State.CANCELLED, lease=None, progress=None, reason=reason[:500])
+    return _with(occ, now, state=State.CANCELLED, lease=None, progress=None, reason=_reason(reason))
 
 
 # ---------------------------------------------------------------- helpers

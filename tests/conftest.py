@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -25,6 +26,24 @@ from hub.couch import Couch
 from hub.devserver import DevServer
 from hub.model import Occurrence, Task, task_id
 from hub.timefmt import to_wire
+
+# Hypothesis profiles, picked by HYPOTHESIS_PROFILE (issue 21, "Deterministic CI").
+# "ci", the default and what `make test` runs: derandomized (the examples are drawn from a
+#   seed derived from each test's code, so every run tries the same ones), no database of
+#   earlier failures, no deadline or too-slow check (both depend on the machine's speed).
+# "fuzz", for `make fuzz`: random examples from the seed the run prints, five times as
+#   many (4-6 minutes); a failure prints its @reproduce_failure blob, the seed its run.
+# A test that needs a smaller budget (one that calls the server) takes a fraction of the
+# profile's max_examples, so it also runs five times as many under "fuzz".
+_BASE = {
+    "parent": settings.get_profile("default"),  # not Hypothesis's own "ci" when CI is set
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow],
+    "print_blob": True,
+}
+settings.register_profile("ci", derandomize=True, max_examples=200, **_BASE)
+settings.register_profile("fuzz", derandomize=False, max_examples=1000, **_BASE)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 WORKERS = ("w1", "w2", "w3")
 # Primary and standby dev servers share one admin password, as a real pair usually does.

@@ -8,7 +8,7 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from hub.model import Schedule
@@ -128,7 +128,6 @@ def test_non_utc_aware_inputs_are_accepted_and_output_is_utc() -> None:
     assert_strictly_increasing_utc(out)
 
 
-@settings(max_examples=150, deadline=None)
 @given(
     every=st.integers(min_value=10, max_value=7200),
     start_offset=st.one_of(st.none(), st.integers(min_value=-86_400, max_value=86_400)),
@@ -398,7 +397,6 @@ def test_jitter_zero_and_negative() -> None:
         jitter_offset("task:acme:ping", DAY, -1)
 
 
-@settings(max_examples=100, deadline=None)
 @given(
     task=st.text(min_size=1, max_size=60),
     seconds=st.integers(min_value=0, max_value=4_000_000_000),
