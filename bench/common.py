@@ -113,7 +113,7 @@ SCALES = {
         beanstalk_jobs=10_000,
         extra_timeout_s=600.0,
         fleet_workers=(4, 16, 64, 200),
-        fleet_idle_s=40,
+        fleet_idle_s=60,
         fleet_warmup_s=20,
         fleet_window_s=60,
     ),
