@@ -3,8 +3,10 @@ suite) and ``bench/failover.py`` (issue 6's full scale, repeated).
 
 One run (:func:`run_fault`):
 
-1. two PouchDB Servers (primary, standby), ``hub init`` on both, continuous replication
-   both ways; ``tasks`` tasks of ``demo.sleep`` every ``every_s`` seconds;
+1. two servers (primary, standby): new PouchDB Servers by default, or the ones given
+   (``tests/servers.py``: a real CouchDB pair faulted through commands); ``hub init`` on
+   both, continuous replication both ways; ``tasks`` tasks of ``demo.sleep`` every
+   ``every_s`` seconds;
 2. ``hub serve`` and four headless workers, all given both URLs;
 3. under that load, replication lag is sampled (seconds: a probe written on the primary
    until it is read on the standby; documents: ids whose winning revision on the primary
@@ -31,7 +33,6 @@ import os
 import random
 import re
 import secrets
-import shutil
 import signal
 import statistics
 import subprocess
@@ -39,6 +40,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
@@ -47,12 +49,12 @@ from typing import Any
 
 from hub import provision, replication, resolver
 from hub.couch import Couch, CouchError
-from hub.devserver import DevServer
 from hub.model import Task, task_id
 from hub.timefmt import from_wire, to_wire
+from tests.servers import ControlledServer, fault_servers
 
 REPO = Path(__file__).resolve().parent.parent
-DB = "farm"
+DB = "farm"  # on servers of the run's own; a persistent pair gets a new name per run
 STORED = re.compile(
     r"event=result_stored occ=(\S+) state=done worker=(\S+) started_at=(\S+) finished_at=(\S+)"
 )
@@ -158,20 +160,20 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 
 def _docs_behind(p_admin: Couch, s_admin: Couch, every: float, stop: threading.Event,
-                 report: FaultReport) -> None:  # fmt: skip
+                 report: FaultReport, db: str = DB) -> None:  # fmt: skip
     """Lag in documents: ids whose winning revision on the primary the standby lacks. The
     standby is read first, so a write landing between the two reads counts as lag."""
     while not stop.wait(every):
         try:
-            theirs = {r["id"]: r["value"]["rev"] for r in s_admin.all_docs(DB)}
-            ours = {r["id"]: r["value"]["rev"] for r in p_admin.all_docs(DB)}
+            theirs = {r["id"]: r["value"]["rev"] for r in s_admin.all_docs(db)}
+            ours = {r["id"]: r["value"]["rev"] for r in p_admin.all_docs(db)}
         except CouchError:
             continue
         report.lag_docs.append(sum(1 for k, rev in ours.items() if theirs.get(k) != rev))
 
 
 def _probe_lag(p_admin: Couch, s_admin: Couch, every: float, stop: threading.Event,
-               report: FaultReport) -> None:  # fmt: skip
+               report: FaultReport, db: str = DB) -> None:  # fmt: skip
     """Lag in seconds: a new probe document written on the primary every ``every`` s (a
     new id each time: a rewritten document jumps to the end of the changes feed, so while
     replication is behind it would never arrive); the standby is polled every 0.1 s and
@@ -184,10 +186,10 @@ def _probe_lag(p_admin: Couch, s_admin: Couch, every: float, stop: threading.Eve
             if time.monotonic() >= next_write:
                 number += 1
                 probe_id = f"hub:probe:fault:{number:05d}"
-                p_admin.put(DB, {"_id": probe_id, "type": "hub", "at": to_wire(p_admin.now())})
+                p_admin.put(db, {"_id": probe_id, "type": "hub", "at": to_wire(p_admin.now())})
                 sent[probe_id] = time.monotonic()
                 next_write = sent[probe_id] + every
-            rows = s_admin.all_docs(DB, keys=list(sent)) if sent else []
+            rows = s_admin.all_docs(db, keys=list(sent)) if sent else []
             arrived = time.monotonic()
             for row in rows:
                 if "value" in row and row["key"] in sent:
@@ -202,28 +204,36 @@ def _probe_lag(p_admin: Couch, s_admin: Couch, every: float, stop: threading.Eve
 # ---------------------------------------------------------------- the run
 
 
-def run_fault(tmp: Path, cfg: FaultConfig) -> FaultReport:
-    """One kill -9 / run on the standby / rebuild / recover cycle; returns the audit."""
+def run_fault(
+    tmp: Path, cfg: FaultConfig, servers: Sequence[ControlledServer] | None = None
+) -> FaultReport:
+    """One kill -9 / run on the standby / rebuild / recover cycle; returns the audit.
+
+    ``servers``: the (primary, standby) to use, kept running by the caller; by default two
+    new PouchDB Servers in ``tmp``, stopped at the end. Only the primary is faulted."""
+    if servers is None:
+        with fault_servers(tmp, "primary", "standby", real=False) as pair:
+            return run_fault(tmp, cfg, pair)
     began = time.monotonic()
     rng = random.Random(cfg.seed)
     report = FaultReport()
-    admin_pw, hub_pw, worker_pw = (secrets.token_urlsafe(12) for _ in range(3))
-    primary = DevServer(tmp / "primary", admin_password=admin_pw).start()
-    standby = DevServer(tmp / "standby", admin_password=admin_pw).start()
-    reborn: DevServer | None = None
+    primary, standby = servers
+    # A persistent pair has earlier runs' databases: this run's get a name of their own.
+    db = f"{DB}_fault_{secrets.token_hex(3)}" if primary.persistent else DB
+    hub_pw, worker_pw = (secrets.token_urlsafe(12) for _ in range(2))
     procs: list[subprocess.Popen] = []
+    ends = [replication.Endpoint(s.url, s.admin_user, s.admin_password, n)
+            for s, n in ((primary, "primary"), (standby, "standby"))]  # fmt: skip
     try:
-        ends = [replication.Endpoint(s.url, "admin", admin_pw, n)
-                for s, n in ((primary, "primary"), (standby, "standby"))]  # fmt: skip
         for end in ends:
             admin = end.couch()
-            provision.init(admin, DB, now=admin.now(), hub_user="")
+            provision.init(admin, db, now=admin.now(), hub_user="")
         admin = ends[0].couch()
         provision.add_user(admin, "hub", [provision.ADMIN_ROLE], hub_pw, replace=True)
         for name in cfg.workers:
             provision.add_user(admin, name, [provision.WORKER_ROLE], worker_pw, replace=True)
         replication.copy_users(ends[0], ends[1])
-        replication.setup(ends[0], ends[1], DB)
+        replication.setup(ends[0], ends[1], db)
         hub_couch = Couch([primary.url, standby.url], "hub", hub_pw)
         stamp = to_wire(hub_couch.now())
         docs = [Task(_id=task_id("acme", f"f{n:03d}"), client="acme", slug=f"f{n:03d}",
@@ -231,26 +241,28 @@ def run_fault(tmp: Path, cfg: FaultConfig) -> FaultReport:
                      schedule={"every": cfg.every_s}, ttr=15, misfire="run_all",
                      overlap="allow", created_at=stamp, updated_at=stamp).to_doc()
                 for n in range(cfg.tasks)]  # fmt: skip
-        hub_couch.bulk_docs(DB, docs)
+        hub_couch.bulk_docs(db, docs)
         urls = f"{primary.url},{standby.url}"
-        hub_env = {**os.environ, "COUCHFARM_URL": urls, "COUCHFARM_USER": "hub",
-                   "COUCHFARM_PASSWORD": hub_pw, "COUCHFARM_DB": DB}  # fmt: skip
+        # Nothing started here may see the suite's own servers (COUCHDB_URL, ...).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COUCHDB")}
+        hub_env = {**env, "COUCHFARM_URL": urls, "COUCHFARM_USER": "hub",
+                   "COUCHFARM_PASSWORD": hub_pw, "COUCHFARM_DB": db}  # fmt: skip
         procs.append(_start("hub", [sys.executable, "-m", "hub.cli", "serve", "--portal-port",
                                     "-1"], hub_env, tmp))  # fmt: skip
         pw = tmp / "worker.pw"
         pw.write_text(worker_pw)
-        worker_env = {k: v for k, v in os.environ.items() if not k.startswith("COUCHFARM")}
+        worker_env = {k: v for k, v in env.items() if not k.startswith("COUCHFARM")}
         for name in cfg.workers:
             procs.append(_start(name, [sys.executable, "-m", "desktop_worker.cli", "--headless",
                                        "--hub", urls, "--name", name, "--password-file", str(pw),
-                                       "--db", DB, "--slots", str(cfg.slots),
+                                       "--db", db, "--slots", str(cfg.slots),
                                        "--spool", str(tmp / f"{name}.spool")],
                                 worker_env, tmp))  # fmt: skip
         p_admin, s_admin = ends[0].couch(retries=0), ends[1].couch()
         stop_sampling = threading.Event()
         samplers = [
             threading.Thread(target=target, daemon=True,
-                             args=(p_admin, s_admin, cfg.lag_every_s, stop_sampling, report))
+                             args=(p_admin, s_admin, cfg.lag_every_s, stop_sampling, report, db))
             for target in (_docs_behind, _probe_lag)
         ]  # fmt: skip
         for sampler in samplers:
@@ -264,28 +276,40 @@ def run_fault(tmp: Path, cfg: FaultConfig) -> FaultReport:
         for sampler in samplers:
             sampler.join(35)
         time.sleep(cfg.on_standby_s)
-        # A new primary on the same address, its data directory gone.
-        shutil.rmtree(primary.data_dir)
-        reborn = DevServer(primary.data_dir, port=primary.port, admin_password=admin_pw).start()
-        recovery = replication.recover(ends[1], ends[0], DB, sample=30)
+        # A new primary on the same address, its data gone.
+        primary.wipe()
+        primary.start()
+        recovery = replication.recover(ends[1], ends[0], db, sample=30)
         report.recovery_ok, report.recovery_lines = recovery.ok, recovery.lines
         time.sleep(cfg.after_recover_s)
         _stop(procs[:1])  # the hub first: no new occurrences
         time.sleep(cfg.drain_s)
         _stop(procs[1:])
         procs.clear()
-        audit(ends[0].couch(), ends[1].couch(), tmp, cfg, died_at, report)
+        audit(ends[0].couch(), ends[1].couch(), tmp, cfg, died_at, report, db)
         report.failover_s = first_run_after(tmp, cfg.workers, killed_wall) or report.failover_s
     finally:
         _stop(procs)
-        for server in (reborn, primary, standby):
-            if server is not None:
-                try:
-                    server.stop()
-                except (OSError, CouchError):
-                    pass
+        if primary.persistent:
+            _drop(ends, db, servers)
     report.seconds = round(time.monotonic() - began, 1)
     return report
+
+
+def _drop(ends: list[replication.Endpoint], db: str, servers: Sequence[ControlledServer]) -> None:
+    """The run's databases and their replications off a persistent pair (``_users`` and
+    its replications stay: the next run writes its users over them)."""
+    for server in servers:
+        server.close()  # running again, if the run ended while it was down
+    try:
+        names = sorted({n for end in ends for n in replication.farm_databases(end.couch(), db)[1:]})
+        replication.retire(ends[0], ends[1], names)
+        for end in ends:
+            admin = end.couch()
+            for name in names:
+                admin.delete_db(name)
+    except CouchError:
+        pass
 
 
 # ---------------------------------------------------------------- the audit
@@ -335,26 +359,26 @@ def exposure(worker_logs: str, died_at: datetime) -> tuple[int, float | None]:
     return len(ages), (round(max(ages), 3) if ages else None)
 
 
-def _converge(p_admin: Couch, s_admin: Couch, timeout: float = 90.0) -> None:
+def _converge(p_admin: Couch, s_admin: Couch, db: str = DB, timeout: float = 90.0) -> None:
     """Settle conflicts on both sides, then wait until both copies hold the same revisions."""
     deadline = time.monotonic() + timeout
     while True:
         for couch in (p_admin, s_admin):
-            for name in replication.farm_databases(couch, DB)[1:]:
+            for name in replication.farm_databases(couch, db)[1:]:
                 resolver.resolve_all(couch, name)
         same = all(
             {r["id"]: r["value"]["rev"] for r in p_admin.all_docs(name)}
             == {r["id"]: r["value"]["rev"] for r in s_admin.all_docs(name)}
-            for name in replication.farm_databases(p_admin, DB)[1:]
+            for name in replication.farm_databases(p_admin, db)[1:]
         )
         if same or time.monotonic() > deadline:
             return
         time.sleep(1.0)
 
 
-def _archived(couch: Couch) -> dict[str, list[dict[str, Any]]]:
+def _archived(couch: Couch, db: str = DB) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for name in replication.farm_databases(couch, DB)[2:]:
+    for name in replication.farm_databases(couch, db)[2:]:
         for row in couch.all_docs(name, include_docs=True, conflicts=True):
             doc = row.get("doc") or {}
             if doc.get("occurrence"):
@@ -363,25 +387,25 @@ def _archived(couch: Couch) -> dict[str, list[dict[str, Any]]]:
 
 
 def audit(p_admin: Couch, s_admin: Couch, tmp: Path, cfg: FaultConfig, died_at: datetime,
-          report: FaultReport) -> FaultReport:  # fmt: skip
-    _converge(p_admin, s_admin)
+          report: FaultReport, db: str = DB) -> FaultReport:  # fmt: skip
+    _converge(p_admin, s_admin, db)
     live: dict[str, dict[str, Any]] = {}
     for couch in (p_admin, s_admin):
-        for row in couch.all_docs(DB, include_docs=True, conflicts=True):
+        for row in couch.all_docs(db, include_docs=True, conflicts=True):
             doc = row["doc"]
             if doc.get("_conflicts"):
                 report.conflicts.append(f"{couch.active.label}/{row['id']}")
             if couch is p_admin and row["id"].startswith("occ:"):
                 live[row["id"]] = doc
-        for name in replication.farm_databases(couch, DB)[2:]:
+        for name in replication.farm_databases(couch, db)[2:]:
             report.conflicts += [
                 f"{couch.active.label}/{name}/{r['id']}"
                 for r in couch.all_docs(name, include_docs=True, conflicts=True)
                 if r["doc"].get("_conflicts")
             ]
-    standby_live = {r["id"]: r["doc"] for r in s_admin.all_docs(DB, include_docs=True)
+    standby_live = {r["id"]: r["doc"] for r in s_admin.all_docs(db, include_docs=True)
                     if r["id"].startswith("occ:")}  # fmt: skip
-    archived = _archived(p_admin)
+    archived = _archived(p_admin, db)
 
     # The one stored result of each occurrence; more than one anywhere is a duplicate.
     final: dict[str, dict[str, Any] | None] = {}

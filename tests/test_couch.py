@@ -21,6 +21,7 @@ from hub.couch import (
     split_credentials,
 )
 from hub.devserver import free_port
+from tests.servers import fault_servers
 
 
 @pytest.fixture(scope="module")
@@ -95,33 +96,32 @@ def test_all_servers_dead_raises_unavailable():
     assert "127.0.0.1" in str(err.value)
 
 
-def test_fail_back_to_primary_when_it_returns(couch_server, tmp_path):
-    from hub.devserver import DevServer
+def _fault_primary(couch_server, tmp_path):
+    """The primary these tests stop: a PouchDB Server of their own, or on a real CouchDB
+    the dedicated one of tests/servers.py (never the suite's COUCHDB_URL)."""
+    return fault_servers(
+        tmp_path, "primary", real=couch_server.dev is None,
+        admin_password=couch_server.admin_password,
+    )  # fmt: skip
 
-    if couch_server.dev is None:
-        pytest.skip("starts its own PouchDB Server as the primary that dies")
-    primary = DevServer(tmp_path / "p", admin_password=couch_server.admin_password).start()
-    port = primary.port
-    couch = Couch(
-        [primary.url, couch_server.url],
-        "admin",
-        couch_server.admin_password,
-        retries=0,
-        fail_back_after=0.5,
-    )
-    assert couch.on_primary and couch.all_dbs()
-    primary.stop()
-    couch.all_dbs()
-    assert not couch.on_primary
-    revived = DevServer(
-        tmp_path / "p", port=port, admin_password=couch_server.admin_password
-    ).start()
-    try:
+
+def test_fail_back_to_primary_when_it_returns(couch_server, tmp_path):
+    with _fault_primary(couch_server, tmp_path) as [primary]:
+        couch = Couch(
+            [primary.url, couch_server.url],
+            couch_server.admin_user,
+            couch_server.admin_password,
+            retries=0,
+            fail_back_after=0.5,
+        )
+        assert couch.on_primary and couch.all_dbs()
+        primary.stop()
+        couch.all_dbs()
+        assert not couch.on_primary
+        primary.start()  # the same data, on the same address
         time.sleep(0.6)
         couch.all_dbs()
         assert couch.on_primary
-    finally:
-        revived.stop()
 
 
 def test_forbidden_is_typed(couch_server, scratch):
@@ -191,33 +191,34 @@ def test_credentials_never_show_in_labels():
 
 
 def test_fail_back_waits_until_the_primary_has_caught_up(couch_server, tmp_path):
-    """A primary rebuilt empty answers '/' long before its data is back: no fail-back yet."""
-    from hub.devserver import DevServer
-
-    if couch_server.dev is None:
-        pytest.skip("starts its own PouchDB Server as the primary that dies")
-    admin_pw = couch_server.admin_password
+    """A primary rebuilt empty answers '/' long before its data is back: no fail-back yet.
+    (Empty of ``db``: a name new to both servers, so a persistent primary needs no wipe.)"""
+    admin_user, admin_pw = couch_server.admin_user, couch_server.admin_password
     db = f"home_{int(time.time() * 1000)}"
     backup = couch_server.admin()
     backup.create_db(db)
     backup.bulk_docs(db, [{"_id": f"d{n}"} for n in range(50)])
-    primary = DevServer(tmp_path / "p", admin_password=admin_pw).start()
     try:
-        couch = Couch([primary.url, couch_server.url], "admin", admin_pw, retries=0,
-                      fail_back_after=0.2, home_db=db)  # fmt: skip
-        primary.stop()
-        couch.all_dbs()
-        assert not couch.on_primary
-        primary.start()  # back, but empty
-        time.sleep(0.3)
-        couch.all_dbs()
-        assert not couch.on_primary
-        fresh = Couch(primary.url, "admin", admin_pw)
-        fresh.create_db(db)
-        fresh.bulk_docs(db, [{"_id": f"d{n}"} for n in range(50)])
-        time.sleep(0.3)
-        couch.all_dbs()
-        assert couch.on_primary
+        with _fault_primary(couch_server, tmp_path) as [primary]:
+            fresh = Couch(primary.url, admin_user, admin_pw)
+            try:
+                couch = Couch([primary.url, couch_server.url], admin_user, admin_pw,
+                              retries=0, fail_back_after=0.2, home_db=db)  # fmt: skip
+                primary.stop()
+                couch.all_dbs()
+                assert not couch.on_primary
+                primary.start()  # back, but without db
+                time.sleep(0.3)
+                couch.all_dbs()
+                assert not couch.on_primary
+                fresh.create_db(db)
+                fresh.bulk_docs(db, [{"_id": f"d{n}"} for n in range(50)])
+                time.sleep(0.3)
+                couch.all_dbs()
+                assert couch.on_primary
+            finally:
+                if primary.persistent:
+                    primary.close()  # running, so that db can be dropped
+                    fresh.delete_db(db)
     finally:
-        primary.stop()
         backup.delete_db(db)

@@ -10,6 +10,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,9 @@ from desktop_worker.engine import Engine, EngineEvent, EngineState
 from desktop_worker.spool import Spool
 from hub import provision, replication, states
 from hub.couch import Couch
-from hub.devserver import DevServer
 from hub.model import Backoff, Occurrence, Result, Task, result_id, task_id, worker_id
 from hub.timefmt import from_wire, to_wire
+from tests.servers import ControlledServer, fault_servers
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -543,11 +544,24 @@ def test_spool_that_stops_taking_writes_mid_run(farm, make_engine, tmp_path):
     rec.wait("run_finished", occ_id=other, status="done", timeout=15)
 
 
-def _solo_server(tmp_path: Path, farm, name: str, port: int = 0) -> tuple[DevServer, Couch]:
-    dev = DevServer(tmp_path / name, port=port, admin_password=farm.server.admin_password)
-    dev.start()
-    admin = Couch(dev.url, dev.admin_user, dev.admin_password)
-    return dev, admin
+@contextmanager
+def _solo_server(tmp_path: Path, farm) -> Iterator[tuple[ControlledServer, Couch]]:
+    """A server of the test's own to stop or kill, provisioned with ``farm.db`` and hub, w1
+    and w2: a new PouchDB Server, or on a real CouchDB the dedicated fault primary of
+    tests/servers.py, from which ``farm.db`` and its months are dropped afterwards."""
+    with fault_servers(
+        tmp_path, "primary", real=farm.server.dev is None,
+        admin_password=farm.server.admin_password,
+    ) as [server]:  # fmt: skip
+        admin = Couch(server.url, server.admin_user, server.admin_password)
+        try:
+            _provision(admin, farm)
+            yield server, admin
+        finally:
+            if server.persistent:
+                server.close()  # running again
+                for name in replication.farm_databases(admin, farm.db)[1:]:
+                    admin.delete_db(name)
 
 
 def _provision(admin: Couch, farm) -> None:
@@ -560,27 +574,21 @@ def _provision(admin: Couch, farm) -> None:
 def test_result_is_spooled_while_the_server_is_down_and_uploaded_when_it_returns(
     farm, make_engine, tmp_path
 ):
-    if farm.server.dev is None:
-        pytest.skip("stops and restarts its own PouchDB Server")
-    dev, admin = _solo_server(tmp_path, farm, "solo")
-    try:
-        _provision(admin, farm)
-        hub = Couch(dev.url, "hub", farm.passwords["hub"])
+    with _solo_server(tmp_path, farm) as (server, _admin):
+        hub = Couch(server.url, "hub", farm.passwords["hub"])
         [occ_id] = seed(hub, farm.db, "spooled", "spooled", 1, ms=2500, ttr=60)
-        engine, rec = make_engine("w1", "spooled", urls=dev.url)
+        engine, rec = make_engine("w1", "spooled", urls=server.url)
         rec.wait("run_started", occ_id=occ_id, timeout=10)
-        dev.stop()
+        server.stop()
         assert rec.wait("run_finished", occ_id=occ_id, timeout=20).status == "spooled"
         assert engine.spool.counts()["pending"] == 1
         rec.wait("state_changed", state="offline", timeout=10)
-        dev = DevServer(dev.data_dir, port=dev.port, admin_password=dev.admin_password).start()
+        server.start()  # the same data, on the same address
         rec.wait("result_uploaded", occ_id=occ_id, status="done", timeout=20)
         doc = hub.get(farm.db, occ_id)
         assert doc["state"] == "done" and doc["result"]["worker"] == "w1"
         assert engine.spool.counts() == {"pending": 0, "uploaded": 0}  # no standby: done
         assert engine.totals["done"] == 1
-    finally:
-        dev.stop()
 
 
 def test_uploaded_result_stays_until_seen_on_the_standby(farm, make_engine, standby_server):
@@ -629,11 +637,7 @@ def test_uploaded_result_stays_until_seen_on_the_standby(farm, make_engine, stan
 
 
 def test_engine_survives_a_dead_primary(farm, make_engine, tmp_path):
-    if farm.server.dev is None:
-        pytest.skip("kills its own PouchDB Server as the primary")
-    primary, admin = _solo_server(tmp_path, farm, "primary")
-    try:
-        _provision(admin, farm)
+    with _solo_server(tmp_path, farm) as (primary, _admin):
         engine, rec = make_engine("w2", "failover", urls=[primary.url, farm.server.url])
         rec.wait("heartbeat", timeout=10)
         assert engine.couch.on_primary
@@ -645,5 +649,3 @@ def test_engine_survives_a_dead_primary(farm, make_engine, tmp_path):
         assert time.monotonic() - killed < 15
         assert not engine.couch.on_primary
         assert farm.hub.get(farm.db, occ_id)["result"]["worker"] == "w2"
-    finally:
-        primary.stop()

@@ -5,7 +5,8 @@ is lost.
 The scenario and the audit live in ``tests/faults.py`` (``bench/failover.py`` repeats the
 same run at full scale); what "lost" means is defined there. Scale with
 COUCHFARM_FAULT_TASKS (default 20; acceptance 100) and COUCHFARM_FAULT_STANDBY_S (default
-30; acceptance 60).
+30; acceptance 60). On PouchDB the test starts its own two servers; on a real CouchDB it
+faults the dedicated pair of ``tests/servers.py`` (COUCHDB_FAULT_PRIMARY_URL, ...).
 """
 
 from __future__ import annotations
@@ -15,18 +16,18 @@ import os
 import pytest
 
 from tests.faults import FaultConfig, run_fault
+from tests.servers import fault_servers
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def test_primary_dies_farm_goes_on_and_recovery_loses_nothing(tmp_path, couch_server):
-    if couch_server.dev is None:
-        pytest.skip("kills and rebuilds its own PouchDB Servers")
     cfg = FaultConfig(
         tasks=int(os.environ.get("COUCHFARM_FAULT_TASKS", "20")),
         on_standby_s=float(os.environ.get("COUCHFARM_FAULT_STANDBY_S", "30")),
     )
-    report = run_fault(tmp_path, cfg)
+    with fault_servers(tmp_path, "primary", "standby", real=couch_server.dev is None) as pair:
+        report = run_fault(tmp_path, cfg, pair)
     summary = report.as_dict()
     print(
         f"\nfailover: first claim on the standby {report.failover_s} s after the primary died "
@@ -38,6 +39,8 @@ def test_primary_dies_farm_goes_on_and_recovery_loses_nothing(tmp_path, couch_se
         f"lacked {report.exposed_results} 201'd results, the oldest finished "
         f"{report.exposed_window_s} s before"
     )
+    print(f"recovery ({'ok' if report.recovery_ok else 'FAILED'}, run {report.seconds} s):")
+    print("\n".join(f"  {line}" for line in report.recovery_lines))
     assert report.recovery_ok, "\n".join(report.recovery_lines)
     assert report.stored_runs, "no worker stored any result"
     # 0 results lost that any worker got a 201 for (first finished wins: tests/faults.py).
