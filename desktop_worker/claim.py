@@ -1,11 +1,13 @@
 """The claim protocol: optimistic locking on the ``_rev`` a ready row was seen with.
 
-1. Read ``_design/farm/_view/ready`` for a tube with ``include_docs`` (key
-   ``[tube, queue_at]``), a few rows more than K.
+1. Take the hub's offers (readyset.py: doc and ``_rev`` from the board feed), or read
+   ``_design/farm/_view/ready`` for a tube with ``include_docs`` (key ``[tube, queue_at]``),
+   a few rows more than K.
 2. Drop rows that are not claimable *as seen*: not ``ready`` any more, ``not_before``
    after hub time, a kind this worker does not run, no attempts left.
-3. Shuffle the first K survivors and PUT each (``states.claim`` on the row's doc, with the
-   row's ``_rev``) until enough are won. 201: ours. 409: someone else won, next one.
+3. PUT each (``states.claim`` on the row's doc, with the row's ``_rev``) until enough are
+   won; with several free slots, the claims go in one ``_bulk_docs``, each doc still with
+   its own ``_rev``. 201: ours. 409: someone else won, next one.
 4. A 409 on a request that was *sent more than once* may be our own first send having
    succeeded: GET the doc and take it only if it is leased by us, for the attempt we
    claimed, with the ``claimed_at`` we wrote. Anything else is someone else's.
@@ -235,6 +237,12 @@ class Claimer:
 
     def _try(self, candidates: list[Occurrence], need: int, stats: ClaimStats) -> list[Occurrence]:
         won: list[Occurrence] = []
+        if need > 1 and len(candidates) > 1:
+            # Several free slots: one _bulk_docs carries a claim per doc, each with its own
+            # _rev, so each is still won or lost by the revision check alone.
+            batch = candidates[:need]
+            won = self._claim_many(batch, stats)
+            candidates = candidates[need:]
         for occ in candidates:
             if len(won) >= need:
                 break
@@ -243,6 +251,41 @@ class Claimer:
                 self.ready_set.forget(occ.id, self.monotonic())  # ours now, or someone's
             if leased is not None:
                 won.append(leased)
+        return won
+
+    def _claim_many(self, batch: list[Occurrence], stats: ClaimStats) -> list[Occurrence]:
+        now = self.couch.now()
+        claims: list[Occurrence] = []
+        for occ in batch:
+            try:
+                claims.append(states.claim(occ, self.worker, now))
+            except states.InvalidTransition:
+                continue
+        if not claims:
+            return []
+        stats.puts += len(claims)
+        rows = self.couch.bulk_docs(self.db, [claim.to_doc() for claim in claims])
+        won: list[Occurrence] = []
+        for claimed, row in zip(claims, rows, strict=True):
+            if self.ready_set is not None:
+                self.ready_set.forget(claimed.id, self.monotonic())
+            if "rev" in row and not row.get("error"):
+                stats.wins += 1
+                won.append(claimed.model_copy(update={"rev": row["rev"]}))
+                continue
+            # POUCHDB: a lost race there is "forbidden" from validate_doc_update (see
+            # _claim_one); CouchDB 3 says "conflict". A row lost to a retried request of
+            # our own is checked as for a single claim.
+            mine = self._was_mine(claimed) if row.get("error") == "conflict" else None
+            if mine is not None:
+                stats.wins += 1
+                stats.retried_wins += 1
+                won.append(mine)
+            elif row.get("error") == "conflict":
+                stats.conflicts += 1
+            else:
+                stats.refused += 1
+                log_event("claim_refused", logging.DEBUG, occ=claimed.id, reason=row.get("reason"))
         return won
 
     def _claim_one(self, occ: Occurrence, stats: ClaimStats) -> Occurrence | None:

@@ -244,6 +244,7 @@ class Engine:
         self._failovers_seen = 0
         self._hb_rev: str | None = None
         self._hb_last = float("-inf")  # monotonic time of the last worker-doc write
+        self._hb_server = ""  # the server the last one went to
         self._hb_dirty = True
         self.heartbeats_written = 0
         self._backoffs: dict[str, tuple[float, Backoff | None]] = {}
@@ -1018,7 +1019,10 @@ class Engine:
         while not self._stopping.is_set():
             since = time.monotonic() - self._hb_last
             ready = self.started_at is not None
-            if (
+            # After a failover the hub there knows us only from our doc: say we are here
+            # now, or its dispatcher offers us nothing until the next keep-alive.
+            moved = ready and self._hb_server not in ("", self.couch.active.url)
+            if moved or (
                 ready
                 and since >= interval
                 and (self._hb_dirty or since >= self.heartbeat_keepalive_s)
@@ -1031,7 +1035,7 @@ class Engine:
                 wait = interval - since
             else:
                 wait = self.heartbeat_keepalive_s - since
-            self._hb_wake.wait(max(0.05, wait))
+            self._hb_wake.wait(max(0.05, min(wait, 1.0)))  # 1 s: notice a failover soon
             self._hb_wake.clear()
 
     def worker_doc(self) -> dict[str, Any]:
@@ -1076,6 +1080,7 @@ class Engine:
     def _write_heartbeat(self) -> bool:
         self._hb_dirty = False
         self._hb_last = time.monotonic()
+        self._hb_server = self.couch.active.url
         doc = self.worker_doc()
         try:
             try:

@@ -1,14 +1,20 @@
-"""The worker's changes feed: keeps a :class:`ReadySet` current and says when to look.
+"""The worker's feed: its offers from the hub's dispatch board, into the :class:`ReadySet`.
 
-One continuous ``_changes`` request (``filter=farm/claim_feed``) carries every change; a
-proxy that buffers streams shows as a stream silent from the start, and after two of those
-longpoll (one request per wake-up) takes over. With no feed at all the ready set goes dark
-and the claim loop polls the view. The feed follows the server the claim loop uses: when
-that one fails over, the feed rebinds at its next heartbeat.
+The worker follows no feed on the live database: on CouchDB 3 each continuous feed costs
+the server CPU for every write to its database, so one feed per worker made the server's
+cost per occurrence grow with the fleet (hub/dispatch.py). It follows ``{db}_board``
+instead, filtered to two documents (``filter=_doc_ids``): ``offer:{name}``, the
+occurrences the hub offers it, and ``hub:dispatcher``, the hub's beat. One continuous
+``_changes`` request carries them; a proxy that buffers streams shows as a stream silent
+from the start, and after two of those longpoll (one request per wake-up) takes over.
+With no feed at all the ready set goes dark and the claim loop polls the view. The feed
+follows the server the claim loop uses: when that one fails over, it rebinds at its next
+heartbeat.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -19,11 +25,12 @@ from typing import Any
 from desktop_worker.log import log_event
 from desktop_worker.readyset import ReadySet
 from hub.couch import Couch, CouchError, StreamBrokeOff, Unavailable
+from hub.dispatch import BEAT_ID, board_db, offer_doc_id
 from hub.timefmt import to_wire
 
-CLAIM_FEED = "farm/claim_feed"  # design_docs/farm/filters/claim_feed.js
 HEARTBEAT_S = 5.0
 SILENT_STREAMS_BEFORE_LONGPOLL = 2
+PEERS_EVERY_S = 60.0  # who is online is read again this often (heartbeats: every 30 s)
 
 
 class ClaimFeed:
@@ -50,8 +57,11 @@ class ClaimFeed:
         self.stream_s = stream_s
         self.longpoll_wait_s = longpoll_wait_s
         self.error_wait_s = error_wait_s
-        self.params = {"filter": CLAIM_FEED, "tubes": ",".join(tubes)}
+        self.board = board_db(db)
+        self.params = {"filter": "_doc_ids",
+                       "doc_ids": json.dumps([offer_doc_id(worker), BEAT_ID])}  # fmt: skip
         self.silent_streams = 0
+        self._peers_at = float("-inf")
 
     @property
     def longpoll(self) -> bool:
@@ -65,7 +75,7 @@ class ClaimFeed:
         while not self.stopping.is_set():
             try:
                 if since is None or self.couch.active.url != bound_url:
-                    since = self.couch.update_seq(self.db)
+                    since = "0"  # the two documents as they are now, then their changes
                     bound_url = self.couch.active.url
                     bound = self.couch.for_server(
                         [s.url for s in self.couch.servers].index(bound_url)
@@ -77,7 +87,7 @@ class ClaimFeed:
                 assert bound is not None
                 if self.longpoll:
                     results, since = bound.changes(
-                        self.db, since=since, feed="longpoll", wait=self.longpoll_wait_s,
+                        self.board, since=since, feed="longpoll", wait=self.longpoll_wait_s,
                         include_docs=True, params=self.params,
                     )  # fmt: skip
                     self._apply(results)
@@ -105,12 +115,14 @@ class ClaimFeed:
         heard = False
         try:
             for row in bound.changes_stream(
-                self.db, since=since, include_docs=True, params=self.params,
+                self.board, since=since, include_docs=True, params=self.params,
                 heartbeat_s=HEARTBEAT_S, max_s=self.stream_s,
             ):  # fmt: skip
                 heard = True
                 if self.stopping.is_set() or self.couch.active.url != bound_url:
                     break
+                if time.monotonic() - self._peers_at >= PEERS_EVERY_S:
+                    self._load_peers(bound)
                 if row is None:
                     continue
                 since = str(row.get("seq", since))
@@ -126,11 +138,13 @@ class ClaimFeed:
 
     def _apply(self, rows: list[dict[str, Any]]) -> None:
         now = time.monotonic()
-        if any([self.ready_set.apply(row.get("doc"), now) for row in rows]):
+        server_now = self.couch.now()
+        if any([self.ready_set.apply_board(row.get("doc"), now, server_now) for row in rows]):
             self.wake()
 
     def _load_peers(self, couch: Couch) -> None:
         """Who else is online, for the ready set's rendezvous order."""
+        self._peers_at = time.monotonic()
         try:
             since = to_wire(couch.now() - timedelta(seconds=self.ready_set.online_s))
             body = couch.view(self.db, "farm", "workers_by_last_seen", startkey=since)

@@ -1,28 +1,27 @@
-"""What a worker knows is ready to claim, kept current by its ``_changes`` stream.
+"""What a worker may claim: the hub's offers from its board feed, and rows of view reads.
 
-Why: with a view read per wake-up, every idle worker woke for every new occurrence, read
-the view and raced for the same doc: about 20 requests per occurrence with four idle
-workers, and stale candidate lists under contention. Here the worker's feed
-(``_design/farm/_filter/claim_feed``) carries each ready occurrence *with its doc and
-``_rev``*, and each claim of one (its ``leased`` revision), so the worker claims straight
-from what it holds and drops what another worker took, without asking the server.
-
-Who goes first: every worker ranks itself among the online workers of the occurrence's
-tube by rendezvous hashing of ``(occurrence id, worker name)``; rank ``r`` waits
-``min(r, max_rank) * stagger_s`` after it first saw the occurrence. All workers compute the
-same order from the same worker docs, so one idle worker takes each new occurrence and the
-others see it leased before their turn comes. A busy, paused or dead first choice costs
-the next one a stagger step, never the occurrence.
+The hub offers each ready occurrence to one worker (hub/dispatch.py); the worker's feed
+brings its ``offer:{name}`` document, each offered occurrence *with its doc and ``_rev``*,
+so the worker claims straight from what it holds, at the occurrence's ``not_before``,
+without asking the server. An offer the hub withdraws leaves the set.
 
 The view is still read: when the feed (re)starts (what was ready before it), when the
-worker knows of no claimable occurrence although the last page was full (a backlog larger
-than what it holds), and every ``SAFETY_READ_S`` as a safety net. A full page is a backlog that
-every worker reads alike: it is tried at once in this worker's rendezvous order (so workers
-start on different rows) and not held, since its rows go stale within milliseconds. Within
-what it holds, the worker never takes an occurrence whose turn (``queue_at``) comes after
-the last row of a full page, so the view's turn order (priority, aging, fair share) holds.
+worker knows of no claimable occurrence although the last page was full (a backlog), every
+``SAFETY_READ_S`` as a safety net, and on every wake-up when no dispatcher beats on the
+board (the hub is down: the worker polls as a plain poller would). Rows it was not offered
+belong to the workers the hub offered them to: while the hub's beat is fresh, the worker
+takes such a row only once it is ``overdue_s`` past its ``not_before`` (its offer lapsed or
+never came), so a running dispatcher sees no races, and a broken one still loses nothing.
 
-Pure: no I/O; callers pass the clocks. Thread-safe (the feed thread applies changes while
+Who goes first among workers trying the same rows (overdue rows, a backlog, or no hub):
+every worker ranks itself among the online workers of the occurrence's tube by rendezvous
+hashing of ``(occurrence id, worker name)``; rank ``r`` waits ``min(r, max_rank) *
+stagger_s``. A full page is tried at once in this worker's rendezvous order (so workers
+start on different rows) and not held. Within what it holds, the worker never takes an
+occurrence whose turn (``queue_at``) comes after the last row of a full page, so the view's
+turn order (priority, aging, fair share) holds.
+
+Pure: no I/O; callers pass the clocks. Thread-safe (the feed thread applies offers while
 the claim loop reads).
 """
 
@@ -38,13 +37,14 @@ from typing import Any
 from hub.timefmt import from_wire
 
 _GONE_FOR_S = 120.0  # how long a doc seen leaving `ready` shadows older copies of it
-SAFETY_READ_S = 300.0  # with a live feed, the view is read at least this often anyway
+SAFETY_READ_S = 60.0  # with a dispatcher beating, the view is read at least this often anyway
 
 
 @dataclass
 class _Known:
     doc: dict[str, Any]
     seen: float  # monotonic time it was first seen ready: its stagger counts from here
+    offered: bool = False  # the hub offered it to this worker: no turns, no waiting
 
 
 @dataclass
@@ -94,6 +94,9 @@ class ReadySet:
         self._complete = dict.fromkeys(self.tubes, False)
         self._horizon: dict[str, str | None] = dict.fromkeys(self.tubes)
         self._read_at = dict.fromkeys(self.tubes, float("-inf"))
+        self._offered: set[str] = set()
+        self._beat_until = float("-inf")  # monotonic: a dispatcher beats until then
+        self._overdue_s = 3.0
 
     # ------------------------------------------------------------ feed side
 
@@ -115,6 +118,8 @@ class ReadySet:
             self._epoch += 1
             self._docs.clear()
             self._gone.clear()
+            self._offered.clear()
+            self._beat_until = float("-inf")
             for tube in self.tubes:
                 self._complete[tube] = False
 
@@ -123,9 +128,44 @@ class ReadySet:
         with self._lock:
             self._live = False
             self._docs.clear()
+            self._offered.clear()
+            self._beat_until = float("-inf")
 
-    def apply(self, doc: Any, now_mono: float) -> bool:
-        """One change row's doc. True when it brought something this worker may claim."""
+    def apply_board(self, doc: Any, now_mono: float, server_now: datetime) -> bool:
+        """A board document: the hub's beat, or this worker's offers (all of them: what is
+        no longer there was withdrawn). True when it brought something to claim."""
+        if not isinstance(doc, dict):
+            return False
+        if doc.get("type") == "beat":
+            try:
+                age = (server_now - from_wire(str(doc.get("at")))).total_seconds()
+                every = float(doc.get("every_s", 15.0))
+                self._overdue_s = float(doc.get("overdue_s", self._overdue_s))
+            except (TypeError, ValueError):
+                return False
+            with self._lock:
+                self._beat_until = now_mono + 3 * every - max(age, 0.0)
+            return False
+        if doc.get("type") != "offer" or doc.get("worker") != self.worker:
+            return False
+        offers = [d for d in doc.get("offers") or [] if isinstance(d, dict)]
+        offered = {str(d.get("_id")) for d in offers}
+        with self._lock:
+            for occ_id in self._offered - offered:
+                known = self._docs.get(occ_id)
+                if known is not None and known.offered:
+                    del self._docs[occ_id]  # withdrawn: the hub gave it to someone else
+            self._offered = offered
+        brought = [self.apply(d, now_mono, offered=True) for d in offers]
+        return any(brought)
+
+    def dispatched(self, now_mono: float) -> bool:
+        """A dispatcher beats on the board: rows not offered to us are someone else's."""
+        with self._lock:
+            return now_mono < self._beat_until
+
+    def apply(self, doc: Any, now_mono: float, *, offered: bool = False) -> bool:
+        """One occurrence doc. True when it brought something this worker may claim."""
         if not isinstance(doc, dict):
             return False
         if doc.get("type") == "worker":
@@ -141,7 +181,8 @@ class ReadySet:
                     return False
                 known = self._docs.get(occ_id)
                 seen = known.seen if known is not None else now_mono
-                self._docs[occ_id] = _Known(doc, seen)
+                self._docs[occ_id] = _Known(doc, seen, offered or (known is not None and
+                                                                   known.offered))  # fmt: skip
                 self._trim()
                 return True
             self._forget_locked(occ_id, generation, now_mono)
@@ -187,8 +228,11 @@ class ReadySet:
         """
         with self._lock:
             self._read_at[tube] = now_mono
-            if not self._live:  # nothing keeps what we hold current: the page is the truth
-                self._docs = {i: k for i, k in self._docs.items() if k.doc.get("tube") != tube}
+            dispatched = now_mono < self._beat_until
+            # No feed keeps rows we were not offered current: the page is the truth there.
+            self._docs = {
+                i: k for i, k in self._docs.items() if k.offered or k.doc.get("tube") != tube
+            }
             fresh = [
                 doc
                 for doc in docs
@@ -198,11 +242,14 @@ class ReadySet:
             ]
             # A read begun before the feed last (re)started may have missed something.
             same_epoch = epoch is None or epoch == self._epoch
-            self._complete[tube] = self._live and not full_page and same_epoch
+            # Without a dispatcher, new work shows only in the view: read at every wake-up.
+            self._complete[tube] = self._live and dispatched and not full_page and same_epoch
             self._horizon[tube] = (
                 None if not full_page or not docs else str(docs[-1].get("queue_at", ""))
             )
             if full_page:
+                if dispatched and server_now is not None:
+                    fresh = [d for d in fresh if self._overdue(d, server_now)]
                 peers = self._online_peers(tube, server_now) if server_now else []
                 return [doc for _, _, doc in sorted(self._ranked(fresh, peers))]
             for doc in fresh:
@@ -210,7 +257,10 @@ class ReadySet:
                 if known is None or _generation(known.doc.get("_rev")) < _generation(
                     doc.get("_rev")
                 ):
-                    self._docs[doc["_id"]] = _Known(doc, now_mono if self._live else float("-inf"))
+                    self._docs[doc["_id"]] = _Known(
+                        doc, now_mono if self._live else float("-inf"),
+                        known is not None and known.offered,
+                    )  # fmt: skip
             self._trim()
             return fresh
 
@@ -256,6 +306,7 @@ class ReadySet:
                 key=lambda known: str(known.doc.get("queue_at", "")),
             )
             peers = self._online_peers(tube, server_now)
+            dispatched = now_mono < self._beat_until
             ready: list[tuple[int, int, dict[str, Any]]] = []
             wait: float | None = None
             for known in rows:
@@ -272,6 +323,12 @@ class ReadySet:
                         continue
                     # Materialized ahead: the turns count from its due time, not arrival.
                     start = max(start, now_mono - (server_now - not_before).total_seconds())
+                    if dispatched and not known.offered:  # someone else's until overdue
+                        start = max(start, now_mono - (server_now - not_before).total_seconds()
+                                    + self._overdue_s)  # fmt: skip
+                if known.offered:
+                    ready.append((0, 0, doc))
+                    continue
                 mine = _score(doc["_id"], self.worker)
                 rank = sum(1 for peer in peers if _score(doc["_id"], peer) < mine)
                 due = start + min(rank, self.max_rank) * self.stagger_s
@@ -314,6 +371,13 @@ class ReadySet:
             and doc.get("tube") in self._complete
             and (self.kinds is None or doc.get("kind") in self.kinds)
         )
+
+    def _overdue(self, doc: dict[str, Any], server_now: datetime) -> bool:
+        try:
+            not_before = from_wire(str(doc.get("not_before")))
+        except ValueError:
+            return True
+        return (server_now - not_before).total_seconds() >= self._overdue_s
 
     def _shadowed(self, occ_id: str, generation: int) -> bool:
         gone = self._gone.get(occ_id)

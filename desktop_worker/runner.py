@@ -338,7 +338,11 @@ def _execute(
         text = json.dumps(output, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         return "error", None, f"{kind} returned output that is not JSON: {exc}", True
-    size = len(text.encode("utf-8"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates from a handler: not storable as they are
+        text = "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+        size = len(text.encode("utf-8"))
     if size > limits.max_output_bytes:
         return (
             "error",

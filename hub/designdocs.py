@@ -17,6 +17,7 @@ from hub.couch import Couch
 DESIGN_ROOT = Path(__file__).resolve().parent.parent / "design_docs"
 FARM_DDOC = "farm"
 RESULTS_DDOC = "results"
+BOARD_DDOC = "board"
 
 
 def function_source(text: str) -> str:

@@ -12,6 +12,7 @@ from datetime import datetime
 
 from hub import designdocs
 from hub.couch import Conflict, Couch, NotFound
+from hub.dispatch import board_db
 from hub.timefmt import month_key, to_wire
 from hub.version import MIN_WORKER_VERSION, POLICY_DOC_ID, at_least
 
@@ -100,6 +101,7 @@ def init(
     (report.changed if push.action != "unchanged" else report.unchanged)(str(push))
     for month_db in (results_db(db, now),):
         ensure_results_db(couch, month_db, report)
+    ensure_board_db(couch, db, report)
     ensure_policy(couch, db, report)
     generated = None
     if hub_user:
@@ -139,6 +141,15 @@ def ensure_results_db(couch: Couch, name: str, report: InitReport | None = None)
     report = report or InitReport()
     ensure_database(couch, name, RESULTS_SECURITY, report)
     push = designdocs.push(couch, name, designdocs.RESULTS_DDOC)
+    (report.changed if push.action != "unchanged" else report.unchanged)(str(push))
+
+
+def ensure_board_db(couch: Couch, db: str, report: InitReport | None = None) -> None:
+    """The dispatch board (hub/dispatch.py): not replicated, each server's hub writes its own."""
+    report = report or InitReport()
+    name = board_db(db)
+    ensure_database(couch, name, LIVE_SECURITY, report)
+    push = designdocs.push(couch, name, designdocs.BOARD_DDOC)
     (report.changed if push.action != "unchanged" else report.unchanged)(str(push))
 
 

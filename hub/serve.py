@@ -27,6 +27,7 @@ from typing import Any
 
 from hub import archiver, provision, reaper, replication, resolver
 from hub.couch import Couch, CouchError, StreamBrokeOff, redact_url
+from hub.dispatch import Board, Dispatcher
 from hub.materializer import Materializer
 from hub.model import Occurrence, Overlap
 from hub.service import TUBES_DOC
@@ -55,6 +56,13 @@ class HubConfig:
     # Materialize ahead (trigger, window): when a fire is 1 s away, create every idle
     # task's next fire within 5 s, ready with not_before = due. None: only when due.
     materialize_ahead: tuple[float, float] | None = (1.0, 5.0)
+    # Offers to workers (hub/dispatch.py): planned every dispatch_every s, the board written
+    # at most every dispatch_gap_s (the first after a quiet spell at once), so every
+    # worker's board feed wakes a bounded number of times, whatever the load. None: off.
+    dispatch_every: float | None = 0.1
+    dispatch_gap_s: float = 0.5
+    # How many ready occurrences the dispatcher loads from the view when it (re)starts.
+    dispatch_load: int = 5000
 
 
 @dataclass
@@ -82,6 +90,10 @@ class Hub:
         self._archived_until: str | None = None
         self._resolved_results_since: dict[str, str] = {}
         self.replication_health: replication.Health | None = None
+        self.dispatcher = Dispatcher()
+        self.board = Board(self.couch, self.config.db)
+        self._board_written = float("-inf")
+        self._dispatch_lock = threading.Lock()
 
     def now(self) -> datetime:
         return self.clock() if self.clock else self.couch.now()
@@ -100,9 +112,49 @@ class Hub:
         materializer.load(self.now())
         tubes = self.couch.get_or_none(self.config.db, TUBES_DOC) or {}
         self.paused_tubes = dict(tubes.get("paused", {}))
+        if self.config.dispatch_every is not None:
+            self._load_dispatcher()
         self.materializer = materializer
         self._since = since
         self._loaded_from = source
+
+    def _load_dispatcher(self) -> None:
+        """What is ready, who holds what and who is online, from the server in use; the
+        feed keeps it current from the ``since`` read before this."""
+        db = self.config.db
+        ready = self.couch.view(db, "farm", "ready", include_docs=True,
+                                limit=self.config.dispatch_load)["rows"]  # fmt: skip
+        leased = self.couch.view(db, "farm", "leases_by_expiry", include_docs=True)["rows"]
+        since = to_wire(self.now() - timedelta(seconds=self.dispatcher.online_s))
+        workers = self.couch.view(db, "farm", "workers_by_last_seen", startkey=since)["rows"]
+        with self._dispatch_lock:
+            self.dispatcher.reset()
+            for row in workers:
+                if isinstance(row.get("value"), dict):
+                    self.dispatcher.observe({**row["value"], "_id": row["id"], "type": "worker",
+                                             "last_seen": row["key"]})  # fmt: skip
+            for row in [*ready, *leased]:
+                self.dispatcher.observe(row.get("doc"))
+
+    def dispatch(self) -> int:
+        """Offer ready occurrences to workers with free slots (hub/dispatch.py)."""
+        if self._loaded_from is None or self.couch.active.url != self._loaded_from:
+            return 0  # the schedule (and the dispatcher) reload from the new server first
+        if time.monotonic() - self._board_written < self.config.dispatch_gap_s:
+            return 0
+        now = self.now()
+        with self._dispatch_lock:
+            self.dispatcher.paused_tubes = set(self.paused_tubes)
+            before = self.dispatcher.offered
+            offers = self.dispatcher.plan(now)
+        writes = self.board.writes
+        failed = self.board.publish(offers, now)
+        if self.board.writes != writes:
+            self._board_written = time.monotonic()
+        if failed:
+            with self._dispatch_lock:
+                self.dispatcher.mark_dirty(failed)
+        return self.dispatcher.offered - before
 
     def materialize(self) -> int:
         if self._loaded_from is not None and self.couch.active.url != self._loaded_from:
@@ -261,6 +313,11 @@ class Hub:
         for row in results:
             try:
                 doc = row.get("doc")
+                if self.config.dispatch_every is not None:
+                    seen = doc if doc else {"_id": row.get("id"), "_deleted": True}
+                    with self._dispatch_lock:
+                        self.dispatcher.observe(seen if not row.get("deleted") else
+                                                {**seen, "_deleted": True})  # fmt: skip
                 if row.get("id") == TUBES_DOC and doc:
                     self.paused_tubes = dict(doc.get("paused", {}))
                 if doc and doc.get("_conflicts"):
@@ -319,6 +376,14 @@ class Hub:
         scheduler.add_job(
             self._guard(self.reap), "interval", seconds=self.config.reap_every, id="reap", **common
         )
+        if self.config.dispatch_every is not None:
+            scheduler.add_job(
+                self._guard(self.dispatch),
+                "interval",
+                seconds=self.config.dispatch_every,
+                id="dispatch",
+                **common,
+            )
         scheduler.add_job(
             self._guard(self.archive),
             "interval",

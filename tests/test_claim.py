@@ -50,6 +50,7 @@ class FakeCouch:
         self.gets: list[str] = []
         self.fail_put: dict[str, Exception] = {}
         self.view_params: list[dict[str, Any]] = []
+        self.bulks: list[list[str]] = []
 
     def now(self) -> datetime:
         return NOW
@@ -68,6 +69,18 @@ class FakeCouch:
         rev = f"{int(doc['_rev'].split('-')[0]) + 1}-x"
         self.docs[doc["_id"]] = {**doc, "_rev": rev}
         return rev
+
+    def bulk_docs(self, db: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        self.bulks.append([doc["_id"] for doc in docs])
+        rows = []
+        for doc in docs:
+            try:
+                rows.append({"id": doc["_id"], "rev": self.put(db, doc)})
+            except Conflict:
+                rows.append(
+                    {"id": doc["_id"], "error": "conflict", "reason": "Document update conflict."}
+                )
+        return rows
 
     def get(self, db: str, doc_id: str) -> dict[str, Any]:
         self.gets.append(doc_id)
@@ -188,6 +201,19 @@ def test_several_slots_claim_several_from_one_read():
     result = claimer(couch, k=3).claim(4)
     assert len(result.won) == 4 and len({o.id for o in result.won}) == 4
     assert len(couch.view_params) == 1
+    # One _bulk_docs for the four claims, each doc with the _rev it was read with.
+    assert couch.bulks == [[o.id for o in result.won]]
+    assert all(couch.docs[o.id]["state"] == "leased" for o in result.won)
+
+
+def test_a_batch_claim_keeps_the_rows_it_won_and_counts_the_ones_it_lost():
+    docs = [ready(n).to_doc() for n in range(4)]
+    couch = FakeCouch(docs)
+    taken = dict(docs[1], _rev="2-someone")  # another worker won this one meanwhile
+    couch.docs[taken["_id"]] = taken
+    result = claimer(couch, k=4).claim(4)
+    assert sorted(o.id for o in result.won) == sorted(d["_id"] for d in docs if d is not docs[1])
+    assert result.stats.conflicts == 1 and result.stats.wins == 3
 
 
 def test_empty_tube_is_not_contended():

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from desktop_worker.readyset import ReadySet
 from hub.timefmt import to_wire
 
@@ -45,9 +47,16 @@ def worker(name: str, *, seen: datetime = NOW, state: str = "running", tubes=("d
     }
 
 
+def beat(at: datetime = NOW, every_s: float = 15.0) -> dict[str, Any]:
+    return {"_id": "hub:dispatcher", "type": "beat", "at": to_wire(at), "every_s": every_s,
+            "overdue_s": 3.0}  # fmt: skip
+
+
 def live(name: str = "w1", **kw: Any) -> ReadySet:
+    """A worker whose board feed runs, with a hub dispatching (its beat is fresh)."""
     ready = ReadySet(name, ["default"], **kw)
     ready.feed_started()
+    ready.apply_board(beat(), now_mono=0.0, server_now=NOW)
     ready.refill("default", [], full_page=False, now_mono=0.0)  # the first read: nothing
     return ready
 
@@ -158,18 +167,54 @@ def test_an_occurrence_materialized_ahead_waits_for_its_due_time():
     ready = live("w1", stagger_s=0.15)
     ready.set_peers([worker("w2")])
     doc = occ(1, not_before=due, queue_at=due)
-    ready.apply(doc, now_mono=0.0)
+    offer = {"_id": "offer:w1", "type": "offer", "worker": "w1", "offers": [doc]}
+    assert ready.apply_board(offer, now_mono=0.0, server_now=NOW) is True
     assert ready.candidates("default", NOW, 0.0, k=10) == ([], None)
     assert ready.next_not_before("default", NOW) == due
-    # At its due time the turns start: held for 3 s already, nobody may skip the order.
+    # Offered to this worker: claimed at its due time, no turns to wait for.
+    at_due = NOW + timedelta(seconds=3)
+    assert ready.candidates("default", at_due, 3.0, k=10) == ([doc], None)
+
+
+def test_with_a_dispatcher_a_row_not_offered_waits_until_overdue():
+    due = NOW + timedelta(seconds=3)
+    ready = live("w1", stagger_s=0.15)
+    doc = occ(1, not_before=due, queue_at=due)
+    ready.refill("default", [doc], full_page=False, now_mono=0.0)
     at_due = NOW + timedelta(seconds=3)
     docs, wait = ready.candidates("default", at_due, 3.0, k=10)
-    assert (docs, wait) in (([doc], None), ([], 0.15))
+    assert docs == [] and wait == pytest.approx(3.0)  # its owner's turn: 3 s (overdue_s)
+    late = at_due + timedelta(seconds=3)
+    assert ready.candidates("default", late, 6.0, k=10) == ([doc], None)
+
+
+def test_without_a_beat_rows_are_taken_in_turns_and_the_view_read_each_time():
+    ready = ReadySet("w1", ["default"], stagger_s=0.15)
+    ready.feed_started()
+    ready.refill("default", [occ(1)], full_page=False, now_mono=0.0)
+    assert ids(ready.candidates("default", NOW, 0.0, k=10)[0]) == [occ(1)["_id"]]
+    assert ready.needs_read("default", 0.1, poll_s=300)  # no hub: only the view says
+
+
+def test_an_offer_withdrawn_leaves_the_set_and_a_stale_beat_counts_for_nothing():
+    ready = live()
+    offer = {"_id": "offer:w1", "type": "offer", "worker": "w1", "offers": [occ(1), occ(2)]}
+    ready.apply_board(offer, now_mono=1.0, server_now=NOW)
+    assert len(ready) == 2
+    ready.apply_board({**offer, "offers": [occ(2)]}, now_mono=1.1, server_now=NOW)
+    assert ids(ready.candidates("default", NOW, 1.2, k=10)[0]) == [occ(2)["_id"]]
+    assert ready.apply_board({**offer, "worker": "w2"}, now_mono=1.3, server_now=NOW) is False
+    stale = ReadySet("w1", ["default"])
+    stale.feed_started()
+    stale.apply_board(beat(at=NOW - timedelta(minutes=5)), now_mono=0.0, server_now=NOW)
+    assert not stale.dispatched(0.0)
+    assert ready.dispatched(1.3)
 
 
 def test_a_full_page_is_tried_at_once_not_held_and_hides_later_turns():
     ready = ReadySet("w1", ["default"])
     ready.feed_started()
+    ready.apply_board(beat(), now_mono=0.0, server_now=NOW)
     assert ready.needs_read("default", 0.0, poll_s=300)  # the feed just started
     page = [occ(n) for n in range(3)]
     ready.apply(page[1] | {"_rev": "2-x", "state": "leased"}, now_mono=0.5)  # taken meanwhile

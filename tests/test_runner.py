@@ -435,3 +435,15 @@ def test_bandwidth_cap_holds_over_tls(tmp_path: Path) -> None:
     assert result.status == 200 and result.body == b"x" * size
     assert result.tls_expires_at is not None  # it really was TLS
     assert elapsed >= (size - cap / 10) / cap, elapsed
+
+
+def test_output_with_lone_surrogates_is_stored_with_replacement_characters(monkeypatch) -> None:
+    """A handler's text may carry lone surrogates (say, from a badly decoded page): the run
+    still ends, its output valid UTF-8, instead of crashing as an unsendable result."""
+    import desktop_worker.runner as runner_module
+
+    monkeypatch.setattr(
+        runner_module, "get_handler", lambda kind: lambda input, ctx: {"text": "a\ud800b"}
+    )
+    outcome = run_inline("demo.sleep", {"ms": 0}, Limits(), Policy())
+    assert outcome.output == {"text": "a\ufffdb"} and outcome.error is None

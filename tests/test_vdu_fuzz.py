@@ -97,7 +97,9 @@ def test_random_actors_never_reach_an_invalid_state(farm, steps):
         assert model.client == "acme" and model.task == task.id
         if model.result is not None:
             assert model.result.worker in ("w1", "w2", "w3")
-            assert model.result.attempt == model.attempt
+            # The server's rule (a result may be replaced by an earlier run of this
+            # occurrence, decision 10): its attempt is one this occurrence had.
+            assert 1 <= model.result.attempt <= model.attempt
         if ever_final is not None:
             assert model.state == ever_final, "a final state changed"
         if model.state in FINAL_STATES:

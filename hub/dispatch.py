@@ -1,0 +1,326 @@
+"""The hub offers each ready occurrence to one worker (decision 12 in docs/ARCHITECTURE.md).
+
+Why: on CouchDB 3 every continuous ``_changes`` feed on a database costs the server
+0.3 to 0.6 ms of CPU for *every write* to that database, whatever its filter (``_doc_ids``,
+``_selector`` or JS; measured on 3.5.0). With one feed per worker on the live database,
+the server's cost per occurrence grew with the number of connected workers, and racing
+idle workers turned every new occurrence into a storm of 409s. So no worker follows the
+live database. The hub, which follows it anyway, keeps the ready occurrences and the
+online workers, and writes *offers* into a small separate database, ``{db}_board``:
+
+- ``offer:{worker}``: the occurrence documents (with their ``_rev``) offered to that
+  worker, at most its free slots. Each worker follows only its own offer document
+  (``filter=_doc_ids``). Owning an occurrence still means winning the ``_rev`` write:
+  the offer only says who should try, so a stale offer costs one 409 and nothing else.
+- ``hub:dispatcher``: a beat every ``BEAT_S`` seconds, so workers know offers are coming
+  and leave ready rows they were not offered to their owners (``OVERDUE_S``).
+
+The board is written in one ``_bulk_docs`` per dispatch, at most every ``min_gap_s``
+(the first after a quiet spell at once), so every worker's feed wakes a bounded number of
+times per second, not once per write to the live database.
+
+Choosing the worker: in turn order (``queue_at``: priority, aging, fair share), each
+occurrence goes to the online worker of its tube and kind with a free slot that ranks
+first by rendezvous hashing of (occurrence, worker), so offers spread evenly and every
+hub computes the same choice. Free slots = the worker's ``slots`` minus its leases (seen
+on the feed) minus what it holds on offer. Occurrences materialized ahead are offered up
+to ``lead_s`` before their ``not_before`` and claimed on time. An offer not claimed
+``offer_s`` after ``not_before`` is withdrawn and given to the next worker; the worker that
+let it lapse gets none for ``REST_S`` or until its heartbeat shows it alive again.
+
+Pure: :class:`Dispatcher` does no I/O; :class:`Board` writes the documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from hub.couch import Couch, CouchError
+from hub.timefmt import from_wire, to_wire
+
+log = logging.getLogger("couchfarm.dispatch")
+
+OFFER_PREFIX = "offer:"
+BEAT_ID = "hub:dispatcher"
+BEAT_S = 15.0  # the dispatcher's beat on the board
+OVERDUE_S = 3.0  # with a beating dispatcher, workers take unoffered rows only this late
+OFFER_S = 2.0  # an offer lapses this long after the occurrence's not_before
+LEAD_S = 8.0  # offered up to this long before not_before (the hub materializes 5 s ahead)
+ONLINE_S = 90.0  # a worker whose heartbeat is older is offline (it beats every 30 s)
+REST_S = 10.0  # a worker that let an offer lapse gets none this long, or until it beats
+
+
+def board_db(db: str) -> str:
+    return f"{db}_board"
+
+
+def offer_doc_id(worker: str) -> str:
+    return f"{OFFER_PREFIX}{worker}"
+
+
+def rendezvous(occ_id: str, worker: str) -> int:
+    digest = hashlib.blake2b(f"{occ_id}\0{worker}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _generation(rev: Any) -> int:
+    try:
+        return int(str(rev).split("-", 1)[0])
+    except ValueError:
+        return 0
+
+
+def _moment(value: Any) -> datetime | None:
+    try:
+        return from_wire(str(value))
+    except ValueError:
+        return None
+
+
+@dataclass
+class Seat:
+    """What the hub knows of one worker."""
+
+    name: str
+    tubes: frozenset[str] = frozenset()
+    kinds: frozenset[str] | None = None  # None: any kind
+    slots: int = 1
+    accepting: bool = False
+    last_seen: datetime | None = None
+    leased: set[str] = field(default_factory=set)
+    offers: dict[str, datetime] = field(default_factory=dict)  # occurrence -> lapses at
+    lapsed_at: datetime | None = None  # let an offer lapse: none until it beats again
+
+    def free(self) -> int:
+        return self.slots - len(self.leased) - len(self.offers)
+
+    def takes(self, doc: dict[str, Any]) -> bool:
+        return (not self.tubes or doc.get("tube") in self.tubes) and (
+            self.kinds is None or doc.get("kind") in self.kinds
+        )
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        offer_s: float = OFFER_S,
+        lead_s: float = LEAD_S,
+        online_s: float = ONLINE_S,
+    ) -> None:
+        self.offer_s = offer_s
+        self.lead_s = lead_s
+        self.online_s = online_s
+        self.ready: dict[str, dict[str, Any]] = {}
+        self.seats: dict[str, Seat] = {}
+        self.paused_tubes: set[str] = set()
+        self._generation: dict[str, int] = {}
+        self._offered_to: dict[str, str] = {}  # occurrence -> worker
+        self._lessee: dict[str, str] = {}  # occurrence -> worker holding its lease
+        self._dirty: set[str] = set()
+        self.offered = 0
+        self.lapsed = 0
+
+    # ------------------------------------------------------------ what the hub sees
+
+    def reset(self) -> None:
+        """Forget everything (the hub moved to another server): reload, then observe."""
+        self.__init__(offer_s=self.offer_s, lead_s=self.lead_s, online_s=self.online_s)  # type: ignore[misc]
+
+    def observe(self, doc: dict[str, Any] | None) -> None:
+        """One document from the live database (a feed row's doc, or a view row's)."""
+        if not isinstance(doc, dict) or not isinstance(doc.get("_id"), str):
+            return
+        if doc.get("type") == "worker" and not doc.get("_deleted"):
+            self._observe_worker(doc)
+            return
+        doc_id = doc["_id"]
+        if not doc_id.startswith("occ:"):
+            return
+        generation = _generation(doc.get("_rev"))
+        if not doc.get("_deleted") and generation < self._generation.get(doc_id, 0):
+            return  # an older copy (a view read racing the feed)
+        self._generation[doc_id] = generation
+        state = None if doc.get("_deleted") else doc.get("state")
+        if state == "ready":
+            self.ready[doc_id] = doc
+            holder = self._offered_to.get(doc_id)
+            if holder is not None:
+                self._dirty.add(holder)  # the offer must carry the new _rev
+        else:
+            self.ready.pop(doc_id, None)
+            self._withdraw(doc_id)
+        lessee = self._lessee.pop(doc_id, None)
+        if lessee is not None and lessee in self.seats:
+            self.seats[lessee].leased.discard(doc_id)
+        if state == "leased":
+            worker = (doc.get("lease") or {}).get("worker")
+            if isinstance(worker, str):
+                self._lessee[doc_id] = worker
+                self._seat(worker).leased.add(doc_id)
+        if state in (None, "done", "failed", "cancelled", "missed", "skipped"):
+            self._generation.pop(doc_id, None)  # it never comes back: keep memory flat
+
+    def _observe_worker(self, doc: dict[str, Any]) -> None:
+        name = doc.get("name")
+        if not isinstance(name, str):
+            return
+        seat = self._seat(name)
+        tubes = doc.get("tubes") if isinstance(doc.get("tubes"), list) else []
+        kinds = doc.get("kinds") if isinstance(doc.get("kinds"), list) else []
+        seat.tubes = frozenset(t for t in tubes if isinstance(t, str))
+        seat.kinds = frozenset(k for k in kinds if isinstance(k, str)) or None
+        slots = doc.get("slots")
+        seat.slots = slots if isinstance(slots, int) and slots > 0 else 1
+        seat.accepting = doc.get("state") == "running"
+        seen = _moment(doc.get("last_seen"))
+        if seen is not None and (seat.last_seen is None or seen > seat.last_seen):
+            seat.last_seen = seen
+        if seat.lapsed_at is not None and seat.last_seen and seat.last_seen > seat.lapsed_at:
+            seat.lapsed_at = None
+
+    def _seat(self, name: str) -> Seat:
+        seat = self.seats.get(name)
+        if seat is None:
+            seat = self.seats[name] = Seat(name)
+        return seat
+
+    def _withdraw(self, occ_id: str) -> None:
+        holder = self._offered_to.pop(occ_id, None)
+        if holder is not None and holder in self.seats:
+            self.seats[holder].offers.pop(occ_id, None)
+            self._dirty.add(holder)
+
+    # ------------------------------------------------------------ deciding
+
+    def plan(self, now: datetime) -> dict[str, list[dict[str, Any]]]:
+        """New offers. Returns, for each worker whose offers changed, all it now holds."""
+        cutoff = now - timedelta(seconds=self.online_s)
+        for seat in self.seats.values():
+            online = seat.accepting and seat.last_seen is not None and seat.last_seen >= cutoff
+            for occ_id, lapses in list(seat.offers.items()):
+                if not online or lapses <= now:
+                    if online:
+                        seat.lapsed_at = now
+                        self.lapsed += 1
+                        log.info("event=offer_lapsed occ=%s worker=%s", occ_id, seat.name)
+                    self._withdraw(occ_id)
+        for seat in self.seats.values():
+            if seat.lapsed_at is not None and (now - seat.lapsed_at).total_seconds() >= REST_S:
+                seat.lapsed_at = None
+        open_seats = [
+            seat
+            for seat in self.seats.values()
+            if seat.accepting
+            and seat.lapsed_at is None
+            and seat.last_seen is not None
+            and seat.last_seen >= cutoff
+            and seat.free() > 0
+        ]
+        if open_seats:
+            horizon = now + timedelta(seconds=self.lead_s)
+            for doc in sorted(self._unoffered(horizon), key=lambda d: str(d.get("queue_at"))):
+                takers = [seat for seat in open_seats if seat.takes(doc)]
+                if not takers:
+                    continue
+                seat = max(takers, key=lambda s: rendezvous(doc["_id"], s.name))
+                not_before = _moment(doc.get("not_before")) or now
+                seat.offers[doc["_id"]] = max(now, not_before) + timedelta(seconds=self.offer_s)
+                self._offered_to[doc["_id"]] = seat.name
+                self._dirty.add(seat.name)
+                self.offered += 1
+                if seat.free() <= 0:
+                    open_seats.remove(seat)
+                    if not open_seats:
+                        break
+        changed = {
+            name: [self.ready[i] for i in self.seats[name].offers if i in self.ready]
+            for name in sorted(self._dirty)
+            if name in self.seats
+        }
+        self._dirty.clear()
+        return changed
+
+    def _unoffered(self, horizon: datetime) -> Iterable[dict[str, Any]]:
+        for occ_id, doc in self.ready.items():
+            if occ_id in self._offered_to or doc.get("tube") in self.paused_tubes:
+                continue
+            attempt, most = doc.get("attempt", 0), doc.get("max_attempts", 1)
+            if isinstance(attempt, int) and isinstance(most, int) and attempt >= most:
+                continue
+            not_before = _moment(doc.get("not_before"))
+            if not_before is not None and not_before > horizon:
+                continue
+            yield doc
+
+    def mark_dirty(self, workers: Iterable[str]) -> None:
+        """These offer documents were not written: write them at the next plan."""
+        self._dirty.update(workers)
+
+
+class Board:
+    """Writes the dispatcher's offers and beat into ``{db}_board`` on the hub's server."""
+
+    def __init__(self, couch: Couch, db: str) -> None:
+        self.couch = couch
+        self.db = board_db(db)
+        self._revs: dict[str, str] = {}
+        self._bound = ""
+        self._beat_at: datetime | None = None
+        self.writes = 0
+
+    def publish(self, offers: dict[str, list[dict[str, Any]]], now: datetime) -> list[str]:
+        """Write the changed offer docs (and the beat when due) in one request. Returns
+        the workers whose doc could not be written (retry at the next plan)."""
+        if self.couch.active.url != self._bound:  # another server: its revisions are its own
+            self._revs.clear()
+            self._bound = self.couch.active.url
+            self._beat_at = None
+        docs = [
+            {"_id": offer_doc_id(worker), "type": "offer", "worker": worker, "at": to_wire(now),
+             "offers": list(held)}
+            for worker, held in offers.items()
+        ]  # fmt: skip
+        beat_due = self._beat_at is None or (now - self._beat_at).total_seconds() >= BEAT_S
+        if beat_due:
+            docs.append({"_id": BEAT_ID, "type": "beat", "at": to_wire(now), "every_s": BEAT_S,
+                         "overdue_s": OVERDUE_S})  # fmt: skip
+        if not docs:
+            return []
+        for doc in docs:
+            if doc["_id"] in self._revs:
+                doc["_rev"] = self._revs[doc["_id"]]
+        try:
+            rows = self.couch.bulk_docs(self.db, docs)
+        except CouchError as exc:
+            log.warning("event=board_write_failed error=%r", str(exc))
+            return list(offers)
+        self.writes += 1
+        failed: list[str] = []
+        for doc, row in zip(docs, rows, strict=False):
+            if "rev" in row and not row.get("error"):
+                self._revs[doc["_id"]] = row["rev"]
+                if doc["_id"] == BEAT_ID:
+                    self._beat_at = now
+                continue
+            self._revs.pop(doc["_id"], None)
+            if row.get("error") == "conflict":  # another hub, or a server we came back to
+                self._learn_rev(doc["_id"])
+            else:
+                log.warning("event=board_write_refused doc=%s error=%r", doc["_id"], row)
+            if doc["type"] == "offer":
+                failed.append(doc["worker"])
+        return failed
+
+    def _learn_rev(self, doc_id: str) -> None:
+        try:
+            current = self.couch.get_or_none(self.db, doc_id)
+        except CouchError:
+            return
+        if current is not None:
+            self._revs[doc_id] = current["_rev"]

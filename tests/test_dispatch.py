@@ -1,0 +1,161 @@
+"""The hub's dispatcher (hub/dispatch.py): pure planning, then the board on the real server."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hub import provision
+from hub.couch import CouchError
+from hub.dispatch import BEAT_ID, Board, Dispatcher, board_db, offer_doc_id, rendezvous
+from hub.timefmt import to_wire
+
+NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def occ(n: int, *, state: str = "ready", rev: int = 1, tube: str = "default",
+        kind: str = "demo.sleep", not_before: datetime | None = None, lease: str | None = None,
+        queue_at: datetime | None = None) -> dict[str, Any]:  # fmt: skip
+    due = not_before or NOW - timedelta(seconds=100 - n)
+    doc = {"_id": f"occ:task:acme:t:{n:04d}", "_rev": f"{rev}-x", "type": "occurrence",
+           "state": state, "tube": tube, "kind": kind, "not_before": to_wire(due),
+           "queue_at": to_wire(queue_at or due), "attempt": 0, "max_attempts": 3}  # fmt: skip
+    if lease:
+        doc["lease"] = {"worker": lease}
+    return doc
+
+
+def worker(name: str, *, slots: int = 1, seen: datetime = NOW, state: str = "running",
+           tubes: tuple[str, ...] = ("default",), kinds: tuple[str, ...] = ()) -> dict:  # fmt: skip
+    return {"_id": f"worker:{name}", "type": "worker", "name": name, "slots": slots,
+            "state": state, "last_seen": to_wire(seen), "tubes": list(tubes),
+            "kinds": list(kinds)}  # fmt: skip
+
+
+def offered(plan: dict[str, list[dict]]) -> dict[str, list[str]]:
+    return {w: sorted(d["_id"] for d in docs) for w, docs in plan.items()}
+
+
+def test_each_ready_occurrence_goes_to_one_worker_up_to_its_free_slots():
+    d = Dispatcher()
+    for name, slots in (("w1", 2), ("w2", 1), ("w3", 1)):
+        d.observe(worker(name, slots=slots))
+    for n in range(6):
+        d.observe(occ(n))
+    plan = offered(d.plan(NOW))
+    given = [i for ids in plan.values() for i in ids]
+    assert len(given) == len(set(given)) == 4  # 2 + 1 + 1 slots
+    assert len(plan.get("w1", [])) <= 2 and all(len(plan[w]) <= 1 for w in ("w2", "w3"))
+    # In turn order: the four earliest queue_at go first.
+    assert sorted(given) == sorted(occ(n)["_id"] for n in range(4))
+    assert d.plan(NOW) == {}  # nothing changed: nothing to write
+
+
+def test_the_choice_is_the_rendezvous_winner_among_free_workers():
+    d = Dispatcher()
+    for name in ("a", "b", "c", "d"):
+        d.observe(worker(name, slots=10))
+    docs = [occ(n) for n in range(20)]
+    for doc in docs:
+        d.observe(doc)
+    plan = offered(d.plan(NOW))
+    for doc in docs:
+        best = max("abcd", key=lambda w: rendezvous(doc["_id"], w))
+        assert doc["_id"] in plan[best]
+
+
+def test_a_claim_frees_the_offer_and_a_finish_frees_the_slot():
+    d = Dispatcher()
+    d.observe(worker("w1", slots=1))
+    d.observe(occ(1))
+    d.observe(occ(2))
+    assert offered(d.plan(NOW)) == {"w1": [occ(1)["_id"]]}
+    d.observe(occ(1, state="leased", rev=2, lease="w1"))
+    assert offered(d.plan(NOW)) == {"w1": []}  # slot busy: occ 2 waits
+    d.observe(occ(1, state="done", rev=3))
+    assert offered(d.plan(NOW)) == {"w1": [occ(2)["_id"]]}
+
+
+def test_an_older_copy_does_not_bring_back_a_claimed_occurrence():
+    d = Dispatcher()
+    d.observe(worker("w1"))
+    d.observe(occ(1, state="leased", rev=2, lease="w2"))
+    d.observe(occ(1, rev=1))  # a view read that raced the feed
+    assert d.plan(NOW) == {}
+
+
+def test_an_offer_that_lapses_goes_to_another_worker_and_its_worker_rests():
+    d = Dispatcher(offer_s=2.0)
+    d.observe(worker("w1"))
+    d.observe(worker("w2"))
+    d.observe(occ(1))
+    first = next(w for w, ids in offered(d.plan(NOW)).items() if ids)
+    other = "w2" if first == "w1" else "w1"
+    assert d.plan(NOW + timedelta(seconds=1)) == {}
+    later = offered(d.plan(NOW + timedelta(seconds=2.5)))
+    assert later == {first: [], other: [occ(1)["_id"]]} and d.lapsed == 1
+    d.observe(occ(2))
+    assert offered(d.plan(NOW + timedelta(seconds=3))) == {}  # `other` is busy, `first` rests
+    d.observe(worker(first, seen=NOW + timedelta(seconds=4)))  # it beats: alive again
+    assert offered(d.plan(NOW + timedelta(seconds=4))) == {first: [occ(2)["_id"]]}
+
+
+def test_offline_paused_and_unsuitable_workers_get_nothing():
+    d = Dispatcher()
+    d.observe(worker("old", seen=NOW - timedelta(minutes=5)))
+    d.observe(worker("paused", state="paused"))
+    d.observe(worker("other-tube", tubes=("gpu",)))
+    d.observe(worker("http-only", kinds=("http.check",)))
+    d.observe(occ(1))
+    assert d.plan(NOW) == {}
+    d.observe(worker("fit", kinds=("demo.sleep",)))
+    assert offered(d.plan(NOW)) == {"fit": [occ(1)["_id"]]}
+
+
+def test_paused_tubes_far_future_and_exhausted_occurrences_are_not_offered():
+    d = Dispatcher(lead_s=8.0)
+    d.observe(worker("w1", slots=5, tubes=("default", "held")))
+    d.observe(occ(1, tube="held"))
+    d.observe(occ(2, not_before=NOW + timedelta(seconds=30)))
+    d.observe({**occ(3), "attempt": 3})
+    soon = occ(4, not_before=NOW + timedelta(seconds=5))
+    d.observe(soon)
+    d.paused_tubes = {"held"}
+    assert offered(d.plan(NOW)) == {"w1": [soon["_id"]]}  # ahead of its due time: fine
+    # ... and its offer lapses only offer_s after its not_before, not after the offer.
+    assert d.plan(NOW + timedelta(seconds=6)) == {}
+
+
+def test_an_updated_ready_doc_is_offered_again_with_its_new_rev():
+    d = Dispatcher()
+    d.observe(worker("w1"))
+    d.observe(occ(1))
+    d.plan(NOW)
+    d.observe(occ(1, rev=2))  # e.g. the hub re-stamped it
+    assert [doc["_rev"] for doc in d.plan(NOW)["w1"]] == ["2-x"]
+
+
+# ---------------------------------------------------------------- the board, for real
+
+
+def test_the_board_holds_offers_and_beat_and_only_the_hub_writes_it(farm):
+    provision.ensure_board_db(farm.admin, farm.db)
+    board = Board(farm.hub, farm.db)
+    doc = occ(1)
+    assert board.publish({"w1": [doc]}, NOW) == []
+    stored = farm.worker("w1").get(board_db(farm.db), offer_doc_id("w1"))
+    assert stored["offers"] == [doc] and stored["worker"] == "w1"
+    assert farm.worker("w1").get(board_db(farm.db), BEAT_ID)["type"] == "beat"
+    assert board.publish({"w1": []}, NOW) == []  # an update: the rev it keeps is right
+    assert farm.hub.get(board_db(farm.db), offer_doc_id("w1"))["offers"] == []
+    # A second hub writing the same doc: a conflict, learned, and written at the next try.
+    other = Board(farm.hub, farm.db)
+    assert other.publish({"w1": [doc]}, NOW) == ["w1"]
+    assert other.publish({"w1": [doc]}, NOW) == []
+    try:
+        farm.worker("w2").put(board_db(farm.db), {"_id": offer_doc_id("w2"), "type": "offer",
+                                                  "worker": "w2", "offers": [doc]})  # fmt: skip
+    except CouchError as refused:
+        assert refused.status in (401, 403)
+    else:
+        raise AssertionError("a worker wrote an offer to itself")
