@@ -30,12 +30,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from desktop_worker.config import DEFAULT_CLAIM_K
+from desktop_worker.feed import read_peers
 from desktop_worker.log import log_event
 from desktop_worker.readyset import ReadySet
 from hub import states
 from hub.couch import Conflict, Couch, Forbidden, NotFound
 from hub.model import Occurrence, State
 from hub.timefmt import from_wire, to_wire
+
+ROWS_PER_WORKER = 8  # backlog page size per online worker (readyset: own rows are held)
+PEERS_REFRESH_S = 10.0  # without a dispatcher, who is online is read again this often
 
 
 @dataclass
@@ -104,6 +108,8 @@ class Claimer:
         self.poll_s = poll_s
         self.monotonic = monotonic
         self._tube_turn = 0
+        self._backlog: dict[str, bool] = {}  # the tube's last read was a full page
+        self._peers_at = float("-inf")
 
     # ------------------------------------------------------------ public
 
@@ -159,16 +165,20 @@ class Claimer:
         if ready is not None:
             now_mono = self.monotonic()
             now = self.couch.now()
-            # Two rows per online worker: each then likely finds one whose first turn is its
-            # own, instead of a dozen workers sharing the same first K (measured: 60 % lost
-            # races at 16 workers with K=10).
-            first = max(first, 2 * (len(ready.online_peers(tube, now)) + 1))
+            # A few rows per online worker: each then finds some whose first turn is its own
+            # (and holds them), instead of a dozen workers sharing the same first K
+            # (measured: 60 % lost races at 16 workers with K=10).
+            first = max(first, ROWS_PER_WORKER * (len(ready.online_peers(tube, now)) + 1))
             docs, wait = ready.candidates(tube, now, now_mono, first)
             occs = self._claimable_held(docs, now, now_mono)
             if occs or wait is not None or not ready.needs_read(tube, now_mono, self.poll_s):
                 return occs, ready.next_not_before(tube, now), wait
         limit = first + self.extra_rows
         epoch = ready.epoch if ready is not None else None
+        if ready is not None and not ready.dispatched(self.monotonic()):
+            self._refresh_peers(stats)
+        if ready is not None and self._backlog.get(tube):
+            return self._read_backlog(tube, need, first, limit, stats)
         body = self.couch.view(
             self.db,
             "farm",
@@ -184,7 +194,7 @@ class Claimer:
         now = self.couch.now()
         if ready is not None:
             now_mono = self.monotonic()
-            full_page = len(rows) >= limit
+            full_page = self._backlog[tube] = len(rows) >= limit
             page = ready.refill(tube, docs, full_page, now_mono, server_now=now, epoch=epoch)
             if full_page:  # a backlog: try the page at once, in this worker's order
                 occs, next_not_before = self._claimable(page, now)
@@ -196,6 +206,59 @@ class Claimer:
         chosen = occs[:first]
         self.rng.shuffle(chosen)
         return chosen, next_not_before, None
+
+    def _refresh_peers(self, stats: ClaimStats) -> None:
+        """Workers that came online since the feed started rank too, or two workers would
+        each take the same rows for their own (rows no dispatcher offered: no hub, or a
+        backlog)."""
+        assert self.ready_set is not None
+        if self.monotonic() - self._peers_at < PEERS_REFRESH_S:
+            return
+        self._peers_at = self.monotonic()
+        self.ready_set.set_peers(read_peers(self.couch, self.db, self.ready_set.online_s))
+        stats.view_reads += 1
+
+    def _read_backlog(
+        self, tube: str, need: int, first: int, limit: int, stats: ClaimStats
+    ) -> tuple[list[Occurrence], datetime | None, float | None]:
+        """The last read was a full page: a backlog every worker reads alike. Read the
+        page's ids only, and the docs of the rows where this worker ranks first (its own
+        share: held and claimed one by one), or of the first few in its order when it has
+        none. Reading every row's doc for every worker cost most of a claim's server time.
+        """
+        ready = self.ready_set
+        assert ready is not None
+        epoch = ready.epoch
+        body = self.couch.view(
+            self.db, "farm", "ready", startkey=[tube], endkey=[tube, {}], limit=limit
+        )
+        stats.view_reads += 1
+        rows = [row for row in body.get("rows", []) if isinstance(row.get("id"), str)]
+        full_page = self._backlog[tube] = len(rows) >= limit
+        now = self.couch.now()
+        ranked = ready.rank_ids(tube, [row["id"] for row in rows], now)
+        wanted = [i for rank, i in ranked if rank == 0] or [i for _, i in ranked[:first]]
+        if not full_page:
+            wanted = [row["id"] for row in rows]  # all that is ready: held, as any page
+        order = {row["id"]: n for n, row in enumerate(rows)}
+        fetched = self.couch.all_docs(self.db, keys=wanted, include_docs=True) if wanted else []
+        stats.view_reads += 1
+        docs = sorted(
+            (row["doc"] for row in fetched if isinstance(row.get("doc"), dict)),
+            key=lambda doc: order.get(doc.get("_id"), len(order)),
+        )
+        horizon = None
+        if full_page and rows and isinstance(rows[-1].get("key"), list):
+            horizon = str(rows[-1]["key"][-1])
+        now_mono = self.monotonic()
+        page = ready.refill(tube, docs, full_page, now_mono, server_now=now, epoch=epoch,
+                            horizon=horizon)  # fmt: skip
+        if full_page:
+            occs, next_not_before = self._claimable(page, now)
+            return occs[:first], next_not_before, None
+        docs, wait = ready.candidates(tube, now, now_mono, first)
+        occs = self._claimable_held(docs, now, now_mono)
+        return occs, ready.next_not_before(tube, now), wait
 
     def _claimable_held(
         self, docs: list[dict[str, Any]], now: datetime, now_mono: float

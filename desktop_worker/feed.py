@@ -146,13 +146,17 @@ class ClaimFeed:
         """Who else is online, for the ready set's rendezvous order."""
         self._peers_at = time.monotonic()
         try:
-            since = to_wire(couch.now() - timedelta(seconds=self.ready_set.online_s))
-            body = couch.view(self.db, "farm", "workers_by_last_seen", startkey=since)
+            self.ready_set.set_peers(read_peers(couch, self.db, self.ready_set.online_s))
         except CouchError as exc:
             log_event("peers_unreadable", logging.WARNING, worker=self.worker, error=str(exc))
-            return
-        self.ready_set.set_peers(
-            {**row["value"], "last_seen": row["key"]}
-            for row in body.get("rows", [])
-            if isinstance(row.get("value"), dict)
-        )
+
+
+def read_peers(couch: Couch, db: str, online_s: float) -> list[dict[str, Any]]:
+    """The worker docs (as the view gives them) of workers seen within ``online_s``."""
+    since = to_wire(couch.now() - timedelta(seconds=online_s))
+    body = couch.view(db, "farm", "workers_by_last_seen", startkey=since)
+    return [
+        {**row["value"], "last_seen": row["key"]}
+        for row in body.get("rows", [])
+        if isinstance(row.get("value"), dict)
+    ]

@@ -51,13 +51,24 @@ class FakeCouch:
         self.fail_put: dict[str, Exception] = {}
         self.view_params: list[dict[str, Any]] = []
         self.bulks: list[list[str]] = []
+        self.fetched: list[list[str]] = []
 
     def now(self) -> datetime:
         return NOW
 
     def view(self, db: str, ddoc: str, view: str, **params: Any) -> dict[str, Any]:
         self.view_params.append(params)
-        return {"rows": self.view_rows[: params["limit"]]}
+        if view == "workers_by_last_seen":
+            return {"rows": []}
+        ready = [r for r in self.view_rows if self.docs[r["id"]]["state"] == "ready"]
+        rows = ready[: params["limit"]]
+        if not params.get("include_docs"):
+            rows = [{"id": r["id"], "key": r["key"]} for r in rows]
+        return {"rows": rows}
+
+    def all_docs(self, db: str, *, keys: list[str], include_docs: bool) -> list[dict[str, Any]]:
+        self.fetched.append(list(keys))
+        return [{"id": k, "key": k, "doc": self.docs[k]} for k in keys if k in self.docs]
 
     def put(self, db: str, doc: dict[str, Any]) -> str:
         self.puts.append(doc["_id"])
@@ -214,6 +225,32 @@ def test_a_batch_claim_keeps_the_rows_it_won_and_counts_the_ones_it_lost():
     result = claimer(couch, k=4).claim(4)
     assert sorted(o.id for o in result.won) == sorted(d["_id"] for d in docs if d is not docs[1])
     assert result.stats.conflicts == 1 and result.stats.wins == 3
+
+
+def test_in_a_backlog_a_worker_reads_ids_and_fetches_only_its_own_rows():
+    from desktop_worker import readyset as readyset_module
+    from desktop_worker.readyset import ReadySet
+
+    couch = FakeCouch([ready(n).to_doc() for n in range(60)])
+    held = ReadySet("w1", ["default"])
+    held.feed_started()
+    held.set_peers([{"name": p, "state": "running", "last_seen": to_wire(NOW),
+                     "tubes": ["default"]} for p in ("w2", "w3")])  # fmt: skip
+    c = claimer(couch, k=3, ready_set=held)
+    first = c.claim(1)  # the first read: docs included; a full page, so a backlog
+    assert len(first.won) == 1 and couch.view_params[-1].get("include_docs")
+    reads = len(couch.view_params)
+    won = [occ.id for occ in first.won]
+    for _ in range(3):
+        won += [occ.id for occ in c.claim(1).won]
+    assert len(won) == 4 and len(set(won)) == 4
+    # Later reads: ids only, then the docs of this worker's own rows, and those are held.
+    assert all(not p.get("include_docs") for p in couch.view_params[reads:])
+    for fetched in couch.fetched:
+        for occ_id in fetched:
+            mine = readyset_module._score(occ_id, "w1")
+            assert all(readyset_module._score(occ_id, p) > mine for p in ("w2", "w3"))
+    assert len(couch.fetched) <= 2  # own rows held: no read per claim
 
 
 def test_empty_tube_is_not_contended():

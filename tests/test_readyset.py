@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from desktop_worker import readyset
 from desktop_worker.readyset import ReadySet
 from hub.timefmt import to_wire
 
@@ -211,7 +212,7 @@ def test_an_offer_withdrawn_leaves_the_set_and_a_stale_beat_counts_for_nothing()
     assert ready.dispatched(1.3)
 
 
-def test_a_full_page_is_tried_at_once_not_held_and_hides_later_turns():
+def test_a_full_page_is_tried_at_once_its_own_rows_held_and_later_turns_hidden():
     ready = ReadySet("w1", ["default"])
     ready.feed_started()
     ready.apply_board(beat(), now_mono=0.0, server_now=NOW)
@@ -221,7 +222,11 @@ def test_a_full_page_is_tried_at_once_not_held_and_hides_later_turns():
     tried = ready.refill("default", page, full_page=True, now_mono=1.0, server_now=NOW)
     assert sorted(ids(tried)) == sorted(ids([page[0], page[2]]))
     ready.apply(occ(50), now_mono=1.1)  # new, but later than rows the read did not show
-    assert ready.candidates("default", NOW, 1.2, k=10) == ([], None)  # page rows not held
+    # Its own rows (no peers: all of them) are held; occ 50 comes after the page.
+    held, _ = ready.candidates("default", NOW, 1.2, k=10)
+    assert ids(held) == ids([page[0], page[2]])
+    for doc in held:
+        ready.forget(doc["_id"], 1.2)  # claimed
     assert ready.needs_read("default", 1.2, poll_s=300)  # there may be more: read
     ready.refill("default", [occ(4), occ(50)], full_page=False, now_mono=1.5)
     docs, _ = ready.candidates("default", NOW, 1.6, k=10)
@@ -271,3 +276,22 @@ def test_capacity_keeps_the_earliest_turns_and_asks_for_a_read():
     docs, _ = ready.candidates("default", NOW, 1.0, k=10)
     assert sorted(ids(docs)) == [occ(n)["_id"] for n in range(5)]
     assert ready.needs_read("default", 1.0, poll_s=300)
+
+
+def test_of_a_backlog_page_only_the_rows_this_worker_ranks_first_on_are_held():
+    ready = ReadySet("w1", ["default"])
+    ready.feed_started()
+    ready.set_peers([worker("w2"), worker("w3")])
+    page = [occ(n) for n in range(30)]
+    tried = ready.refill("default", page, full_page=True, now_mono=1.0, server_now=NOW)
+    assert sorted(ids(tried)) == sorted(ids(page))  # all tried at once, own rows first
+
+    def rank(doc: dict[str, Any]) -> int:
+        mine = readyset._score(doc["_id"], "w1")
+        return sum(readyset._score(doc["_id"], p) < mine for p in ("w2", "w3"))
+
+    own = [d for d in page if rank(d) == 0]
+    assert 0 < len(own) < len(page)
+    assert set(ids(tried[: len(own)])) == set(ids(own))
+    held, wait = ready.candidates("default", NOW, 1.1, k=100)
+    assert sorted(ids(held)) == sorted(ids(own)) and wait is None
