@@ -411,9 +411,13 @@ class Engine:
                 state, why = EngineState.IDLE, ""
             changed_state = state != self._state
             changed = changed_state or (why != self._why and state != EngineState.WORKING)
-            self._state, self._why = state, why
-            if changed_state:
+            # Only what the hub acts on makes the worker doc worth a write before its
+            # keep-alive: running, paused, draining, stopped. Idle <-> working and the
+            # totals are not (the hub sees leases on its feed): a write per run cost every
+            # fleet one request per occurrence.
+            if DOC_STATE.get(state, "running") != DOC_STATE.get(self._state, "running"):
                 self._hb_dirty = True
+            self._state, self._why = state, why
         if changed:
             log_event("state_changed", worker=self.name, state=state.value, why=why or None)
             self._emit("state_changed", state=state.value, why=why)
@@ -598,7 +602,6 @@ class Engine:
         run = Run(occ=occ, leased_at=time.monotonic(), claimed_at=occ.lease.claimed_at)
         with self._lock:
             self._runs[occ.id] = run
-        self._hb_dirty = True
         self._refresh_state()
         thread = threading.Thread(
             target=self._run_slot, args=(run,), name=f"worker-{self.name}-run", daemon=True
@@ -616,7 +619,6 @@ class Engine:
         finally:
             with self._lock:
                 self._runs.pop(occ.id, None)
-            self._hb_dirty = True
             log_event("run_finished", occ=occ.id, kind=occ.kind, status=status)
             self._emit(
                 "run_finished", occ_id=occ.id, kind=occ.kind, client=occ.client, status=status
@@ -780,7 +782,6 @@ class Engine:
     def _count(self, what: str) -> None:
         with self._lock:
             self.totals[what] += 1
-        self._hb_dirty = True
 
     # ================================================================ delivery & spool
 

@@ -121,7 +121,10 @@ class ClaimFeed:
                 heard = True
                 if self.stopping.is_set() or self.couch.active.url != bound_url:
                     break
-                if time.monotonic() - self._peers_at >= PEERS_EVERY_S:
+                if (
+                    time.monotonic() - self._peers_at >= PEERS_EVERY_S
+                    and not self.ready_set.dispatched(time.monotonic())
+                ):  # with a hub offering, peers only order rescues: no read per minute
                     self._load_peers(bound)
                 if row is None:
                     continue

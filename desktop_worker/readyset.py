@@ -11,7 +11,8 @@ worker knows of no claimable occurrence although the last page was full (a backl
 board (the hub is down: the worker polls as a plain poller would). Rows it was not offered
 belong to the workers the hub offered them to: while the hub's beat is fresh, the worker
 takes such a row only once it is ``overdue_s`` past its ``not_before`` (its offer lapsed or
-never came), so a running dispatcher sees no races, and a broken one still loses nothing.
+never came), and only if it ranks first for it among its peers (rank r waits r + 1 times
+as long), so a running dispatcher sees no races, and a broken one still loses nothing.
 
 Who goes first among workers trying the same rows (overdue rows, a backlog, or no hub):
 every worker ranks itself among the online workers of the occurrence's tube by rendezvous
@@ -38,7 +39,7 @@ from typing import Any
 from hub.timefmt import from_wire
 
 _GONE_FOR_S = 120.0  # how long a doc seen leaving `ready` shadows older copies of it
-SAFETY_READ_S = 60.0  # with a dispatcher beating, the view is read at least this often anyway
+SAFETY_READ_S = 300.0  # with a dispatcher beating, the view is read at least this often anyway
 
 
 @dataclass
@@ -97,7 +98,7 @@ class ReadySet:
         self._read_at = dict.fromkeys(self.tubes, float("-inf"))
         self._offered: set[str] = set()
         self._beat_until = float("-inf")  # monotonic: a dispatcher beats until then
-        self._overdue_s = 3.0
+        self._overdue_s = 8.0
 
     # ------------------------------------------------------------ feed side
 
@@ -353,7 +354,10 @@ class ReadySet:
                     continue
                 mine = _score(doc["_id"], self.worker)
                 rank = sum(1 for peer in peers if _score(doc["_id"], peer) < mine)
-                due = start + min(rank, self.max_rank) * self.stagger_s
+                if dispatched:  # a rescue: one worker at a time, each a full overdue later
+                    due = start + rank * self._overdue_s
+                else:
+                    due = start + min(rank, self.max_rank) * self.stagger_s
                 if due > now_mono:
                     wait = due - now_mono if wait is None else min(wait, due - now_mono)
                     continue

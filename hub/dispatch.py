@@ -23,10 +23,13 @@ Choosing the worker: in turn order (``queue_at``: priority, aging, fair share), 
 occurrence goes to the online worker of its tube and kind with a free slot that ranks
 first by rendezvous hashing of (occurrence, worker), so offers spread evenly and every
 hub computes the same choice. Free slots = the worker's ``slots`` minus its leases (seen
-on the feed) minus what it holds on offer. Occurrences materialized ahead are offered up
+on the feed) minus what it holds on offer. When no worker has a free slot, a busy one may
+hold ``PREFETCH`` more, which it claims the moment a run ends (no round trip through the
+hub between two runs). Occurrences materialized ahead are offered up
 to ``lead_s`` before their ``not_before`` and claimed on time. An offer not claimed
-``offer_s`` after ``not_before`` is withdrawn and given to the next worker; the worker that
-let it lapse gets none for ``REST_S`` or until its heartbeat shows it alive again.
+``offer_s`` after ``not_before`` is withdrawn and given to the next worker; a worker that
+let it lapse with a slot free gets none for ``REST_S`` or until its heartbeat shows it
+alive again.
 
 Pure: :class:`Dispatcher` does no I/O; :class:`Board` writes the documents.
 """
@@ -48,8 +51,12 @@ log = logging.getLogger("couchfarm.dispatch")
 OFFER_PREFIX = "offer:"
 BEAT_ID = "hub:dispatcher"
 BEAT_S = 15.0  # the dispatcher's beat on the board
-OVERDUE_S = 3.0  # with a beating dispatcher, workers take unoffered rows only this late
 OFFER_S = 2.0  # an offer lapses this long after the occurrence's not_before
+# With a beating dispatcher, workers take rows they were not offered only this late (the
+# worker ranking first among its peers; rank r waits r + 1 times as long): well after an
+# offer lapsed and went to the next worker, so a late offer never races a rescue.
+OVERDUE_S = 8.0
+PREFETCH = 1  # offers a worker may hold beyond its free slots, claimed when a run ends
 LEAD_S = 8.0  # offered up to this long before not_before (the hub materializes 5 s ahead)
 ONLINE_S = 90.0  # a worker whose heartbeat is older is offline (it beats every 30 s)
 REST_S = 10.0  # a worker that let an offer lapse gets none this long, or until it beats
@@ -96,8 +103,8 @@ class Seat:
     offers: dict[str, datetime] = field(default_factory=dict)  # occurrence -> lapses at
     lapsed_at: datetime | None = None  # let an offer lapse: none until it beats again
 
-    def free(self) -> int:
-        return self.slots - len(self.leased) - len(self.offers)
+    def free(self, prefetch: int = 0) -> int:
+        return self.slots + prefetch - len(self.leased) - len(self.offers)
 
     def takes(self, doc: dict[str, Any]) -> bool:
         return (not self.tubes or doc.get("tube") in self.tubes) and (
@@ -112,7 +119,9 @@ class Dispatcher:
         offer_s: float = OFFER_S,
         lead_s: float = LEAD_S,
         online_s: float = ONLINE_S,
+        prefetch: int = PREFETCH,
     ) -> None:
+        self.prefetch = prefetch
         self.offer_s = offer_s
         self.lead_s = lead_s
         self.online_s = online_s
@@ -130,7 +139,10 @@ class Dispatcher:
 
     def reset(self) -> None:
         """Forget everything (the hub moved to another server): reload, then observe."""
-        self.__init__(offer_s=self.offer_s, lead_s=self.lead_s, online_s=self.online_s)  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            offer_s=self.offer_s, lead_s=self.lead_s, online_s=self.online_s,
+            prefetch=self.prefetch,
+        )  # fmt: skip
 
     def observe(self, doc: dict[str, Any] | None) -> None:
         """One document from the live database (a feed row's doc, or a view row's)."""
@@ -206,10 +218,11 @@ class Dispatcher:
             for occ_id, lapses in list(seat.offers.items()):
                 if not online or lapses <= now:
                     if online:
-                        seat.lapsed_at = now
                         self.lapsed += 1
                         log.info("event=offer_lapsed occ=%s worker=%s", occ_id, seat.name)
                     self._withdraw(occ_id)
+                    if online and seat.free() > 0:
+                        seat.lapsed_at = now  # a free slot, and it did not claim: rest
         for seat in self.seats.values():
             if seat.lapsed_at is not None and (now - seat.lapsed_at).total_seconds() >= REST_S:
                 seat.lapsed_at = None
@@ -220,12 +233,14 @@ class Dispatcher:
             and seat.lapsed_at is None
             and seat.last_seen is not None
             and seat.last_seen >= cutoff
-            and seat.free() > 0
+            and seat.free(self.prefetch) > 0
         ]
         if open_seats:
             horizon = now + timedelta(seconds=self.lead_s)
             for doc in sorted(self._unoffered(horizon), key=lambda d: str(d.get("queue_at"))):
                 takers = [seat for seat in open_seats if seat.takes(doc)]
+                # A free slot first; a busy worker's prefetch only when none is free.
+                takers = [seat for seat in takers if seat.free() > 0] or takers
                 if not takers:
                     continue
                 seat = max(takers, key=lambda s: rendezvous(doc["_id"], s.name))
@@ -234,7 +249,7 @@ class Dispatcher:
                 self._offered_to[doc["_id"]] = seat.name
                 self._dirty.add(seat.name)
                 self.offered += 1
-                if seat.free() <= 0:
+                if seat.free(self.prefetch) <= 0:
                     open_seats.remove(seat)
                     if not open_seats:
                         break

@@ -37,7 +37,7 @@ def offered(plan: dict[str, list[dict]]) -> dict[str, list[str]]:
 
 
 def test_each_ready_occurrence_goes_to_one_worker_up_to_its_free_slots():
-    d = Dispatcher()
+    d = Dispatcher(prefetch=0)
     for name, slots in (("w1", 2), ("w2", 1), ("w3", 1)):
         d.observe(worker(name, slots=slots))
     for n in range(6):
@@ -52,7 +52,7 @@ def test_each_ready_occurrence_goes_to_one_worker_up_to_its_free_slots():
 
 
 def test_the_choice_is_the_rendezvous_winner_among_free_workers():
-    d = Dispatcher()
+    d = Dispatcher(prefetch=0)
     for name in ("a", "b", "c", "d"):
         d.observe(worker(name, slots=10))
     docs = [occ(n) for n in range(20)]
@@ -65,7 +65,7 @@ def test_the_choice_is_the_rendezvous_winner_among_free_workers():
 
 
 def test_a_claim_frees_the_offer_and_a_finish_frees_the_slot():
-    d = Dispatcher()
+    d = Dispatcher(prefetch=0)
     d.observe(worker("w1", slots=1))
     d.observe(occ(1))
     d.observe(occ(2))
@@ -76,8 +76,32 @@ def test_a_claim_frees_the_offer_and_a_finish_frees_the_slot():
     assert offered(d.plan(NOW)) == {"w1": [occ(2)["_id"]]}
 
 
+def test_a_busy_worker_holds_one_more_only_when_no_slot_is_free_anywhere():
+    d = Dispatcher(prefetch=1)
+    d.observe(worker("busy"))
+    d.observe(occ(1, state="leased", rev=2, lease="busy"))
+    d.observe(worker("idle"))
+    d.observe(occ(2))
+    assert offered(d.plan(NOW)) == {"idle": [occ(2)["_id"]]}  # a free slot first
+    d.observe(occ(3))
+    # No slot is free now: the next one waits at a busy worker, claimed when its run ends.
+    plan = offered(d.plan(NOW))
+    assert [i for ids in plan.values() for i in ids if i == occ(3)["_id"]] == [occ(3)["_id"]]
+    assert d.plan(NOW) == {}
+    d.observe(occ(4))  # the other worker's one more
+    given = [i for ids in offered(d.plan(NOW)).values() for i in ids]
+    assert occ(4)["_id"] in given
+    d.observe(occ(5))
+    assert d.plan(NOW) == {}  # each holds its slot plus one: nothing more to give
+    # Its offer lapses while it is busy: no rest for that, it was never free to claim.
+    holder = next(w for w, ids in plan.items() if occ(3)["_id"] in ids)
+    d.observe(occ(2, state="leased", rev=2, lease="idle"))
+    d.plan(NOW + timedelta(seconds=3))
+    assert d.seats[holder].lapsed_at is None
+
+
 def test_an_older_copy_does_not_bring_back_a_claimed_occurrence():
-    d = Dispatcher()
+    d = Dispatcher(prefetch=0)
     d.observe(worker("w1"))
     d.observe(occ(1, state="leased", rev=2, lease="w2"))
     d.observe(occ(1, rev=1))  # a view read that raced the feed
@@ -85,7 +109,7 @@ def test_an_older_copy_does_not_bring_back_a_claimed_occurrence():
 
 
 def test_an_offer_that_lapses_goes_to_another_worker_and_its_worker_rests():
-    d = Dispatcher(offer_s=2.0)
+    d = Dispatcher(offer_s=2.0, prefetch=0)
     d.observe(worker("w1"))
     d.observe(worker("w2"))
     d.observe(occ(1))
@@ -101,7 +125,7 @@ def test_an_offer_that_lapses_goes_to_another_worker_and_its_worker_rests():
 
 
 def test_offline_paused_and_unsuitable_workers_get_nothing():
-    d = Dispatcher()
+    d = Dispatcher(prefetch=0)
     d.observe(worker("old", seen=NOW - timedelta(minutes=5)))
     d.observe(worker("paused", state="paused"))
     d.observe(worker("other-tube", tubes=("gpu",)))
@@ -113,7 +137,7 @@ def test_offline_paused_and_unsuitable_workers_get_nothing():
 
 
 def test_paused_tubes_far_future_and_exhausted_occurrences_are_not_offered():
-    d = Dispatcher(lead_s=8.0)
+    d = Dispatcher(lead_s=8.0, prefetch=0)
     d.observe(worker("w1", slots=5, tubes=("default", "held")))
     d.observe(occ(1, tube="held"))
     d.observe(occ(2, not_before=NOW + timedelta(seconds=30)))
@@ -127,7 +151,7 @@ def test_paused_tubes_far_future_and_exhausted_occurrences_are_not_offered():
 
 
 def test_an_updated_ready_doc_is_offered_again_with_its_new_rev():
-    d = Dispatcher()
+    d = Dispatcher(prefetch=0)
     d.observe(worker("w1"))
     d.observe(occ(1))
     d.plan(NOW)

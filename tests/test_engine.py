@@ -22,7 +22,7 @@ from desktop_worker.engine import Engine, EngineEvent, EngineState
 from desktop_worker.spool import Spool
 from hub import provision, replication, states
 from hub.couch import Couch
-from hub.dispatch import rendezvous
+from hub.dispatch import Dispatcher, rendezvous
 from hub.model import Backoff, Occurrence, Result, Task, result_id, task_id, worker_id
 from hub.serve import Hub, HubConfig
 from hub.timefmt import from_wire, to_wire
@@ -181,6 +181,9 @@ def dispatching(farm) -> Iterator[Hub]:
     """The hub's dispatcher as ``hub serve`` runs it (follow the live database, offer to
     workers on the board), without its materializer: these tests seed by hand."""
     hub = Hub(farm.hub, HubConfig(db=farm.db))
+    # Offers lapse only after 10 s here: a loaded test machine must not turn a slow
+    # worker's offer into a second worker's race.
+    hub.dispatcher = Dispatcher(offer_s=10.0)
     hub.load()
 
     def follow() -> None:

@@ -50,7 +50,16 @@ def worker(name: str, *, seen: datetime = NOW, state: str = "running", tubes=("d
 
 def beat(at: datetime = NOW, every_s: float = 15.0) -> dict[str, Any]:
     return {"_id": "hub:dispatcher", "type": "beat", "at": to_wire(at), "every_s": every_s,
-            "overdue_s": 3.0}  # fmt: skip
+            "overdue_s": 8.0}  # fmt: skip
+
+
+def polling(name: str = "w1", **kw: Any) -> ReadySet:
+    """A worker whose board feed runs, with no hub dispatching (no beat): rows are taken
+    in rendezvous turns, as a plain poller among peers would."""
+    ready = ReadySet(name, ["default"], **kw)
+    ready.feed_started()
+    ready.refill("default", [], full_page=False, now_mono=0.0)
+    return ready
 
 
 def live(name: str = "w1", **kw: Any) -> ReadySet:
@@ -110,7 +119,7 @@ def test_two_workers_agree_who_goes_first_and_the_other_waits_one_step():
         doc = occ(n)
         offers = {}
         for me, peer in (("w1", "w2"), ("w2", "w1")):
-            ready = live(me, stagger_s=0.15)
+            ready = polling(me, stagger_s=0.15)
             ready.set_peers([worker(peer)])
             ready.apply(doc, now_mono=10.0)
             offers[me] = ready.candidates("default", NOW, 10.0, k=10)
@@ -155,7 +164,7 @@ def test_offline_paused_and_other_tube_workers_do_not_delay_anyone():
 
 
 def test_the_stagger_caps_at_max_rank():
-    ready = live("w1", stagger_s=0.1, max_rank=2)
+    ready = polling("w1", stagger_s=0.1, max_rank=2)
     ready.set_peers([worker(f"p{i}") for i in range(20)])
     for n in range(40):
         ready.apply(occ(n), now_mono=5.0)
@@ -177,6 +186,20 @@ def test_an_occurrence_materialized_ahead_waits_for_its_due_time():
     assert ready.candidates("default", at_due, 3.0, k=10) == ([doc], None)
 
 
+def test_with_a_dispatcher_only_the_first_ranked_worker_rescues_an_overdue_row():
+    doc = occ(1)  # due 999 s ago: long overdue
+    waits = {}
+    for me, peer in (("w1", "w2"), ("w2", "w1")):
+        ready = live(me)
+        ready.set_peers([worker(peer)])
+        ready.refill("default", [doc], full_page=False, now_mono=10.0)
+        waits[me] = ready.candidates("default", NOW, 10.0, k=10)
+    goes_now = [me for me, (docs, _) in waits.items() if docs]
+    assert len(goes_now) == 1
+    other = "w2" if goes_now[0] == "w1" else "w1"
+    assert waits[other][1] == pytest.approx(8.0)  # a whole overdue_s later
+
+
 def test_with_a_dispatcher_a_row_not_offered_waits_until_overdue():
     due = NOW + timedelta(seconds=3)
     ready = live("w1", stagger_s=0.15)
@@ -184,9 +207,9 @@ def test_with_a_dispatcher_a_row_not_offered_waits_until_overdue():
     ready.refill("default", [doc], full_page=False, now_mono=0.0)
     at_due = NOW + timedelta(seconds=3)
     docs, wait = ready.candidates("default", at_due, 3.0, k=10)
-    assert docs == [] and wait == pytest.approx(3.0)  # its owner's turn: 3 s (overdue_s)
-    late = at_due + timedelta(seconds=3)
-    assert ready.candidates("default", late, 6.0, k=10) == ([doc], None)
+    assert docs == [] and wait == pytest.approx(8.0)  # its owner's turn: 8 s (overdue_s)
+    late = at_due + timedelta(seconds=8)
+    assert ready.candidates("default", late, 11.0, k=10) == ([doc], None)
 
 
 def test_without_a_beat_rows_are_taken_in_turns_and_the_view_read_each_time():
