@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub import provision
-from hub.couch import Couch, CouchError, Forbidden, Unauthorized
+from hub.couch import RECOVERY_MARKER_ID, Couch, CouchError, Forbidden, Unauthorized
 from hub.model import FINAL_STATES
 from hub.replication import PROBE_ID
 
@@ -168,8 +168,12 @@ class AuditReport:
 
 
 def ignored(doc_id: str) -> bool:
-    """Documents expected to differ: ``_local`` ones and the replication probes."""
-    return doc_id.startswith("_local/") or doc_id == PROBE_ID or doc_id.startswith(PROBE_ID + ":")
+    """Documents expected to differ: ``_local`` ones (among them the recovery marker
+    ``hub.couch.RECOVERY_MARKER_ID``, which only a rebuilt server carries, and which
+    ``_changes`` does not list anyway) and the replication probes."""
+    if doc_id.startswith("_local/") or doc_id in (RECOVERY_MARKER_ID, PROBE_ID):
+        return True
+    return doc_id.startswith(PROBE_ID + ":")
 
 
 def rev_key(rev: str) -> tuple[int, str]:

@@ -260,11 +260,18 @@ def cmd_recover(args: argparse.Namespace) -> int:
         raise SettingsError("recovery needs server-admin credentials (--user, --password-file)")
     source = replication.Endpoint(args.source, conn.user, conn.password, "standby")
     target = replication.Endpoint(args.target, conn.user, conn.password, "primary")
-    report = replication.recover(source, target, conn.db, sample=args.sample)
+    report = replication.recover(
+        source, target, conn.db, sample=args.sample, converge_timeout=args.timeout
+    )
     for line in report.lines:
         print(line)
-    print("recovery verified" if report.ok else "recovery FAILED verification")
-    return 0 if report.ok else 1
+    if report.ok:
+        print("recovery verified: replication runs both ways; clients may fail back")
+        return 0
+    print("recovery FAILED verification (the new primary stays marked rebuilding):")
+    for line in report.failures:
+        print(f"  {line}")
+    return 1
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -548,6 +555,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", required=True, help="the standby's URL")
     p.add_argument("--to", dest="target", required=True, help="the new primary's URL")
     p.add_argument("--sample", type=int, default=50, help="document bodies to compare per db")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds for a probe written on each server to be read on the other "
+        "(replication proven both ways) before the recovery fails (default 120)",
+    )
     p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser(

@@ -39,6 +39,13 @@ from ibm_cloud_sdk_core.authenticators import Authenticator, BasicAuthenticator,
 
 log = logging.getLogger("couchfarm.couch")
 
+# Carried by a server `hub recover` is rebuilding, in the live database: {"state":
+# "rebuilding"} until both replications are proven, then "verified". A client does not fail
+# back to a server whose marker is not "verified" (Couch._recovered). A _local document
+# never replicates, is not in _all_docs or _changes, and any reader of the database may
+# GET it.
+RECOVERY_MARKER_ID = "_local/couchfarm-recovery"
+
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 # A 500 that names its error (compilation_error, a crashed validate_doc_update...) is a
 # fault in what we sent, not a passing overload: retrying it only repeats it.
@@ -284,6 +291,7 @@ class Couch:
         # up with the server we are on: a primary rebuilt empty answers "/" long before its
         # data is back, and writing to it then would split the farm in two.
         self.home_db = home_db
+        self._refused_marker: str | None = None  # the recovery marker last logged as refused
         # The local wall clock the server offsets are measured against (injectable, so
         # tests can play a PC whose clock is hours off); hub time = local + offset.
         self.local_clock: Callable[[], float] = local_clock or time.time
@@ -476,14 +484,43 @@ class Couch:
         primary = self.servers[0]
         self._left_primary_at = time.monotonic()  # probe at most once per period
         try:
-            self._send_once(primary, "GET", "/", None, None, None, 2.0, False)
-            if self.home_db is not None and not self._caught_up(primary):
+            if self.home_db is None:
+                self._send_once(primary, "GET", "/", None, None, None, 2.0, False)
+            # The marker's GET also shows the primary answers: no extra request.
+            elif not self._recovered(primary) or not self._caught_up(primary):
                 return
         except CouchError:
             return
         with self._lock:
             self._active = 0
         log.warning("event=couch_failback to=%s", primary.label)
+
+    def _recovered(self, primary: Server) -> bool:
+        """False while the primary carries a recovery marker that is not ``verified``:
+        ``hub recover`` is rebuilding it (``RECOVERY_MARKER_ID``, a ``_local`` document in
+        the home database, so it never replicates). No marker (404): an ordinary server,
+        or one not rebuilt yet, whose missing database :meth:`_caught_up` then refuses."""
+        path = self.doc_path(str(self.home_db), RECOVERY_MARKER_ID)
+        try:
+            marker = self._send_once(primary, "GET", path, None, None, None, 3.0, False).body
+        except NotFound:
+            return True
+        state = str((marker or {}).get("state", ""))
+        if state == "verified":
+            if self._refused_marker is not None:
+                log.warning("event=failback_recovery_verified primary=%s", primary.label)
+                self._refused_marker = None
+            return True
+        seen = f"{state}:{(marker or {}).get('started_at', '')}"
+        if self._refused_marker != seen:  # once per recovery, not every fail-back period
+            self._refused_marker = seen
+            log.warning(
+                "event=failback_refused primary=%s reason=recovery_marker state=%s since=%s",
+                primary.label,
+                state or "unknown",
+                (marker or {}).get("started_at", ""),
+            )
+        return False
 
     def _caught_up(self, primary: Server) -> bool:
         path = f"/{quote(str(self.home_db), safe='')}"

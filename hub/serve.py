@@ -329,8 +329,9 @@ class Hub:
 
     def watch_replication(self) -> replication.Health | None:
         """Probe both directions (lag in seconds and documents; with server-admin
-        credentials also each replication's state, for every farm database); settle
-        conflicts in the monthly results databases, which the live feed does not cover."""
+        credentials also each replication's state, for every farm database, and restart
+        those that need it: ``replication.restart_stalled``); settle conflicts in the
+        monthly results databases, which the live feed does not cover."""
         if len(self.couch.servers) < 2:
             return None
         primary, standby = self.couch.for_server(0), self.couch.for_server(1)
@@ -340,9 +341,19 @@ class Hub:
             except CouchError as exc:
                 log.warning("event=probe_failed side=%s error=%r", side, str(exc))
         if self.admin is not None and len(self.admin.servers) >= 2:
-            # A server admin may read the replications' own states and every database.
+            # A server admin may read the replications' own states and every database, and
+            # restart a replication that crashed, failed, backs off or stalled (CouchDB's
+            # backoff would keep it idle for minutes after the other server came back).
             readers = (self.admin.for_server(0), self.admin.for_server(1))
             self.replication_health = replication.status(*readers, self.config.db, admin=True)
+            restarts = self.__dict__.setdefault("_replication_restarts", {})
+            try:
+                for line in replication.restart_stalled(
+                    *readers, self.replication_health, self.config.db, restarts
+                ):
+                    log.warning("event=replication_restart %s", line)
+            except CouchError as exc:
+                log.warning("event=replication_restart_failed error=%r", str(exc))
         else:
             self.replication_health = replication.status(primary, standby, self.config.db)
         month_db = provision.results_db(self.config.db, self.now())

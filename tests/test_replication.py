@@ -314,3 +314,38 @@ def test_the_hub_creates_new_months_with_replications_and_retires_old_ones(pair,
     p_admin.put(next_month, {"_id": "res:probe", "type": "probe"})
     wait_for(lambda: s_admin.get_or_none(next_month, "res:probe") is not None,
              what="a document in the new month on the standby")  # fmt: skip
+
+
+def test_a_replication_re_created_or_restarted_runs_again(pair):
+    """Every ``_replicator`` document written here carries a new ``generation``: PouchDB
+    Server never starts a document whose body equals one it ran before (the docs of
+    POUCHDB_DIFFERENCES), so without it a link retired and set up again, or restarted,
+    would look configured and never run. ``setup`` stays idempotent (source and target
+    decide), and a restart keeps what the document points at."""
+    db, primary, standby = pair
+    p_admin, s_admin = primary.couch(), standby.couch()
+    doc_id = replication.replication_id(db, primary, standby)
+
+    def arrives(n: int) -> None:
+        p_admin.put(db, {"_id": f"hub:gen:{n}", "type": "hub"})
+        wait_for(lambda: s_admin.get_or_none(db, f"hub:gen:{n}"), what=f"doc {n} on standby")
+
+    replication.setup(primary, standby, db)
+    first = p_admin.get("_replicator", doc_id)
+    arrives(1)
+    assert all("exists" in line for line in replication.setup(primary, standby, db))
+    assert p_admin.get("_replicator", doc_id)[replication.GENERATION] == first["generation"]
+    # Retired and set up again: the same source and target, a new generation, and it runs.
+    replication.retire(primary, standby, [db])
+    assert f"{doc_id}: created" in replication.setup(primary, standby, db)
+    again = p_admin.get("_replicator", doc_id)
+    assert again["generation"] > first["generation"]
+    assert (again["source"], again["target"]) == (first["source"], first["target"])
+    arrives(2)
+    # Restarted (what the watch and `hub recover` do): replaced, still pointing the same way.
+    assert replication.restart(p_admin, doc_id)
+    restarted = p_admin.get("_replicator", doc_id)
+    assert restarted["generation"] > again["generation"] and restarted["_rev"] != again["_rev"]
+    assert (restarted["source"], restarted["target"]) == (first["source"], first["target"])
+    arrives(3)
+    assert not replication.restart(p_admin, replication.replication_id(db, "nowhere", "x"))
