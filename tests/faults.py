@@ -49,6 +49,7 @@ from typing import Any
 
 from hub import provision, replication, resolver
 from hub.couch import Couch, CouchError
+from hub.dispatch import board_db
 from hub.model import Task, task_id
 from hub.timefmt import from_wire, to_wire
 from tests.servers import ControlledServer, fault_servers
@@ -306,7 +307,7 @@ def _drop(ends: list[replication.Endpoint], db: str, servers: Sequence[Controlle
         replication.retire(ends[0], ends[1], names)
         for end in ends:
             admin = end.couch()
-            for name in names:
+            for name in [*names, board_db(db)]:  # the board is not replicated: no link
                 admin.delete_db(name)
     except CouchError:
         pass
