@@ -15,10 +15,21 @@ claim and lost races per claim, both from the server's request log (lost race = 
 answered 409, or 403 from PouchDB's validate_doc_update, which checks the stored doc before
 the revision); conflict waste = lost-race PUTs / claim PUTs; double claims = items locked
 successfully more than once (PiCaS re-GETs the doc and locks whatever comes back).
+
+On a cluster (``COUCHDB_NODE_URLS=url1,url2,url3``), worker i of each system talks to node
+i mod 3 (``BenchServer.worker_url``; ``BENCH_PIN_NODE=1``: all to the first node), and the
+server's figures sum every node. CouchDB answers a write that some but fewer than ``w``
+copies took with 202 Accepted, also when the other copies refused it as a conflict, so two
+claims of one item through two coordinators can both succeed; each run also counts the 202
+answers. Overrides for such runs: ``BENCH_RACE_ITEMS``, ``BENCH_RACE_WORKERS`` (e.g.
+``3,12``), ``BENCH_RACE_CAP_S``, ``BENCH_RACE_REPS``, ``BENCH_RACE_PICAS_CYCLE=0`` (skip
+the PiCaS cycle), and ``BENCH_COUCH_W``/``BENCH_COUCH_R`` (Couchfarm workers send
+``?w=``/``?r=`` on their writes/document reads: bench/workers/cf_claim.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -40,6 +51,7 @@ from bench.common import (
     python_env,
     ready_occurrences,
     summary,
+    wait_for,
 )
 from hub import provision
 
@@ -77,8 +89,13 @@ def prepare_couchfarm(server: BenchServer, db: str, count: int) -> None:
     server.drop_db(db)
     provision.init(admin, db, now=admin.now(), hub_user="")
     bulk(admin, db, ready_occurrences(admin.now(), count))
-    rows = admin.view(db, "farm", "ready", limit=1)["rows"]  # build the index before the clock
-    assert rows, "no ready rows"
+    # Build the index before the clock. On a cluster a view reads one copy of each shard,
+    # which may not hold the bulk write yet (it was acknowledged by 2 of 3): wait for all.
+    wait_for(
+        lambda: admin.view(db, "farm", "ready", limit=0).get("total_rows", 0) >= count,
+        120,
+        "the ready view to hold every item",
+    )
 
 
 def prepare_picas(server: BenchServer, db: str, count: int) -> None:
@@ -90,8 +107,11 @@ def prepare_picas(server: BenchServer, db: str, count: int) -> None:
         {"_id": "_design/Monitor", "language": "javascript", "views": {"todo": {"map": TODO_VIEW}}},
     )
     bulk(admin, db, picas_tokens(count))
-    rows = admin.view(db, "Monitor", "todo", limit=1)["rows"]
-    assert rows, "no todo rows"
+    wait_for(
+        lambda: admin.view(db, "Monitor", "todo", limit=0).get("total_rows", 0) >= count,
+        120,
+        "the todo view to hold every token",
+    )
 
 
 # Couchfarm claims as its engine does: from the claim feed's ready set, taking turns by
@@ -128,6 +148,7 @@ def race_once(
     client_cpu = sum(cpu_seconds(w.pid) for w in workers) - client_cpu
     figures = server.figures(start, server.mark(settle=0.5), db=db, whole_seconds=False)
     server_cpu = figures.cpu_s
+    accepted_202 = figures.by_status.get("202", 0)
     requests = figures.requests
     claimed = [occ for a in answers for occ in a["claimed"]]
     locks = Counter(claimed)
@@ -146,6 +167,7 @@ def race_once(
         "requests_per_claim": requests / claims if claims else None,
         "lost_races": lost,
         "http_409": conflicts_409,
+        "http_202": accepted_202,
         "lost_per_claim": lost / claims if claims else None,
         "conflict_waste": lost / puts if puts else 0.0,
         "server_cpu_ms_per_claim": 1000 * server_cpu / claims
@@ -172,7 +194,7 @@ def start_workers(
             argv = [
                 sys.executable,
                 str(BENCH_DIR / "workers" / "cf_claim.py"),
-                server.url,
+                server.worker_url(index),
                 name,
                 str(passwords[name]),
             ]
@@ -181,7 +203,7 @@ def start_workers(
             argv = [
                 str(PICAS_PYTHON),
                 str(BENCH_DIR / "workers" / "picas_claim.py"),
-                server.url,
+                server.worker_url(index),
                 server.admin_user,
                 str(passwords["admin"]),
             ]
@@ -202,12 +224,40 @@ def quit_all(children: list[Child]) -> None:
         child.terminate(10)
 
 
+def overridden(scale: Scale, env: dict[str, str] | None = None) -> Scale:
+    """The scale with the claim race's BENCH_RACE_* overrides applied."""
+    env = dict(os.environ if env is None else env)
+    changes: dict[str, Any] = {}
+    if env.get("BENCH_RACE_ITEMS", "").strip():
+        changes["race_items"] = int(env["BENCH_RACE_ITEMS"])
+    if env.get("BENCH_RACE_WORKERS", "").strip():
+        changes["race_workers"] = tuple(
+            int(x) for x in env["BENCH_RACE_WORKERS"].split(",") if x.strip()
+        )
+    if env.get("BENCH_RACE_CAP_S", "").strip():
+        changes["race_cap_s"] = float(env["BENCH_RACE_CAP_S"])
+    if env.get("BENCH_RACE_REPS", "").strip():
+        changes["reps"] = int(env["BENCH_RACE_REPS"])
+    return dataclasses.replace(scale, **changes) if changes else scale
+
+
 def run(server: BenchServer, scale: Scale, workdir: Path) -> Section:
+    scale = overridden(scale)
+    quorum = {k: os.environ[k] for k in ("BENCH_COUCH_W", "BENCH_COUCH_R") if os.environ.get(k)}
+    where = ""
+    if server.cluster:
+        where = (
+            f" Cluster of {len(server.node_urls)} node URLs, workers "
+            + ("pinned to the first node" if server.pin_node else "round-robin over them")
+            + (f", Couchfarm workers with {quorum}" if quorum else "")
+            + "."
+        )
     section = Section(
         "claim_race",
         "See bench/claim_race.py. "
         + f"N = {scale.race_items:,} ready items per run, cap {scale.race_cap_s:g} s per run, "
-        + f"{scale.reps} repetitions, workers {list(scale.race_workers)}.",
+        + f"{scale.reps} repetitions, workers {list(scale.race_workers)}."
+        + where,
     )
     if not PICAS_PYTHON.exists():
         section.status, section.why = "skipped", "bench/.venv-picas is missing (make bench)"
@@ -241,7 +291,9 @@ def run(server: BenchServer, scale: Scale, workdir: Path) -> Section:
                         f"{result['claims_per_s']:.1f} claims/s, "
                         f"{result['requests_per_claim'] or 0:.2f} req/claim, "
                         f"waste {result['conflict_waste']:.1%}, "
-                        f"doubles {result['double_claimed_items']}"
+                        f"doubles {result['double_claimed_items']}, "
+                        f"202s {result['http_202']}, "
+                        f"{result['claims']} claims of {result['distinct_items']} items"
                     )
         finally:
             for pool in pools.values():
@@ -256,6 +308,8 @@ def run(server: BenchServer, scale: Scale, workdir: Path) -> Section:
                 "server_cpu_ms_per_claim": summary(r["server_cpu_ms_per_claim"] for r in results),
                 "client_cpu_ms_per_claim": summary(r["client_cpu_ms_per_claim"] for r in results),
                 "double_claimed_items": sum(r["double_claimed_items"] for r in results),
+                "double_claimed_per_run": [r["double_claimed_items"] for r in results],
+                "http_202_per_run": [r["http_202"] for r in results],
                 "claims_total": sum(r["claims"] for r in results),
                 "runs": results,
             }
@@ -271,8 +325,12 @@ def run(server: BenchServer, scale: Scale, workdir: Path) -> Section:
         "items_per_run": scale.race_items,
         "cap_s": scale.race_cap_s,
         "by_workers": by_workers,
+        "nodes": server.node_urls if server.cluster else [server.url],
+        "pinned": server.pin_node,
+        "quorum": quorum,
     }
-    section.data["picas_cycle"] = picas_cycle(server, scale, passwords, logs)
+    if os.environ.get("BENCH_RACE_PICAS_CYCLE", "1") != "0":
+        section.data["picas_cycle"] = picas_cycle(server, scale, passwords, logs)
     return section
 
 

@@ -450,6 +450,13 @@ class BenchServer:
     server admin) it uses that server as it is, counts requests from
     ``/_node/_local/_stats`` and takes CPU from the process listening on the URL's port (or
     ``COUCHDB_PID``) and all its descendants (CouchDB's ``couchjs`` processes).
+
+    A cluster: ``COUCHDB_NODE_URLS=url1,url2,url3`` names every node (``COUCHDB_URL`` is the
+    one the admin, the hub and the section set-ups use). Workers spread round-robin over
+    them (:meth:`worker_url`; ``BENCH_PIN_NODE=1`` puts every worker on the first node, one
+    coordinator); requests are summed over every cluster node's ``/_node/{name}/_stats``,
+    and server CPU over the processes listening on every node URL's port (all the cluster's
+    ``beam.smp``; a node whose process cannot be seen is left out, and said so).
     """
 
     def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
@@ -459,6 +466,12 @@ class BenchServer:
         self.dev: DevServer | None = None
         self._pid: int | None = None
         self._env_pid = env.get("COUCHDB_PID", "").strip()
+        self._pids: list[int] = []
+        self.node_urls = [
+            u.strip().rstrip("/") for u in env.get("COUCHDB_NODE_URLS", "").split(",") if u.strip()
+        ]
+        self.pin_node = env.get("BENCH_PIN_NODE", "").strip() in ("1", "true", "yes")
+        self._stats_nodes: list[str] = ["_local"]
         if self.external_url:
             self.admin_user = env.get("COUCHDB_USER", "admin")
             self.admin_password = env.get("COUCHDB_PASSWORD", "")
@@ -488,6 +501,15 @@ class BenchServer:
                     f"cannot see the process serving {self.url}: server CPU is n/a "
                     "(set COUCHDB_PID)"
                 )
+            if self.cluster:
+                self._pids = self._find_node_pids()
+                members = self.admin.request("GET", "/_membership").body or {}
+                self._stats_nodes = list(members.get("cluster_nodes") or ["_local"])
+                log(
+                    f"cluster: {len(self.node_urls)} node URLs, {len(self._stats_nodes)} "
+                    f"cluster nodes, server CPU from pids {self._pids}; workers "
+                    + ("pinned to the first node" if self.pin_node else "round-robin")
+                )
             # What one mark's own _stats read adds to a window (1 on CouchDB 3.5): the least
             # of a few back-to-back differences, as other clients may be sending too.
             counts = [self._stats().get("requests", 0) for _ in range(5)]
@@ -501,6 +523,31 @@ class BenchServer:
             return int(self._env_pid)
         port = urlsplit(self.url).port or (443 if self.url.startswith("https") else 80)
         return pid_listening_on(port)
+
+    def _find_node_pids(self) -> list[int]:
+        pids = []
+        for url in self.node_urls:
+            port = urlsplit(url).port or (443 if url.startswith("https") else 80)
+            pid = pid_listening_on(port)
+            if pid is None:
+                log(f"cannot see the process serving {url}: its CPU is left out")
+            elif pid not in pids:
+                pids.append(pid)
+        return pids
+
+    @property
+    def cluster(self) -> bool:
+        """``COUCHDB_NODE_URLS`` names the nodes of a cluster (one URL or more)."""
+        return bool(self.external_url and self.node_urls)
+
+    def worker_url(self, index: int) -> str:
+        """The node URL worker ``index`` talks to: round-robin over ``COUCHDB_NODE_URLS``
+        (all on the first with ``BENCH_PIN_NODE=1``); the server's URL without a cluster."""
+        if not self.cluster:
+            return self.url
+        if self.pin_node:
+            return self.node_urls[0]
+        return self.node_urls[index % len(self.node_urls)]
 
     def stop(self) -> None:
         if self.dev is not None:
@@ -517,14 +564,35 @@ class BenchServer:
     def pid(self) -> int | None:
         return self._pid
 
+    @property
+    def pids(self) -> list[int]:
+        """Every server process CPU is taken from: a cluster's nodes, else the one server."""
+        if self._pids:
+            return list(self._pids)
+        return [self._pid] if self._pid is not None else []
+
+    def _tree_cpu(self) -> dict[int, ProcCpu]:
+        out: dict[int, ProcCpu] = {}
+        for pid in self.pids:
+            out.update(process_tree_cpu(pid))
+        return out
+
     def cpu_seconds(self) -> float:
-        """CPU seconds so far of the server and every process under it (JS included)."""
-        return sum(p.own + p.reaped for p in process_tree_cpu(self._pid).values())
+        """CPU seconds so far of the server(s) and every process under them (JS included)."""
+        return sum(p.own + p.reaped for p in self._tree_cpu().values())
 
     # ------------------------------------------------------------ server figures
 
     def _stats(self) -> dict[str, Any]:
-        body = self.admin.request("GET", "/_node/_local/_stats").body or {}
+        """Flattened counters: this node's, or summed over every node of a cluster."""
+        flat: dict[str, Any] = {}
+        for node in self._stats_nodes:
+            for key, value in self._node_stats(node).items():
+                flat[key] = flat.get(key, 0) + value
+        return flat
+
+    def _node_stats(self, node: str) -> dict[str, Any]:
+        body = self.admin.request("GET", f"/_node/{node}/_stats").body or {}
         flat: dict[str, Any] = {}
         for key, path in STATS_COUNTERS.items():
             node: Any = body
@@ -545,7 +613,7 @@ class BenchServer:
         if settle:
             time.sleep(settle)
         at = time.time()
-        cpu = process_tree_cpu(self._pid)
+        cpu = self._tree_cpu()
         if self.dev is not None:
             return Mark(at, cpu, log_offset=self.log_size())
         return Mark(at, cpu, stats=self._stats())

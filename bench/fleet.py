@@ -28,6 +28,9 @@ Phases, per W, once every worker has checked in:
      completed), counted at each worker's HTTP sessions, and its requests by endpoint;
    - due → claimed (``lease.claimed_at`` of revision 2 - ``due_at``) of the occurrences
      due in the window, p50/p95/p99, and how many of them were never claimed.
+
+On a cluster (``COUCHDB_NODE_URLS``) the workers spread round-robin over the node URLs
+(``BENCH_PIN_NODE=1``: all on the first); the hub uses ``COUCHDB_URL``.
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ class Fleet:
             part = names[index * size : (index + 1) * size]
             if not part:
                 continue
+            # On a cluster each worker talks to its own node, round-robin over the fleet.
+            urls = [server.worker_url(index * size + i) for i in range(len(part))]
             argv = [
                 sys.executable,
                 str(BENCH_DIR / "workers" / "fleet_host.py"),
@@ -106,6 +111,8 @@ class Fleet:
                 db,
                 "--names",
                 ",".join(part),
+                "--urls",
+                ",".join(urls),
                 "--password-file",
                 str(password_file),
                 "--spool-dir",
@@ -152,6 +159,15 @@ class Fleet:
             host.send({"cmd": "claims"})
         for host in self.hosts:
             out.update(host.recv(60)["claims"])
+        return out
+
+    def runs(self) -> list[list[Any]]:
+        """Every run the engines started: ``[worker, occ, attempt, claimed_at, status]``."""
+        out: list[list[Any]] = []
+        for host in self.hosts:
+            host.send({"cmd": "runs"})
+        for host in self.hosts:
+            out.extend(host.recv(60)["runs"])
         return out
 
     def stop(self) -> None:

@@ -8,6 +8,14 @@ URL's port cannot be seen), that CouchDB (bench.common.BenchServer).
     make bench BENCH_SCALE=full         # the full sizes (10,000 items, longer windows)
     .venv/bin/python -m bench.run --only claim_race,e2e --update-docs
 
+A CouchDB cluster: also ``COUCHDB_NODE_URLS=url1,url2,url3`` (workers spread round-robin
+over the nodes, figures summed over them) and the ``cluster`` section runs (bench/cluster.py:
+the fleet's load and a check of every occurrence's results; skipped without it):
+
+    COUCHDB_URL=http://127.0.0.1:25984 COUCHDB_USER=admin COUCHDB_PASSWORD=... \
+    COUCHDB_NODE_URLS=http://127.0.0.1:25984,http://127.0.0.1:25986,http://127.0.0.1:25988 \
+        .venv/bin/python -m bench.run --only cluster
+
 Writes ``bench/results/<date>-<scale>.json`` (every figure and repetition),
 ``bench/results/<date>-<scale>.md`` (the tables) and PNG plots in
 ``bench/results/<date>-<scale>/``. With ``--update-docs`` (or ``BENCH_UPDATE_DOCS=1``) the
@@ -34,6 +42,7 @@ from typing import Any
 from bench import (
     beanstalk,
     claim_race,
+    cluster,
     e2e,
     extras,
     failover,
@@ -66,6 +75,7 @@ ORDER = [
     "e2e",
     "latency",
     "fleet",
+    "cluster",
     "hub_capacity",
     "beanstalkd",
     "tray_idle",
@@ -137,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     scale = scale_from_env()
     began = time.monotonic()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
-    name = f"{stamp}-{scale.name}"
+    # BENCH_RUN_NAME: the results' file name, so a partial run does not replace a day's run.
+    name = os.environ.get("BENCH_RUN_NAME", "").strip() or f"{stamp}-{scale.name}"
     results_dir = BENCH_DIR / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="couchfarm-bench-"))
@@ -173,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "e2e": lambda: e2e.run(server, scale, workdir, credentials(), yardstick()),
         "latency": lambda: latency.run(server, scale, workdir, credentials()),
         "fleet": lambda: fleet.run(server, scale, workdir, credentials()),
+        "cluster": lambda: cluster.run(server, scale, workdir, credentials()),
         "hub_capacity": lambda: hub_capacity.run(server, scale, workdir, credentials()),
         "beanstalkd": lambda: beanstalk.run(scale, workdir),
         "tray_idle": lambda: extras.tray_idle(server, scale),

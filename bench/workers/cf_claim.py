@@ -10,17 +10,24 @@ Commands, one JSON object per line on stdin; one answer per command on stdout:
 - ``{"cmd": "go", "cap": SECONDS}`` -> claims one occurrence at a time until the ready view is
   empty or the cap passes -> ``{"claimed": [ids], "t_end": epoch, "stats": {...}}``;
 - ``{"cmd": "quit"}``.
+
+``BENCH_COUCH_W`` / ``BENCH_COUCH_R`` in the environment (a cluster's quorum settings):
+every write (PUT, ``_bulk_docs``) carries ``?w=``, every document GET ``?r=``, added at
+this client's HTTP session (hub/ and desktop_worker/ are unchanged).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -37,6 +44,35 @@ from hub.version import __version__
 def reply(message: dict) -> None:
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
+
+
+def with_quorum(couch: Couch, w: str, r: str) -> Couch:
+    """Add ``w`` to writes and ``r`` to document reads (CouchDB cluster quorum options)."""
+    if not (w or r):
+        return couch
+    for server in couch.servers:
+        session = server.service.http_client
+        original = session.send
+
+        def send(request: Any, _original: Any = original, **kwargs: Any) -> Any:
+            parts = urlsplit(request.url)
+            name = parts.path.rsplit("/", 1)[-1]
+            extra = {}
+            if (
+                w
+                and request.method in ("PUT", "POST")
+                and (name == "_bulk_docs" or not name.startswith("_"))
+            ):
+                extra["w"] = w
+            elif r and request.method == "GET" and not name.startswith("_"):
+                extra["r"] = r
+            if extra:
+                query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), *extra.items()])
+                request.url = urlunsplit(parts._replace(query=query))
+            return _original(request, **kwargs)
+
+        session.send = send
+    return couch
 
 
 def start_feed(couch: Couch, db: str, name: str, ready: ReadySet, stop: threading.Event) -> None:
@@ -58,6 +94,7 @@ def start_feed(couch: Couch, db: str, name: str, ready: ReadySet, stop: threadin
 def main() -> int:
     url, name, password_file = sys.argv[1:4]
     couch = Couch(url, name, Path(password_file).read_text().strip())
+    with_quorum(couch, os.environ.get("BENCH_COUCH_W", ""), os.environ.get("BENCH_COUCH_R", ""))
     claimer: Claimer | None = None
     feed_stop = threading.Event()
     for line in sys.stdin:

@@ -14,8 +14,13 @@ what the engine has read so far. Requests are counted too, by what they did.
 Protocol: JSON lines on stdin, answers on stdout (``bench.common.Child`` with pipes):
 ``{"cmd": "start"}`` → ``{"started": n}``; ``{"cmd": "sample"}`` → bytes and requests per
 worker, requests by endpoint, runs, CPU of this process; ``{"cmd": "claims"}`` → each
-claimed occurrence's ``lease.claimed_at``; ``{"cmd": "stop"}`` → stops every engine (in
-parallel) and answers ``{"stopped": n}``.
+claimed occurrence's ``lease.claimed_at``; ``{"cmd": "runs"}`` → every run each worker
+started and how it ended (``[worker, occ, attempt, claimed_at, status]``, status ``""``
+while running: bench/cluster.py counts double claims and double runs from them);
+``{"cmd": "stop"}`` → stops every engine (in parallel) and answers ``{"stopped": n}``.
+
+``--urls`` (one per name, comma-separated) gives each worker its own server URL: a
+cluster's node URLs, round-robin (bench.common ``BenchServer.worker_url``); else ``--url``.
 """
 
 from __future__ import annotations
@@ -116,6 +121,33 @@ class ClaimTimes:
                 self.claims[event.occ_id] = claimed
 
 
+class RunLog:
+    """Every run a worker started and how it ended (the engine's events, noted in order)."""
+
+    def __init__(self, engine: Engine, name: str, runs: list[list[Any]], lock: threading.Lock):
+        self.engine = engine
+        self.name = name
+        self.runs = runs
+        self.lock = lock
+        self.open: dict[str, list[Any]] = {}
+
+    def __call__(self, event: Any) -> None:
+        if event.name == "run_started" and event.occ_id:
+            run = getattr(self.engine, "_runs", {}).get(event.occ_id)
+            occ = getattr(run, "occ", None)
+            attempt = getattr(occ, "attempt", None)
+            claimed = getattr(run, "claimed_at", "") if run is not None else ""
+            entry = [self.name, event.occ_id, attempt, claimed, ""]
+            with self.lock:
+                self.open[event.occ_id] = entry
+                self.runs.append(entry)
+        elif event.name == "run_finished" and event.occ_id:
+            with self.lock:
+                entry = self.open.pop(event.occ_id, None)
+                if entry is not None:
+                    entry[4] = event.status or ""
+
+
 def _header_bytes(response: Any) -> int:
     # Status line and headers as sent ("Name: value\r\n"), plus the blank line.
     size = len(f"HTTP/1.1 {response.status_code} {response.reason or ''}\r\n") + 2
@@ -161,6 +193,7 @@ def count_traffic(couch: Couch, traffic: Traffic) -> Couch:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
+    parser.add_argument("--urls", default="", help="comma-separated, one URL per name")
     parser.add_argument("--db", required=True)
     parser.add_argument("--names", required=True, help="comma-separated worker/user names")
     parser.add_argument("--password-file", required=True)
@@ -169,15 +202,17 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     password = Path(args.password_file).read_text().strip()
     names = [n for n in args.names.split(",") if n]
+    urls = [u for u in args.urls.split(",") if u] or [args.url] * len(names)
     spool_dir = Path(args.spool_dir)
     spool_dir.mkdir(parents=True, exist_ok=True)
     traffic = {name: Traffic() for name in names}
     claims: dict[str, str] = {}
     claims_lock = threading.Lock()
+    runs: list[list[Any]] = []
     engines: list[Engine] = []
-    for name in names:
+    for name, url in zip(names, urls, strict=True):
         config = WorkerConfig(
-            hub_urls=[args.url],
+            hub_urls=[url],
             name=name,
             password=password,
             db=args.db,
@@ -191,6 +226,7 @@ def main() -> int:
 
         engine = Engine(config, couch_factory=factory, start_run=start_sleep)
         engine.add_listener(ClaimTimes(engine, claims, claims_lock))
+        engine.add_listener(RunLog(engine, name, runs, claims_lock))
         engines.append(engine)
     me = psutil.Process()
 
@@ -229,6 +265,9 @@ def main() -> int:
         elif cmd == "claims":
             with claims_lock:
                 reply({"claims": dict(claims)})
+        elif cmd == "runs":
+            with claims_lock:
+                reply({"runs": [list(entry) for entry in runs]})
         elif cmd == "stop":
             stoppers = [
                 threading.Thread(target=engine.stop, kwargs={"timeout": 10.0}, daemon=True)
