@@ -156,8 +156,10 @@ def test_a_conflicted_user_is_settled_and_can_log_in_again(pair, passwords):
     provision.add_user(admin, donor, [provision.WORKER_ROLE], "second-pass")
     user_doc = provision.user_doc_id(name)
     hashed = admin.get("_users", provision.user_doc_id(donor))
-    branch = {key: hashed[key] for key in ("iterations", "password_scheme", "salt",
-                                           "derived_key") if key in hashed}  # fmt: skip
+    # CouchDB 3.4+ hashes with PBKDF2-SHA256 and says so in pbkdf2_prf; without it the
+    # key would be checked as SHA-1 (PouchDB writes no pbkdf2_prf: SHA-1).
+    hash_keys = ("iterations", "password_scheme", "salt", "derived_key", "pbkdf2_prf")
+    branch = {key: hashed[key] for key in hash_keys if key in hashed}
     branch |= {"_id": user_doc, "_rev": f"1-{secrets.token_hex(16)}", "name": name,
                "type": "user", "roles": [provision.WORKER_ROLE],
                "updated_at": to_wire(admin.now() + timedelta(seconds=1))}  # fmt: skip
