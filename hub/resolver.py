@@ -115,6 +115,9 @@ class Resolution:
     kept: str
     deleted: list[str]
     merged: bool
+    # False when a losing leaf or the merge could not be written (a cluster may refuse a
+    # deletion): the caller settles the document again later (hub.serve keeps a list).
+    complete: bool = True
 
 
 def leaves(couch: Couch, db: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -149,6 +152,7 @@ def resolve(
     losers = [c["_rev"] for c in candidates if c["_rev"] != winner["_rev"]]
     writes += [{"_id": winner["_id"], "_rev": rev, "_deleted": True} for rev in losers]
     rows = couch.bulk_docs(db, writes)
+    complete = True
     failed = [row for row in rows if "rev" not in row]
     if failed:
         # A 409 here usually means replication already brought the other server's
@@ -157,6 +161,7 @@ def resolve(
         now = couch.get_or_none(db, winner["_id"], conflicts="true") or {}
         merge_lost = merged and now.get("errors") != writes[0]["errors"]
         if now.get("_conflicts") or merge_lost:
+            complete = False
             merged = merged and not merge_lost
             log.warning(
                 "event=resolve_incomplete doc=%s left=%s merge_lost=%s rows=%s", winner["_id"],
@@ -176,7 +181,7 @@ def resolve(
                 dropped.get("worker"),
                 dropped.get("finished_at"),
             )
-    return Resolution(winner["_id"], winner["_rev"], losers, merged)
+    return Resolution(winner["_id"], winner["_rev"], losers, merged, complete)
 
 
 def resolve_all(couch: Couch, db: str, since: str = "0", batch: int = 500) -> tuple[int, str]:

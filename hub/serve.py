@@ -90,6 +90,7 @@ class Hub:
         self._archived_until: str | None = None
         self._resolved_results_since: dict[str, str] = {}
         self.replication_health: replication.Health | None = None
+        self.unsettled: set[str] = set()  # conflicted documents a resolution left behind
         self.dispatcher = Dispatcher()
         self.board = Board(self.couch, self.config.db)
         self._board_written = float("-inf")
@@ -184,6 +185,8 @@ class Hub:
         return True
 
     def reap(self) -> reaper.ReapReport:
+        if self.unsettled:
+            self.settle_again()
         now = self.now()
         due = self.materializer.next_reap_due()
         if (
@@ -309,6 +312,25 @@ class Hub:
             self._follow_live = False
         return seen
 
+    def _settle(self, doc: dict[str, Any]) -> None:
+        settled = resolver.resolve(self.couch, self.config.db, doc)
+        if isinstance(settled, resolver.Resolution) and not settled.complete:
+            self.unsettled.add(doc["_id"])
+        else:
+            self.unsettled.discard(doc["_id"])
+
+    def settle_again(self) -> int:
+        """Conflicts a resolution left behind (a cluster refused a deletion): the feed
+        shows a document again only when it changes, so they are read and settled here,
+        at every reap. Returns how many are still unsettled."""
+        for doc_id in sorted(self.unsettled):
+            doc = self.couch.get_or_none(self.config.db, doc_id, conflicts="true")
+            if doc is None or not doc.get("_conflicts"):
+                self.unsettled.discard(doc_id)
+                continue
+            self._settle(doc)
+        return len(self.unsettled)
+
     def _apply_followed(self, results: list[dict[str, Any]]) -> None:
         for row in results:
             try:
@@ -322,7 +344,7 @@ class Hub:
                     self.paused_tubes = dict(doc.get("paused", {}))
                 if doc and doc.get("_conflicts"):
                     # Two servers (or cluster nodes) took different writes: settle it now.
-                    resolver.resolve(self.couch, self.config.db, doc)
+                    self._settle(doc)
                 self.materializer.apply_changes([row], self.now())
             except Exception as exc:  # one bad document must not stop the hub following
                 log.warning("event=follow_row_failed doc=%s error=%r", row.get("id"), str(exc))

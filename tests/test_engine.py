@@ -290,7 +290,9 @@ def test_idle_engines_get_offers_instead_of_racing(farm, make_engine, dispatchin
         first_choice += ran_on == max(("w1", "w2"), key=lambda w: rendezvous(occ_id, w))
     # Racing would give about half (P(>= 9 of 10) = 1 %); offers give all.
     assert first_choice >= 9, first_choice
-    assert sum(e.claim_stats.lost_races for e, _ in engines) == 0
+    # At most one: an engine that reads the view before its board feed has brought the
+    # hub's beat takes rows in turns, as without a hub (seen once on a loaded CouchDB).
+    assert sum(e.claim_stats.lost_races for e, _ in engines) <= 1
 
 
 # ------------------------------------------------------------------ leases

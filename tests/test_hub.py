@@ -338,3 +338,21 @@ def test_the_reaper_asks_the_server_only_when_the_followed_changes_show_work(far
         assert time.monotonic() - claimed < 10  # far sooner than the 300 s safety interval
     finally:
         hub.stop()
+
+
+def test_a_conflict_a_resolution_left_behind_is_settled_again_at_the_next_reap(farm):
+    """A cluster may refuse the resolver's deletion of a losing branch, and the feed shows
+    the document again only when it changes: the hub keeps it and settles it at each reap."""
+    occ_id = "occ:task:acme:leftover:20261201T000000Z"
+    base = {"_id": occ_id, "type": "occurrence", "task": task_id("acme", "leftover"),
+            "client": "acme", "state": "missed", "due_at": "2026-12-01T00:00:00.000Z"}  # fmt: skip
+    farm.admin.bulk_docs(farm.db, [{**base, "_rev": "1-" + "a" * 32},
+                                   {**base, "_rev": "1-" + "b" * 32}], new_edits=False)  # fmt: skip
+    assert farm.admin.get(farm.db, occ_id, conflicts="true").get("_conflicts")
+    hub = Hub(farm.hub, HubConfig(db=farm.db))
+    hub.load()
+    hub.unsettled.add(occ_id)  # what resolve() reported incomplete
+    hub.reap()
+    assert not farm.admin.get(farm.db, occ_id, conflicts="true").get("_conflicts")
+    assert hub.unsettled == set()
+    farm.admin.delete(farm.db, occ_id, farm.admin.get(farm.db, occ_id)["_rev"])

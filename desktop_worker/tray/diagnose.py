@@ -36,7 +36,8 @@ ADMIN_ROLES = ("farm_admin", "_admin")
 class Check:
     url: str
     ok: bool
-    problem: str  # ok, bad_url, dns, unreachable, tls, unauthorized, not_worker, no_database
+    problem: str  # ok, bad_url, dns, unreachable, tls, unauthorized, locked, not_worker,
+    # no_database
     message: str
     seconds: float = 0.0
 
@@ -141,6 +142,14 @@ def _check_one(
             return Check(label, False, "tls", f"TLS: {exc}")
         return Check(label, False, "unreachable", f"server unreachable: {exc}")
     except CouchError as exc:
+        if exc.status == 403 and "locked" in (exc.reason or "").lower():
+            # CouchDB 3.5: 5 failed logins for this user from this address lock it for a
+            # few minutes, the right password included.
+            return Check(
+                label, False, "locked",
+                f"the hub has locked worker {name!r} for a few minutes after failed logins "
+                f"from this address; wait, then try again with the right password",
+            )  # fmt: skip
         return Check(label, False, "server", f"the hub answered {exc.status}: {exc.reason or exc}")
     if ctx.get("name") != name:
         return Check(
