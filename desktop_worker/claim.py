@@ -30,11 +30,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from desktop_worker.config import DEFAULT_CLAIM_K
-from desktop_worker.feed import read_peers
 from desktop_worker.log import log_event
 from desktop_worker.readyset import ReadySet
 from hub import states
 from hub.couch import Conflict, Couch, Forbidden, NotFound
+from hub.dispatch import read_peers
 from hub.model import Occurrence, State
 from hub.timefmt import from_wire, to_wire
 

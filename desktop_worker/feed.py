@@ -19,14 +19,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from desktop_worker.log import log_event
 from desktop_worker.readyset import ReadySet
 from hub.couch import Couch, CouchError, StreamBrokeOff, Unavailable
-from hub.dispatch import BEAT_ID, board_db, offer_doc_id
-from hub.timefmt import to_wire
+from hub.dispatch import BEAT_ID, board_db, offer_doc_id, read_peers
 
 HEARTBEAT_S = 5.0
 SILENT_STREAMS_BEFORE_LONGPOLL = 2
@@ -152,14 +150,3 @@ class ClaimFeed:
             self.ready_set.set_peers(read_peers(couch, self.db, self.ready_set.online_s))
         except CouchError as exc:
             log_event("peers_unreadable", logging.WARNING, worker=self.worker, error=str(exc))
-
-
-def read_peers(couch: Couch, db: str, online_s: float) -> list[dict[str, Any]]:
-    """The worker docs (as the view gives them) of workers seen within ``online_s``."""
-    since = to_wire(couch.now() - timedelta(seconds=online_s))
-    body = couch.view(db, "farm", "workers_by_last_seen", startkey=since)
-    return [
-        {**row["value"], "last_seen": row["key"]}
-        for row in body.get("rows", [])
-        if isinstance(row.get("value"), dict)
-    ]

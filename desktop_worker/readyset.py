@@ -29,13 +29,14 @@ the claim loop reads).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from hub.states import rendezvous as _score
+from hub.states import rev_generation as _generation
 from hub.timefmt import from_wire
 
 _GONE_FOR_S = 120.0  # how long a doc seen leaving `ready` shadows older copies of it
@@ -54,18 +55,6 @@ class _Peer:
     last_seen: datetime
     tubes: frozenset[str]
     running: bool
-
-
-def _generation(rev: Any) -> int:
-    try:
-        return int(str(rev).split("-", 1)[0])
-    except ValueError:
-        return 0
-
-
-def _score(occ_id: str, worker: str) -> int:
-    digest = hashlib.blake2b(f"{occ_id}\0{worker}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
 
 
 class ReadySet:

@@ -36,7 +36,6 @@ Pure: :class:`Dispatcher` does no I/O; :class:`Board` writes the documents.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -44,6 +43,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hub.couch import Couch, CouchError
+from hub.states import rendezvous
+from hub.states import rev_generation as _generation
 from hub.timefmt import from_wire, to_wire
 
 log = logging.getLogger("couchfarm.dispatch")
@@ -70,16 +71,18 @@ def offer_doc_id(worker: str) -> str:
     return f"{OFFER_PREFIX}{worker}"
 
 
-def rendezvous(occ_id: str, worker: str) -> int:
-    digest = hashlib.blake2b(f"{occ_id}\0{worker}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
-
-
-def _generation(rev: Any) -> int:
-    try:
-        return int(str(rev).split("-", 1)[0])
-    except ValueError:
-        return 0
+def read_peers(
+    couch: Couch, db: str, online_s: float, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Worker docs, as ``workers_by_last_seen`` gives them (with ``_id``, ``type`` and
+    ``last_seen``), of the workers seen within ``online_s`` of ``now`` (the server's)."""
+    since = to_wire((now or couch.now()) - timedelta(seconds=online_s))
+    body = couch.view(db, "farm", "workers_by_last_seen", startkey=since)
+    return [
+        {**row["value"], "_id": row["id"], "type": "worker", "last_seen": row["key"]}
+        for row in body.get("rows", [])
+        if isinstance(row.get("value"), dict)
+    ]
 
 
 def _moment(value: Any) -> datetime | None:

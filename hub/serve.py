@@ -27,7 +27,7 @@ from typing import Any
 
 from hub import archiver, provision, reaper, replication, resolver
 from hub.couch import Couch, CouchError, StreamBrokeOff, redact_url
-from hub.dispatch import Board, Dispatcher
+from hub.dispatch import Board, Dispatcher, read_peers
 from hub.materializer import Materializer
 from hub.model import Occurrence, Overlap
 from hub.service import TUBES_DOC
@@ -126,16 +126,11 @@ class Hub:
         ready = self.couch.view(db, "farm", "ready", include_docs=True,
                                 limit=self.config.dispatch_load)["rows"]  # fmt: skip
         leased = self.couch.view(db, "farm", "leases_by_expiry", include_docs=True)["rows"]
-        since = to_wire(self.now() - timedelta(seconds=self.dispatcher.online_s))
-        workers = self.couch.view(db, "farm", "workers_by_last_seen", startkey=since)["rows"]
+        workers = read_peers(self.couch, db, self.dispatcher.online_s, self.now())
         with self._dispatch_lock:
             self.dispatcher.reset()
-            for row in workers:
-                if isinstance(row.get("value"), dict):
-                    self.dispatcher.observe({**row["value"], "_id": row["id"], "type": "worker",
-                                             "last_seen": row["key"]})  # fmt: skip
-            for row in [*ready, *leased]:
-                self.dispatcher.observe(row.get("doc"))
+            for doc in [*workers, *(row.get("doc") for row in [*ready, *leased])]:
+                self.dispatcher.observe(doc)
 
     def dispatch(self) -> int:
         """Offer ready occurrences to workers with free slots (hub/dispatch.py)."""

@@ -15,6 +15,7 @@ scheduled --promote--> ready --claim--> leased --finish--> done
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from datetime import datetime, timedelta
@@ -366,3 +367,18 @@ def same_run(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     if not a or not b:
         return False
     return all(a.get(k) == b.get(k) for k in ("worker", "started_at", "finished_at"))
+
+
+def rendezvous(occ_id: str, worker: str) -> int:
+    """The rendezvous-hash score of (occurrence, worker): every hub and worker computes the
+    same one, so they agree on who goes first for an occurrence without asking anyone."""
+    digest = hashlib.blake2b(f"{occ_id}\0{worker}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def rev_generation(rev: Any) -> int:
+    """The generation of a ``_rev`` (``3-abc`` -> 3); 0 when it has none."""
+    try:
+        return int(str(rev).split("-", 1)[0])
+    except ValueError:
+        return 0
