@@ -193,15 +193,8 @@ class Claimer:
         docs = [row["doc"] for row in rows if isinstance(row.get("doc"), dict)]
         now = self.couch.now()
         if ready is not None:
-            now_mono = self.monotonic()
             full_page = self._backlog[tube] = len(rows) >= limit
-            page = ready.refill(tube, docs, full_page, now_mono, server_now=now, epoch=epoch)
-            if full_page:  # a backlog: try the page at once, in this worker's order
-                occs, next_not_before = self._claimable(page, now)
-                return occs[:first], next_not_before, None
-            docs, wait = ready.candidates(tube, now, now_mono, first)
-            occs = self._claimable_held(docs, now, now_mono)
-            return occs, ready.next_not_before(tube, now), wait
+            return self._from_page(tube, docs, full_page, first, now, epoch)
         occs, next_not_before = self._claimable(docs, now)
         chosen = occs[:first]
         self.rng.shuffle(chosen)
@@ -250,6 +243,22 @@ class Claimer:
         horizon = None
         if full_page and rows and isinstance(rows[-1].get("key"), list):
             horizon = str(rows[-1]["key"][-1])
+        return self._from_page(tube, docs, full_page, first, now, epoch, horizon)
+
+    def _from_page(
+        self,
+        tube: str,
+        docs: list[dict[str, Any]],
+        full_page: bool,
+        first: int,
+        now: datetime,
+        epoch: int | None,
+        horizon: str | None = None,
+    ) -> tuple[list[Occurrence], datetime | None, float | None]:
+        """What a view read gives to claim: a full page (a backlog) is tried at once, in
+        this worker's order; any other page is held and taken in turns."""
+        ready = self.ready_set
+        assert ready is not None
         now_mono = self.monotonic()
         page = ready.refill(tube, docs, full_page, now_mono, server_now=now, epoch=epoch,
                             horizon=horizon)  # fmt: skip
