@@ -160,9 +160,13 @@ def update_tallies(
     """
     todo = sorted(set(ids))
     written = 0
-    for _attempt in range(TALLY_ATTEMPTS):
+    for attempt in range(TALLY_ATTEMPTS):
         if not todo:
             return written
+        if attempt:
+            # Writers that lost together retry apart (full jitter, capped), or on a loaded
+            # machine the same ones collide again on every one of the attempts.
+            time.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))
         writes = []
         for row in couch.all_docs(db, keys=todo, include_docs=True):
             doc = row.get("doc")
