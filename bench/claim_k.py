@@ -30,11 +30,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from desktop_worker.claim import Claimer, ClaimStats
-from hub import provision, states
-from hub.couch import Couch
+from hub import provision
 from hub.devserver import DevServer
-from hub.model import Task, task_id
-from hub.timefmt import to_wire
+from hub.protocol import states
+from hub.protocol.couch import Couch
+from hub.protocol.model import Task, task_id
+from hub.protocol.names import WORKER_ROLE
+from hub.protocol.timefmt import to_wire
 
 
 def make_occurrences(admin: Couch, db: str, count: int) -> None:
@@ -150,7 +152,7 @@ def main() -> int:
     try:
         passwords = {f"bench{i}": secrets.token_urlsafe(12) for i in range(max(thread_counts))}
         for name, secret in passwords.items():
-            provision.add_user(admin, name, [provision.WORKER_ROLE], secret, replace=True)
+            provision.add_user(admin, name, [WORKER_ROLE], secret, replace=True)
         print(
             f"server {url}, {args.occurrences} ready occurrences per run, cap {args.cap:g} s",
             flush=True,

@@ -54,6 +54,7 @@ from bench.common import (
     wait_for,
 )
 from hub import provision
+from hub.protocol.names import WORKER_ROLE
 
 TODO_VIEW = (
     "function (doc) {\n"
@@ -267,7 +268,7 @@ def run(server: BenchServer, scale: Scale, workdir: Path) -> Section:
         return section
     admin = server.admin
     names = [f"race-{i}" for i in range(max(scale.race_workers))]
-    passwords = add_users(admin, names, provision.WORKER_ROLE, workdir / "passwords")
+    passwords = add_users(admin, names, WORKER_ROLE, workdir / "passwords")
     admin_file = workdir / "passwords" / "admin.password"
     admin_file.write_text(server.admin_password)
     admin_file.chmod(0o600)

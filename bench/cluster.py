@@ -50,9 +50,9 @@ from bench.common import (
 )
 from bench.farm import Credentials, Farm
 from bench.fleet import Fleet, _can_log_in, worker_names
-from hub import provision
-from hub.couch import Couch, CouchError
-from hub.timefmt import to_wire
+from hub.protocol.couch import Couch, CouchError
+from hub.protocol.names import WORKER_ROLE
+from hub.protocol.timefmt import to_wire
 
 DB = "bench_cluster"
 
@@ -303,7 +303,7 @@ def run(server: BenchServer, scale: Scale, workdir: Path, credentials: Credentia
     password_file.write_text(password)
     password_file.chmod(0o600)
     names = worker_names(workers)
-    add_users_bulk(server.admin, names, provision.WORKER_ROLE, password)
+    add_users_bulk(server.admin, names, WORKER_ROLE, password)
     wait_for(lambda: all(_can_log_in(server, n, password) for n in names), 60, "users to log in")
     farm = Farm(server, DB, workdir, credentials)
     fleet = Fleet(server, DB, names, password_file, workdir / DB, scale.fleet_per_host)

@@ -38,11 +38,12 @@ from urllib.parse import unquote, urlsplit
 
 import psutil
 
-from hub import provision, states
-from hub.couch import Couch
+from hub import provision
 from hub.devserver import DevServer
-from hub.model import Task, task_id
-from hub.timefmt import to_wire
+from hub.protocol import states
+from hub.protocol.couch import Couch
+from hub.protocol.model import Task, task_id
+from hub.protocol.timefmt import to_wire
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "bench"

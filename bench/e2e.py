@@ -40,7 +40,7 @@ from bench.common import (
     summary,
 )
 from bench.farm import Credentials, Farm
-from hub.timefmt import from_wire
+from hub.protocol.timefmt import from_wire
 
 RATE_GUESS = {"spawn": (3.0, 10.0), "inline": (20.0, 40.0)}  # per worker, cap (occ/s)
 

@@ -30,7 +30,8 @@ from bench.common import (
     wait_for,
 )
 from hub import provision
-from hub.model import worker_id
+from hub.protocol.model import worker_id
+from hub.protocol.names import ADMIN_ROLE, WORKER_ROLE
 
 WORKER_NAMES = [f"w-{i}" for i in range(32)]
 HUB_USER = "hub-bench"
@@ -41,12 +42,8 @@ class Credentials:
 
     def __init__(self, server: BenchServer, workdir: Path, workers: int) -> None:
         admin = server.admin
-        self.hub = add_users(admin, [HUB_USER], provision.ADMIN_ROLE, workdir / "passwords")[
-            HUB_USER
-        ]
-        self.workers = add_users(
-            admin, WORKER_NAMES[:workers], provision.WORKER_ROLE, workdir / "passwords"
-        )
+        self.hub = add_users(admin, [HUB_USER], ADMIN_ROLE, workdir / "passwords")[HUB_USER]
+        self.workers = add_users(admin, WORKER_NAMES[:workers], WORKER_ROLE, workdir / "passwords")
 
 
 class Farm:

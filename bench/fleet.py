@@ -68,8 +68,8 @@ from bench.common import (
 )
 from bench.farm import Credentials, Farm
 from bench.latency import claimed_at
-from hub import provision
-from hub.timefmt import from_wire
+from hub.protocol.names import WORKER_ROLE
+from hub.protocol.timefmt import from_wire
 
 NAME = "fleet-{}"
 
@@ -485,7 +485,7 @@ def run(server: BenchServer, scale: Scale, workdir: Path, credentials: Credentia
     password_file.write_text(password)
     password_file.chmod(0o600)
     began = time.monotonic()
-    add_users_bulk(server.admin, worker_names(most), provision.WORKER_ROLE, password)
+    add_users_bulk(server.admin, worker_names(most), WORKER_ROLE, password)
     section.data["users_created_s"] = time.monotonic() - began
     # The new users must be able to log in before their engines start.
     wait_for(

@@ -40,8 +40,8 @@ from bench.common import (
     summary,
 )
 from bench.farm import Credentials, Farm
-from hub.couch import Couch, CouchError
-from hub.timefmt import from_wire
+from hub.protocol.couch import Couch, CouchError
+from hub.protocol.timefmt import from_wire
 
 
 class Observer(threading.Thread):

@@ -36,14 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastapi.testclient import TestClient
 
-from hub import archiver, provision, states
-from hub.couch import Couch
+from hub import archiver, provision
 from hub.devserver import DevServer
-from hub.model import Task, occurrence_id, result_id
 from hub.portal.app import create_app
-from hub.provision import results_db
+from hub.protocol import states
+from hub.protocol.couch import Couch
+from hub.protocol.model import Task, occurrence_id, result_id
+from hub.protocol.names import ADMIN_ROLE, results_db
+from hub.protocol.timefmt import to_wire
 from hub.service import FarmService, build_task
-from hub.timefmt import to_wire
 
 SCALES = {
     "small": {"tasks": 50, "results": 20, "reps": 9},
@@ -99,7 +100,7 @@ def build(admin: Couch, db: str) -> tuple[Couch, str, dict[str, Any]]:
     now = admin.now().replace(microsecond=0)
     provision.init(admin, db, now=now, hub_user="")
     hub_password, client_password = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
-    provision.add_user(admin, "bench-hub", [provision.ADMIN_ROLE], hub_password, replace=True)
+    provision.add_user(admin, "bench-hub", [ADMIN_ROLE], hub_password, replace=True)
     provision.add_user(admin, "bench-acme", ["client:acme"], client_password, replace=True)
     hub = Couch(admin.servers[0].url, "bench-hub", hub_password, read_timeout=300.0)
     created = now - SPAN - timedelta(days=5)
@@ -165,7 +166,7 @@ def flush(hub: Couch, month_db: str, docs: list[dict[str, Any]], now: datetime) 
 
 def probe_result(rep: int) -> dict:
     """A result of another client, as the archiver would write it (changes the month)."""
-    from hub.model import Result
+    from hub.protocol.model import Result
 
     stamp = f"20000101T{rep // 3600:02d}{rep // 60 % 60:02d}{rep % 60:02d}Z"
     occ = f"occ:task:probe:p:{stamp}"

@@ -29,8 +29,10 @@ from bench.common import (
     log,
     ready_occurrences,
 )
-from hub import provision, states
-from hub.model import Occurrence
+from hub import provision
+from hub.protocol import states
+from hub.protocol.model import Occurrence
+from hub.protocol.names import WORKER_ROLE
 
 
 def run(server: BenchServer, scale: Scale, workdir: Path) -> Section:
@@ -44,7 +46,7 @@ def run(server: BenchServer, scale: Scale, workdir: Path) -> Section:
         server.drop_db(name)
     provision.init(admin, db, now=admin.now(), hub_user="")
     admin.create_db(plain)
-    worker_pw = add_users(admin, ["w-cost"], provision.WORKER_ROLE, workdir / "passwords")
+    worker_pw = add_users(admin, ["w-cost"], WORKER_ROLE, workdir / "passwords")
     url = server.url
     root = requests.Session()
     root.auth = (server.admin_user, server.admin_password)

@@ -116,9 +116,9 @@ def seed_one_run(admin: Any, db: str) -> str:
     """One ready demo.sleep occurrence in the bench's tube; returns its id."""
     from datetime import timedelta
 
-    from hub import states
-    from hub.model import Task, task_id
-    from hub.timefmt import to_wire
+    from hub.protocol import states
+    from hub.protocol.model import Task, task_id
+    from hub.protocol.timefmt import to_wire
 
     now = admin.now().replace(microsecond=0)
     stamp = to_wire(now)
@@ -242,8 +242,9 @@ def main() -> int:
         return child(*args.child)
 
     from hub import provision
-    from hub.couch import Couch
     from hub.devserver import DevServer
+    from hub.protocol.couch import Couch
+    from hub.protocol.names import WORKER_ROLE
 
     work = Path(tempfile.mkdtemp(prefix="couchfarm-tray-bench-"))
     dev = None
@@ -259,7 +260,7 @@ def main() -> int:
     db = f"farm_tray_bench_{secrets.token_hex(3)}"
     password = secrets.token_urlsafe(12)
     provision.init(admin, db, now=admin.now(), hub_user="")
-    provision.add_user(admin, "w1", [provision.WORKER_ROLE], password, replace=True)
+    provision.add_user(admin, "w1", [WORKER_ROLE], password, replace=True)
 
     mb = 1024 * 1024
     runs = []

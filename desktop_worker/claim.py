@@ -32,11 +32,11 @@ from pydantic import ValidationError
 from desktop_worker.config import DEFAULT_CLAIM_K
 from desktop_worker.log import log_event
 from desktop_worker.readyset import ReadySet
-from hub import states
-from hub.couch import Conflict, Couch, Forbidden, NotFound
-from hub.dispatch import read_peers
-from hub.model import Occurrence, State
-from hub.timefmt import from_wire, to_wire
+from hub.protocol import states
+from hub.protocol.board import read_peers
+from hub.protocol.couch import Conflict, Couch, Forbidden, NotFound
+from hub.protocol.model import Occurrence, State
+from hub.protocol.timefmt import from_wire, to_wire
 
 ROWS_PER_WORKER = 8  # backlog page size per online worker (readyset: own rows are held)
 PEERS_REFRESH_S = 10.0  # without a dispatcher, who is online is read again this often

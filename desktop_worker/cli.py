@@ -24,7 +24,7 @@ from typing import Any
 
 from desktop_worker.config import ConfigError, build_config
 from desktop_worker.log import log_event, setup_logging
-from hub.version import __version__
+from hub.protocol.version import __version__
 
 
 def _split(value: str | None) -> list[str] | None:

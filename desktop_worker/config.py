@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from hub.model import KIND_PATTERN, NAME_PATTERN, TUBE_PATTERN
+from hub.protocol.model import KIND_PATTERN, NAME_PATTERN, TUBE_PATTERN
 
 KEYRING_SERVICE = "couchfarm"
 PASSWORD_ENV = "COUCHFARM_WORKER_PASSWORD"
@@ -106,7 +106,7 @@ class WorkerConfig:
 
     @property
     def verify(self) -> bool | str:
-        """What ``hub.couch.Couch(verify=...)`` takes: a CA bundle path, or True/False."""
+        """What ``hub.protocol.couch.Couch(verify=...)`` takes: a CA bundle path, or True/False."""
         if not self.verify_tls:
             return False
         return self.ca_bundle or True

@@ -6,7 +6,7 @@ until it sees it on the *other* server of its list (the standby). Each pass of
 
 - the other server holds **this run's** result (same worker, start and finish; the attempt
   may have been renumbered by a rescue): ``confirmed``, the entry is deleted;
-- it holds a result that **finished first** (``hub.states.result_order``: finish time,
+- it holds a result that **finished first** (``hub.protocol.states.result_order``: finish time,
   then worker name): ours lost by the documented rule, logged ``result_superseded``;
 - it holds a result that **finished later** (the dead primary accepted ours and never
   replicated it, and the occurrence ran again on the standby): ours is put back over it
@@ -34,12 +34,12 @@ from typing import Any
 
 from desktop_worker.log import log_event
 from desktop_worker.spool import Entry, Spool, SpoolError
-from hub import states
-from hub.couch import Conflict, Couch, CouchError, Forbidden
-from hub.model import Occurrence, State, result_id
-from hub.provision import results_db
-from hub.states import finished_first, same_run
-from hub.timefmt import from_wire, to_wire
+from hub.protocol import states
+from hub.protocol.couch import Conflict, Couch, CouchError, Forbidden
+from hub.protocol.model import Occurrence, State, result_id
+from hub.protocol.names import results_db
+from hub.protocol.states import finished_first, same_run
+from hub.protocol.timefmt import from_wire, to_wire
 
 Emit = Callable[..., None]
 WAIT = "wait"

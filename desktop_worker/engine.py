@@ -46,8 +46,8 @@ from desktop_worker.feed import ClaimFeed
 from desktop_worker.log import log_event
 from desktop_worker.readyset import ReadySet
 from desktop_worker.spool import Spool, SpoolError
-from hub import states
-from hub.couch import (
+from hub.protocol import states
+from hub.protocol.couch import (
     BadRequest,
     Conflict,
     Couch,
@@ -58,7 +58,7 @@ from hub.couch import (
     Unavailable,
     redact_url,
 )
-from hub.model import (
+from hub.protocol.model import (
     Backoff,
     Occurrence,
     Progress,
@@ -66,8 +66,8 @@ from hub.model import (
     WorkerTotals,
     worker_id,
 )
-from hub.timefmt import from_wire
-from hub.version import POLICY_DOC_ID, __version__, worker_too_old
+from hub.protocol.timefmt import from_wire
+from hub.protocol.version import POLICY_DOC_ID, __version__, worker_too_old
 
 LOG_WARNING = logging.WARNING
 
@@ -1192,7 +1192,7 @@ def _progress_tuple(value: Any) -> tuple[float, float, str] | None:
 
 
 def _wire(moment: datetime) -> str:
-    from hub.timefmt import to_wire
+    from hub.protocol.timefmt import to_wire
 
     return to_wire(moment)
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from desktop_worker.log import log_event
 from desktop_worker.readyset import ReadySet
-from hub.couch import Couch, CouchError, StreamBrokeOff, Unavailable
-from hub.dispatch import BEAT_ID, board_db, offer_doc_id, read_peers
+from hub.protocol.board import BEAT_ID, board_db, offer_doc_id, read_peers
+from hub.protocol.couch import Couch, CouchError, StreamBrokeOff, Unavailable
 
 HEARTBEAT_S = 5.0
 SILENT_STREAMS_BEFORE_LONGPOLL = 2

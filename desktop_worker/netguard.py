@@ -43,8 +43,8 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from hub.timefmt import to_wire
-from hub.version import __version__
+from hub.protocol.timefmt import to_wire
+from hub.protocol.version import __version__
 
 Resolver = Callable[[str], list[str]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from hub.states import rendezvous as _score
-from hub.states import rev_generation as _generation
-from hub.timefmt import from_wire
+from hub.protocol.states import rendezvous as _score
+from hub.protocol.states import rev_generation as _generation
+from hub.protocol.timefmt import from_wire
 
 _GONE_FOR_S = 120.0  # how long a doc seen leaving `ready` shadows older copies of it
 SAFETY_READ_S = 300.0  # with a dispatcher beating, the view is read at least this often anyway

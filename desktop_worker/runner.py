@@ -76,12 +76,12 @@ from desktop_worker.netguard import (
     normalize_host,
     static_resolver,
 )
-from hub.kinds import KIND_SCHEMAS, validate_input
+from hub.protocol.kinds import KIND_SCHEMAS, validate_input
 
 log = logging.getLogger(__name__)
 
-MAX_ERROR_CHARS = 2000  # RunResult.error's cap in hub.model
-MAX_PROGRESS_MSG = 200  # Progress.msg's cap in hub.model
+MAX_ERROR_CHARS = 2000  # RunResult.error's cap in hub.protocol.model
+MAX_PROGRESS_MSG = 200  # Progress.msg's cap in hub.protocol.model
 PROGRESS_INTERVAL_S = 0.05
 MAX_RATE_WAIT_SHARE = 0.5  # a run may spend at most this share of its time limit waiting
 HELPER_IDLE_S = 120.0  # stop the forkserver and resource tracker after this long without runs
@@ -799,7 +799,7 @@ def _context() -> Any:
             # Everything a run's child would import again otherwise (pydantic models, config):
             # measured 155 ms of CPU per run without them, 26 ms with.
             _CONTEXT.set_forkserver_preload(
-                ["desktop_worker.runner", "desktop_worker.handlers", "hub.model",
+                ["desktop_worker.runner", "desktop_worker.handlers", "hub.protocol.model",
                  "desktop_worker.config", "desktop_worker.cli"]
             )  # fmt: skip
         else:

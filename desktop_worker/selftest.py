@@ -7,7 +7,7 @@ executable), and it works from source too. Checks, in order:
    frozen build that does not would be refused by every hub as too old.
 2. **qt**: the Qt platform plugin loads: a ``QGuiApplication`` on ``QT_QPA_PLATFORM``
    (default ``offscreen``) starts and reports that platform.
-3. **engine**: ``desktop_worker.engine`` (and with it ``hub.couch``, requests, pydantic)
+3. **engine**: ``desktop_worker.engine`` (and with it ``hub.protocol.couch``, requests, pydantic)
    imports.
 4. **handlers**: every built-in handler module imports and has ``run``.
 5. **child-run**: ``demo.sleep`` with ``ms=0`` runs in a child process through
@@ -42,7 +42,7 @@ class CheckFailed(Exception):
 
 
 def check_version() -> str:
-    from hub.version import __version__, is_source_version
+    from hub.protocol.version import __version__, is_source_version
 
     if getattr(sys, "frozen", False) and is_source_version(__version__):
         raise CheckFailed(

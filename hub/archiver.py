@@ -49,10 +49,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from hub.couch import Couch, CouchError, NotFound
-from hub.model import Occurrence, Result, State, result_id
-from hub.provision import is_results_db, results_db
-from hub.timefmt import from_wire, to_wire
+from hub.protocol.couch import Couch, CouchError, NotFound
+from hub.protocol.model import Occurrence, Result, State, result_id
+from hub.protocol.names import is_results_db, results_db
+from hub.protocol.timefmt import from_wire, to_wire
 
 log = logging.getLogger("couchfarm.archiver")
 BATCH = 500

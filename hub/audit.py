@@ -24,7 +24,7 @@ per task). So a finished occurrence can be recorded in up to four places: its li
 document on each server and its ``res:`` document on each server, plus, in principle,
 ``res:`` documents in another month. Each of those records that is *final* (a live
 occurrence in a final state, or any ``res:`` document) carries one outcome: for
-``done`` the run (worker, start, finish, as ``hub.states.same_run`` compares them), for
+``done`` the run (worker, start, finish, as ``hub.protocol.states.same_run`` compares them), for
 the other final states the state itself (``missed``, ``failed``...). An occurrence has
 **two results** when its final records disagree, for example:
 
@@ -47,7 +47,7 @@ the scan ran) and for occurrences recorded in more than one place. Documents who
 revision is the same on both servers are read from one only.
 
 The comparison itself is pure functions over :class:`DocRevs` maps; the fetching goes
-through :class:`hub.couch.Couch`. A farm that is still writing can show differences that
+through :class:`hub.protocol.couch.Couch`. A farm that is still writing can show differences that
 are only replication lag: run it after the farm settles, or run it twice.
 """
 
@@ -59,9 +59,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub import provision
-from hub.couch import RECOVERY_MARKER_ID, Couch, CouchError, Forbidden, Unauthorized
-from hub.model import FINAL_STATES
+from hub.protocol.couch import RECOVERY_MARKER_ID, Couch, CouchError, Forbidden, Unauthorized
+from hub.protocol.model import FINAL_STATES
+from hub.protocol.names import is_results_db
 from hub.replication import PROBE_ID
 
 PAGE = 5000  # _changes rows per request
@@ -169,7 +169,7 @@ class AuditReport:
 
 def ignored(doc_id: str) -> bool:
     """Documents expected to differ: ``_local`` ones (among them the recovery marker
-    ``hub.couch.RECOVERY_MARKER_ID``, which only a rebuilt server carries, and which
+    ``hub.protocol.couch.RECOVERY_MARKER_ID``, which only a rebuilt server carries, and which
     ``_changes`` does not list anyway) and the replication probes."""
     if doc_id.startswith("_local/") or doc_id in (RECOVERY_MARKER_ID, PROBE_ID):
         return True
@@ -355,7 +355,7 @@ class _Side:
     def databases(self, live_db: str) -> list[str]:
         with self.reading("the list of databases"):
             names = self.couch.all_dbs()
-        return [n for n in names if n == live_db or provision.is_results_db(live_db, n)]
+        return [n for n in names if n == live_db or is_results_db(live_db, n)]
 
     def scan(self, db: str, page: int = PAGE) -> tuple[RevMap, dict[str, dict[str, Any]]]:
         """Every document's revisions (deleted ones included), and the bodies read on the

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hub import provision
-from hub.couch import Couch, CouchError
+from hub.protocol.couch import Couch, CouchError
+from hub.protocol.names import CLIENT_ROLE_PREFIX, WORKER_ROLE, is_results_db
+from hub.protocol.version import __version__
 from hub.settings import Connection, SettingsError, connection, read_password_file
-from hub.version import __version__
 
 if TYPE_CHECKING:
     from hub.archiver import TallyChange
@@ -327,7 +328,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     admin = None
     ends = None
     if args.admin_password_file:
-        from hub.couch import Couch
+        from hub.protocol.couch import Couch
 
         admin_password = read_password_file(args.admin_password_file)
         admin = Couch(conn.urls, args.admin_user, admin_password)
@@ -377,7 +378,7 @@ def _change_line(change: TallyChange) -> str:
 
 def cmd_tallies(args: argparse.Namespace) -> int:
     from hub import archiver
-    from hub.couch import Forbidden, NotFound, Unauthorized
+    from hub.protocol.couch import Forbidden, NotFound, Unauthorized
 
     conn = _conn(args)
     couch = conn.couch()
@@ -398,7 +399,7 @@ def cmd_tallies(args: argparse.Namespace) -> int:
             raise SettingsError(
                 "listing the monthly databases needs server-admin rights: pass --month YYYY-MM"
             ) from None
-        months = sorted(name for name in names if provision.is_results_db(conn.db, name))
+        months = sorted(name for name in names if is_results_db(conn.db, name))
         if not months:
             print(f"no monthly results databases for {conn.db}")
             return 0
@@ -444,8 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_init)
 
     for noun, role_of, what in (
-        ("worker", lambda n: [provision.WORKER_ROLE], "worker"),
-        ("client", lambda n: [provision.CLIENT_ROLE_PREFIX + n], "client"),
+        ("worker", lambda n: [WORKER_ROLE], "worker"),
+        ("client", lambda n: [CLIENT_ROLE_PREFIX + n], "client"),
     ):
         group = sub.add_parser(noun, help=f"manage {noun} accounts").add_subparsers(
             dest="action", required=True

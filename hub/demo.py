@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hub import provision
-from hub.couch import Conflict, Couch
 from hub.devserver import REPO_ROOT, DevServer, free_port
-from hub.model import Task, task_id
-from hub.timefmt import to_wire
+from hub.protocol.couch import Conflict, Couch
+from hub.protocol.model import Task, task_id
+from hub.protocol.names import ADMIN_ROLE, CLIENT_ROLE_PREFIX, WORKER_ROLE
+from hub.protocol.timefmt import to_wire
 
 DEMO_DIR = REPO_ROOT / "var" / "demo"
 ADMIN_PASSWORD = "demo-admin"
@@ -90,12 +91,10 @@ def prepare(admin: Couch, db: str, *, users: bool = True) -> list[str]:
     if not users:
         return report.lines  # the standby gets them by replication
     # The demo's users get known passwords, so that the printed credentials always work.
-    provision.add_user(admin, "hub", [provision.ADMIN_ROLE], PASSWORDS["hub"], replace=True)
-    provision.add_user(
-        admin, "demo-worker", [provision.WORKER_ROLE], PASSWORDS["demo-worker"], replace=True
-    )
+    provision.add_user(admin, "hub", [ADMIN_ROLE], PASSWORDS["hub"], replace=True)
+    provision.add_user(admin, "demo-worker", [WORKER_ROLE], PASSWORDS["demo-worker"], replace=True)
     for client in ("demo", "acme"):
-        role = [provision.CLIENT_ROLE_PREFIX + client]
+        role = [CLIENT_ROLE_PREFIX + client]
         provision.add_user(admin, client, role, PASSWORDS[client], replace=True)
     return report.lines
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hub.couch import Couch
+from hub.protocol.couch import Couch
 
 DESIGN_ROOT = Path(__file__).resolve().parent.parent / "design_docs"
 FARM_DDOC = "farm"

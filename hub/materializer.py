@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from hub import schedules, states
-from hub.couch import Couch
-from hub.model import ACTIVE_STATES, Misfire, Occurrence, Overlap, State, Task
-from hub.timefmt import from_wire
+from hub import schedules
+from hub.protocol import states
+from hub.protocol.couch import Couch
+from hub.protocol.model import ACTIVE_STATES, Misfire, Occurrence, Overlap, State, Task
+from hub.protocol.timefmt import from_wire
 
 log = logging.getLogger("couchfarm.materializer")
 

@@ -11,15 +11,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from hub import designdocs
-from hub.couch import Conflict, Couch, NotFound
-from hub.dispatch import board_db
-from hub.timefmt import month_key, to_wire
-from hub.version import MIN_WORKER_VERSION, POLICY_DOC_ID, at_least
-
-ADMIN_ROLE = "farm_admin"
-WORKER_ROLE = "farm_worker"
-CLIENT_ROLE_PREFIX = "client:"
-DEFAULT_DB = "farm"
+from hub.protocol.board import board_db
+from hub.protocol.couch import Conflict, Couch, NotFound
+from hub.protocol.names import ADMIN_ROLE, DEFAULT_DB, WORKER_ROLE, results_db
+from hub.protocol.timefmt import to_wire
+from hub.protocol.version import MIN_WORKER_VERSION, POLICY_DOC_ID, at_least
 
 LIVE_SECURITY = {
     "admins": {"names": [], "roles": [ADMIN_ROLE]},
@@ -27,20 +23,6 @@ LIVE_SECURITY = {
 }
 # Workers read results databases only to confirm their results reached the standby.
 RESULTS_SECURITY = LIVE_SECURITY
-
-
-def results_db(live_db: str, moment: datetime) -> str:
-    return f"{live_db}_results_{month_key(moment)}"
-
-
-def is_results_db(live_db: str, name: str) -> bool:
-    """``farm_results_2026_11`` for live db ``farm``: exactly YYYY_MM after the prefix."""
-    prefix = f"{live_db}_results_"
-    rest = name[len(prefix) :]
-    return (
-        name.startswith(prefix) and len(rest) == 7 and rest[4] == "_"
-        and rest[:4].isdigit() and rest[5:].isdigit()
-    )  # fmt: skip
 
 
 @dataclass

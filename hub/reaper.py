@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from hub import states
-from hub.couch import Couch
-from hub.model import Occurrence
-from hub.states import InvalidTransition
-from hub.timefmt import to_wire
+from hub.protocol import states
+from hub.protocol.couch import Couch
+from hub.protocol.model import Occurrence
+from hub.protocol.states import InvalidTransition
+from hub.protocol.timefmt import to_wire
 
 log = logging.getLogger("couchfarm.reaper")
 BATCH = 500

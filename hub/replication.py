@@ -23,7 +23,7 @@ starts a new job at once, instead of waiting out the scheduler's backoff (30 s x
 before, so every document written here carries a generation that only grows.
 
 Recovery (:func:`recover`) marks the rebuilt server ``rebuilding`` (``_local`` marker, never
-replicated; clients do not fail back to it, ``hub.couch.Couch._recovered``), copies every
+replicated; clients do not fail back to it, ``hub.protocol.couch.Couch._recovered``), copies every
 database, restarts the replications towards it, and marks it ``verified`` only once a
 probe written on each side has been read on the other.
 """
@@ -39,9 +39,10 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from hub import provision, resolver
-from hub.couch import RECOVERY_MARKER_ID, Conflict, Couch, CouchError, NotFound, redact_url
-from hub.timefmt import from_wire, to_wire
+from hub import resolver
+from hub.protocol.couch import RECOVERY_MARKER_ID, Conflict, Couch, CouchError, NotFound, redact_url
+from hub.protocol.names import is_results_db, results_db
+from hub.protocol.timefmt import from_wire, to_wire
 
 log = logging.getLogger("couchfarm.replication")
 PROBE_ID = "hub:probe"
@@ -135,7 +136,7 @@ def replication_id(db: str, source: Endpoint | str, target: Endpoint | str) -> s
 
 def farm_databases(admin: Couch, db: str) -> list[str]:
     names = admin.all_dbs()
-    return ["_users", db, *sorted(n for n in names if provision.is_results_db(db, n))]
+    return ["_users", db, *sorted(n for n in names if is_results_db(db, n))]
 
 
 def setup(
@@ -472,7 +473,7 @@ def watched_databases(primary: Couch, standby: Couch, db: str, *, admin: bool) -
             except CouchError:
                 continue
         return [db]
-    month = provision.results_db(db, primary.now())
+    month = results_db(db, primary.now())
     for couch in (primary, standby):
         try:
             couch.db_info(month)
@@ -532,7 +533,7 @@ class RecoveryReport:
 
 
 def read_marker(couch: Couch, db: str) -> dict[str, Any] | None:
-    """The recovery marker of ``db`` on this server (``hub.couch.RECOVERY_MARKER_ID``)."""
+    """The recovery marker of ``db`` on this server (``hub.protocol.couch.RECOVERY_MARKER_ID``)."""
     return couch.get_or_none(db, RECOVERY_MARKER_ID)
 
 

@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub import archiver
-from hub.couch import Couch
-from hub.model import MAX_ERROR_HISTORY
-from hub.states import PROGRESS_RANK, State, finished_first, result_order, same_run
+from hub.protocol.couch import Couch
+from hub.protocol.model import MAX_ERROR_HISTORY
+from hub.protocol.states import PROGRESS_RANK, State, finished_first, result_order, same_run
 
 __all__ = [
     "choose",

@@ -40,8 +40,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 
-from hub.model import Schedule
-from hub.timefmt import as_utc, from_wire, to_id_stamp
+from hub.protocol.model import Schedule
+from hub.protocol.timefmt import as_utc, from_wire, to_id_stamp
 
 __all__ = [
     "ScheduleError",

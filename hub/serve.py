@@ -26,12 +26,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hub import archiver, provision, reaper, replication, resolver
-from hub.couch import Couch, CouchError, StreamBrokeOff, redact_url
-from hub.dispatch import Board, Dispatcher, read_peers
+from hub.dispatch import Board, Dispatcher
 from hub.materializer import Materializer
-from hub.model import Occurrence, Overlap
+from hub.protocol.board import read_peers
+from hub.protocol.couch import Couch, CouchError, StreamBrokeOff, redact_url
+from hub.protocol.model import Occurrence, Overlap
+from hub.protocol.names import results_db
+from hub.protocol.timefmt import to_wire
 from hub.service import TUBES_DOC
-from hub.timefmt import to_wire
 
 log = logging.getLogger("couchfarm.hub")
 
@@ -221,7 +223,7 @@ class Hub:
             return []
         now = self.now()
         ahead = (now, now + timedelta(days=32))
-        months = [provision.results_db(self.config.db, at) for at in ahead]
+        months = [results_db(self.config.db, at) for at in ahead]
         # Every server, not only the one in use: `_security` does not replicate, and a
         # month the standby lacks would have nowhere to replicate to.
         servers = [self.admin.for_server(index) for index in range(len(self.admin.servers))]
@@ -373,7 +375,7 @@ class Hub:
                 log.warning("event=replication_restart_failed error=%r", str(exc))
         else:
             self.replication_health = replication.status(primary, standby, self.config.db)
-        month_db = provision.results_db(self.config.db, self.now())
+        month_db = results_db(self.config.db, self.now())
         since = self._resolved_results_since.get(month_db, "0")
         try:
             _n, self._resolved_results_since[month_db] = resolver.resolve_all(

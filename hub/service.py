@@ -13,17 +13,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hub import kinds, schedules, states
-from hub.couch import Conflict, Couch, Forbidden, NotFound
-from hub.model import (
+from hub import schedules
+from hub.protocol import kinds, states
+from hub.protocol.couch import Conflict, Couch, Forbidden, NotFound
+from hub.protocol.model import (
     Occurrence,
     Task,
     describe_validation_error,
     split_occurrence_id,
     task_id,
 )
-from hub.provision import results_db
-from hub.timefmt import from_wire, to_wire
+from hub.protocol.names import results_db
+from hub.protocol.timefmt import from_wire, to_wire
 
 log = logging.getLogger("couchfarm.service")
 TUBES_DOC = "hub:tubes"
@@ -100,7 +101,7 @@ def build_task(
 
 
 def _schedule_problems(raw: Any, now: datetime, min_interval: int) -> list[str]:
-    from hub.model import Schedule
+    from hub.protocol.model import Schedule
 
     if not isinstance(raw, dict):
         return []

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hub.couch import Couch
+from hub.protocol.couch import Couch
 
 
 class SettingsError(ValueError):

@@ -112,7 +112,7 @@ def self_test() -> tuple[int, str, float]:
 
 
 def archive() -> Path:
-    from hub.version import __version__
+    from hub.protocol.version import __version__
 
     system = {"win32": "windows", "darwin": "macos"}.get(sys.platform, "linux")
     base = DIST / f"couchfarm-worker-{__version__}-{system}-{platform.machine().lower()}"

@@ -84,9 +84,9 @@ def end(process: subprocess.Popen | None, group: bool = False) -> None:
 
 
 def seed(admin, db: str, ms: int) -> str:  # type: ignore[no-untyped-def]
-    from hub import states
-    from hub.model import Task, task_id
-    from hub.timefmt import to_wire
+    from hub.protocol import states
+    from hub.protocol.model import Task, task_id
+    from hub.protocol.timefmt import to_wire
 
     now = admin.now().replace(microsecond=0)
     stamp = to_wire(now)
@@ -171,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     _qt = QGuiApplication.instance() or QGuiApplication(["screenshot"])
 
     from hub import provision
-    from hub.couch import Couch
     from hub.devserver import DevServer
+    from hub.protocol.couch import Couch
+    from hub.protocol.names import WORKER_ROLE
 
     work = Path(tempfile.mkdtemp(prefix="couchfarm-package-shot-"))
     dev = xvfb = trayer = app = None
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         admin = Couch(dev.url, dev.admin_user, dev.admin_password)
         provision.init(admin, "farm", now=admin.now(), hub_user="")
         password = "packaged-worker-password"
-        provision.add_user(admin, "kitchen-pc", [provision.WORKER_ROLE], password, replace=True)
+        provision.add_user(admin, "kitchen-pc", [WORKER_ROLE], password, replace=True)
         (work / "password").write_text(password + "\n")
         config_dir = work / "config" / "couchfarm"
         config_dir.mkdir(parents=True)

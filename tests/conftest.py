@@ -21,11 +21,13 @@ from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from hub import provision, replication, states
-from hub.couch import Couch
+from hub import provision, replication
 from hub.devserver import DevServer
-from hub.model import Occurrence, Task, task_id
-from hub.timefmt import to_wire
+from hub.protocol import states
+from hub.protocol.couch import Couch
+from hub.protocol.model import Occurrence, Task, task_id
+from hub.protocol.names import ADMIN_ROLE, CLIENT_ROLE_PREFIX, WORKER_ROLE
+from hub.protocol.timefmt import to_wire
 
 # Hypothesis profiles, picked by HYPOTHESIS_PROFILE (issue 21, "Deterministic CI").
 # "ci", the default and what `make test` runs: derandomized (the examples are drawn from a
@@ -121,8 +123,8 @@ def farm_on_both(couch_server, standby_server, passwords):
             admin = info.admin()
             provision.init(admin, db, now=admin.now(), hub_user="")
         admin = couch_server.admin()
-        for user, role in (("hub", provision.ADMIN_ROLE), ("w1", provision.WORKER_ROLE),
-                           ("w2", provision.WORKER_ROLE)):  # fmt: skip
+        for user, role in (("hub", ADMIN_ROLE), ("w1", WORKER_ROLE),
+                           ("w2", WORKER_ROLE)):  # fmt: skip
             provision.add_user(admin, user, [role], passwords[user], replace=True)
         primary, standby = couch_server.endpoint("primary"), standby_server.endpoint("standby")
         replication.copy_users(primary, standby)
@@ -167,13 +169,11 @@ def farm(
     admin = couch_server.admin()
     db = _fresh_db_name(request.node)
     provision.init(admin, db, now=admin.now(), hub_user="")
-    provision.add_user(admin, "hub", [provision.ADMIN_ROLE], passwords["hub"], replace=True)
+    provision.add_user(admin, "hub", [ADMIN_ROLE], passwords["hub"], replace=True)
     for name in WORKERS:
-        provision.add_user(admin, name, [provision.WORKER_ROLE], passwords[name], replace=True)
+        provision.add_user(admin, name, [WORKER_ROLE], passwords[name], replace=True)
     for name in ("acme", "globex"):
-        provision.add_user(
-            admin, name, [provision.CLIENT_ROLE_PREFIX + name], passwords[name], replace=True
-        )
+        provision.add_user(admin, name, [CLIENT_ROLE_PREFIX + name], passwords[name], replace=True)
     return Farm(couch_server, db, passwords)
 
 

@@ -21,7 +21,7 @@ What "lost" means, precisely. A *stored run* is a result a worker got a 201 for:
 line ``event=result_stored ... state=done worker= started_at= finished_at=``. A run is
 identified by (occurrence, worker, started_at, finished_at); the attempt number is not
 part of it (a rescue renumbers it to the survivor's attempt). The rule is "a result: the
-first finished wins" (``hub.states.result_order``: finish time, then worker name). A
+first finished wins" (``hub.protocol.states.result_order``: finish time, then worker name). A
 stored run is **lost** when, at the end, the occurrence's result (live or archived) is
 neither that run nor one that finished before it. A stored run that lost to an earlier
 one is *superseded*: that is the rule working, and its worker logs ``result_superseded``.
@@ -48,10 +48,11 @@ from pathlib import Path
 from typing import Any
 
 from hub import provision, replication, resolver
-from hub.couch import Couch, CouchError
-from hub.dispatch import board_db
-from hub.model import Task, task_id
-from hub.timefmt import from_wire, to_wire
+from hub.protocol.board import board_db
+from hub.protocol.couch import Couch, CouchError
+from hub.protocol.model import Task, task_id
+from hub.protocol.names import ADMIN_ROLE, WORKER_ROLE
+from hub.protocol.timefmt import from_wire, to_wire
 from tests.servers import ControlledServer, fault_servers
 
 REPO = Path(__file__).resolve().parent.parent
@@ -230,9 +231,9 @@ def run_fault(
             admin = end.couch()
             provision.init(admin, db, now=admin.now(), hub_user="")
         admin = ends[0].couch()
-        provision.add_user(admin, "hub", [provision.ADMIN_ROLE], hub_pw, replace=True)
+        provision.add_user(admin, "hub", [ADMIN_ROLE], hub_pw, replace=True)
         for name in cfg.workers:
-            provision.add_user(admin, name, [provision.WORKER_ROLE], worker_pw, replace=True)
+            provision.add_user(admin, name, [WORKER_ROLE], worker_pw, replace=True)
         replication.copy_users(ends[0], ends[1])
         replication.setup(ends[0], ends[1], db)
         hub_couch = Couch([primary.url, standby.url], "hub", hub_pw)

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from hub import archiver, provision, states
+from hub import archiver, provision
 from hub.archiver import expired_months
-from hub.couch import Forbidden
-from hub.model import Task
-from hub.provision import is_results_db, results_db
+from hub.protocol import states
+from hub.protocol.couch import Forbidden
+from hub.protocol.model import Task
+from hub.protocol.names import is_results_db, results_db
 from hub.service import build_task
 
 

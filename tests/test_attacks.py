@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import requests
 
-from hub import states
-from hub.couch import CouchError
-from hub.model import Occurrence
-from hub.timefmt import to_wire
+from hub.protocol import states
+from hub.protocol.couch import CouchError
+from hub.protocol.model import Occurrence
+from hub.protocol.timefmt import to_wire
 from tests.test_security import ROLE_MATRIX, Case, _client
 
 Doc = dict[str, Any]
@@ -253,7 +253,7 @@ def hostile_world(farm, world):
     now = farm.now().replace(microsecond=0)
     occ = Occurrence.from_doc(world["ready"])
     task = farm.hub.get(farm.db, occ.task)
-    from hub.model import Task
+    from hub.protocol.model import Task
 
     scheduled = states.materialize(
         Task.from_doc(task), now + timedelta(minutes=9), now, state=states.State.SCHEDULED,

@@ -9,11 +9,12 @@ from datetime import timedelta
 
 import pytest
 
-from hub import archiver, audit, cli, provision, replication, states
+from hub import archiver, audit, cli, provision, replication
 from hub.audit import DocRevs, Finding
-from hub.model import Occurrence, Task, task_id
-from hub.provision import results_db
-from hub.timefmt import from_wire, to_wire
+from hub.protocol import states
+from hub.protocol.model import Occurrence, Task, task_id
+from hub.protocol.names import results_db
+from hub.protocol.timefmt import from_wire, to_wire
 
 # ---------------------------------------------------------------- pure functions
 

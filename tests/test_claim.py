@@ -10,10 +10,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from desktop_worker.claim import Claimer
-from hub import provision, states
-from hub.couch import Conflict, Couch, Forbidden, NotFound
-from hub.model import Occurrence, Task, task_id
-from hub.timefmt import to_wire
+from hub import provision
+from hub.protocol import states
+from hub.protocol.couch import Conflict, Couch, Forbidden, NotFound
+from hub.protocol.model import Occurrence, Task, task_id
+from hub.protocol.names import WORKER_ROLE
+from hub.protocol.timefmt import to_wire
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -39,7 +41,7 @@ def ready(n: int, **kwargs: Any) -> Occurrence:
 
 
 class FakeCouch:
-    """Just enough of hub.couch.Couch for the claim logic: a view, PUT with rev, GET."""
+    """Just enough of hub.protocol.couch.Couch for the claim logic: a view, PUT with rev, GET."""
 
     def __init__(self, docs: list[dict[str, Any]]) -> None:
         self.docs = {d["_id"]: d for d in docs}
@@ -265,7 +267,7 @@ def test_claim_race_leases_each_occurrence_exactly_once(farm):
     racers = [f"race{i}" for i in range(6)]
     secret = {name: secrets.token_urlsafe(12) for name in racers}
     for name in racers:
-        provision.add_user(farm.admin, name, [provision.WORKER_ROLE], secret[name], replace=True)
+        provision.add_user(farm.admin, name, [WORKER_ROLE], secret[name], replace=True)
     now = farm.now().replace(microsecond=0)
     t = task("race", tube="race")
     farm.hub.put(farm.db, t.to_doc())

@@ -1,4 +1,4 @@
-"""hub.couch against the real test server: typed errors, bulk order, failover, clock."""
+"""hub.protocol.couch against the real test server: typed errors, bulk order, failover, clock."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from hub.couch import (
+from hub.devserver import free_port
+from hub.protocol.couch import (
     Conflict,
     Couch,
     Forbidden,
@@ -20,7 +21,6 @@ from hub.couch import (
     redact_url,
     split_credentials,
 )
-from hub.devserver import free_port
 from tests.servers import fault_servers
 
 

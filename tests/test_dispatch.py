@@ -6,9 +6,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hub import provision
-from hub.couch import CouchError
-from hub.dispatch import BEAT_ID, Board, Dispatcher, board_db, offer_doc_id, rendezvous
-from hub.timefmt import to_wire
+from hub.dispatch import Board, Dispatcher, rendezvous
+from hub.protocol.board import BEAT_ID, board_db, offer_doc_id
+from hub.protocol.couch import CouchError
+from hub.protocol.timefmt import to_wire
 
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 

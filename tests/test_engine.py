@@ -20,12 +20,14 @@ import pytest
 from desktop_worker.config import WorkerConfig
 from desktop_worker.engine import Engine, EngineEvent, EngineState
 from desktop_worker.spool import Spool
-from hub import provision, replication, states
-from hub.couch import Couch
+from hub import provision, replication
 from hub.dispatch import Dispatcher, rendezvous
-from hub.model import Backoff, Occurrence, Result, Task, result_id, task_id, worker_id
+from hub.protocol import states
+from hub.protocol.couch import Couch
+from hub.protocol.model import Backoff, Occurrence, Result, Task, result_id, task_id, worker_id
+from hub.protocol.names import ADMIN_ROLE, WORKER_ROLE, results_db
+from hub.protocol.timefmt import from_wire, to_wire
 from hub.serve import Hub, HubConfig
-from hub.timefmt import from_wire, to_wire
 from tests.servers import ControlledServer, fault_servers
 from tests.waiting import wait_for
 
@@ -603,7 +605,7 @@ def _solo_server(tmp_path: Path, farm) -> Iterator[tuple[ControlledServer, Couch
 def _provision(admin: Couch, farm) -> None:
     provision.init(admin, farm.db, now=admin.now(), hub_user="")
     for name in ("hub", "w1", "w2"):
-        role = provision.ADMIN_ROLE if name == "hub" else provision.WORKER_ROLE
+        role = ADMIN_ROLE if name == "hub" else WORKER_ROLE
         provision.add_user(admin, name, [role], farm.passwords[name], replace=True)
 
 
@@ -644,7 +646,7 @@ def test_uploaded_result_stays_until_seen_on_the_standby(farm, make_engine, stan
     standby.put(farm.db, {k: v for k, v in replicated.items() if k != "_rev"})
     archived = Occurrence.from_doc(farm.admin.get(farm.db, ids[1]))
     assert archived.result is not None
-    month_db = provision.results_db(farm.db, from_wire(archived.due_at))
+    month_db = results_db(farm.db, from_wire(archived.due_at))
     provision.ensure_results_db(standby, month_db)
     standby.put(
         month_db,

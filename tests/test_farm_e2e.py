@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 from hub import provision
-from hub.model import Task, task_id
-from hub.timefmt import to_wire
+from hub.protocol.model import Task, task_id
+from hub.protocol.names import WORKER_ROLE
+from hub.protocol.timefmt import to_wire
 from tests import waiting
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -117,9 +118,7 @@ def test_hub_and_four_workers_run_every_occurrence_exactly_once(farm, hands):
     # COUCHFARM_E2E_SECONDS=120); the suite's default is sized for a 2-core CI machine.
     tasks = int(os.environ.get("COUCHFARM_E2E_TASKS", "40"))
     seconds = float(os.environ.get("COUCHFARM_E2E_SECONDS", "60"))
-    provision.add_user(
-        farm.admin, "w4", [provision.WORKER_ROLE], farm.passwords["w1"], replace=True
-    )
+    provision.add_user(farm.admin, "w4", [WORKER_ROLE], farm.passwords["w1"], replace=True)
     farm.passwords["w4"] = farm.passwords["w1"]
     add_tasks(farm, [f"load{n:03d}" for n in range(tasks)])
     add_tasks(farm, ["slow"], input={"ms": 8000}, tube="slow", ttr=10, schedule={"every": 30})
@@ -240,8 +239,8 @@ def test_worker_cut_off_for_a_minute_keeps_its_result_and_uploads_it(farm, hands
     proxy = PausableProxy(port)
     try:
         add_tasks(farm, ["cut"], input={"ms": 4000}, ttr=600, tube="cut", schedule={"every": 3600})
-        from hub import states
-        from hub.model import Task as TaskModel
+        from hub.protocol import states
+        from hub.protocol.model import Task as TaskModel
 
         task = TaskModel.from_doc(farm.hub.get(farm.db, task_id("acme", "cut")))
         now = farm.now().replace(microsecond=0)

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hub import states
-from hub.model import Occurrence, State, Task, task_id
+from hub.protocol import states
+from hub.protocol.model import Occurrence, State, Task, task_id
+from hub.protocol.timefmt import to_wire
 from hub.serve import Hub, HubConfig
-from hub.timefmt import to_wire
 
 DAY_START = datetime(2027, 1, 1, tzinfo=UTC)
 
@@ -185,7 +185,7 @@ def test_archiver_moves_results_and_keeps_the_newest_per_task(farm):
     assert (report.archived, report.removed) == (3, 2)
     left = occurrences(farm, task)
     assert len(left) == 1
-    from hub.provision import results_db
+    from hub.protocol.names import results_db
 
     archived = farm.admin.get(results_db(farm.db, clock.now), "res:" + left[0]["_id"])
     assert archived["status"] == "ok" and archived["output"] == {"n": 1}
@@ -261,7 +261,7 @@ def test_fair_share_a_big_client_does_not_starve_a_small_one(farm):
 
 def test_aging_a_low_priority_run_is_served_before_later_urgent_ones():
     """turn_at: priority 2**32-1 waits at most 22 minutes behind priority 0, never more."""
-    from hub.states import turn_at
+    from hub.protocol.states import turn_at
 
     due = datetime(2027, 1, 1, tzinfo=UTC)
     lowest = turn_at(due, 2**32 - 1)

@@ -1,4 +1,4 @@
-"""hub.kinds: the input schema of each built-in kind and messages a person can act on."""
+"""hub.protocol.kinds: the input schema of each built-in kind and messages a person can act on."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from hub.kinds import (
+from hub.protocol.kinds import (
     KIND_SCHEMAS,
     NETWORK_KINDS,
     apply_defaults,

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hub import states
 from hub.materializer import plan_task
-from hub.model import State, Task
+from hub.protocol import states
+from hub.protocol.model import State, Task
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 

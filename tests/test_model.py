@@ -1,4 +1,4 @@
-"""Unit and property tests for hub.model (document shapes) and hub.timefmt (hub time)."""
+"""Unit and property tests for hub.protocol.model (document shapes) and timefmt (hub time)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from hub.model import (
+from hub.protocol.model import (
     DEFAULT_PRIORITY,
     FINAL_STATES,
     MAX_INPUT_BYTES,
@@ -40,7 +40,7 @@ from hub.model import (
     task_id,
     worker_id,
 )
-from hub.timefmt import (
+from hub.protocol.timefmt import (
     as_utc,
     from_wire,
     month_key,
@@ -739,7 +739,7 @@ def test_text_fields_take_lone_surrogates_as_replacement_characters() -> None:
     assert ErrorRecord(attempt=1, at=W0, error="\udfff").error == "\ufffd"
     assert RunResult.model_validate(result_doc(error="x\ud800")).error == "x\ufffd"
     assert Occurrence.model_validate(occ_doc(reason="\ud800" * 495)).reason == "\ufffd" * 495
-    # The lengths are still checked, not cut: cutting is hub.states' job.
+    # The lengths are still checked, not cut: cutting is hub.protocol.states' job.
     for build in (
         lambda: Progress(msg="\ud800" * 201),
         lambda: ErrorRecord(attempt=1, at=W0, error="\ud800" * 2001),

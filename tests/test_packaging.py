@@ -34,11 +34,12 @@ import yaml
 from desktop_worker import cli, selftest
 from desktop_worker.config import WorkerConfig
 from desktop_worker.engine import Engine, EngineEvent
-from hub import provision, states
-from hub.couch import Couch
-from hub.model import Task, task_id, worker_id
-from hub.timefmt import to_wire
-from hub.version import (
+from hub import provision
+from hub.protocol import states
+from hub.protocol.couch import Couch
+from hub.protocol.model import Task, task_id, worker_id
+from hub.protocol.timefmt import to_wire
+from hub.protocol.version import (
     MIN_WORKER_VERSION,
     POLICY_DOC_ID,
     __version__,
@@ -105,10 +106,10 @@ def test_a_failed_check_gives_a_failed_verdict_and_the_others_still_run() -> Non
 
 
 def test_a_frozen_bundle_without_its_version_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    import hub.version
+    import hub.protocol.version
 
     monkeypatch.setattr(sys, "frozen", True, raising=False)
-    monkeypatch.setattr(hub.version, "__version__", "0.0.0+source")
+    monkeypatch.setattr(hub.protocol.version, "__version__", "0.0.0+source")
     with pytest.raises(selftest.CheckFailed, match="copy_metadata"):
         selftest.check_version()
 
@@ -245,6 +246,9 @@ def test_spec_leaves_out_the_portal_and_heavy_qt(spec_run: dict[str, Any]) -> No
         "jinja2",
         "apscheduler",
         "hub.schedules",
+        "hub.provision",
+        "hub.dispatch",
+        "hub.audit",
         "PySide6.QtQml",
         "PySide6.QtQuick",
         "PySide6.QtWebEngineCore",
@@ -264,13 +268,14 @@ def test_spec_adds_handlers_hub_modules_keyring_and_metadata(spec_run: dict[str,
     hidden = set(spec_run["analysis"]["hiddenimports"])
     assert set(BUILTIN_MODULES.values()) <= hidden
     for name in [
-        "hub.couch",
-        "hub.model",
-        "hub.states",
-        "hub.kinds",
-        "hub.timefmt",
-        "hub.version",
-        "hub.provision",
+        "hub.protocol.couch",
+        "hub.protocol.model",
+        "hub.protocol.states",
+        "hub.protocol.kinds",
+        "hub.protocol.timefmt",
+        "hub.protocol.version",
+        "hub.protocol.names",
+        "hub.protocol.board",
         "desktop_worker.tray.window",
         "desktop_worker.tray.wizard",
         "desktop_worker.selftest",
@@ -280,6 +285,8 @@ def test_spec_adds_handlers_hub_modules_keyring_and_metadata(spec_run: dict[str,
     ]:
         assert name in hidden, name
     assert not any("screenshots" in name for name in hidden)
+    # nothing of the hub but its protocol core
+    assert not [n for n in hidden if n.startswith("hub.") and not n.startswith("hub.protocol")]
     datas = [Path(dest).name for _src, dest in spec_run["analysis"]["datas"]]
     assert any(re.fullmatch(r"couchfarm(-[\d.]+)?\.(dist|egg)-info", name) for name in datas)
     assert all(Path(src).is_absolute() for src, _dest in spec_run["analysis"]["datas"])

@@ -12,14 +12,15 @@ from datetime import timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from hub import archiver, provision, states
-from hub.model import Occurrence, Progress, WorkerDoc, occurrence_id, worker_id
+from hub import archiver, provision
 from hub.portal.app import PortalSettings, create_app
 from hub.portal.forms import field_of
 from hub.portal.security import RateLimiter, token_hash
-from hub.provision import results_db
+from hub.protocol import states
+from hub.protocol.model import Occurrence, Progress, WorkerDoc, occurrence_id, worker_id
+from hub.protocol.names import results_db
+from hub.protocol.timefmt import from_wire, to_wire
 from hub.service import FarmService, build_task
-from hub.timefmt import from_wire, to_wire
 
 SECRET = "test-secret-key-for-the-portal-0123456789"
 EVERY = {"kind": "demo.sleep", "input": {"ms": 10}, "schedule": {"every": 60}}
@@ -808,8 +809,8 @@ def test_dashboard_ignores_a_kept_copy_only_once(service, farm, world):
 
 def test_dashboard_without_permission_to_list_databases(service, farm, world, monkeypatch):
     """CouchDB 3 lets only server admins read /_all_dbs: month names are computed instead."""
-    from hub.couch import Forbidden
     from hub.portal.data import PortalData
+    from hub.protocol.couch import Forbidden
 
     def refuse():
         raise Forbidden("GET /_all_dbs: 403", status=403)

@@ -47,7 +47,7 @@ def api_schema(fuzz_app):
 
 def _operations() -> list[tuple[str, str]]:
     """(method, path) of every API operation; the app is built without touching CouchDB."""
-    from hub.couch import Couch
+    from hub.protocol.couch import Couch
 
     offline = FarmService(Couch("http://127.0.0.1:9"), "offline")
     spec = create_app(offline, lambda name, password: None, secret_key=SECRET).openapi()

@@ -9,7 +9,7 @@ import pytest
 
 from desktop_worker import readyset
 from desktop_worker.readyset import ReadySet
-from hub.timefmt import to_wire
+from hub.protocol.timefmt import to_wire
 
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 

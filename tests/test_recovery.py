@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 from hub import audit, provision, replication
-from hub.couch import RECOVERY_MARKER_ID, Couch, CouchError, NotFound, Response
+from hub.protocol.couch import RECOVERY_MARKER_ID, Couch, CouchError, NotFound, Response
+from hub.protocol.names import ADMIN_ROLE, WORKER_ROLE
 from hub.serve import Hub, HubConfig
 from tests import waiting
 from tests.servers import ControlledServer, fault_servers
@@ -54,8 +55,8 @@ def fault_farm(
                 admin = end.couch()
                 provision.init(admin, db, now=admin.now(), hub_user="")
             admin = ends[0].couch()
-            provision.add_user(admin, "hub", [provision.ADMIN_ROLE], passwords["hub"], replace=True)
-            provision.add_user(admin, "w1", [provision.WORKER_ROLE], passwords["w1"], replace=True)
+            provision.add_user(admin, "hub", [ADMIN_ROLE], passwords["hub"], replace=True)
+            provision.add_user(admin, "w1", [WORKER_ROLE], passwords["w1"], replace=True)
             replication.copy_users(ends[0], ends[1])
             replication.setup(ends[0], ends[1], db)
             yield db, pair, ends

@@ -8,12 +8,14 @@ from datetime import timedelta
 
 import pytest
 
-from hub import provision, replication, resolver, states
-from hub.couch import Couch, CouchError
+from hub import provision, replication, resolver
 from hub.devserver import DevServer
-from hub.model import Occurrence, Task, task_id
+from hub.protocol import states
+from hub.protocol.couch import Couch, CouchError
+from hub.protocol.model import Occurrence, Task, task_id
+from hub.protocol.names import WORKER_ROLE, results_db
+from hub.protocol.timefmt import to_wire
 from hub.serve import Hub, HubConfig
-from hub.timefmt import to_wire
 from tests import waiting
 
 
@@ -152,8 +154,8 @@ def test_a_conflicted_user_is_settled_and_can_log_in_again(pair, passwords):
     db, primary, standby = pair
     admin = primary.couch()
     name, donor = f"u{secrets.token_hex(3)}", f"d{secrets.token_hex(3)}"
-    provision.add_user(admin, name, [provision.WORKER_ROLE], "first-pass")
-    provision.add_user(admin, donor, [provision.WORKER_ROLE], "second-pass")
+    provision.add_user(admin, name, [WORKER_ROLE], "first-pass")
+    provision.add_user(admin, donor, [WORKER_ROLE], "second-pass")
     user_doc = provision.user_doc_id(name)
     hashed = admin.get("_users", provision.user_doc_id(donor))
     # CouchDB 3.4+ hashes with PBKDF2-SHA256 and says so in pbkdf2_prf; without it the
@@ -161,7 +163,7 @@ def test_a_conflicted_user_is_settled_and_can_log_in_again(pair, passwords):
     hash_keys = ("iterations", "password_scheme", "salt", "derived_key", "pbkdf2_prf")
     branch = {key: hashed[key] for key in hash_keys if key in hashed}
     branch |= {"_id": user_doc, "_rev": f"1-{secrets.token_hex(16)}", "name": name,
-               "type": "user", "roles": [provision.WORKER_ROLE],
+               "type": "user", "roles": [WORKER_ROLE],
                "updated_at": to_wire(admin.now() + timedelta(seconds=1))}  # fmt: skip
     admin.request("POST", "/_users/_bulk_docs", body={"docs": [branch], "new_edits": False})
     assert admin.get("_users", user_doc, conflicts="true").get("_conflicts")
@@ -174,7 +176,7 @@ def test_a_conflicted_user_is_settled_and_can_log_in_again(pair, passwords):
         doc = end.couch().get("_users", user_doc, conflicts="true")
         assert not doc.get("_conflicts")
         assert Couch(end.url, name, "second-pass").db_info(db)["db_name"] == db
-    assert provision.user_roles(admin, donor) == [provision.WORKER_ROLE]
+    assert provision.user_roles(admin, donor) == [WORKER_ROLE]
     donor_doc = admin.get("_users", provision.user_doc_id(donor))
     admin.delete("_users", donor_doc["_id"], donor_doc["_rev"])
 
@@ -198,7 +200,7 @@ def test_setup_is_idempotent_and_health_reports_lag(pair, passwords):
     assert forward.healthy
     # Every farm database's replication is reported, both ways: to the hub the live one and
     # this month's results; to a server admin also _users, with the replications' states.
-    month = provision.results_db(db, p_admin.now())
+    month = results_db(db, p_admin.now())
     provision.ensure_results_db(p_admin, month)
     replication.setup(primary, standby, db)
     wait_for(lambda: s_admin.get_or_none(month, "_design/results") is not None, what="month")
@@ -298,7 +300,7 @@ def test_the_hub_creates_new_months_with_replications_and_retires_old_ones(pair,
     hub = Hub(Couch([primary.url, standby.url], "hub", passwords["hub"]), HubConfig(db=db),
               admin=admin, replication_ends=(primary, standby))  # fmt: skip
     now = hub.now()
-    next_month = provision.results_db(db, now + timedelta(days=32))
+    next_month = results_db(db, now + timedelta(days=32))
 
     assert hub.retention() == [expired]
     for couch in (p_admin, s_admin):

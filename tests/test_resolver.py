@@ -12,10 +12,11 @@ import pytest
 
 from desktop_worker.confirm import Confirmer
 from desktop_worker.spool import Spool
-from hub import replication, resolver, states
-from hub.couch import Couch, CouchError
-from hub.model import Occurrence, Task, task_id
-from hub.timefmt import to_wire
+from hub import replication, resolver
+from hub.protocol import states
+from hub.protocol.couch import Couch, CouchError
+from hub.protocol.model import Occurrence, Task, task_id
+from hub.protocol.timefmt import to_wire
 
 
 def _at(second: int) -> str:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.model import Schedule
+from hub.protocol.model import Schedule
 from hub.schedules import (
     ScheduleError,
     fire_times,

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from hub import states
-from hub.couch import CouchError, Forbidden, Unauthorized
-from hub.model import Occurrence, Task, task_id
-from hub.provision import results_db
-from hub.timefmt import to_wire
+from hub.protocol import states
+from hub.protocol.couch import CouchError, Forbidden, Unauthorized
+from hub.protocol.model import Occurrence, Task, task_id
+from hub.protocol.names import results_db
+from hub.protocol.timefmt import to_wire
 
 Doc = dict[str, Any]
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from hub import cli, states
-from hub.model import Occurrence
+from hub import cli
+from hub.protocol import states
+from hub.protocol.model import Occurrence
+from hub.protocol.timefmt import from_wire
 from hub.service import ConflictError, FarmService, NotFoundError, ServiceError
-from hub.timefmt import from_wire
 
 EVERY_MINUTE = {"kind": "demo.sleep", "input": {"ms": 10}, "schedule": {"every": 60}}
 

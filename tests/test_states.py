@@ -1,4 +1,4 @@
-"""Unit and property tests for the occurrence state machine in hub.states."""
+"""Unit and property tests for the occurrence state machine in hub.protocol.states."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from hypothesis.stateful import (
 )
 from pydantic import ValidationError
 
-from hub.model import (
+from hub.protocol.model import (
     ACTIVE_STATES,
     FINAL_STATES,
     MAX_ERROR_HISTORY,
@@ -34,7 +34,7 @@ from hub.model import (
     clean_text,
     occurrence_id,
 )
-from hub.states import (
+from hub.protocol.states import (
     PROGRESS_RANK,
     InvalidTransition,
     bury,
@@ -54,7 +54,7 @@ from hub.states import (
     skip,
     touch,
 )
-from hub.timefmt import from_wire, to_wire
+from hub.protocol.timefmt import from_wire, to_wire
 
 T0 = datetime(2026, 12, 1, 0, 1, 0, tzinfo=UTC)
 WORKERS = ("w1", "w2", "w3")

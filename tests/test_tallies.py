@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from hub import archiver, cli, provision, replication, resolver
-from hub.model import Task
+from hub.protocol.model import Task
+from hub.protocol.timefmt import from_wire
 from hub.service import build_task
-from hub.timefmt import from_wire
 from tests.test_archiver import EVERY, results
 
 

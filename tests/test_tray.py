@@ -1213,7 +1213,7 @@ assert "cryptography" not in sys.modules, "jwt/cryptography loaded at start"
 for name in ("jwt", "dateutil.parser", "more_itertools"):
     assert type(sys.modules[name]).__name__ == "DeferredModule", (name, sys.modules[name])
 # Loaded only when used: the runner (first run), ibmcloudant's generated client (never;
-# hub/couch.py uses the SDK core), QtNetwork (Windows' single-instance pipe only).
+# hub/protocol/couch.py uses the SDK core), QtNetwork (Windows' single-instance pipe only).
 for name in ("desktop_worker.runner", "multiprocessing", "ibmcloudant", "PySide6.QtNetwork"):
     assert name not in sys.modules, f"{name} loaded at start"
 # shiboken reads the source of every module an import statement names once PySide6 is

@@ -25,11 +25,11 @@ from desktop_worker.tray.conditions import IdleDetector, Power
 from desktop_worker.tray.diagnose import test_connection
 from desktop_worker.tray.icons import TrayState
 from desktop_worker.tray.store import SecretStore, SettingsStore
-from hub import states
-from hub.couch import Couch
 from hub.devserver import free_port
-from hub.model import Task, task_id
-from hub.timefmt import to_wire
+from hub.protocol import states
+from hub.protocol.couch import Couch
+from hub.protocol.model import Task, task_id
+from hub.protocol.timefmt import to_wire
 
 
 def seed(hub: Couch, db: str, slug: str, tube: str, ms: int) -> str:

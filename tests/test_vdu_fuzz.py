@@ -2,7 +2,7 @@
 
 Random sequences of operations by random actors (three workers and the hub), some legal
 and some tampered with, are sent to the server. Whatever the server accepts, the stored
-occurrence must always be a valid document (hub.model), must never carry a result
+occurrence must always be a valid document (hub.protocol.model), must never carry a result
 without the lease that produced it, and must never leave a final state.
 """
 
@@ -14,10 +14,10 @@ from datetime import timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hub import states
-from hub.couch import CouchError
-from hub.model import FINAL_STATES, Occurrence, Task, task_id
-from hub.timefmt import to_wire
+from hub.protocol import states
+from hub.protocol.couch import CouchError
+from hub.protocol.model import FINAL_STATES, Occurrence, Task, task_id
+from hub.protocol.timefmt import to_wire
 
 ACTORS = ("w1", "w2", "w3", "hub")
 OPS = ("claim", "touch", "finish", "fail", "release", "expire", "cancel", "kick")

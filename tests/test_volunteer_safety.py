@@ -21,9 +21,9 @@ import pytest
 from desktop_worker import runner
 from desktop_worker.config import WorkerConfig
 from desktop_worker.engine import Engine
-from hub import states
-from hub.model import Task, task_id
-from hub.timefmt import to_wire
+from hub.protocol import states
+from hub.protocol.model import Task, task_id
+from hub.protocol.timefmt import to_wire
 
 INTERNAL_NAME = "intranet.example.test"
 

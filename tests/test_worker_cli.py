@@ -14,10 +14,10 @@ import pytest
 
 from desktop_worker import cli
 from desktop_worker.claim import Claimer
-from hub import states
-from hub.model import Occurrence
-from hub.timefmt import from_wire
-from hub.version import __version__
+from hub.protocol import states
+from hub.protocol.model import Occurrence
+from hub.protocol.timefmt import from_wire
+from hub.protocol.version import __version__
 from tests.test_engine import seed
 from tests.waiting import wait_for
 

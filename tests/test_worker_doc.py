@@ -16,7 +16,7 @@ from typing import Any
 
 from desktop_worker.config import WorkerConfig
 from desktop_worker.engine import Engine, EngineState
-from hub.model import WorkerDoc
+from hub.protocol.model import WorkerDoc
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,7 +71,7 @@ import sys, tempfile
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_worker_doc import engine_for
-import hub.model as model
+import hub.protocol.model as model
 engine_for(Path(tempfile.mkdtemp())).worker_doc()
 built = [name for name, value in vars(model).items()
          if getattr(value, "__pydantic_complete__", False)]

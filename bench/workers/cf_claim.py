@@ -35,10 +35,10 @@ from desktop_worker.claim import Claimer, ClaimStats
 from desktop_worker.config import DEFAULT_CLAIM_K
 from desktop_worker.feed import ClaimFeed
 from desktop_worker.readyset import ReadySet
-from hub.couch import Couch
-from hub.model import WorkerDoc, worker_id
-from hub.timefmt import to_wire
-from hub.version import __version__
+from hub.protocol.couch import Couch
+from hub.protocol.model import WorkerDoc, worker_id
+from hub.protocol.timefmt import to_wire
+from hub.protocol.version import __version__
 
 
 def reply(message: dict) -> None:

@@ -44,7 +44,7 @@ from bench.common import LogLine, endpoint
 from desktop_worker.config import WorkerConfig
 from desktop_worker.engine import Engine, default_couch_factory
 from desktop_worker.runner import Outcome
-from hub.couch import Couch
+from hub.protocol.couch import Couch
 
 
 class SleepRun:

@@ -24,7 +24,7 @@ from types import MappingProxyType, ModuleType
 from typing import Any
 
 from desktop_worker.netguard import NetError, NetPolicy, TargetRefused
-from hub.kinds import KIND_SCHEMAS, schema_problems
+from hub.protocol.kinds import KIND_SCHEMAS, schema_problems
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def clear_plugin_cache() -> None:
 
 
 def _load_plugin(ep: Any) -> Plugin | None:
-    from hub.model import KIND_PATTERN  # pydantic: imported only when plugins are present
+    from hub.protocol.model import KIND_PATTERN  # pydantic: imported only when plugins are present
 
     name = str(ep.name)
     if name in BUILTIN_MODULES:

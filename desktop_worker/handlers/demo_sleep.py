@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from desktop_worker.handlers import HandlerContext, HandlerError
-from hub.kinds import apply_defaults
+from hub.protocol.kinds import apply_defaults
 
 STEP_S = 0.1
 

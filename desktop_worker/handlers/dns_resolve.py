@@ -14,7 +14,7 @@ from typing import Any
 
 from desktop_worker.handlers import HandlerContext, network_errors
 from desktop_worker.netguard import NameNotFound, normalize_host
-from hub.kinds import apply_defaults
+from hub.protocol.kinds import apply_defaults
 
 
 def run(input: dict[str, Any], ctx: HandlerContext) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from desktop_worker.handlers import HandlerContext, network_errors
 from desktop_worker.netguard import http_request
-from hub.kinds import apply_defaults
+from hub.protocol.kinds import apply_defaults
 
 
 def run(input: dict[str, Any], ctx: HandlerContext) -> dict[str, Any]:

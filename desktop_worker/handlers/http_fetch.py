@@ -15,7 +15,7 @@ from typing import Any
 from desktop_worker.handlers import HandlerContext, HandlerError, network_errors
 from desktop_worker.handlers.http_check import decode_body
 from desktop_worker.netguard import http_request
-from hub.kinds import apply_defaults
+from hub.protocol.kinds import apply_defaults
 
 _MISSING = object()
 

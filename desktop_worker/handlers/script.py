@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from desktop_worker.handlers import HandlerContext, HandlerError, ScriptSpec
-from hub.kinds import schema_problems, validate_against
+from hub.protocol.kinds import schema_problems, validate_against
 
 DEFAULT_TIMEOUT_S = 60.0
 STDERR_TAIL = 2000

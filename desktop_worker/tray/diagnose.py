@@ -13,7 +13,7 @@ fails, so the message names it:
    (``not_worker``, with the roles it does have);
 6. the live database (``no_database``): it does not exist, or the user may not read it.
 
-Only :mod:`hub.couch` speaks HTTP to CouchDB; the steps before it use sockets.
+Only :mod:`hub.protocol.couch` speaks HTTP to CouchDB; the steps before it use sockets.
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from hub.couch import Couch, CouchError, Forbidden, NotFound, Unauthorized, Unavailable, redact_url
+from hub.protocol.couch import (
+    Couch,
+    CouchError,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+    redact_url,
+)
 
 WORKER_ROLE = "farm_worker"
 ADMIN_ROLES = ("farm_admin", "_admin")

@@ -58,7 +58,7 @@ ARENA_MAX = 2
 # the worker uses basic auth), charset_normalizer (requests guesses a response's encoding
 # with it only when asked for ``.text`` without a charset), dateutil's parser (with six,
 # dateutil.tz and relativedelta: ibm_cloud_sdk_core imports it to parse the dates of
-# generated models, which hub/couch.py does not use) and more_itertools (keyring's
+# generated models, which hub/protocol/couch.py does not use) and more_itertools (keyring's
 # jaraco.functools calls it in one helper keyring never uses). The second item is the
 # distribution whose version the stand-in reports as ``__version__`` (requests checks it).
 DEFERRED = (
@@ -71,7 +71,13 @@ DEFERRED = (
 # neither scans nor caches it: the engine, the handlers (the engine lists the kinds it
 # runs in its worker document), the keyring (the password at start) and psutil (battery
 # checks). Not the runner: it (and multiprocessing) loads with the first run.
-EARLY = ("desktop_worker.engine", "hub.couch", "desktop_worker.handlers", "keyring", "psutil")
+EARLY = (
+    "desktop_worker.engine",
+    "hub.protocol.couch",
+    "desktop_worker.handlers",
+    "keyring",
+    "psutil",
+)
 
 _lock = threading.RLock()
 _prepared = False

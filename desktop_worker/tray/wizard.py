@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
 
 from desktop_worker.tray.diagnose import Diagnosis, test_connection
 from desktop_worker.tray.settings import ConnectionTester, Tester, describe
-from hub.model import NAME_PATTERN
+from hub.protocol.model import NAME_PATTERN
 
 
 def split_urls(text: str) -> list[str]:

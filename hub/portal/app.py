@@ -34,10 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hub import kinds, schedules
-from hub.couch import Conflict, Couch, CouchError, Forbidden, NotFound
-from hub.model import SLUG_PATTERN, Schedule, Task, describe_validation_error
-from hub.model import split_occurrence_id as _split_occ
+from hub import schedules
 from hub.portal import forms
 from hub.portal.data import ALL_STATES, SHOWN_STATES, PortalData, describe_schedule, next_due
 from hub.portal.login_guard import (
@@ -66,8 +63,12 @@ from hub.portal.security import (
     principal_from_roles,
     valid_client_name,
 )
+from hub.protocol import kinds
+from hub.protocol.couch import Conflict, Couch, CouchError, Forbidden, NotFound
+from hub.protocol.model import SLUG_PATTERN, Schedule, Task, describe_validation_error
+from hub.protocol.model import split_occurrence_id as _split_occ
+from hub.protocol.timefmt import as_utc, from_wire, to_wire
 from hub.service import FarmService, NotFoundError, ServiceError
-from hub.timefmt import as_utc, from_wire, to_wire
 
 log = logging.getLogger("couchfarm.portal")
 
@@ -115,7 +116,7 @@ class NotLoggedIn(Exception):
 
 
 class TaskFields(BaseModel):
-    """Fields of a task a client sets; the hub fills in the rest (see hub.model.Task)."""
+    """Fields of a task a client sets; the hub fills in the rest (see hub.protocol.model.Task)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -25,11 +25,11 @@ from typing import Any
 
 from hub import schedules
 from hub.archiver import TALLY_PREFIX
-from hub.couch import Couch, CouchError, NotFound
-from hub.model import FINAL_STATES, Task, occurrence_id
-from hub.provision import results_db
+from hub.protocol.couch import Couch, CouchError, NotFound
+from hub.protocol.model import FINAL_STATES, Task, occurrence_id
+from hub.protocol.names import results_db
+from hub.protocol.timefmt import as_utc, from_wire, month_key, to_wire
 from hub.service import FarmService
-from hub.timefmt import as_utc, from_wire, month_key, to_wire
 
 log = logging.getLogger("couchfarm.portal")
 
@@ -45,7 +45,7 @@ EPOCH_WIRE = "1970-01-01T00:00:00.000Z"
 
 
 def is_month_db(live_db: str, name: str) -> bool:
-    """``<live_db>_results_YYYY_MM``. (hub.provision.is_results_db expects one character
+    """``<live_db>_results_YYYY_MM``. (hub.is_results_db expects one character
     more than results_db makes, so it matches nothing; this check is exact.)"""
     prefix = f"{live_db}_results_"
     return name.startswith(prefix) and re.fullmatch(r"\d{4}_\d{2}", name[len(prefix) :]) is not None

@@ -11,9 +11,9 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from hub.kinds import KIND_SCHEMAS
-from hub.model import DEFAULT_PRIORITY, MAX_PRIORITY, Task
-from hub.timefmt import to_wire
+from hub.protocol.kinds import KIND_SCHEMAS
+from hub.protocol.model import DEFAULT_PRIORITY, MAX_PRIORITY, Task
+from hub.protocol.timefmt import to_wire
 
 # One line on each scheduling knob, shown under its field.
 EXPLAIN = {
@@ -270,8 +270,9 @@ def all_problems(spec: dict[str, Any], first: list[str], now: datetime, min_inte
     """
     from pydantic import ValidationError
 
-    from hub import kinds, schedules
-    from hub.model import Schedule, describe_validation_error
+    from hub import schedules
+    from hub.protocol import kinds
+    from hub.protocol.model import Schedule, describe_validation_error
 
     more: list[str] = []
     if spec.get("kind") in KIND_SCHEMAS and isinstance(spec.get("input"), dict):

@@ -37,8 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from hub.couch import Couch, CouchError, Forbidden, NotFound, Unauthorized
 from hub.portal.security import RateLimiter
+from hub.protocol.couch import Couch, CouchError, Forbidden, NotFound, Unauthorized
 
 # CouchDB 3's defaults for [chttpd_auth_lockout]: threshold = 5, max_lifetime = 300000 ms.
 COUCH_LOCKOUT_THRESHOLD = 5

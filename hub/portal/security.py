@@ -38,10 +38,10 @@ from typing import Any
 from fastapi import HTTPException
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from hub.couch import Couch, CouchError, Forbidden, NotFound, Unauthorized, Unavailable
-from hub.model import NAME_PATTERN
-from hub.provision import ADMIN_ROLE, CLIENT_ROLE_PREFIX
-from hub.timefmt import to_wire
+from hub.protocol.couch import Couch, CouchError, Forbidden, NotFound, Unauthorized, Unavailable
+from hub.protocol.model import NAME_PATTERN
+from hub.protocol.names import ADMIN_ROLE, CLIENT_ROLE_PREFIX
+from hub.protocol.timefmt import to_wire
 
 log = logging.getLogger("couchfarm.portal")
 
@@ -120,7 +120,7 @@ def couch_authenticator(couch: Couch, timeout: float = 10.0) -> Authenticator:
     Returns CouchDB's ``userCtx`` ({name, roles}) plus ``auth_cookie``, the CouchDB
     session (``AuthSession``) the portal keeps server-side to re-check the user later
     (:class:`CouchRecheck`), or None when the server says 401. Other failures (server
-    down) raise :class:`hub.couch.CouchError`.
+    down) raise :class:`hub.protocol.couch.CouchError`.
     """
     urls = [server.url for server in couch.servers]
     verify = couch.verify
@@ -224,7 +224,7 @@ class CouchRecheck:
     def still_valid(self, who: Principal) -> bool:
         """Whether CouchDB still knows this session's user with the same portal access.
 
-        Raises :class:`hub.couch.Unavailable` when CouchDB cannot be asked (the session is
+        Raises :class:`hub.protocol.couch.Unavailable` when CouchDB cannot be asked (the session is
         kept: a server outage is not a logout).
         """
         now = self.clock()

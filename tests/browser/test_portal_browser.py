@@ -15,14 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from hub import archiver, provision, states
-from hub.couch import Forbidden
-from hub.model import Occurrence, Progress, WorkerDoc, worker_id
+from hub import archiver, provision
 from hub.portal.app import PortalSettings, create_app
 from hub.portal.server import serve_app
-from hub.provision import results_db
+from hub.protocol import states
+from hub.protocol.couch import Forbidden
+from hub.protocol.model import Occurrence, Progress, WorkerDoc, worker_id
+from hub.protocol.names import results_db
+from hub.protocol.timefmt import to_wire
 from hub.service import ConflictError, FarmService
-from hub.timefmt import to_wire
 
 CHROMIUM = os.environ.get("COUCHFARM_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from hub.timefmt import from_wire, to_id_stamp
+from hub.protocol.timefmt import from_wire, to_id_stamp
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -125,7 +125,7 @@ def _valid_text(value: Any) -> Any:
 
 
 # A text field that takes text from outside: lone surrogates are replaced, not refused
-# (its length is still checked; hub.states cuts what it stores to the field's maximum).
+# (its length is still checked; hub.protocol.states cuts what it stores to the field's maximum).
 OutsideText = Annotated[str, BeforeValidator(_valid_text)]
 
 
@@ -308,7 +308,7 @@ class Occurrence(DocModel):
     max_attempts: int = Field(ge=1, le=100)
     due_at: str = Field(pattern=WIRE_TIME_PATTERN)
     not_before: str = Field(pattern=WIRE_TIME_PATTERN)
-    # Turn order in the tube's ready queue (see hub.states.turn_at); defaults to due_at.
+    # Turn order in the tube's ready queue (see hub.protocol.states.turn_at); defaults to due_at.
     queue_at: str | None = Field(default=None, pattern=WIRE_TIME_PATTERN)
     state: State
     attempt: int = Field(default=0, ge=0)

@@ -21,7 +21,7 @@ import random
 from datetime import datetime, timedelta
 from typing import Any
 
-from hub.model import (
+from hub.protocol.model import (
     ACTIVE_STATES,
     DEFAULT_PRIORITY,
     FINAL_STATES,
@@ -39,7 +39,7 @@ from hub.model import (
     clean_text,
     occurrence_id,
 )
-from hub.timefmt import from_wire, to_wire
+from hub.protocol.timefmt import from_wire, to_wire
 
 
 class InvalidTransition(ValueError):
@@ -153,7 +153,7 @@ def touch(
 ) -> Occurrence:
     """Extend the lease by a TTR from ``now`` (beanstalkd's touch), with optional progress.
 
-    ``Progress`` replaces lone surrogates in its message itself (hub.model.OutsideText), so
+    ``Progress`` replaces lone surrogates in its message itself (hub.protocol.model.OutsideText), so
     a worker's progress is valid however it was built; its length is the caller's to cut."""
     _require_holder(occ, "touch", worker)
     assert occ.lease is not None
@@ -165,7 +165,7 @@ def finish(
     occ: Occurrence, worker: str, now: datetime, *, started_at: datetime, output: Any
 ) -> Occurrence:
     _require_holder(occ, "finish", worker)
-    # RunResult replaces lone surrogates in the output's strings (hub.model.clean_json).
+    # RunResult replaces lone surrogates in the output's strings (hub.protocol.model.clean_json).
     result = RunResult(
         status="ok",
         worker=worker,

@@ -1,0 +1,50 @@
+"""The board both sides read: the hub's offers and beat, and who is online.
+
+The hub's dispatcher (``hub/dispatch.py``) writes ``offer:{worker}`` and ``hub:dispatcher``
+into ``{db}_board``; the worker's feed follows its own offer and the beat. The timings here
+are the contract between the two: a worker leaves rows it was not offered alone until they
+are ``OVERDUE_S`` late, and counts a dispatcher silent for longer than its beat as gone.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from hub.protocol.couch import Couch
+from hub.protocol.timefmt import to_wire
+
+OFFER_PREFIX = "offer:"
+BEAT_ID = "hub:dispatcher"
+BEAT_S = 15.0  # the dispatcher's beat on the board
+OFFER_S = 2.0  # an offer lapses this long after the occurrence's not_before
+# With a beating dispatcher, workers take rows they were not offered only this late (the
+# worker ranking first among its peers; rank r waits r + 1 times as long): well after an
+# offer lapsed and went to the next worker, so a late offer never races a rescue.
+OVERDUE_S = 8.0
+PREFETCH = 1  # offers a worker may hold beyond its free slots, claimed when a run ends
+LEAD_S = 8.0  # offered up to this long before not_before (the hub materializes 5 s ahead)
+ONLINE_S = 90.0  # a worker whose heartbeat is older is offline (it beats every 30 s)
+REST_S = 10.0  # a worker that let an offer lapse gets none this long, or until it beats
+
+
+def board_db(db: str) -> str:
+    return f"{db}_board"
+
+
+def offer_doc_id(worker: str) -> str:
+    return f"{OFFER_PREFIX}{worker}"
+
+
+def read_peers(
+    couch: Couch, db: str, online_s: float, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Worker docs, as ``workers_by_last_seen`` gives them (with ``_id``, ``type`` and
+    ``last_seen``), of the workers seen within ``online_s`` of ``now`` (the server's)."""
+    since = to_wire((now or couch.now()) - timedelta(seconds=online_s))
+    body = couch.view(db, "farm", "workers_by_last_seen", startkey=since)
+    return [
+        {**row["value"], "_id": row["id"], "type": "worker", "last_seen": row["key"]}
+        for row in body.get("rows", [])
+        if isinstance(row.get("value"), dict)
+    ]
