@@ -301,3 +301,103 @@ def test_a_losing_leaf_changed_meanwhile_is_reported_only_when_it_is_still_live(
             assert bool(left) is reported
     finally:
         admin.delete_db(db)
+
+
+def test_every_pair_of_states_has_one_winner_whatever_the_order():
+    """One total order of the states: two servers that ended one occurrence differently
+    settle it the same way, for every combination (done beats all; a run's outcome beats a
+    decision not to run; a client's cancel beats the hub's own policies)."""
+    ranks = [states.PROGRESS_RANK[s] for s in states.State]
+    assert len(set(ranks)) == len(ranks)
+    order = sorted(states.State, key=states.PROGRESS_RANK.__getitem__, reverse=True)
+    assert [s.value for s in order[:5]] == ["done", "failed", "cancelled", "skipped", "missed"]
+    base = {"_id": "occ:task:a:b:20270101T000000Z", "updated_at": _at(1)}
+    for i, a in enumerate(order):
+        for b in order[i + 1 :]:
+            # the loser carries the later edit and the larger revision: rank still decides
+            leaves = [{**base, "_rev": "2-a", "state": a.value},
+                      {**base, "_rev": "9-z", "state": b.value, "updated_at": _at(9)}]  # fmt: skip
+            assert resolver.choose(leaves)["state"] == a.value, (a, b)
+            assert resolver.choose(leaves[::-1])["state"] == a.value, (a, b)
+
+
+def _ended_on_standby(occ: Occurrence, standby, db: str, how: str) -> None:
+    """The survivor's hub ends its copy without a result, as its own policies would."""
+    admin = standby.couch()
+    current = Occurrence.from_doc(admin.get(db, occ.id))
+    now = admin.now()
+    if how == "missed":
+        ended = states.miss(
+            current, now, "coalesced: a newer run fell due before a worker was free"
+        )
+    elif how == "skipped":
+        ended = states.skip(current, now, "overlap: skip")
+    elif how == "cancelled":
+        ended = states.cancel(current, now, "cancelled by acme")
+    else:
+        ended = states.bury(current, now, "kicked out")
+    admin.put(db, ended.to_doc())
+
+
+@pytest.mark.parametrize("how", ["missed", "skipped", "cancelled", "buried"])
+def test_a_result_the_lost_server_acknowledged_is_restored_over_the_survivors_policy(
+    split, passwords, tmp_path, caplog, how
+):
+    """The primary gave w1 a 201 and died before replicating; the standby's hub meanwhile
+    ended the occurrence without a result. w1's spool puts its run back (done beats every
+    other state, the resolver's rule) and keeps it until the next server has it too."""
+    caplog.set_level(logging.INFO, logger="couchfarm.worker")
+    db, primary, standby = split
+    occ = _occurrence_on_both(db, primary, standby, passwords)
+    t1 = primary.couch().now().replace(microsecond=0) - timedelta(seconds=3)
+    ours = _finished(occ, Couch(primary.url, "w1", passwords["w1"]), db, "w1", t1)
+    _ended_on_standby(occ, standby, db, how)
+    spool = _spooled(tmp_path, "w1", ours, 0)
+    events: list = []
+    w1 = _confirmer("w1", primary, standby, db, passwords, spool, events)
+    w1.couch._active = 1  # failed over after the primary's 201
+    assert not w1.run()  # restored, not confirmed: the entry stays in the spool
+    kept = standby.couch().get(db, occ.id)
+    assert kept["state"] == "done"
+    assert {k: kept["result"][k] for k in ("worker", "started_at", "finished_at")} == {
+        k: ours["result"][k] for k in ("worker", "started_at", "finished_at")
+    }
+    assert kept["reason"].startswith(f"restored: w1's run finished before this copy ended {how}")
+    assert f"event=result_restored occ={occ.id}" in caplog.text and f"over={how}" in caplog.text
+    [entry] = spool.awaiting_confirmation()
+    assert entry.uploaded_to == 1
+    assert not [e for e in events if e[0] == "result_dropped"]
+
+
+def test_a_restore_is_only_for_the_writers_own_recent_run(split, passwords):
+    db, primary, standby = split
+    occ = _occurrence_on_both(db, primary, standby, passwords)
+    _ended_on_standby(occ, standby, db, "missed")
+    missed = Occurrence.from_doc(standby.couch().get(db, occ.id))
+    on_s = {w: Couch(standby.url, w, passwords[w]) for w in ("w1", "w2")}
+    now = on_s["w1"].now().replace(microsecond=0)
+
+    def run(worker: str, finished) -> dict:
+        return {"status": "ok", "worker": worker, "attempt": 1,
+                "started_at": to_wire(finished - timedelta(seconds=1)),
+                "finished_at": to_wire(finished), "output": {}}  # fmt: skip
+
+    def restored(result: dict, **changes) -> dict:
+        doc = states.restore(missed, result, now).to_doc()
+        return {**doc, **changes}
+
+    refused = [
+        ("w1", restored(run("w2", now - timedelta(seconds=5)))),  # someone else's run
+        ("w1", restored(run("w1", now - timedelta(minutes=31)))),  # outside the window
+        ("w1", restored(run("w1", now - timedelta(seconds=5)), priority=1)),  # other fields
+        ("w1", restored(run("w1", now - timedelta(seconds=5)), attempt=5)),
+    ]
+    for worker, doc in refused:
+        with pytest.raises(CouchError) as no:
+            on_s[worker].put(db, doc)
+        assert no.value.status == 403, (doc, no.value)
+        assert standby.couch().get(db, occ.id)["state"] == "missed"
+    on_s["w1"].put(db, restored(run("w1", now - timedelta(seconds=5))))
+    assert standby.couch().get(db, occ.id)["state"] == "done"
+    with pytest.raises(states.InvalidTransition):
+        states.restore(Occurrence.from_doc(standby.couch().get(db, occ.id)), run("w1", now), now)

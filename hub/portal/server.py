@@ -115,16 +115,16 @@ def start_portal(hub: Any, host: str = "127.0.0.1", port: int = 8080) -> Running
         secure_cookies=os.environ.get("COUCHFARM_PORTAL_SECURE_COOKIES", "") in ("1", "true"),
     )
     service = FarmService(
-        hub.protocol.couch, hub.config.db, min_interval=getattr(hub.config, "min_interval", 10)
+        hub.couch, hub.config.db, min_interval=getattr(hub.config, "min_interval", 10)
     )
     app = create_app(
         service,
-        hub.protocol.couch,
+        hub.couch,
         secret_key=secret,
         settings=settings,
         dbs_couch=getattr(hub, "admin", None),
         users_reader=getattr(hub, "admin", None),
-        replication_status=replication_reader(hub.protocol.couch, hub.config.db),
+        replication_status=replication_reader(hub.couch, hub.config.db),
     )
     running = serve_app(app, host, port)
     log.info("event=portal_started url=%s", running.url)
