@@ -89,8 +89,8 @@ class Confirmer:
             return False
         by_server: dict[int, list[Entry]] = {}
         for entry in entries:
-            other = ((entry.uploaded_to or 0) + 1) % len(self.couch.servers)
-            by_server.setdefault(other, []).append(entry)
+            next_server = ((entry.uploaded_to or 0) + 1) % len(self.couch.servers)
+            by_server.setdefault(next_server, []).append(entry)
         changed = False
         for index, group in by_server.items():
             other = self.couch.for_server(index)

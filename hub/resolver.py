@@ -48,8 +48,8 @@ from typing import Any
 
 from hub import archiver
 from hub.protocol.couch import Couch
-from hub.protocol.model import MAX_ERROR_HISTORY
-from hub.protocol.states import PROGRESS_RANK, State, finished_first, result_order, same_run
+from hub.protocol.model import MAX_ERROR_HISTORY, State
+from hub.protocol.states import PROGRESS_RANK, finished_first, result_order, same_run
 
 __all__ = [
     "choose",

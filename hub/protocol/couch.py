@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import requests
 from ibm_cloud_sdk_core import ApiException, BaseService
@@ -182,7 +182,7 @@ class ServerClock:
 # ---------------------------------------------------------------- servers
 
 
-class CouchService(BaseService):
+class CouchService(BaseService):  # type: ignore[misc]  # the SDK core ships no types
     """The HTTP service for one CouchDB server: the SDK core's ``BaseService``, which
     ``ibmcloudant.CloudantV1`` extends with generated operations and checks ``Couch`` does
     not use. ``Couch`` passes its own timeouts to every ``send`` and reads error bodies
@@ -224,8 +224,8 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     password = parts.password
     return (
         bare,
-        (requests.utils.unquote(user) if user else None),
-        (requests.utils.unquote(password) if password else None),
+        (unquote(user) if user else None),
+        (unquote(password) if password else None),
     )
 
 
@@ -234,6 +234,17 @@ class Response:
     status: int
     body: Any
     headers: dict[str, str]
+
+    @property
+    def object(self) -> dict[str, Any]:
+        """The body as the JSON object every document, view and info endpoint answers."""
+        if not isinstance(self.body, dict):
+            raise CouchError(
+                f"expected a JSON object from CouchDB, got {self.body!r:.80}",
+                status=self.status,
+                error="bad_reply",
+            )
+        return self.body
 
 
 # ---------------------------------------------------------------- client
@@ -553,7 +564,7 @@ class Couch:
         return f"/{quote(db, safe='')}/{quote(doc_id, safe='')}"
 
     def get(self, db: str, doc_id: str, **params: Any) -> dict[str, Any]:
-        return self.request("GET", self.doc_path(db, doc_id), params=params or None).body
+        return self.request("GET", self.doc_path(db, doc_id), params=params or None).object
 
     def get_or_none(self, db: str, doc_id: str, **params: Any) -> dict[str, Any] | None:
         try:
@@ -610,8 +621,10 @@ class Couch:
         """Query a view; returns the whole body (``rows``, ``total_rows``...)."""
         path = f"/{quote(db, safe='')}/_design/{ddoc}/_view/{view}"
         if keys is not None:
-            return self.request("POST", path, params=_view_params(params), body={"keys": keys}).body
-        return self.request("GET", path, params=_view_params(params)).body
+            return self.request(
+                "POST", path, params=_view_params(params), body={"keys": keys}
+            ).object
+        return self.request("GET", path, params=_view_params(params)).object
 
     def find(self, db: str, query: dict[str, Any]) -> list[dict[str, Any]]:
         return list(self.request("POST", f"/{quote(db, safe='')}/_find", body=query).body["docs"])
@@ -622,7 +635,7 @@ class Couch:
         return list(self.request("GET", "/_all_dbs").body)
 
     def db_info(self, db: str) -> dict[str, Any]:
-        return self.request("GET", f"/{quote(db, safe='')}").body
+        return self.request("GET", f"/{quote(db, safe='')}").object
 
     def create_db(self, db: str) -> bool:
         """Create a database; False if it already existed."""
@@ -646,7 +659,7 @@ class Couch:
         self.request("PUT", f"/{quote(db, safe='')}/_security", body=security)
 
     def session(self) -> dict[str, Any]:
-        return self.request("GET", "/_session").body
+        return self.request("GET", "/_session").object
 
     # ------------------------------------------------------------ changes
 
@@ -751,7 +764,7 @@ class Couch:
         # POUCHDB: `timeout` is ignored on feeds, so the stream's length is bounded here.
         deadline = time.monotonic() + max_s
         try:
-            for line in raw.iter_lines(chunk_size=None):
+            for line in raw.iter_lines(chunk_size=None):  # type: ignore[call-overload]  # None: as it comes
                 if not line.strip():
                     yield None
                 else:

@@ -254,7 +254,7 @@ def schema_problems(schema: object) -> list[str]:
 
 
 def validate_input(
-    kind: str, data: object, extra_schemas: dict[str, dict] | None = None
+    kind: str, data: object, extra_schemas: dict[str, dict[str, Any]] | None = None
 ) -> list[str]:
     """Problems with ``data`` as the input of ``kind``, one line each; empty when valid.
 
@@ -389,7 +389,7 @@ def _describe(error: ValidationError, prefix: str) -> str:
     if keyword == "type":
         wanted = error.validator_value
         wanted_list = wanted if isinstance(wanted, list) else [wanted]
-        words = " or ".join(_TYPE_WORDS.get(w, w) for w in wanted_list)
+        words = " or ".join(_TYPE_WORDS.get(str(w), str(w)) for w in wanted_list)
         got = _json_type(value)
         if not isinstance(value, Mapping | list | tuple) and value is not None:
             got += f" {_shown(value)}"
