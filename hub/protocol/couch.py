@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -229,6 +230,18 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     )
 
 
+def _env_write_quorum() -> int | None:
+    """``COUCHFARM_WRITE_QUORUM``: the ``w`` every write asks for (unset: the server's)."""
+    raw = os.environ.get("COUCHFARM_WRITE_QUORUM", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(
+            f"COUCHFARM_WRITE_QUORUM must be a whole number of copies >= 1, not {raw!r}"
+        )
+    return int(raw)
+
+
 @dataclass
 class Response:
     status: int
@@ -268,6 +281,7 @@ class Couch:
         verify: bool | str = True,
         local_clock: Callable[[], float] | None = None,
         home_db: str | None = None,
+        write_quorum: int | None = None,
     ) -> None:
         if isinstance(urls, str):
             urls = [u for u in urls.split(",") if u.strip()]
@@ -291,6 +305,11 @@ class Couch:
         if not self.servers:
             raise ValueError("no CouchDB server URL given")
         self.user = user
+        # On a CouchDB cluster: how many copies of a shard must take a write before it is
+        # answered (CouchDB's default is a majority, n/2 + 1). With all n, a view or
+        # _changes read right after a write sees it, whichever copy answers: the suite's
+        # read-your-writes on a cluster (docs/DEPLOY.md). Unset: the server's default.
+        self.write_quorum = write_quorum if write_quorum is not None else _env_write_quorum()
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.retries = retries
@@ -572,14 +591,21 @@ class Couch:
         except NotFound:
             return None
 
+    def _write_params(self, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        if self.write_quorum is None:
+            return params or None
+        return {"w": self.write_quorum, **(params or {})}
+
     def put(self, db: str, doc: dict[str, Any], **params: Any) -> str:
         """PUT a document with the ``_rev`` it carries; returns the new rev (doc unchanged)."""
-        reply = self.request("PUT", self.doc_path(db, doc["_id"]), body=doc, params=params or None)
+        path = self.doc_path(db, doc["_id"])
+        reply = self.request("PUT", path, body=doc, params=self._write_params(params))
         return str(reply.body["rev"])
 
     def delete(self, db: str, doc_id: str, rev: str) -> str:
         # POUCHDB: DELETE without a rev deletes there (CouchDB: 409); we always send one.
-        reply = self.request("DELETE", self.doc_path(db, doc_id), params={"rev": rev})
+        path = self.doc_path(db, doc_id)
+        reply = self.request("DELETE", path, params=self._write_params({"rev": rev}))
         return str(reply.body["rev"])
 
     def bulk_docs(
@@ -594,7 +620,8 @@ class Couch:
         body: dict[str, Any] = {"docs": docs}
         if not new_edits:
             body["new_edits"] = False
-        reply = self.request("POST", f"/{quote(db, safe='')}/_bulk_docs", body=body)
+        path = f"/{quote(db, safe='')}/_bulk_docs"
+        reply = self.request("POST", path, body=body, params=self._write_params())
         rows = reply.body or []
         # POUCHDB: results are not in input order there; CouchDB's are. Match by id, in order.
         by_id: dict[str, list[dict[str, Any]]] = {}
