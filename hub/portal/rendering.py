@@ -19,10 +19,15 @@ from hub.protocol.timefmt import as_utc, from_wire
 
 HERE = Path(__file__).resolve().parent
 
-# What "(live)" beside a run's state means, shown as its tooltip and in the page's legend.
+# What "(live)" or "(archived)" beside a run's state means: its tooltip and the legend below.
 LIVE_EXPLAINED = (
-    "live: this run is still in the live database (running, queued, or finished in the "
-    "last few minutes), so its state may still change; archived runs are final."
+    "Live: this run is still in the farm's working database (queued, running, or finished "
+    "in the last few minutes), so its state can still change; the hub archives it soon "
+    "after it ends."
+)
+ARCHIVED_EXPLAINED = (
+    "Archived: this run has ended and its result was moved to the monthly results "
+    "database; it no longer changes."
 )
 
 
@@ -31,6 +36,7 @@ def make_templates(title: str, refresh_seconds: int) -> Jinja2Templates:
     templates.env.globals.update(
         title=title, shown_states=SHOWN_STATES, all_states=ALL_STATES,
         explain=forms.EXPLAIN, refresh_seconds=refresh_seconds, live_explained=LIVE_EXPLAINED,
+        archived_explained=ARCHIVED_EXPLAINED,
     )  # fmt: skip
     templates.env.filters["when"] = when
     templates.env.filters["pct"] = pct
