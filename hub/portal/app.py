@@ -111,8 +111,11 @@ def _portal_state(
     clock: Callable[[], float],
     users_reader: Couch | None,
 ) -> PortalState:
-    from_couch = isinstance(couch_for_login, Couch)
-    authenticate = couch_authenticator(couch_for_login) if from_couch else couch_for_login
+    authenticate: Authenticator = (
+        couch_authenticator(couch_for_login)
+        if isinstance(couch_for_login, Couch)
+        else couch_for_login
+    )
     # Sessions from a CouchDB login are confirmed with CouchDB again every minute or so;
     # a custom authenticator has no CouchDB session to confirm them with.
     recheck = None
@@ -140,7 +143,7 @@ def _portal_state(
         tokens=TokenStore(service.couch, service.db),
         guard=guard,
         templates=make_templates(settings.title, settings.refresh_seconds),
-        authenticate=authenticate,  # type: ignore[arg-type]
+        authenticate=authenticate,
         is_admin=is_admin,
         recheck=recheck,
         replication_status=replication_status,

@@ -25,7 +25,9 @@ EXPORT_COLUMNS = (
 router = APIRouter(prefix="/api", dependencies=[Depends(client_scope)])
 
 
-def export(scope: ClientScope, task: Task, since: str | None, until: str | None, fmt: str):
+def export(
+    scope: ClientScope, task: Task, since: str | None, until: str | None, fmt: str
+) -> StreamingResponse:
     lo = parse_time(since, "since") or "1970-01-01T00:00:00.000Z"
     hi = parse_time(until, "until") or to_wire(scope.now() + timedelta(days=1))
     rows = scope.data.merged(task, lo, hi, descending=False)

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -59,8 +59,8 @@ def login_page(
 @router.get("/login", include_in_schema=False)
 def get_login(
     request: Request, next: str = "/", state: PortalState = Depends(portal_state)
-) -> HTMLResponse:
-    return login_page(state, request, next_=next)  # type: ignore[return-value]
+) -> Response:
+    return login_page(state, request, next_=next)
 
 
 class _Refusal:
