@@ -19,6 +19,7 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,21 +55,26 @@ def portal_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-def replication_reader(couch: Any, db: str):
-    """The ops page's replication health, or None when there is no standby to watch."""
+def replication_reader(
+    couch: Any, db: str, admin: Any = None
+) -> Callable[[], dict[str, Any]] | None:
+    """The ops page's replication health, or None when there is no standby to watch.
+
+    With ``admin`` (the hub's server-admin connection) each replication's own state is read
+    (CouchDB's ``/_scheduler``, PouchDB Server's ``_replicator`` doc); the hub's own
+    farm_admin user may not read them, so without it every state is "unknown" and the page
+    says so rather than calling the replication healthy."""
     if len(getattr(couch, "servers", [])) < 2:
         return None
-    try:
-        from hub import replication
-    except ImportError:
-        return None
-    status = getattr(replication, "status", None)
-    if status is None:
-        return None
+    from hub import replication
+
+    can_read_states = admin is not None and len(getattr(admin, "servers", [])) >= 2
+    reader = admin if can_read_states else couch
 
     def read() -> dict[str, Any]:
-        health = status(couch.for_server(0), couch.for_server(1), db)
-        return health.as_dict() if hasattr(health, "as_dict") else dict(health)
+        primary, standby = reader.for_server(0), reader.for_server(1)
+        health = replication.status(primary, standby, db, admin=can_read_states)
+        return {**health.as_dict(), "states_readable": can_read_states}
 
     return read
 
@@ -117,14 +123,15 @@ def start_portal(hub: Any, host: str = "127.0.0.1", port: int = 8080) -> Running
     service = FarmService(
         hub.couch, hub.config.db, min_interval=getattr(hub.config, "min_interval", 10)
     )
+    admin = getattr(hub, "admin", None)
     app = create_app(
         service,
         hub.couch,
         secret_key=secret,
         settings=settings,
-        dbs_couch=getattr(hub, "admin", None),
-        users_reader=getattr(hub, "admin", None),
-        replication_status=replication_reader(hub.couch, hub.config.db),
+        dbs_couch=admin,
+        users_reader=admin,
+        replication_status=replication_reader(hub.couch, hub.config.db, admin),
     )
     running = serve_app(app, host, port)
     log.info("event=portal_started url=%s", running.url)
