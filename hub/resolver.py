@@ -47,8 +47,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub import archiver
+from hub.protocol import states
 from hub.protocol.couch import Couch
-from hub.protocol.model import MAX_ERROR_HISTORY, State
+from hub.protocol.model import MAX_ERROR_HISTORY, Occurrence, State
 from hub.protocol.states import PROGRESS_RANK, finished_first, result_order, same_run
 
 __all__ = [
@@ -75,8 +76,9 @@ def _occurrence_key(doc: dict[str, Any]) -> tuple:
     rank = PROGRESS_RANK.get(State(doc.get("state", "scheduled")), 0)
     lease = doc.get("lease") or {}
     first = _inverted(result_order(doc.get("result")))
+    running = not lease.get("abandoned")  # a claim that reached a majority beats one that did not
     claimed = lease.get("claimed_at", "")
-    return (rank, first, claimed, doc.get("updated_at", ""), _rev_key(doc))
+    return (rank, first, running, claimed, doc.get("updated_at", ""), _rev_key(doc))
 
 
 def _result_key(doc: dict[str, Any]) -> tuple:
@@ -149,8 +151,14 @@ def resolve(
     merged = False
     if winner["_id"].startswith("occ:"):
         history = merged_errors(candidates)
-        if history != winner.get("errors", []):
-            writes.append({**winner, "errors": history})
+        kept = {**winner, "errors": history}
+        if (winner.get("lease") or {}).get("abandoned"):
+            # Every claim of this revision was abandoned: nobody runs it, so it is ready again.
+            requeued = states.requeue_abandoned(Occurrence.from_doc(kept), couch.now()).to_doc()
+            writes.append({**requeued, "_rev": winner["_rev"]})
+            merged = True
+        elif history != winner.get("errors", []):
+            writes.append(kept)
             merged = True
     losers = [c["_rev"] for c in candidates if c["_rev"] != winner["_rev"]]
     writes += [{"_id": winner["_id"], "_rev": rev, "_deleted": True} for rev in losers]

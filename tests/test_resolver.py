@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -401,3 +401,75 @@ def test_a_restore_is_only_for_the_writers_own_recent_run(split, passwords):
     assert standby.couch().get(db, occ.id)["state"] == "done"
     with pytest.raises(states.InvalidTransition):
         states.restore(Occurrence.from_doc(standby.couch().get(db, occ.id)), run("w1", now), now)
+
+
+@pytest.mark.parametrize("abandoned", [("w2",), ("w1", "w2")])
+def test_an_abandoned_claim_loses_and_every_claim_abandoned_is_ready_again(
+    split, passwords, abandoned
+):
+    """A cluster answers 202 to a claim that reached fewer copies than a majority, and the
+    worker marks it abandoned (desktop_worker/claim.py). The resolver keeps the claim that
+    runs, even when the abandoned one is later; when every claim was abandoned, nobody
+    runs it, so the hub puts it back to ready with its attempt given back."""
+    db, primary, standby = split
+    occ = _occurrence_on_both(db, primary, standby, passwords)
+    on = {"w1": Couch(primary.url, "w1", passwords["w1"]),
+          "w2": Couch(standby.url, "w2", passwords["w2"])}  # fmt: skip
+    now = on["w1"].now()
+    for offset, worker in enumerate(("w1", "w2")):
+        claimed = states.claim(occ, worker, now + timedelta(seconds=offset))
+        claimed = claimed.model_copy(update={"rev": on[worker].put(db, claimed.to_doc())})
+        if worker in abandoned:
+            on[worker].put(db, states.abandon(claimed, worker, on[worker].now()).to_doc())
+    for source, target in ((standby, primary), (primary, standby)):
+        replication.replicate_once(source, target, db)
+    conflicted = primary.couch().get(db, occ.id, conflicts="true")
+    assert conflicted.get("_conflicts")
+    assert resolver.resolve(primary.couch(), db, conflicted) is not None
+    kept = primary.couch().get(db, occ.id, conflicts="true")
+    assert not kept.get("_conflicts")
+    if abandoned == ("w2",):
+        assert kept["state"] == "leased" and kept["lease"]["worker"] == "w1"
+        assert "abandoned" not in kept["lease"]
+    else:
+        assert kept["state"] == "ready" and kept["attempt"] == 0 and "lease" not in kept
+        assert kept["reason"] == "claim abandoned: requeued"
+
+
+def test_an_abandoned_claim_cannot_finish(farm):
+    now = farm.now().replace(microsecond=0)
+    occ = states.materialize(
+        _task(f"ab{secrets.token_hex(3)}", now), now - timedelta(seconds=2), now
+    )
+    farm.hub.put(farm.db, occ.to_doc())
+    w1 = farm.worker("w1")
+    claimed = states.claim(Occurrence.from_doc(farm.hub.get(farm.db, occ.id)), "w1", w1.now())
+    claimed = claimed.model_copy(update={"rev": w1.put(farm.db, claimed.to_doc())})
+    gone = states.abandon(claimed, "w1", w1.now())
+    gone = gone.model_copy(update={"rev": w1.put(farm.db, gone.to_doc())})
+    with pytest.raises(CouchError) as refused:
+        w1.put(
+            farm.db, states.finish(gone, "w1", w1.now(), started_at=w1.now(), output={}).to_doc()
+        )
+    assert refused.value.status == 403 and "abandoned" in str(refused.value)
+    assert farm.hub.get(farm.db, occ.id)["lease"]["abandoned"] is True
+    # and it stays abandoned: a touch cannot take the mark away
+    unmarked = states.touch(gone, "w1", w1.now()).to_doc()
+    unmarked["lease"].pop("abandoned")
+    with pytest.raises(CouchError) as kept:
+        w1.put(farm.db, unmarked)
+    assert kept.value.status == 403
+
+
+def test_abandon_only_by_the_holder_and_a_requeue_only_of_an_abandoned_claim():
+    now = datetime(2027, 1, 1, tzinfo=UTC)
+    occ = states.claim(states.materialize(_task("ab", now), now, now), "w1", now)
+    with pytest.raises(states.InvalidTransition):
+        states.abandon(occ, "w2", now)
+    with pytest.raises(states.InvalidTransition):
+        states.requeue_abandoned(occ, now)
+    gone = states.abandon(occ, "w1", now)
+    assert gone.lease is not None and gone.lease.abandoned is True
+    assert gone.lease.expires_at == occ.lease.expires_at  # the reaper's clock is unchanged
+    back = states.requeue_abandoned(gone, now)
+    assert back.state == "ready" and back.attempt == 0 and back.lease is None

@@ -314,11 +314,18 @@ function (newDoc, oldDoc, userCtx, secObj) {
   if (o.state === 'leased') {  // touch
     check(o.lease.worker === name, 'a worker cannot hand its lease to ' + o.lease.worker);
     check(o.lease.claimed_at === oldDoc.lease.claimed_at, 'a touch cannot change lease.claimed_at');
+    // A claim a cluster took on fewer copies than a majority is abandoned: it never runs,
+    // and stays abandoned (hub/protocol/states.py abandon).
+    check(o.lease.abandoned === undefined || o.lease.abandoned === true,
+          'lease.abandoned can only be true');
+    check(!oldDoc.lease.abandoned || o.lease.abandoned === true,
+          'an abandoned claim stays abandoned');
     check(o.attempt === oldDoc.attempt, 'a touch cannot change the attempt');
     check(same(o.errors, oldDoc.errors), 'a touch cannot change the error history');
     return;
   }
   if (o.state === 'done') {  // finish
+    check(!oldDoc.lease.abandoned, 'the claim of ' + id + ' was abandoned; it cannot finish');
     check(o.result.worker === name, 'result.worker must be ' + name + ', who holds the lease');
     check(o.result.attempt === oldDoc.attempt, 'result.attempt must be ' + oldDoc.attempt);
     check(o.attempt === oldDoc.attempt, 'finishing cannot change the attempt');

@@ -242,6 +242,12 @@ def _env_write_quorum() -> int | None:
     return int(raw)
 
 
+@dataclass(frozen=True)
+class Written:
+    rev: str
+    quorum: bool  # False: a cluster answered 202 Accepted (fewer copies than w took it)
+
+
 @dataclass
 class Response:
     status: int
@@ -328,6 +334,7 @@ class Couch:
         self._active = 0
         self._left_primary_at = 0.0
         self._lock = threading.Lock()
+        self._majorities: dict[str, int] = {}
         self.requests_sent = 0
         self.failovers = 0
 
@@ -598,9 +605,28 @@ class Couch:
 
     def put(self, db: str, doc: dict[str, Any], **params: Any) -> str:
         """PUT a document with the ``_rev`` it carries; returns the new rev (doc unchanged)."""
+        return self.put_counted(db, doc, **params).rev
+
+    def put_counted(self, db: str, doc: dict[str, Any], **params: Any) -> Written:
+        """PUT, and say whether the write reached ``w`` copies (201) or fewer (202
+        Accepted: only a CouchDB cluster answers that, when some copies refused it, for
+        example for a concurrent edit of the same revision, or did not answer)."""
         path = self.doc_path(db, doc["_id"])
         reply = self.request("PUT", path, body=doc, params=self._write_params(params))
-        return str(reply.body["rev"])
+        return Written(rev=str(reply.body["rev"]), quorum=reply.status != 202)
+
+    def majority(self, db: str) -> int:
+        """A majority of the copies of ``db``'s shards: ``n // 2 + 1`` on a CouchDB cluster
+        (its db info names n), 1 on a single node or PouchDB Server. Read once per db."""
+        with self._lock:
+            known = self._majorities.get(db)
+        if known is None:
+            cluster = self.db_info(db).get("cluster") or {}
+            copies = cluster.get("n") if isinstance(cluster, dict) else None
+            known = int(copies) // 2 + 1 if isinstance(copies, int) and copies > 0 else 1
+            with self._lock:
+                self._majorities[db] = known
+        return known
 
     def delete(self, db: str, doc_id: str, rev: str) -> str:
         # POUCHDB: DELETE without a rev deletes there (CouchDB: 409); we always send one.
@@ -609,11 +635,12 @@ class Couch:
         return str(reply.body["rev"])
 
     def bulk_docs(
-        self, db: str, docs: list[dict[str, Any]], *, new_edits: bool = True
+        self, db: str, docs: list[dict[str, Any]], *, new_edits: bool = True, w: int | None = None
     ) -> list[dict[str, Any]]:
         """POST _bulk_docs; one row per input doc, in input order.
 
-        Rows are ``{"id", "rev"}`` or ``{"id", "error", "reason"}``.
+        Rows are ``{"id", "rev"}`` or ``{"id", "error", "reason"}``; on a CouchDB cluster a
+        row that fewer than ``w`` copies took also says ``"accepted": true``.
         """
         if not docs:
             return []
@@ -621,7 +648,9 @@ class Couch:
         if not new_edits:
             body["new_edits"] = False
         path = f"/{quote(db, safe='')}/_bulk_docs"
-        reply = self.request("POST", path, body=body, params=self._write_params())
+        reply = self.request(
+            "POST", path, body=body, params=self._write_params(None if w is None else {"w": w})
+        )
         rows = reply.body or []
         # POUCHDB: results are not in input order there; CouchDB's are. Match by id, in order.
         by_id: dict[str, list[dict[str, Any]]] = {}

@@ -161,6 +161,28 @@ def touch(
     return _with(occ, now, lease=lease, progress=progress or occ.progress)
 
 
+def abandon(occ: Occurrence, worker: str, now: datetime) -> Occurrence:
+    """Mark a claim that will never run: on a CouchDB cluster it reached fewer copies than
+    a majority (202 Accepted), so another claim of the same revision reached the majority.
+    The lease keeps its expiry; the resolver keeps any other claim over an abandoned one
+    and puts an occurrence whose every claim was abandoned back to ready
+    (:func:`requeue_abandoned`)."""
+    _require_holder(occ, "abandon", worker)
+    assert occ.lease is not None
+    return _with(occ, now, lease=occ.lease.model_copy(update={"abandoned": True}))
+
+
+def requeue_abandoned(occ: Occurrence, now: datetime) -> Occurrence:
+    """An abandoned claim never ran: ready again, with its attempt given back (hub only)."""
+    _require(occ, "requeue", {State.LEASED})
+    if occ.lease is None or not occ.lease.abandoned:
+        raise InvalidTransition(occ, "requeue", "only an abandoned claim")
+    return _with(
+        occ, now, state=State.READY, lease=None, progress=None,
+        attempt=max(0, occ.attempt - 1), reason="claim abandoned: requeued",
+    )  # fmt: skip
+
+
 # A worker's acknowledged result may be put back over these (see :func:`restore`): every
 # state that ranks below done in PROGRESS_RANK, except the active ones, where the run that
 # holds or will take the occurrence finishes on its own and "first finished" settles it.
