@@ -56,7 +56,7 @@ def month_starts(since: datetime, until: datetime) -> list[datetime]:
     """First instant of every month that overlaps [since, until], oldest first."""
     since, until = as_utc(since), as_utc(until)
     current = datetime(since.year, since.month, 1, tzinfo=UTC)
-    months = []
+    months: list[datetime] = []
     while current <= until and len(months) < MAX_MONTHS:
         months.append(current)
         current = datetime(
@@ -354,7 +354,7 @@ class PortalData:
         twice = self._archived_ids(sorted(candidates)) if candidates else set()
 
         rows = []
-        totals = dict.fromkeys(SHOWN_STATES, 0) | {"ok": 0, "error": 0, "tasks": len(tasks)}
+        totals: dict[str, Any] = dict.fromkeys(SHOWN_STATES, 0) | {"ok": 0, "error": 0, "tasks": len(tasks)}
         for task in tasks:
             counts = dict.fromkeys(SHOWN_STATES, 0)
             for state, n in live.get(task.id, {}).items():

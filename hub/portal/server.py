@@ -83,7 +83,7 @@ def serve_app(app: Any, host: str, port: int, **uvicorn_options: Any) -> Running
     """Start ``app`` with uvicorn on a daemon thread; returns once it accepts connections."""
     import uvicorn
 
-    options = {
+    options: dict[str, Any] = {
         "log_level": "warning",
         "access_log": False,
         "proxy_headers": True,
@@ -92,7 +92,8 @@ def serve_app(app: Any, host: str, port: int, **uvicorn_options: Any) -> Running
     } | uvicorn_options
     config = uvicorn.Config(app, host=host, port=port, **options)
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # main thread's
+    if hasattr(server, "install_signal_handlers"):  # uvicorn < 0.29: the main thread's only
+        server.install_signal_handlers = lambda: None
     thread = threading.Thread(target=server.run, name="portal", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
