@@ -294,10 +294,26 @@ def _run(
     )
     first_stats = min(args.seconds or 12.0, 12.0)
     time.sleep(first_stats)
+    reported: set[int] = set()
+    _report_exits(children, logs, reported, say)
     _print_stats(console, hub_env, f"after {first_stats:g} s")
     deadline = time.monotonic() + args.seconds if args.seconds else None
     while deadline is None or time.monotonic() < deadline:
+        _report_exits(children, logs, reported, say)
         time.sleep(min(1.0, max(0.0, (deadline or 1e18) - time.monotonic())))
+
+
+def _report_exits(
+    children: list[subprocess.Popen[bytes]],
+    logs: Path,
+    reported: set[int],
+    say: Callable[[str], None],
+) -> None:
+    """A part of the demo that died says so at once, and where its log is."""
+    for child, name in zip(children, ("hub-serve", "demo-worker"), strict=False):
+        if child.pid not in reported and child.poll() is not None:
+            reported.add(child.pid)
+            say(f"[demo] {name} exited with code {child.returncode}: see {logs / name}.log")
 
 
 def _server(
