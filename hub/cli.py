@@ -19,6 +19,7 @@ from hub.protocol.couch import Couch, CouchError
 from hub.protocol.kinds import KIND_SCHEMAS
 from hub.protocol.model import Task
 from hub.protocol.names import CLIENT_ROLE_PREFIX, WORKER_ROLE, is_results_db
+from hub.protocol.timefmt import from_wire
 from hub.protocol.version import __version__
 from hub.settings import Connection, SettingsError, connection, read_password_file
 
@@ -63,10 +64,11 @@ def missing_credentials(args: argparse.Namespace, *, admin: bool = False) -> lis
         return []
     missing = []
     if not conn.user:
-        missing.append("a user (COUCHFARM_USER or --user)")
+        missing.append("no user (set COUCHFARM_USER, or pass --user)")
     if not conn.password:
         missing.append(
-            "a password (COUCHFARM_PASSWORD, COUCHFARM_PASSWORD_FILE or --password-file)"
+            "no password (set COUCHFARM_PASSWORD or COUCHFARM_PASSWORD_FILE, or pass "
+            "--password-file)"
         )
     return missing
 
@@ -275,8 +277,9 @@ def describe_task(task: Task, recent: list[dict]) -> list[str]:
         outcome = "-"
         if result:
             outcome = str(result.get("status") or "-")
-            if result.get("duration_ms") is not None:
-                outcome += f" in {result['duration_ms'] / 1000:.1f} s"
+            if result.get("started_at") and result.get("finished_at"):
+                took = from_wire(result["finished_at"]) - from_wire(result["started_at"])
+                outcome += f" in {took.total_seconds():.2f} s"
         lines.append(
             f"  {occ.get('due_at', '?'):<24} {occ.get('state', '?'):<9} "
             f"{occ.get('attempt', 0):>7}  {worker:<16} {outcome}"
@@ -862,9 +865,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = missing_credentials(args) if exc.status == 401 else []
         if missing:
             print(
-                f"hub: CouchDB refused the request (401): no {' and no '.join(missing)} "
-                f"is set, so it does not know who asks. `make demo` prints the settings for "
-                "the demo.",
+                f"hub: CouchDB refused the request (401: it does not know who asks): "
+                f"{'; '.join(missing)}. `make demo` prints the settings for the demo.",
                 file=sys.stderr,
             )
             return 1

@@ -443,6 +443,14 @@ def _spawn(
     say(f"[demo] started {name} (pid {children[-1].pid})")
 
 
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative when under the current directory."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def where(
     primary: str,
     standby: str,
@@ -457,11 +465,11 @@ def where(
     """The summary: every address and login, and the lines to paste to use the CLI."""
     portal = f"http://127.0.0.1:{portal_port}/" if portal_port >= 0 else "(off: --portal-port -1)"
     fauxton = (
-        "PouchDB Server's own old Fauxton ('Fauxton on express-pouchdb'), enough to browse "
-        "documents;\n                    on CouchDB 3 ops get the current Fauxton at /_utils "
-        "(replication, _scheduler, config, _users)"
+        'PouchDB Server\'s old "Fauxton on express-pouchdb": for browsing documents.\n'
+        "                    On CouchDB 3 (production) /_utils is the current Fauxton: "
+        "replication,\n                    _scheduler jobs, _users, configuration."
         if dev
-        else "the server's Fauxton"
+        else "the server's own Fauxton"
     )
     hub_pw = PASSWORDS["hub"]
     return f"""
@@ -477,7 +485,7 @@ Couchfarm demo is running. Ctrl-C stops it (final stats, then every process).
   live database     {db}   results: {db}_results_YYYY_MM
   hub user          hub / {hub_pw}  (the hub service, the hub command, the portal's operator)
   demo worker       demo-worker / {PASSWORDS["demo-worker"]}  (role farm_worker)
-  logs              {logs}/
+  logs              {_shown(logs)}/  (and demo.log: all of the above)
 
 The hub command is .venv/bin/hub (or `source .venv/bin/activate`). Paste into a shell:
 
