@@ -61,8 +61,10 @@ fuzz: setup
 	  $$(grep -lE '^(from|import) hypothesis' tests/test_*.py) $(PYTEST_ARGS); \
 	status=$$?; echo "make fuzz: Hypothesis seed $$seed"; exit $$status
 
+# DEMO_ARGS="--seconds 60" stops it on its own; --fresh deletes var/demo first.
+DEMO_ARGS ?=
 demo: setup
-	$(PY) -m hub.demo
+	$(PY) -m hub.demo $(DEMO_ARGS)
 
 # BENCH_SCALE=small (default, under 10 minutes) or full; see docs/BENCHMARKS.md.
 BENCH_SCALE ?= small

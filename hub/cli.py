@@ -5,30 +5,72 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hub import provision
 from hub.protocol.couch import Couch, CouchError
+from hub.protocol.kinds import KIND_SCHEMAS
+from hub.protocol.model import Task
 from hub.protocol.names import CLIENT_ROLE_PREFIX, WORKER_ROLE, is_results_db
+from hub.protocol.timefmt import from_wire
 from hub.protocol.version import __version__
 from hub.settings import Connection, SettingsError, connection, read_password_file
 
 if TYPE_CHECKING:
     from hub.archiver import TallyChange
+    from hub.service import FarmService
 
 Handler = Callable[[argparse.Namespace], int]
 
+ENVIRONMENT = """\
+where CouchDB is (flags win over the environment):
+  COUCHFARM_URL            CouchDB URL(s), primary first: http://host:5984[,http://standby:5984]
+  COUCHFARM_USER           the CouchDB user, usually the hub user (role farm_admin)
+  COUCHFARM_PASSWORD       its password (or COUCHFARM_PASSWORD_FILE: a file holding it)
+  COUCHFARM_DB             the live database (default farm)
+  COUCHDB_USER, COUCHDB_PASSWORD
+                           a server admin, for init, worker/client add, replication,
+                           recover, and the replication state in stats
+
+`make demo` prints these for the demo. The command is .venv/bin/hub in a checkout
+(`source .venv/bin/activate` puts it on PATH)."""
+
 
 def _connection_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help="CouchDB URL(s), primary first, comma-separated")
-    parser.add_argument("--user", help="CouchDB user name")
-    parser.add_argument("--password-file", help="file holding the CouchDB password")
-    parser.add_argument("--db", help="live database name (default farm)")
+    parser.add_argument(
+        "--url", help="CouchDB URL(s), primary first, comma-separated (default: $COUCHFARM_URL)"
+    )
+    parser.add_argument("--user", help="CouchDB user name (default: $COUCHFARM_USER)")
+    parser.add_argument(
+        "--password-file",
+        help="file holding the CouchDB password (default: $COUCHFARM_PASSWORD_FILE, "
+        "or the password in $COUCHFARM_PASSWORD)",
+    )
+    parser.add_argument("--db", help="live database name (default: $COUCHFARM_DB, or farm)")
+
+
+def missing_credentials(args: argparse.Namespace, *, admin: bool = False) -> list[str]:
+    """What the connection lacks for CouchDB to know who asks, as settings to set."""
+    try:
+        conn = _conn(args, admin=admin)
+    except SettingsError:
+        return []
+    missing = []
+    if not conn.user:
+        missing.append("no user (set COUCHFARM_USER, or pass --user)")
+    if not conn.password:
+        missing.append(
+            "no password (set COUCHFARM_PASSWORD or COUCHFARM_PASSWORD_FILE, or pass "
+            "--password-file)"
+        )
+    return missing
 
 
 def _conn(args: argparse.Namespace, *, admin: bool = False) -> Connection:
@@ -105,7 +147,7 @@ def cmd_devserver(args: argparse.Namespace) -> int:
     return 0
 
 
-def _service(args: argparse.Namespace):  # -> FarmService
+def _service(args: argparse.Namespace) -> FarmService:
     from hub.service import FarmService
 
     conn = _conn(args)
@@ -143,6 +185,108 @@ def _task_spec(args: argparse.Namespace) -> dict:
     return spec
 
 
+def task_ref(client: str | None, name: str) -> tuple[str | None, str]:
+    """(client, slug or id) from what the user typed: ``task:CLIENT:SLUG`` as ``task list``
+    prints it, or ``--client CLIENT SLUG``."""
+    if name.startswith("task:"):
+        parts = name.split(":")
+        if len(parts) != 3 or not all(parts[1:]):
+            raise ValueError(f"{name!r} is not a task id: give task:CLIENT:SLUG")
+        if client is not None and client != parts[1]:
+            raise ValueError(f"task {name} belongs to client {parts[1]!r}, not {client!r}")
+        return parts[1], name
+    if client is None:
+        raise ValueError(
+            f"which client's task {name!r}? Give the id that `hub task list` prints "
+            f"(task:CLIENT:{name}), or --client CLIENT {name}"
+        )
+    return client, name
+
+
+def check_client(service: FarmService, conn: Connection, client: str) -> None:
+    """Refuse a task for a client that does not exist. Only a server admin may read other
+    users' documents in ``_users`` (CouchDB answers 404 to anyone else, PouchDB Server 500),
+    so the lookup uses COUCHDB_USER/COUCHDB_PASSWORD when they are set; without them a
+    client is known when it already has tasks, or when ``--new-client`` says so."""
+    from hub.protocol.couch import CouchError, NotFound
+
+    readers = [service.couch]
+    admin_user, admin_password = os.environ.get("COUCHDB_USER"), os.environ.get("COUCHDB_PASSWORD")
+    if admin_user and admin_password:
+        readers.insert(0, Couch(conn.urls, admin_user, admin_password))
+    for reader in readers:
+        try:
+            user = reader.get("_users", provision.user_doc_id(client))
+        except NotFound:
+            if "_admin" not in reader.session().get("userCtx", {}).get("roles", []):
+                continue  # a 404 to anyone but a server admin says nothing
+            raise ValueError(
+                f"--client {client}: no such client; create it first with `hub client add {client}`"
+            ) from None
+        except CouchError:
+            continue
+        roles = user.get("roles", [])
+        if CLIENT_ROLE_PREFIX + client not in roles:
+            raise ValueError(
+                f"--client {client}: user {client!r} is not a client (roles {roles}); "
+                f"a client has the role {CLIENT_ROLE_PREFIX}{client}"
+            )
+        return
+    if service.list_tasks(client):
+        return
+    raise ValueError(
+        f"--client {client}: no client of that name has tasks, and only a server admin can "
+        "look one up: set COUCHDB_USER and COUCHDB_PASSWORD, or pass --new-client for a "
+        f"client just created with `hub client add {client}`"
+    )
+
+
+def _rule(task: Task) -> str:
+    schedule = task.schedule
+    return (schedule.every and f"every {schedule.every}s") or (schedule.cron or f"at {schedule.at}")
+
+
+def describe_task(task: Task, recent: list[dict]) -> list[str]:
+    """``task show`` for a person: the task's settings, then its latest occurrences."""
+    schedule = {k: v for k, v in task.schedule.model_dump().items() if v is not None}
+    rows = [
+        ("task", task.id),
+        ("state", "paused" if task.paused else "active"),
+        ("kind", task.kind),
+        ("input", json.dumps(task.input, sort_keys=True)),
+        ("schedule", ", ".join(f"{k} {v}" for k, v in schedule.items())),
+        ("tube", task.tube),
+        ("priority", str(task.priority)),
+        ("ttr", f"{task.ttr} s"),
+        ("max attempts", str(task.max_attempts)),
+        ("overlap", task.overlap),
+        ("misfire", f"{task.misfire} (grace {task.misfire_grace} s)"),
+        ("created", task.created_at),
+        ("updated", task.updated_at),
+    ]
+    lines = [f"{label:<13} {value}" for label, value in rows]
+    lines.append("")
+    if not recent:
+        lines.append("no occurrences in the live database yet")
+        return lines
+    lines.append(f"latest {len(recent)} occurrence(s) in the live database:")
+    lines.append(f"  {'DUE':<24} {'STATE':<9} {'ATTEMPT':>7}  {'WORKER':<16} RESULT")
+    for occ in recent:
+        result = occ.get("result") or {}
+        worker = result.get("worker") or (occ.get("lease") or {}).get("worker") or "-"
+        outcome = "-"
+        if result:
+            outcome = str(result.get("status") or "-")
+            if result.get("started_at") and result.get("finished_at"):
+                took = from_wire(result["finished_at"]) - from_wire(result["started_at"])
+                outcome += f" in {took.total_seconds():.2f} s"
+        lines.append(
+            f"  {occ.get('due_at', '?'):<24} {occ.get('state', '?'):<9} "
+            f"{occ.get('attempt', 0):>7}  {worker:<16} {outcome}"
+        )
+    return lines
+
+
 def cmd_task(args: argparse.Namespace) -> int:
     from hub.service import ServiceError
 
@@ -150,29 +294,35 @@ def cmd_task(args: argparse.Namespace) -> int:
     client = args.client
     try:
         if args.action == "add":
+            if not args.new_client:
+                check_client(service, _conn(args), client)
             task = service.add_task(client, args.name, _task_spec(args))
             print(f"added {task.id}")
         elif args.action == "list":
             for task in service.list_tasks(client):
                 state = "paused" if task.paused else "active"
-                rule = (task.schedule.every and f"every {task.schedule.every}s") or (
-                    task.schedule.cron or f"at {task.schedule.at}"
+                print(
+                    f"{task.id}\t{task.kind}\t{_rule(task)}\t{task.tube}\tp{task.priority}\t{state}"
                 )
-                print(f"{task.id}\t{task.kind}\t{rule}\t{task.tube}\tp{task.priority}\t{state}")
-        elif args.action == "show":
-            task = service.get_task(client, args.name)
-            _print_json(
-                {"task": task.to_doc(), "recent": service.occurrences_of(client, args.name, 10)}
-            )
-        elif args.action in ("pause", "resume"):
-            service.set_paused(client, args.name, args.action == "pause")
-            print(f"{args.action}d {args.name}")
-        elif args.action == "run-now":
-            occ = service.run_now(client, args.name)
-            print(f"created {occ.id}")
-        elif args.action == "delete":
-            cancelled = service.delete_task(client, args.name)
-            print(f"deleted {args.name}; cancelled {cancelled} live occurrence(s)")
+        else:
+            client, name = task_ref(client, args.name)
+            if args.action == "show":
+                task = service.get_task(client, name)
+                recent = service.occurrences_of(client, name, 10)
+                if args.json:
+                    _print_json({"task": task.to_doc(), "recent": recent})
+                else:
+                    print("\n".join(describe_task(task, recent)))
+            elif args.action in ("pause", "resume"):
+                task = service.set_paused(client, name, args.action == "pause")
+                print(f"{args.action}d {task.id}")
+            elif args.action == "run-now":
+                occ = service.run_now(client, name)
+                print(f"created {occ.id}")
+            elif args.action == "delete":
+                task = service.get_task(client, name)
+                cancelled = service.delete_task(client, name)
+                print(f"deleted {task.id}; cancelled {cancelled} live occurrence(s)")
     except ServiceError as exc:
         for problem in exc.problems:
             print(f"hub: {problem}", file=sys.stderr)
@@ -186,7 +336,8 @@ def cmd_kick(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    stats = _service(args).stats()
+    service = _service(args)
+    stats = service.stats()
     if args.json:
         _print_json(stats)
         return 0
@@ -198,25 +349,65 @@ def cmd_stats(args: argparse.Namespace) -> int:
     for client, counts in sorted(stats["by_client"].items()):
         print(f"client {client}: " + "  ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     print(f"workers online: {len(stats['workers_online'])}")
-    for worker in stats["workers_online"]:
-        print(
-            f"  {worker['name']} {worker['state']} v{worker['version']} "
-            f"running {len(worker['current'])} last seen {worker['last_seen']}"
+    if stats["workers_online"]:
+        # Runs in progress come from the leases: a worker writes its own doc only when its
+        # state changes and every 60 s (ARCHITECTURE decision 12), so its "current" lags.
+        leases = Counter(
+            row["value"]
+            for row in service.couch.view(service.db, "farm", "leases_by_expiry")["rows"]
         )
+        print(f"  {'WORKER':<20} {'STATE':<9} {'VERSION':<8} {'RUNS NOW':>8}  LAST SEEN")
+        for worker in stats["workers_online"]:
+            print(
+                f"  {worker['name']:<20} {worker['state']:<9} {worker['version']:<8} "
+                f"{leases[worker['name']]:>8}  {worker['last_seen']}"
+            )
     print(f"finished in the last minute: {stats['finished_last_minute']}")
     conn = _conn(args)
     if len(conn.urls) > 1:
-        from hub import replication
-
-        couch = conn.couch()
-        health = replication.status(couch.for_server(0), couch.for_server(1), conn.db)
-        for link in health.links:
-            lag = "unknown" if link.lag_seconds is None else f"{link.lag_seconds:.1f} s"
-            print(
-                f"replication {link.db} {link.source} -> {link.target}: {link.state}, lag {lag}, "
-                f"{link.lag_docs} doc(s) apart"
-            )
+        for line in replication_lines(conn):
+            print(line)
     return 0
+
+
+def replication_lines(conn: Connection) -> list[str]:
+    """Each replication's state and lag. The state lives in ``_scheduler`` (CouchDB 3) or
+    the ``_replicator`` docs (PouchDB Server), which only a server admin may read: it is read
+    with COUCHDB_USER/COUCHDB_PASSWORD when they are set, and said to be unreadable if not;
+    the lag in seconds comes from the hub's probe in the live database."""
+    from hub import replication
+
+    admin_user, admin_password = os.environ.get("COUCHDB_USER"), os.environ.get("COUCHDB_PASSWORD")
+    if admin_user and admin_password:
+        admin = Couch(conn.urls, admin_user, admin_password)
+        readers, as_admin = (admin.for_server(0), admin.for_server(1)), True
+    else:
+        couch = conn.couch()
+        readers, as_admin = (couch.for_server(0), couch.for_server(1)), False
+    health = replication.status(*readers, conn.db, admin=as_admin)
+    lines = [f"replication  {'DATABASE':<24} {'DIRECTION':<20} {'STATE':<10} {'LAG':>8}  BEHIND"]
+    for link in health.links:
+        if link.lag_seconds is not None:
+            lag = f"{link.lag_seconds:.1f} s"
+        else:
+            lag = "no probe" if link.db != conn.db else "pending"
+        state = link.state if as_admin else "?"
+        behind = "-" if link.lag_docs is None else f"{link.lag_docs} doc(s)"
+        error = f"  {link.error}" if link.error else ""
+        lines.append(
+            f"             {link.db:<24} {link.source + ' -> ' + link.target:<20} {state:<10} "
+            f"{lag:>8}  {behind}{error}"
+        )
+    if not as_admin:
+        lines.append(
+            "             (state ?: only a server admin may read it; "
+            "set COUCHDB_USER and COUCHDB_PASSWORD)"
+        )
+    lines.append(
+        "             (lag: age of the hub's probe on the other side; monthly databases "
+        "have no probe)"
+    )
+    return lines
 
 
 def _endpoints(args: argparse.Namespace, names: tuple[str, str] = ("primary", "standby")):
@@ -432,7 +623,12 @@ def cmd_tallies(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hub", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="hub",
+        description=__doc__,
+        epilog=ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"couchfarm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug events")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -453,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p = group.add_parser("add", help=f"create a {noun} user")
         _connection_args(p)
-        p.add_argument("name")
+        p.add_argument("name", help=f"the {noun}'s user name")
         p.add_argument("--password", help="the password (else a strong one is generated)")
         p.add_argument("--password-from", help="read the password from this file")
         p.add_argument("--reset", action="store_true", help="set a new password if it exists")
@@ -467,59 +663,103 @@ def build_parser() -> argparse.ArgumentParser:
         help="server admin password file: monthly databases created and dropped on every "
         "server, and their replications kept (without it: the hub only warns)",
     )
-    p.add_argument("--retention-days", type=int, default=90)
-    p.add_argument("--portal-host", default="127.0.0.1")
-    p.add_argument("--portal-port", type=int, default=8080, help="-1 disables the portal")
+    p.add_argument(
+        "--retention-days",
+        type=int,
+        default=90,
+        help="monthly results databases older than this are dropped (default 90)",
+    )
+    p.add_argument(
+        "--portal-host", default="127.0.0.1", help="the portal's address (default 127.0.0.1)"
+    )
+    p.add_argument(
+        "--portal-port", type=int, default=8080, help="the portal's port (default 8080; -1: none)"
+    )
     p.add_argument("--seconds", type=float, default=0, help="stop after this long (testing)")
     p.set_defaults(func=cmd_serve)
 
     task = sub.add_parser("task", help="add, list, show and steer tasks").add_subparsers(
         dest="action", required=True
     )
-    p = task.add_parser("add", help="add a recurring task")
+    kinds = ", ".join(sorted(KIND_SCHEMAS))
+    p = task.add_parser(
+        "add",
+        help="add a recurring task",
+        description=f"Add a recurring task. Kinds: {kinds} (and installed plugins).",
+    )
     _connection_args(p)
-    p.add_argument("--client", required=True)
+    p.add_argument("--client", required=True, help="the client (user) the task belongs to")
+    p.add_argument(
+        "--new-client",
+        action="store_true",
+        help="the client was just created and has no tasks yet (only a server admin can "
+        "look a client up; without this, a client with no tasks is refused)",
+    )
     p.add_argument("--name", required=True, help="task slug, unique per client")
-    p.add_argument("--kind", required=True, help="handler kind, e.g. http.check")
-    p.add_argument("--input", default="{}", help="the kind's input as JSON")
+    p.add_argument("--kind", required=True, help=f"what the worker runs: {kinds}")
+    p.add_argument("--input", default="{}", help="the kind's input as JSON (default {})")
     rule = p.add_mutually_exclusive_group(required=True)
     rule.add_argument("--every", type=int, help="seconds between runs")
-    rule.add_argument("--cron", help="cron expression, 5 fields")
+    rule.add_argument("--cron", help="cron expression, 5 fields, e.g. '*/5 * * * *'")
     rule.add_argument("--at", help="one-off time, ISO-8601 with zone")
-    p.add_argument("--start")
-    p.add_argument("--end")
-    p.add_argument("--tz")
-    p.add_argument("--jitter", type=int)
-    p.add_argument("--priority", type=int)
-    p.add_argument("--tube")
-    p.add_argument("--ttr", type=int)
-    p.add_argument("--max-attempts", type=int)
-    p.add_argument("--overlap", choices=["skip", "queue", "allow", "replace"])
-    p.add_argument("--misfire", choices=["run_all", "run_latest", "skip"])
-    p.add_argument("--misfire-grace", type=int)
+    p.add_argument("--start", help="first run not before this time (ISO-8601 with zone)")
+    p.add_argument("--end", help="no runs after this time (ISO-8601 with zone)")
+    p.add_argument("--tz", help="time zone for --cron, e.g. Europe/Amsterdam (default UTC)")
+    p.add_argument("--jitter", type=int, help="spread each run by up to this many seconds")
+    p.add_argument(
+        "--priority", type=int, help="0 (first) to 2^32-1; default 1024 runs at its due time"
+    )
+    p.add_argument("--tube", help="named queue; workers choose tubes (default: default)")
+    p.add_argument(
+        "--ttr", type=int, help="time to run: seconds a lease lasts without a touch (default 60)"
+    )
+    p.add_argument("--max-attempts", type=int, help="attempts before a run is buried (default 3)")
+    p.add_argument(
+        "--overlap",
+        choices=["skip", "queue", "allow", "replace"],
+        help="when a run is due while the last one is active (default skip)",
+    )
+    p.add_argument(
+        "--misfire",
+        choices=["run_all", "run_latest", "skip"],
+        help="runs the hub missed while down (default run_latest)",
+    )
+    p.add_argument(
+        "--misfire-grace", type=int, help="seconds late a run may still start (default 60)"
+    )
     p.add_argument("--min-interval", type=int, default=10, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_task)
-    p = task.add_parser("list", help="list tasks")
+    p = task.add_parser("list", help="list tasks (id, kind, schedule, tube, priority, state)")
     _connection_args(p)
-    p.add_argument("--client")
+    p.add_argument("--client", help="only this client's tasks")
     p.set_defaults(func=cmd_task)
-    for action in ("show", "pause", "resume", "run-now", "delete"):
-        p = task.add_parser(action, help=f"{action} a task")
+    for action, text in (
+        ("show", "a task's settings and its latest occurrences"),
+        ("pause", "pause a task: no new runs until resumed"),
+        ("resume", "resume a paused task"),
+        ("run-now", "an extra run, due now"),
+        ("delete", "delete a task and cancel its live occurrences"),
+    ):
+        p = task.add_parser(action, help=text, description=text)
         _connection_args(p)
-        p.add_argument("--client", required=True)
-        p.add_argument("name")
+        p.add_argument("--client", help="the task's client (not needed with a task id)")
+        p.add_argument(
+            "name", help="the task id as `task list` prints it (task:CLIENT:SLUG), or its slug"
+        )
+        if action == "show":
+            p.add_argument("--json", action="store_true", help="the raw documents, as JSON")
         p.set_defaults(func=cmd_task)
 
     p = sub.add_parser("kick", help="buried occurrences back to ready")
     _connection_args(p)
-    p.add_argument("--client")
+    p.add_argument("--client", help="only this client's occurrences")
     p.add_argument("--task", help="task slug (with --client)")
-    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
     p.set_defaults(func=cmd_kick)
 
     p = sub.add_parser("stats", help="counts by state, tube and client; workers online")
     _connection_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the counts as JSON, for scripts")
     p.set_defaults(func=cmd_stats)
 
     occ = sub.add_parser("occurrence", help="inspect occurrences").add_subparsers(
@@ -527,16 +767,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = occ.add_parser("show", help="state, attempts, lease, progress, errors and result")
     _connection_args(p)
-    p.add_argument("id")
+    p.add_argument("id", help="occurrence id, occ:task:CLIENT:SLUG:YYYYMMDDTHHMMSSZ")
     p.set_defaults(func=cmd_occurrence)
 
     tube = sub.add_parser("tube", help="pause or resume a tube").add_subparsers(
         dest="action", required=True
     )
     for action in ("pause", "resume"):
-        p = tube.add_parser(action)
+        p = tube.add_parser(action, help=f"{action} every task's runs in a tube")
         _connection_args(p)
-        p.add_argument("tube")
+        p.add_argument("tube", help="the tube's name")
         p.set_defaults(func=cmd_tube)
 
     repl = sub.add_parser("replication", help="primary <-> standby replication").add_subparsers(
@@ -548,7 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = repl.add_parser(action, help=text)
         _connection_args(p)
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--json", action="store_true", help="the report as JSON, for scripts")
         p.set_defaults(func=cmd_replication)
 
     p = sub.add_parser("recover", help="rebuild a new primary from the standby and verify it")
@@ -606,8 +846,11 @@ EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The service logs every event; a one-shot command says what it did on stdout, and
+    # its log lines (task_added ...) would only be noise on stderr unless asked for.
+    quiet = logging.INFO if args.command == "serve" else logging.WARNING
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else quiet,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
@@ -619,6 +862,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hub: {exc}", file=sys.stderr)
         return 2
     except CouchError as exc:
+        missing = missing_credentials(args) if exc.status == 401 else []
+        if missing:
+            print(
+                f"hub: CouchDB refused the request (401: it does not know who asks): "
+                f"{'; '.join(missing)}. `make demo` prints the settings for the demo.",
+                file=sys.stderr,
+            )
+            return 1
         hint = {401: " (wrong user name or password?)", 403: " (this user lacks the role)"}
         print(f"hub: {exc}{hint.get(exc.status, '')}", file=sys.stderr)
         return 1

@@ -22,6 +22,9 @@ from pathlib import Path
 import requests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Inside a checkout, server data (databases, config.json, log.txt, server.out) belongs under
+# this ignored folder: a log.txt written at the root was once committed.
+SCRATCH_DIR = REPO_ROOT / "var"
 SERVER_SCRIPT = REPO_ROOT / "node_modules" / "pouchdb-server" / "bin" / "pouchdb-server"
 # Source fixes preloaded into the server; each is described in the file itself.
 FIXES_SCRIPT = Path(__file__).resolve().parent / "pouchdb_fixes.js"
@@ -36,6 +39,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _check_outside_the_source_tree(data_dir: Path) -> None:
+    """PouchDB Server writes its databases and logs into its data directory (its working
+    directory too): refuse one in the checkout but outside ``var/``."""
+    where = data_dir.resolve()
+    if where.is_relative_to(REPO_ROOT) and not where.is_relative_to(SCRATCH_DIR):
+        raise DevServerError(
+            f"PouchDB Server data directory {data_dir} is inside the source tree: its "
+            f"databases and log.txt would show in git status; use a folder under "
+            f"{SCRATCH_DIR}/ (ignored) or outside the checkout"
+        )
 
 
 @dataclass
@@ -65,6 +80,7 @@ class DevServer:
         node = shutil.which("node")
         if node is None:
             raise DevServerError("Node.js is not on PATH; 'make setup' installs it with apt-get")
+        _check_outside_the_source_tree(self.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port(self.host)

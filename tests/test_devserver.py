@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hub import devserver
 from hub.devserver import FIXES_APPLIED, FIXES_SCRIPT, REPO_ROOT
 
 NODE = shutil.which("node")
@@ -33,8 +34,6 @@ def test_the_pinned_validation_plugin_loads_with_the_fix():
 
 def test_a_server_whose_fix_never_applied_is_refused(tmp_path, monkeypatch):
     """As if a future version had moved the file: nothing patched, so no server."""
-    import hub.devserver as devserver
-
     unpatched = tmp_path / "no_fixes.js"
     unpatched.write_text("// patches nothing\n")
     monkeypatch.setattr(devserver, "FIXES_SCRIPT", unpatched)
@@ -51,3 +50,11 @@ def test_an_unknown_version_of_the_plugin_refuses_to_load(tmp_path):
     run = _load_with_fixes(other)
     assert run.returncode != 0
     assert "does not contain the text this fix expects" in run.stderr
+
+
+def test_a_data_directory_in_the_source_tree_outside_var_is_refused():
+    """A PouchDB Server log (log.txt) run from the repository's root was once committed."""
+    for inside in (REPO_ROOT, REPO_ROOT / "hub" / "data"):
+        with pytest.raises(devserver.DevServerError, match="inside the source tree"):
+            devserver.DevServer(inside).start()
+    assert not (REPO_ROOT / "hub" / "data").exists()

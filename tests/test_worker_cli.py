@@ -67,7 +67,7 @@ def _start(farm, tmp_path: Path, name: str, tube: str) -> tuple[subprocess.Popen
     log = tmp_path / f"{name}-{tube}.log"
     env = {k: v for k, v in os.environ.items() if k != "COUCHFARM_WORKER_PASSWORD"}
     command = [
-        *(sys.executable, "-m", "desktop_worker.cli", "--headless"),
+        *(sys.executable, "-m", "desktop_worker", "--headless"),
         *("--hub", farm.server.url, "--name", name, "--password-file", str(password_file)),
         *("--tubes", tube, "--db", farm.db, "--spool", str(tmp_path / f"{name}.sqlite3")),
     ]
@@ -108,6 +108,9 @@ def test_sigterm_drains_then_exits(farm, tmp_path):
     assert f"event=run_finished occ={occ_id} kind=demo.sleep status=done" in text
     assert "event=worker_stop" in text and 'source="file ' in text
     assert farm.passwords["w1"] not in text  # never logged
+    # `python -m desktop_worker.cli` made every run warn that the module was "found in
+    # sys.modules" (the forkserver preloads it, and multiprocessing re-imports a named main).
+    assert "RuntimeWarning" not in text
 
 
 def test_kill_9_mid_run_leaves_the_occurrence_claimable_after_ttr(farm, tmp_path):

@@ -35,6 +35,16 @@ SUCCESS = frozenset({"done"})
 # Outcomes that count against the success rate; released/cancelled runs were handed back,
 # spooled/unsent ones are not decided yet.
 FAILURE = frozenset({"failed", "retry", "buried", "lost", "rejected", "error"})
+# The statistics cover this many whole local days, today the last.
+STATS_DAYS = 7
+
+
+def stats_days(now: datetime, days: int = STATS_DAYS) -> list[datetime]:
+    """Local midnight of each day the statistics cover, oldest first, today the last: the
+    one range both charts draw (the hourly chart once covered the last 168 hours, so its
+    days ran from a week ago today while the daily chart's began a day later)."""
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return [today - timedelta(days=days - 1 - i) for i in range(days)]
 
 
 @dataclass(frozen=True)
@@ -149,24 +159,25 @@ class History:
         except sqlite3.Error:
             return []
 
-    def completed_per_hour(self, now: datetime, hours: int = 168) -> list[int]:
-        """Runs finished ``done`` in each of the last ``hours`` clock hours, oldest first."""
-        top = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-        start = top - timedelta(hours=hours)
-        counts = [0] * hours
-        for finished, status in self._finished_between(start.timestamp(), top.timestamp()):
+    def completed_per_hour(self, now: datetime, days: int = STATS_DAYS) -> list[int]:
+        """Runs finished ``done`` in each local hour of the days :func:`stats_days` names
+        (today's later hours stay 0), oldest first: the days of :meth:`success_per_day`."""
+        first = stats_days(now, days)[0]
+        counts = [0] * (days * 24)
+        end = first + timedelta(days=days)
+        for finished, status in self._finished_between(first.timestamp(), end.timestamp()):
             if status in SUCCESS:
-                index = int((finished - start.timestamp()) // 3600)
-                if 0 <= index < hours:
+                moment = datetime.fromtimestamp(finished, now.tzinfo)
+                index = (moment.date() - first.date()).days * 24 + moment.hour
+                if 0 <= index < len(counts):
                     counts[index] += 1
         return counts
 
-    def success_per_day(self, now: datetime, days: int = 7) -> list[tuple[int, int]]:
+    def success_per_day(self, now: datetime, days: int = STATS_DAYS) -> list[tuple[int, int]]:
         """(succeeded, decided) per local day for the last ``days`` days, oldest first."""
-        today = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        starts = [today - timedelta(days=days - 1 - i) for i in range(days)]
+        starts = stats_days(now, days)
         out = [[0, 0] for _ in range(days)]
-        end = today + timedelta(days=1)
+        end = starts[-1] + timedelta(days=1)
         for finished, status in self._finished_between(starts[0].timestamp(), end.timestamp()):
             moment = datetime.fromtimestamp(finished, now.tzinfo)
             index = (moment.date() - starts[0].date()).days

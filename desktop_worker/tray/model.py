@@ -77,8 +77,16 @@ class LogEntry:
 
 
 def format_duration(seconds: float | None) -> str:
+    """A duration for people: "350 ms", "4.2 s", "12 s", "1 min 05 s", "2 h 03 min". Most
+    demo and check runs take under a second, which whole seconds showed as "0 s"."""
     if seconds is None:
         return "—"
+    if seconds <= 0:
+        return "0 s"
+    if seconds < 0.9995:
+        return f"{max(1, round(seconds * 1000))} ms"
+    if seconds < 9.95:
+        return f"{seconds:.1f} s"
     seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"

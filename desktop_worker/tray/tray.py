@@ -9,6 +9,10 @@ Menu, top to bottom:
 - Quit. With runs in progress there are two, and each says what happens to them:
   "Quit when the N running jobs finish" (drain: results are delivered) and
   "Quit now, handing N running jobs back to the hub" (their leases are released).
+
+The icon, the tooltip and the menu show one reading of the model (``shown_state``), taken
+whenever the model changes and whenever the menu opens; a menu left open follows the
+model too. It once said "Working: 1 run in progress" beside the idle icon.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from PySide6.QtCore import QObject, Slot
 from PySide6.QtGui import QAction, QIcon
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
-from desktop_worker.tray.icons import icon, progress_ring
+from desktop_worker.tray.icons import TrayState, icon, progress_ring
 from desktop_worker.tray.model import WorkerModel
 from desktop_worker.tray.pausing import PauseController, PauseMode
 
@@ -53,6 +57,10 @@ class TrayController(QObject):
         self.icon.activated.connect(self._on_activated)
         self.actions: dict[str, QAction] = {}
         self._submenus: list[QMenu] = []
+        self._run_menus: dict[str, QMenu] = {}
+        # What the open menu was built from: a change of it rebuilds the menu.
+        self._menu_shape: tuple[Any, ...] = ()
+        self.shown_state: TrayState = model.tray_state
         self.menu_builds = 0
         model.changed.connect(self.refresh)
         pauses.changed.connect(self.refresh)
@@ -62,13 +70,45 @@ class TrayController(QObject):
     # ------------------------------------------------------------ icon and tooltip
 
     @property
-    def state(self) -> Any:
-        return self.model.tray_state
+    def state(self) -> TrayState:
+        return self.shown_state
 
     @Slot()
     def refresh(self) -> None:
-        self.icon.setIcon(icon(self.model.tray_state))
+        """The model changed: icon and tooltip, and the menu if it is open."""
+        self._show_state()
+        if self.menu.isVisible():
+            if self._shape() != self._menu_shape:
+                self.rebuild_menu()
+            else:
+                self._update_open_menu()
+
+    def _show_state(self) -> None:
+        self.shown_state = self.model.tray_state
+        self.icon.setIcon(icon(self.shown_state))
         self.icon.setToolTip(self.tooltip())
+
+    def _shape(self) -> tuple[Any, ...]:
+        pauses = self.pauses
+        return (
+            tuple(sorted(self.model.runs)),
+            pauses.user.mode if pauses.user is not None else None,
+            tuple(pauses.conditions.values()),
+        )
+
+    def _update_open_menu(self) -> None:
+        """Texts and icons in place, so that an open submenu (Cancel) stays open."""
+        status = self.actions.get("status")
+        if status is not None:
+            status.setText(elide(self.model.status_line()))
+            status.setIcon(icon(self.shown_state))
+            status.setToolTip(self.model.status_line())
+        for occ_id, submenu in self._run_menus.items():
+            run = self.model.runs.get(occ_id)
+            if run is not None:
+                submenu.setTitle(elide(run.describe(), 60))
+                if run.fraction is not None:
+                    submenu.setIcon(QIcon(progress_ring(run.fraction)))
 
     def tooltip(self) -> str:
         return self.model.tooltip(self.worker_name)
@@ -110,11 +150,14 @@ class TrayController(QObject):
         for submenu in self._submenus:
             submenu.deleteLater()
         self._submenus = []
+        self._run_menus = {}
         self.actions = {}
         model, pauses = self.model, self.pauses
+        self._show_state()  # the icon shows what the menu is about to say
+        self._menu_shape = self._shape()
 
         status = self._add("status", elide(model.status_line()), enabled=False)
-        status.setIcon(icon(model.tray_state))
+        status.setIcon(icon(self.shown_state))
         status.setToolTip(model.status_line())
         self.menu.addSeparator()
 
@@ -129,6 +172,7 @@ class TrayController(QObject):
                 submenu.addAction(cancel)
                 self.menu.addMenu(submenu)
                 self._submenus.append(submenu)
+                self._run_menus[run.occ_id] = submenu
                 self.actions[f"run:{run.occ_id}"] = submenu.menuAction()
                 self.actions[f"cancel:{run.occ_id}"] = cancel
         else:

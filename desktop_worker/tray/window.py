@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop_worker.tray.chart import BarChart, RateChart
+from desktop_worker.tray.history import stats_days
 from desktop_worker.tray.icons import icon
 from desktop_worker.tray.model import LEVELS, LogEntry, WorkerModel, format_duration
 
@@ -292,19 +293,15 @@ class MainWindow(QMainWindow):
     def refresh_stats(self) -> None:
         history = self.model.history
         now = self.model.clock.now()
-        per_hour = history.completed_per_hour(now) if history is not None else [0] * 168
+        days = stats_days(now)
+        per_hour = history.completed_per_hour(now) if history is not None else [0] * 24 * 7
         per_day = history.success_per_day(now) if history is not None else [(0, 0)] * 7
-        first_hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=167)
-        day_labels = []
-        for index in range(168):
-            moment = first_hour + timedelta(hours=index)
-            if moment.hour == 0 or index == 0:
-                day_labels.append((index, f"{moment:%a %d}"))
-        self.per_hour.set_data([float(v) for v in per_hour], day_labels)
-        first_day = now - timedelta(days=6)
+        names = [f"{day:%a %d}" for day in days]
+        self.per_hour.set_data(
+            [float(v) for v in per_hour], [(i * 24, name) for i, name in enumerate(names)]
+        )
         self.success.set_data(
-            [(ok / total) if total else None for ok, total in per_day],
-            [(i, f"{first_day + timedelta(days=i):%a %d}") for i in range(7)],
+            [(ok / total) if total else None for ok, total in per_day], list(enumerate(names))
         )
         done = sum(per_hour)
         decided = sum(total for _ok, total in per_day)
