@@ -19,7 +19,7 @@ from hub.protocol.version import __version__
 from hub.settings import Connection, SettingsError, connection, read_password_file
 
 if TYPE_CHECKING:
-    from hub.archiver import TallyChange
+    from hub.tallies import TallyChange
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -377,7 +377,7 @@ def _change_line(change: TallyChange) -> str:
 
 
 def cmd_tallies(args: argparse.Namespace) -> int:
-    from hub import archiver
+    from hub import tallies as archiver  # the recount moved out of hub.archiver
     from hub.protocol.couch import Forbidden, NotFound, Unauthorized
 
     conn = _conn(args)

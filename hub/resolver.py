@@ -43,7 +43,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from hub import archiver
+from hub import tallies as archiver  # tally conflicts: the recount (hub.tallies)
 from hub.protocol.couch import Couch
 from hub.protocol.model import MAX_ERROR_HISTORY
 from hub.protocol.states import PROGRESS_RANK, State, finished_first, result_order, same_run
