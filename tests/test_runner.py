@@ -1,4 +1,4 @@
-"""desktop_worker.runner: runs in a spawned child with time, memory and output limits."""
+"""desktop_worker.runner: runs in a child process with time, memory and output limits."""
 
 from __future__ import annotations
 
@@ -404,9 +404,9 @@ def test_helpers_stay_while_a_run_is_in_progress() -> None:
 
 @needs_forkserver
 def test_helpers_stop_by_themselves_after_the_idle_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    import desktop_worker.runner as runner
+    import desktop_worker.forkserver as forkserver
 
-    monkeypatch.setattr(runner, "HELPER_IDLE_S", 0.3)
+    monkeypatch.setattr(forkserver, "HELPER_IDLE_S", 0.3)
     assert finished(start_run("demo.sleep", {"ms": 0}, Limits(), Policy())).status == "ok"
     pid = _forkserver_pid()
     assert pid is not None
