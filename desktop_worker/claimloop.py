@@ -45,6 +45,7 @@ class ClaimLoop:
         *,
         rng: random.Random,
         on_drained: Callable[[], None],
+        version: str = __version__,
     ) -> None:
         self.couch = couch
         self.config = config
@@ -57,6 +58,7 @@ class ClaimLoop:
         self.heartbeat = heartbeat
         self.rng = rng
         self.on_drained = on_drained
+        self.version = version  # what the hub's minimum is held against
         self.claim_stats = ClaimStats()
 
     def run(self) -> None:
@@ -155,7 +157,7 @@ class ClaimLoop:
         except CouchError as exc:  # unreadable policy: work as before
             log_event("policy_unreadable", LOG_WARNING, worker=self.name, error=str(exc))
             policy = None
-        problem = worker_too_old(__version__, (policy or {}).get("min_worker_version"))
+        problem = worker_too_old(self.version, (policy or {}).get("min_worker_version"))
         self.status.set_error("version", problem)
         return problem is None
 

@@ -53,6 +53,7 @@ from desktop_worker.runs import Run, RunSlots, script_specs
 from desktop_worker.spool import Spool
 from desktop_worker.status import EngineStatus
 from hub.protocol.couch import Couch
+from hub.protocol.version import __version__
 
 
 def default_couch_factory(
@@ -105,6 +106,9 @@ class Engine:
         self.feed_wait_s = feed_wait_s
         self.heartbeat_keepalive_s = heartbeat_keepalive_s or 2 * config.heartbeat_interval_s
         self.rng = rng or random.Random()
+        # Read at construction, so a test can make an engine of another version by
+        # setting this module's __version__ (tests/test_packaging.py).
+        self.version = __version__
         self.ready_set = ReadySet(self.name, config.tubes, config.kinds)
         self.claimer = Claimer(
             self.couch,
@@ -131,7 +135,9 @@ class Engine:
             error_wait_s=config.poll_interval_s,
         )
         self.delivery = Delivery(self.couch, config, self.status, spool)
-        self.heartbeat = Heartbeat(self.couch, config, self.status, self.heartbeat_keepalive_s)
+        self.heartbeat = Heartbeat(
+            self.couch, config, self.status, self.heartbeat_keepalive_s, self.version
+        )
         self.slots = RunSlots(
             self.couch, config, self.status, self.delivery, rng=self.rng, start_run=start_run
         )
@@ -145,6 +151,7 @@ class Engine:
             self.heartbeat,
             rng=self.rng,
             on_drained=lambda: self.lifecycle.drained(),
+            version=self.version,
         )
         self.lifecycle = Lifecycle(
             config,
@@ -158,6 +165,7 @@ class Engine:
                 ("spool", self.delivery.run),
                 ("heartbeat", self.heartbeat.run),
             ],
+            version=self.version,
         )
 
     # ================================================================ observers

@@ -48,7 +48,12 @@ class Heartbeat:
     soon as the rate limit allows; ``wake`` cuts a wait short."""
 
     def __init__(
-        self, couch: Couch, config: WorkerConfig, status: EngineStatus, keepalive_s: float
+        self,
+        couch: Couch,
+        config: WorkerConfig,
+        status: EngineStatus,
+        keepalive_s: float,
+        version: str = __version__,
     ) -> None:
         self.couch = couch
         self.config = config
@@ -56,6 +61,7 @@ class Heartbeat:
         self.name = config.name
         self.status = status
         self.keepalive_s = keepalive_s
+        self.version = version
         self.wake = threading.Event()
         self.dirty = True
         self.rev: str | None = None
@@ -111,7 +117,7 @@ class Heartbeat:
         doc.update(
             type="worker",
             name=self.name,
-            version=__version__[:40],
+            version=self.version[:40],
             os=platform.platform()[:100],
             tubes=list(self.config.tubes),
             kinds=self._kinds_for_doc(),

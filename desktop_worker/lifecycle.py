@@ -34,6 +34,7 @@ class Lifecycle:
         delivery: Delivery,
         heartbeat: Heartbeat,
         loops: list[tuple[str, Callable[[], None]]],
+        version: str = __version__,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -42,6 +43,7 @@ class Lifecycle:
         self.delivery = delivery
         self.heartbeat = heartbeat
         self.loops = loops
+        self.version = version
         self.stopped = threading.Event()  # set once fully stopped (wait() returns)
         self.stopped.set()
         self._shutting_down = False
@@ -60,7 +62,7 @@ class Lifecycle:
         log_event(
             "worker_start",
             worker=self.name,
-            version=__version__,
+            version=self.version,
             hubs=",".join(redact_url(u) for u in self.config.hub_urls),
             db=self.config.db,
             tubes=",".join(self.config.tubes),
