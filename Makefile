@@ -7,7 +7,7 @@ APT_PACKAGES := $(shell grep -v '^\#' .ci/apt-packages.txt)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format demo bench package clean fuzz
+.PHONY: setup test lint typecheck format demo bench package clean fuzz screenshots
 
 setup: $(VENV)/.installed node_modules/.installed .ci/.apt-installed
 
@@ -34,6 +34,15 @@ node_modules/.installed: package.json package-lock.json | .ci/.apt-installed
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# mypy: standard on hub/ and desktop_worker/, strict on the protocol core (pyproject.toml).
+typecheck: setup
+	$(VENV)/bin/mypy
+
+# The portal's committed screenshots (docs/screenshots/portal-*.png); the suite writes its
+# own into var/screenshots/ and leaves the tree alone.
+screenshots: setup
+	COUCHFARM_SCREENSHOTS=docs/screenshots $(VENV)/bin/pytest -p no:cacheprovider tests/browser
 
 format: setup
 	$(VENV)/bin/ruff format .

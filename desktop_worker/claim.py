@@ -34,7 +34,7 @@ from desktop_worker.log import log_event
 from desktop_worker.readyset import ReadySet
 from hub.protocol import states
 from hub.protocol.board import read_peers
-from hub.protocol.couch import Conflict, Couch, Forbidden, NotFound
+from hub.protocol.couch import Conflict, Couch, CouchError, Forbidden, NotFound
 from hub.protocol.model import Occurrence, State
 from hub.protocol.timefmt import from_wire, to_wire
 
@@ -50,10 +50,13 @@ class ClaimStats:
     conflicts: int = 0  # 409: another worker's write got there first
     retried_wins: int = 0
     refused: int = 0  # 403 from validate_doc_update (PouchDB's form of a lost race)
+    # A cluster took the claim on fewer copies than a majority (202): another claim won
+    # there. Abandoned at once, never run (fencing before the run, not after it).
+    abandoned: int = 0
 
     @property
     def lost_races(self) -> int:
-        return self.conflicts + self.refused
+        return self.conflicts + self.refused + self.abandoned
 
     def add(self, other: ClaimStats) -> None:
         for name in self.__dataclass_fields__:
@@ -336,14 +339,20 @@ class Claimer:
         if not claims:
             return []
         stats.puts += len(claims)
-        rows = self.couch.bulk_docs(self.db, [claim.to_doc() for claim in claims])
+        rows = self.couch.bulk_docs(
+            self.db, [claim.to_doc() for claim in claims], w=self.couch.majority(self.db)
+        )
         won: list[Occurrence] = []
         for claimed, row in zip(claims, rows, strict=True):
             if self.ready_set is not None:
                 self.ready_set.forget(claimed.id, self.monotonic())
             if "rev" in row and not row.get("error"):
+                taken = claimed.model_copy(update={"rev": row["rev"]})
+                if row.get("accepted"):
+                    self._abandon(taken, stats)
+                    continue
                 stats.wins += 1
-                won.append(claimed.model_copy(update={"rev": row["rev"]}))
+                won.append(taken)
                 continue
             # POUCHDB: a lost race there is "forbidden" from validate_doc_update (see
             # _claim_one); CouchDB 3 says "conflict". A row lost to a retried request of
@@ -368,7 +377,7 @@ class Claimer:
         doc = claimed.to_doc()
         stats.puts += 1
         try:
-            rev = self.couch.put(self.db, doc)
+            written = self.couch.put_counted(self.db, doc, w=self.couch.majority(self.db))
         except (Conflict, Forbidden) as exc:
             # POUCHDB: PouchDB Server runs validate_doc_update against the current doc before
             # it checks the rev, so a lost race there is a 403 ("leased by w2"); CouchDB 3
@@ -385,8 +394,25 @@ class Claimer:
                 stats.refused += 1
                 log_event("claim_refused", logging.DEBUG, occ=occ.id, reason=exc.reason)
             return None
+        taken = claimed.model_copy(update={"rev": written.rev})
+        if not written.quorum:
+            self._abandon(taken, stats)
+            return None
         stats.wins += 1
-        return claimed.model_copy(update={"rev": rev})
+        return taken
+
+    def _abandon(self, taken: Occurrence, stats: ClaimStats) -> None:
+        """A claim a CouchDB cluster took on fewer copies than a majority (202 Accepted):
+        each copy takes one of two concurrent claims of a revision, so another claim holds
+        the majority and will run. Say so on our own branch, so the hub's resolver keeps
+        theirs (and requeues the occurrence if every claim was abandoned), and do not run."""
+        stats.abandoned += 1
+        try:
+            self.couch.put(self.db, states.abandon(taken, self.worker, self.couch.now()).to_doc())
+        except CouchError as exc:  # the resolver still prefers theirs by claim time or rev
+            log_event("claim_abandon_failed", logging.WARNING, occ=taken.id, error=str(exc))
+        log_event("claim_abandoned", occ=taken.id, attempt=taken.attempt,
+                  why="a cluster took this claim on fewer copies than a majority")  # fmt: skip
 
     def _was_mine(self, claimed: Occurrence) -> Occurrence | None:
         """After a retried PUT got 409: is the stored doc exactly the claim we sent?"""

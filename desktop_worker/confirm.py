@@ -18,9 +18,14 @@ until it sees it on the *other* server of its list (the standby). Each pass of
   own lease there). Anyone else's lease there: we wait for their finish (then the later
   result is replaced) or for the lease to expire (then we claim it);
 - it is not done and we are still on that server: replication lag, wait;
-- the survivor ended it in another final state, or archived a later result (we came
-  back after the archive window): ours can no longer be applied. Logged at ERROR as
-  ``result_not_restored`` with the run's identity, then dropped from the spool.
+- the survivor ended its copy without a result (missed, skipped, cancelled, failed) or
+  buried it: ``_restore`` puts our run back (``states.restore``), logged
+  ``result_restored``: done beats every other state, the resolver's own rule, so one
+  server's policy never throws away a run another server acknowledged;
+- the survivor archived the occurrence (we came back after the 5-minute archive window)
+  or refuses the write (older than the replacement window): ours can no longer be
+  applied. Logged at ERROR as ``result_not_restored`` with the run's identity, then
+  dropped from the spool. Nothing else drops an acknowledged result.
 
 After a rescue or a replacement the entry counts as uploaded to the server it was written
 to, and waits to be seen on the next one (the rebuilt primary, after ``hub recover``).
@@ -84,8 +89,8 @@ class Confirmer:
             return False
         by_server: dict[int, list[Entry]] = {}
         for entry in entries:
-            other = ((entry.uploaded_to or 0) + 1) % len(self.couch.servers)
-            by_server.setdefault(other, []).append(entry)
+            next_server = ((entry.uploaded_to or 0) + 1) % len(self.couch.servers)
+            by_server.setdefault(next_server, []).append(entry)
         changed = False
         for index, group in by_server.items():
             other = self.couch.for_server(index)
@@ -130,6 +135,9 @@ class Confirmer:
             return CONFIRMED
         if finished_first(found, ours):
             return self._superseded(entry, ours, found)
+        if found.get("state") != State.DONE.value:
+            # Archived (5 minutes after it ended): the results database is the hub's alone.
+            return self._not_restored(entry, ours, f"the survivor archived it {found.get('state')}")
         return self._not_restored(entry, ours, "the survivor archived a later result")
 
     def left_server(self, uploaded_to: int | None, other_index: int) -> bool:
@@ -197,14 +205,14 @@ class Confirmer:
         """
         try:
             current = Occurrence.from_doc(doc)
-            if current.is_final:  # failed, cancelled, missed, skipped: not ours to change
-                return self._not_restored(entry, ours, f"the survivor ended it {current.state}")
+            if current.state in states.RESTORABLE_STATES:
+                return self._restore(other, index, entry, ours, current)
             now = other.now()
             if current.state == State.READY:
                 claimed = states.claim(current, self.name, now)
                 current = claimed.model_copy(update={"rev": other.put(self.db, claimed.to_doc())})
             if current.state != State.LEASED or current.lease is None:
-                return WAIT  # a retry is scheduled, or buried: wait until it is ready again
+                return WAIT  # a retry is scheduled: wait until it is ready again
             if current.lease.worker != self.name:
                 return WAIT  # theirs: their later result is replaced when it lands
             finished = states.finish(
@@ -220,6 +228,34 @@ class Confirmer:
                   attempt=current.attempt, finished_at=ours.get("finished_at"))  # fmt: skip
         self._moved_to(entry, index, finished)
         return WAIT
+
+    def _restore(
+        self, other: Couch, index: int, entry: Entry, ours: dict, current: Occurrence
+    ) -> str:
+        """The survivor ended its copy without a result (missed, skipped, cancelled,
+        failed) or buried it, while our run's result was acknowledged by the lost server:
+        put the run back (``states.restore``: done wins, as the resolver would decide)."""
+        was = current.state.value
+        try:
+            restored = states.restore(current, ours, other.now()).to_doc()
+            restored["_rev"] = other.put(self.db, restored)
+        except Conflict:
+            return WAIT  # it changed meanwhile: look again next pass
+        except Forbidden as exc:  # e.g. the run is older than the replacement window
+            return self._not_restored(entry, ours, f"the survivor refused it: {exc.reason}")
+        except (CouchError, ValueError, states.InvalidTransition) as exc:
+            log_event("result_rescue_failed", logging.WARNING, occ=entry.occ_id, error=str(exc))
+            return WAIT
+        log_event(
+            "result_restored",
+            logging.WARNING,
+            occ=entry.occ_id,
+            server=other.active.label,
+            over=was,
+            finished_at=ours.get("finished_at"),
+        )
+        self._moved_to(entry, index, restored)
+        return WAIT  # confirmed once the next server has it
 
     def _moved_to(self, entry: Entry, index: int, doc: dict[str, Any]) -> None:
         try:

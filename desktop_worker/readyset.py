@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from hub.protocol.board import str_items
 from hub.protocol.states import rendezvous as _score
 from hub.protocol.states import rev_generation as _generation
 from hub.protocol.timefmt import from_wire
@@ -191,11 +192,10 @@ class ReadySet:
             last_seen = from_wire(str(doc.get("last_seen")))
         except ValueError:
             return
-        tubes = doc.get("tubes") if isinstance(doc.get("tubes"), list) else []
         with self._lock:
             self._peers[name] = _Peer(
                 last_seen=last_seen,
-                tubes=frozenset(t for t in tubes if isinstance(t, str)),
+                tubes=str_items(doc.get("tubes")),
                 running=doc.get("state") == "running",
             )
 

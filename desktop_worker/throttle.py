@@ -85,7 +85,7 @@ class CpuThrottle:
 
         try:
             times = proc.cpu_times()
-            total = times.user + times.system + times.children_user + times.children_system
+            total: float = times.user + times.system + times.children_user + times.children_system
             for child in proc.children(recursive=True):
                 try:
                     child_times = child.cpu_times()

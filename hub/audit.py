@@ -483,11 +483,12 @@ def _records(
         return {}
     for name, by_side in maps.items():
         for side in sides:
-            revs = by_side.get(side.name, {})
+            side_revs = by_side.get(side.name, {})
             wanted = [
                 doc_id
                 for doc_id in (_id_in(name, live_db, occ) for occ in sorted(candidates))
-                if live(revs.get(doc_id)) and (name, doc_id, revs[doc_id].rev) not in bodies
+                if live(side_revs.get(doc_id))
+                and (name, doc_id, side_revs[doc_id].rev) not in bodies
             ]
             if wanted:
                 _revs, got = side.read(name, wanted)

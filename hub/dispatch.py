@@ -53,6 +53,7 @@ from hub.protocol.board import (
     REST_S,
     board_db,
     offer_doc_id,
+    str_items,
 )
 from hub.protocol.couch import Couch, CouchError
 from hub.protocol.states import rendezvous
@@ -163,10 +164,8 @@ class Dispatcher:
         if not isinstance(name, str):
             return
         seat = self._seat(name)
-        tubes = doc.get("tubes") if isinstance(doc.get("tubes"), list) else []
-        kinds = doc.get("kinds") if isinstance(doc.get("kinds"), list) else []
-        seat.tubes = frozenset(t for t in tubes if isinstance(t, str))
-        seat.kinds = frozenset(k for k in kinds if isinstance(k, str)) or None
+        seat.tubes = str_items(doc.get("tubes"))
+        seat.kinds = str_items(doc.get("kinds")) or None
         slots = doc.get("slots")
         seat.slots = slots if isinstance(slots, int) and slots > 0 else 1
         seat.accepting = doc.get("state") == "running"
@@ -276,7 +275,7 @@ class Board:
             self._revs.clear()
             self._bound = self.couch.active.url
             self._beat_at = None
-        docs = [
+        docs: list[dict[str, Any]] = [
             {"_id": offer_doc_id(worker), "type": "offer", "worker": worker, "at": to_wire(now),
              "offers": list(held)}
             for worker, held in offers.items()

@@ -367,20 +367,22 @@ class Materializer:
         created = 0
         with self._lock:
             for row in rows:
-                occ = models.get(row["id"])
-                if occ is None:
+                written = models.get(row["id"])
+                if written is None:
                     continue
                 if "rev" in row:
-                    created += occ.rev is None
-                    self._track({**occ.to_doc(), "_rev": row["rev"]})
-                    log.info("event=occurrence_written occ=%s state=%s", occ.id, occ.state.value)
+                    created += written.rev is None
+                    self._track({**written.to_doc(), "_rev": row["rev"]})
+                    log.info(
+                        "event=occurrence_written occ=%s state=%s", written.id, written.state.value
+                    )
                 elif row.get("error") == "conflict":
                     # Another hub created it first, or a worker changed it: both are fine.
                     self.conflicts += 1
                 else:
                     log.error(
                         "event=occurrence_write_failed occ=%s error=%s reason=%s",
-                        occ.id,
+                        written.id,
                         row.get("error"),
                         row.get("reason"),
                     )

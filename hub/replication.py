@@ -118,6 +118,7 @@ def replicate_once(
     decode credentials in a URL (a password with ``@`` or ``%`` would fail), so it gets
     the headers form, which every CouchDB 3 accepts."""
     runner = run_on or target
+    body: dict[str, Any]
     if is_pouchdb(runner):
         body = {"source": source.db_url(db), "target": target.db_url(db)}
     else:

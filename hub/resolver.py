@@ -4,9 +4,12 @@ Replication between a primary and a standby that both took writes (or a CouchDB 
 accepting two claims under quorum) leaves documents with several leaf revisions. CouchDB
 picks a winner deterministically, but not by our rules, so the hub settles each one:
 
-- occurrence: the state furthest along wins (done > failed/cancelled > missed/skipped >
-  buried > leased > ready > scheduled); between two leases the later claim wins;
-  between two results the first finished wins; the error histories are merged.
+- occurrence: one total order of the states (``states.PROGRESS_RANK``): done > failed >
+  cancelled > skipped > missed > buried > leased > ready > scheduled; between two leases
+  the later claim wins; between two results the first finished wins; the error histories
+  are merged. So the hub's own policies (skip, miss, coalesce) never overrule a run that
+  ended on the other server, and the worker's spool applies the same rule when it puts an
+  acknowledged run back over a survivor's ending (``states.restore``).
 - result (``res:``): the first finished wins; the others are logged.
 
 "First finished" is one total order, :func:`result_order`: ``finished_at`` (hub time),
@@ -44,9 +47,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub import tallies as archiver  # tally conflicts: the recount (hub.tallies)
+from hub.protocol import states
 from hub.protocol.couch import Couch
-from hub.protocol.model import MAX_ERROR_HISTORY
-from hub.protocol.states import PROGRESS_RANK, State, finished_first, result_order, same_run
+from hub.protocol.model import MAX_ERROR_HISTORY, Occurrence, State
+from hub.protocol.states import PROGRESS_RANK, finished_first, result_order, same_run
 
 __all__ = [
     "choose",
@@ -72,8 +76,9 @@ def _occurrence_key(doc: dict[str, Any]) -> tuple:
     rank = PROGRESS_RANK.get(State(doc.get("state", "scheduled")), 0)
     lease = doc.get("lease") or {}
     first = _inverted(result_order(doc.get("result")))
+    running = not lease.get("abandoned")  # a claim that reached a majority beats one that did not
     claimed = lease.get("claimed_at", "")
-    return (rank, first, claimed, doc.get("updated_at", ""), _rev_key(doc))
+    return (rank, first, running, claimed, doc.get("updated_at", ""), _rev_key(doc))
 
 
 def _result_key(doc: dict[str, Any]) -> tuple:
@@ -146,8 +151,14 @@ def resolve(
     merged = False
     if winner["_id"].startswith("occ:"):
         history = merged_errors(candidates)
-        if history != winner.get("errors", []):
-            writes.append({**winner, "errors": history})
+        kept = {**winner, "errors": history}
+        if (winner.get("lease") or {}).get("abandoned"):
+            # Every claim of this revision was abandoned: nobody runs it, so it is ready again.
+            requeued = states.requeue_abandoned(Occurrence.from_doc(kept), couch.now()).to_doc()
+            writes.append({**requeued, "_rev": winner["_rev"]})
+            merged = True
+        elif history != winner.get("errors", []):
+            writes.append(kept)
             merged = True
     losers = [c["_rev"] for c in candidates if c["_rev"] != winner["_rev"]]
     writes += [{"_id": winner["_id"], "_rev": rev, "_deleted": True} for rev in losers]

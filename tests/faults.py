@@ -11,11 +11,16 @@ One run (:func:`run_fault`):
 3. under that load, replication lag is sampled (seconds: a probe written on the primary
    until it is read on the standby; documents: ids whose winning revision on the primary
    the standby does not have yet);
-4. ``kill -9`` the primary at a random moment; the farm runs on the standby;
+4. ``kill -9`` the primary at a random moment; the farm runs on the standby for the
+   outage (fixed, or drawn from ``outage_s``);
 5. a new primary on the same address with its data directory deleted; ``hub recover``;
-   the farm fails back and runs on it; the hub stops, then the workers (they empty their
-   spools first);
-6. the audit (:func:`audit`), read from both servers and the workers' structured logs.
+   the farm fails back and runs on it. The fault matrix (``second_kill``) kills the
+   primary once more, at a random moment *during* ``hub recover`` or during the fail-back
+   that follows it, and rebuilds it again; the hub stops, then the workers (they empty
+   their spools first);
+6. ``hub audit`` (``hub/audit.py``) must find the two servers equal within
+   ``audit_within_s``, with nothing settled by the test; then the audit of runs
+   (:func:`audit`), read from both servers and the workers' structured logs.
 
 What "lost" means, precisely. A *stored run* is a result a worker got a 201 for: its log
 line ``event=result_stored ... state=done worker= started_at= finished_at=``. A run is
@@ -47,6 +52,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from hub import audit as hub_audit
 from hub import provision, replication, resolver
 from hub.protocol.board import board_db
 from hub.protocol.couch import Couch, CouchError
@@ -57,6 +63,8 @@ from tests.servers import ControlledServer, fault_servers
 
 REPO = Path(__file__).resolve().parent.parent
 DB = "farm"  # on servers of the run's own; a persistent pair gets a new name per run
+SECOND_KILLS = ("none", "recover", "failback")
+FAILBACK_S = 30.0  # clients look at a recovered primary again within this long
 STORED = re.compile(
     r"event=result_stored occ=(\S+) state=done worker=(\S+) started_at=(\S+) finished_at=(\S+)"
 )
@@ -75,6 +83,13 @@ class FaultConfig:
     drain_s: float = 20.0  # hub stopped: workers finish what they hold, empty their spools
     lag_every_s: float = 1.5
     seed: int | None = None
+    outage_s: tuple[float, float] | None = None  # drawn per run; None: on_standby_s
+    second_kill: str = "none"  # "recover": during hub recover; "failback": just after it
+    audit_within_s: float = 60.0  # hub audit must be clean this soon after the workers stop
+
+    def __post_init__(self) -> None:
+        if self.second_kill not in SECOND_KILLS:
+            raise ValueError(f"second_kill must be one of {SECOND_KILLS}, not {self.second_kill!r}")
 
 
 @dataclass
@@ -100,6 +115,7 @@ class FaultReport:
     reruns: int = 0  # occurrences with more than one stored run
     replaced: int = 0  # result_replaced: a later result put back under an earlier one
     rescued: int = 0  # result_rescued: re-uploaded to the survivor after failover
+    restored: int = 0  # result_restored: put back over the survivor's missed/skipped/...
     not_restored: int = 0  # result_not_restored (ERROR)
     duplicates: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
@@ -115,11 +131,18 @@ class FaultReport:
     exposed_window_s: float | None = None
     recovery_ok: bool = False
     recovery_lines: list[str] = field(default_factory=list)
+    outage_s: float = 0.0
+    second_kill: str = "none"
+    second_kill_after_s: float | None = None  # after hub recover began / returned
+    recover_s: float | None = None  # the last hub recover: start to "verified"
+    audit_clean_s: float | None = None  # workers stopped -> hub audit clean
+    audit_findings: list[str] = field(default_factory=list)  # still there at audit_within_s
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for key in ("lost", "duplicates", "conflicts", "unaccounted", "superseded_unlogged"):
+        for key in ("lost", "duplicates", "conflicts", "unaccounted", "superseded_unlogged",
+                    "audit_findings"):  # fmt: skip
             out[f"{key}_count"] = len(out[key])
             out[key] = out[key][:20]
         for key in ("lag_seconds", "lag_docs"):
@@ -277,17 +300,21 @@ def run_fault(
         killed_wall = time.time()
         for sampler in samplers:
             sampler.join(35)
-        time.sleep(cfg.on_standby_s)
-        # A new primary on the same address, its data gone.
-        primary.wipe()
-        primary.start()
+        report.outage_s = round(rng.uniform(*cfg.outage_s) if cfg.outage_s else cfg.on_standby_s, 1)
+        time.sleep(report.outage_s)
+        _rebuild(primary)  # a new primary on the same address, its data gone
+        if cfg.second_kill != "none":
+            _second_kill(cfg, rng, report, primary, ends, db)
+        began_recover = time.monotonic()
         recovery = replication.recover(ends[1], ends[0], db, sample=30)
+        report.recover_s = round(time.monotonic() - began_recover, 1)
         report.recovery_ok, report.recovery_lines = recovery.ok, recovery.lines
         time.sleep(cfg.after_recover_s)
         _stop(procs[:1])  # the hub first: no new occurrences
         time.sleep(cfg.drain_s)
         _stop(procs[1:])
         procs.clear()
+        hub_audit_until_clean(ends[0].couch(), ends[1].couch(), db, cfg.audit_within_s, report)
         audit(ends[0].couch(), ends[1].couch(), tmp, cfg, died_at, report, db)
         report.failover_s = first_run_after(tmp, cfg.workers, killed_wall) or report.failover_s
     finally:
@@ -296,6 +323,62 @@ def run_fault(
             _drop(ends, db, servers)
     report.seconds = round(time.monotonic() - began, 1)
     return report
+
+
+def _rebuild(server: ControlledServer) -> None:
+    server.wipe()
+    server.start()
+
+
+def _second_kill(
+    cfg: FaultConfig,
+    rng: random.Random,
+    report: FaultReport,
+    primary: ControlledServer,
+    ends: list[replication.Endpoint],
+    db: str,
+) -> None:
+    """Kill the rebuilt primary again: during ``hub recover`` (which must then say it
+    failed, and leave the marker ``rebuilding``), or in the fail-back window after it
+    returned ``verified``, with clients on their way back. Then rebuild it once more, after
+    a short second outage; the caller's ``hub recover`` must succeed from there."""
+    report.second_kill = cfg.second_kill
+    if cfg.second_kill == "recover":
+        report.second_kill_after_s = round(rng.uniform(0.2, 3.0), 2)
+        killer = threading.Timer(report.second_kill_after_s, primary.kill)
+        killer.start()
+        try:
+            interrupted = replication.recover(ends[1], ends[0], db, sample=30, timeout=60.0,
+                                              converge_timeout=30.0)  # fmt: skip
+            report.recovery_lines += ["(interrupted recover)", *interrupted.lines]
+        except (CouchError, OSError) as exc:
+            report.recovery_lines.append(f"(interrupted recover raised: {exc})")
+        killer.join()
+    else:
+        first = replication.recover(ends[1], ends[0], db, sample=30)
+        report.recovery_lines += ["(recover before the fail-back kill)", *first.lines]
+        report.second_kill_after_s = round(rng.uniform(0.0, FAILBACK_S), 2)
+        time.sleep(report.second_kill_after_s)
+        primary.kill()
+    time.sleep(rng.uniform(5.0, 15.0))
+    _rebuild(primary)
+
+
+def hub_audit_until_clean(p_admin: Couch, s_admin: Couch, db: str, within_s: float,
+                          report: FaultReport) -> None:  # fmt: skip
+    """``hub audit``, again every 2 s until it is clean or ``within_s`` passed; the test
+    settles nothing itself first, so this is what ops would see."""
+    began = time.monotonic()
+    while True:
+        found = hub_audit.audit(p_admin, s_admin, db)
+        if found.clean:
+            report.audit_clean_s = round(time.monotonic() - began, 1)
+            return
+        if time.monotonic() - began > within_s:
+            report.audit_findings = [f"{f.kind} {f.db} {f.id}: {f.primary} | {f.standby} {f.detail}"
+                                     for f in found.findings]  # fmt: skip
+            return
+        time.sleep(2.0)
 
 
 def _drop(ends: list[replication.Endpoint], db: str, servers: Sequence[ControlledServer]) -> None:
@@ -450,6 +533,7 @@ def audit(p_admin: Couch, s_admin: Couch, tmp: Path, cfg: FaultConfig, died_at: 
     report.exposed_results, report.exposed_window_s = exposure(text, died_at)
     report.replaced = text.count("event=result_replaced ")
     report.rescued = text.count("event=result_rescued ")
+    report.restored = text.count("event=result_restored ")
     report.not_restored = text.count("event=result_not_restored ")
 
     # 2. Every due occurrence accounted for: each task's series has no gap.

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hub import archiver, provision
+from hub import archiver, provision, resolver
 from hub.archiver import expired_months
 from hub.protocol import states
 from hub.protocol.couch import Forbidden
@@ -76,6 +76,16 @@ def results(task: Task, start, count: int, every_nth_fails: int = 0) -> list[dic
 
 def tally(farm, month: str, task: Task) -> dict[str, Any]:
     return farm.hub.get(month, archiver.tally_id(task.id))
+
+
+def settle(farm, db: str) -> None:
+    """What `hub serve` does for concurrent writers on a CouchDB cluster, where each copy
+    of a shard can take a different one of two updates of the same revision: settle the
+    conflicted tallies, then fold the batches their losing branches announced. On one
+    server this finds no conflict and does nothing, so a leftover there still fails."""
+    resolved, _ = resolver.resolve_all(farm.hub, db)
+    if resolved:
+        archiver.recover_pending(farm.hub, db, farm.now(), grace=timedelta(0))
 
 
 def counts(doc: dict[str, Any]) -> dict[str, int]:
@@ -188,6 +198,7 @@ def test_two_hubs_archiving_overlapping_batches_at_once_count_each_result_once(f
     for thread in threads:
         thread.join(120)
     assert not errors, errors
+    settle(farm, month)
     doc = tally(farm, month, task)
     assert doc["pending"] == {}
     assert counts(doc) == truth(farm, month, task)

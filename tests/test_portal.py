@@ -523,6 +523,52 @@ def test_task_page_shows_progress_errors_and_plot_hook(acme, world):
     assert all(p["duration_ms"] == 2000 for p in series["points"])
 
 
+def test_task_plot_starts_at_the_first_run(acme, world):
+    page = acme.get("/tasks/ping", headers={"Accept": "text/html"}).text
+    first = world["archived"][0].due_at  # the oldest run, 45 days ago
+    assert f'data-first-run="{first}"' in page
+    assert '<option value="first" selected>since the first run</option>' in page
+    quiet = acme.get("/tasks/quiet", headers={"Accept": "text/html"}).text
+    assert "data-first-run" not in quiet  # no runs yet: the plot's script falls back
+
+
+def test_dashboard_activity_counts_runs_per_hour(acme, operator, world):
+    activity = acme.get("/api/activity").json()
+    points = activity["points"]
+    # 24 hours asked; the runs began 3 hours ago, so the empty hours before are trimmed
+    # down to the six the plot always shows.
+    assert activity["bucket_seconds"] == 3600 and len(points) == 6
+    assert [p["t"] for p in points] == sorted(p["t"] for p in points)
+    # In the last day: 6 archived (5 ok, 1 failed) and L1..L3 live (L1 also archived: once).
+    assert sum(p["runs"] for p in points) == 9
+    assert sum(p["ok"] for p in points) == 7
+    for p in points:
+        assert p["success_rate"] == (round(p["ok"] / p["runs"], 4) if p["runs"] else None)
+    # The same runs as the task's own plot over that window.
+    series = acme.get(
+        "/api/tasks/ping/series", params={"since": activity["since"], "until": activity["until"]}
+    ).json()
+    assert sum(p["runs"] for p in series["points"]) == 9
+    # A short window keeps at least six hours; operators name the client.
+    assert len(acme.get("/api/activity", params={"hours": 2}).json()["points"]) == 2
+    assert operator.get("/api/activity").status_code == 400
+    assert operator.get("/api/activity", params={"client": "acme"}).json() == activity
+    assert acme.get("/api/activity", params={"hours": 0}).status_code == 422
+    page = acme.get("/", headers={"Accept": "text/html"}).text
+    assert 'data-activity="/api/activity?hours=24"' in page
+
+
+def test_occurrence_page_explains_live_and_archived(acme, world):
+    live = acme.get(
+        f"/tasks/ping/occurrences/{world['live']['L2'].id}", headers={"Accept": "text/html"}
+    ).text
+    assert 'id="occ-source" title="Live: this run is still' in live
+    assert 'id="source-legend">Live: this run is still' in live
+    old = world["archived"][0].id
+    archived = acme.get(f"/tasks/ping/occurrences/{old}", headers={"Accept": "text/html"}).text
+    assert 'id="source-legend">Archived: this run has ended' in archived
+
+
 def test_occurrence_page_shows_live_and_archived_results(acme, world):
     live = acme.get(f"/tasks/ping/occurrences/{world['live']['L2'].id}")
     assert live.status_code == 200 and "&#34;n&#34;: 1" in live.text
@@ -580,6 +626,14 @@ def _field_block(html: str, name: str) -> str:
     start = html.index(f'name="{name}"')
     end = html.find('<div class="field', start)
     return html[start:end]
+
+
+def test_form_labels_inputs_with_their_schema_titles(acme):
+    page = acme.get("/tasks/new", headers={"Accept": "text/html"}).text
+    for label in ("Timeout (seconds)", "Expected HTTP status", "HTTP method", "URL",
+                  "Duration (milliseconds)", "Record type"):  # fmt: skip
+        assert f"{label}</label>" in page or f"{label} <span" in page, label
+    assert ">timeout s<" not in page and ">expect status<" not in page
 
 
 def test_form_shows_each_problem_beside_its_field_then_accepts_the_fix(acme, world):
@@ -763,6 +817,41 @@ def test_ops_page_for_operators_only(app, farm, operator, acme, world, service):
         ops_app = create_app(service, farm.hub, secret_key=SECRET, replication_status=status)
         client = login(ops_app, "hub", farm.passwords["hub"])
         assert words in client.get("/ops", headers={"Accept": "text/html"}).text
+
+
+def test_replication_with_unknown_states_is_never_called_healthy(farm, service):
+    def link(state, healthy=True, lag=0.2):
+        return {"db": farm.db, "source": "primary", "target": "standby", "lag_docs": 0,
+                "lag_seconds": lag, "state": state, "error": None, "healthy": healthy}  # fmt: skip
+
+    cases = (
+        ([link("running"), link("running")], "yes"),
+        ([link("running"), link("unknown")], "unknown"),
+        ([link("unknown"), link("crashing", healthy=False)], "no"),
+    )
+    for links, overall in cases:
+        status = {"at": "x", "links": links, "states_readable": False}
+        ops_app = create_app(
+            service, farm.hub, secret_key=SECRET, replication_status=lambda s=status: s
+        )
+        client = login(ops_app, "hub", farm.passwords["hub"])
+        replication = client.get("/api/ops").json()["replication"]
+        assert replication["healthy"] == overall
+        verdicts = [row["verdict"] for row in replication["links"]]
+        assert verdicts == [{"running": "yes", "unknown": "unknown"}.get(r["state"], "no")
+                            for r in links]  # fmt: skip
+        page = client.get("/ops", headers={"Accept": "text/html"}).text
+        if overall == "unknown":
+            assert "hub serve --admin-password-file" in page
+            assert '<span class="status status-ok">yes</span>' in page  # the running one
+        assert ("healthy</span> every replication" in page) == (overall == "yes")
+
+
+def test_a_client_opening_ops_gets_a_page_with_the_navigation(acme):
+    page = acme.get("/ops", headers={"Accept": "text/html"})
+    assert page.status_code == 403
+    assert "operators only" in page.text and 'href="/tokens"' in page.text
+    assert acme.get("/ops").status_code == 404  # the API's answer stays "not found"
 
 
 def _broken():

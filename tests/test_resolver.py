@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -301,3 +301,175 @@ def test_a_losing_leaf_changed_meanwhile_is_reported_only_when_it_is_still_live(
             assert bool(left) is reported
     finally:
         admin.delete_db(db)
+
+
+def test_every_pair_of_states_has_one_winner_whatever_the_order():
+    """One total order of the states: two servers that ended one occurrence differently
+    settle it the same way, for every combination (done beats all; a run's outcome beats a
+    decision not to run; a client's cancel beats the hub's own policies)."""
+    ranks = [states.PROGRESS_RANK[s] for s in states.State]
+    assert len(set(ranks)) == len(ranks)
+    order = sorted(states.State, key=states.PROGRESS_RANK.__getitem__, reverse=True)
+    assert [s.value for s in order[:5]] == ["done", "failed", "cancelled", "skipped", "missed"]
+    base = {"_id": "occ:task:a:b:20270101T000000Z", "updated_at": _at(1)}
+    for i, a in enumerate(order):
+        for b in order[i + 1 :]:
+            # the loser carries the later edit and the larger revision: rank still decides
+            leaves = [{**base, "_rev": "2-a", "state": a.value},
+                      {**base, "_rev": "9-z", "state": b.value, "updated_at": _at(9)}]  # fmt: skip
+            assert resolver.choose(leaves)["state"] == a.value, (a, b)
+            assert resolver.choose(leaves[::-1])["state"] == a.value, (a, b)
+
+
+def _ended_on_standby(occ: Occurrence, standby, db: str, how: str) -> None:
+    """The survivor's hub ends its copy without a result, as its own policies would."""
+    admin = standby.couch()
+    current = Occurrence.from_doc(admin.get(db, occ.id))
+    now = admin.now()
+    if how == "missed":
+        ended = states.miss(
+            current, now, "coalesced: a newer run fell due before a worker was free"
+        )
+    elif how == "skipped":
+        ended = states.skip(current, now, "overlap: skip")
+    elif how == "cancelled":
+        ended = states.cancel(current, now, "cancelled by acme")
+    else:
+        ended = states.bury(current, now, "kicked out")
+    admin.put(db, ended.to_doc())
+
+
+@pytest.mark.parametrize("how", ["missed", "skipped", "cancelled", "buried"])
+def test_a_result_the_lost_server_acknowledged_is_restored_over_the_survivors_policy(
+    split, passwords, tmp_path, caplog, how
+):
+    """The primary gave w1 a 201 and died before replicating; the standby's hub meanwhile
+    ended the occurrence without a result. w1's spool puts its run back (done beats every
+    other state, the resolver's rule) and keeps it until the next server has it too."""
+    caplog.set_level(logging.INFO, logger="couchfarm.worker")
+    db, primary, standby = split
+    occ = _occurrence_on_both(db, primary, standby, passwords)
+    t1 = primary.couch().now().replace(microsecond=0) - timedelta(seconds=3)
+    ours = _finished(occ, Couch(primary.url, "w1", passwords["w1"]), db, "w1", t1)
+    _ended_on_standby(occ, standby, db, how)
+    spool = _spooled(tmp_path, "w1", ours, 0)
+    events: list = []
+    w1 = _confirmer("w1", primary, standby, db, passwords, spool, events)
+    w1.couch._active = 1  # failed over after the primary's 201
+    assert not w1.run()  # restored, not confirmed: the entry stays in the spool
+    kept = standby.couch().get(db, occ.id)
+    assert kept["state"] == "done"
+    assert {k: kept["result"][k] for k in ("worker", "started_at", "finished_at")} == {
+        k: ours["result"][k] for k in ("worker", "started_at", "finished_at")
+    }
+    assert kept["reason"].startswith(f"restored: w1's run finished before this copy ended {how}")
+    assert f"event=result_restored occ={occ.id}" in caplog.text and f"over={how}" in caplog.text
+    [entry] = spool.awaiting_confirmation()
+    assert entry.uploaded_to == 1
+    assert not [e for e in events if e[0] == "result_dropped"]
+
+
+def test_a_restore_is_only_for_the_writers_own_recent_run(split, passwords):
+    db, primary, standby = split
+    occ = _occurrence_on_both(db, primary, standby, passwords)
+    _ended_on_standby(occ, standby, db, "missed")
+    missed = Occurrence.from_doc(standby.couch().get(db, occ.id))
+    on_s = {w: Couch(standby.url, w, passwords[w]) for w in ("w1", "w2")}
+    now = on_s["w1"].now().replace(microsecond=0)
+
+    def run(worker: str, finished) -> dict:
+        return {"status": "ok", "worker": worker, "attempt": 1,
+                "started_at": to_wire(finished - timedelta(seconds=1)),
+                "finished_at": to_wire(finished), "output": {}}  # fmt: skip
+
+    def restored(result: dict, **changes) -> dict:
+        doc = states.restore(missed, result, now).to_doc()
+        return {**doc, **changes}
+
+    refused = [
+        ("w1", restored(run("w2", now - timedelta(seconds=5)))),  # someone else's run
+        ("w1", restored(run("w1", now - timedelta(minutes=31)))),  # outside the window
+        ("w1", restored(run("w1", now - timedelta(seconds=5)), priority=1)),  # other fields
+        ("w1", restored(run("w1", now - timedelta(seconds=5)), attempt=5)),
+    ]
+    for worker, doc in refused:
+        with pytest.raises(CouchError) as no:
+            on_s[worker].put(db, doc)
+        assert no.value.status == 403, (doc, no.value)
+        assert standby.couch().get(db, occ.id)["state"] == "missed"
+    on_s["w1"].put(db, restored(run("w1", now - timedelta(seconds=5))))
+    assert standby.couch().get(db, occ.id)["state"] == "done"
+    with pytest.raises(states.InvalidTransition):
+        states.restore(Occurrence.from_doc(standby.couch().get(db, occ.id)), run("w1", now), now)
+
+
+@pytest.mark.parametrize("abandoned", [("w2",), ("w1", "w2")])
+def test_an_abandoned_claim_loses_and_every_claim_abandoned_is_ready_again(
+    split, passwords, abandoned
+):
+    """A cluster answers 202 to a claim that reached fewer copies than a majority, and the
+    worker marks it abandoned (desktop_worker/claim.py). The resolver keeps the claim that
+    runs, even when the abandoned one is later; when every claim was abandoned, nobody
+    runs it, so the hub puts it back to ready with its attempt given back."""
+    db, primary, standby = split
+    occ = _occurrence_on_both(db, primary, standby, passwords)
+    on = {"w1": Couch(primary.url, "w1", passwords["w1"]),
+          "w2": Couch(standby.url, "w2", passwords["w2"])}  # fmt: skip
+    now = on["w1"].now()
+    for offset, worker in enumerate(("w1", "w2")):
+        claimed = states.claim(occ, worker, now + timedelta(seconds=offset))
+        claimed = claimed.model_copy(update={"rev": on[worker].put(db, claimed.to_doc())})
+        if worker in abandoned:
+            on[worker].put(db, states.abandon(claimed, worker, on[worker].now()).to_doc())
+    for source, target in ((standby, primary), (primary, standby)):
+        replication.replicate_once(source, target, db)
+    conflicted = primary.couch().get(db, occ.id, conflicts="true")
+    assert conflicted.get("_conflicts")
+    assert resolver.resolve(primary.couch(), db, conflicted) is not None
+    kept = primary.couch().get(db, occ.id, conflicts="true")
+    assert not kept.get("_conflicts")
+    if abandoned == ("w2",):
+        assert kept["state"] == "leased" and kept["lease"]["worker"] == "w1"
+        assert "abandoned" not in kept["lease"]
+    else:
+        assert kept["state"] == "ready" and kept["attempt"] == 0 and "lease" not in kept
+        assert kept["reason"] == "claim abandoned: requeued"
+
+
+def test_an_abandoned_claim_cannot_finish(farm):
+    now = farm.now().replace(microsecond=0)
+    occ = states.materialize(
+        _task(f"ab{secrets.token_hex(3)}", now), now - timedelta(seconds=2), now
+    )
+    farm.hub.put(farm.db, occ.to_doc())
+    w1 = farm.worker("w1")
+    claimed = states.claim(Occurrence.from_doc(farm.hub.get(farm.db, occ.id)), "w1", w1.now())
+    claimed = claimed.model_copy(update={"rev": w1.put(farm.db, claimed.to_doc())})
+    gone = states.abandon(claimed, "w1", w1.now())
+    gone = gone.model_copy(update={"rev": w1.put(farm.db, gone.to_doc())})
+    with pytest.raises(CouchError) as refused:
+        w1.put(
+            farm.db, states.finish(gone, "w1", w1.now(), started_at=w1.now(), output={}).to_doc()
+        )
+    assert refused.value.status == 403 and "abandoned" in str(refused.value)
+    assert farm.hub.get(farm.db, occ.id)["lease"]["abandoned"] is True
+    # and it stays abandoned: a touch cannot take the mark away
+    unmarked = states.touch(gone, "w1", w1.now()).to_doc()
+    unmarked["lease"].pop("abandoned")
+    with pytest.raises(CouchError) as kept:
+        w1.put(farm.db, unmarked)
+    assert kept.value.status == 403
+
+
+def test_abandon_only_by_the_holder_and_a_requeue_only_of_an_abandoned_claim():
+    now = datetime(2027, 1, 1, tzinfo=UTC)
+    occ = states.claim(states.materialize(_task("ab", now), now, now), "w1", now)
+    with pytest.raises(states.InvalidTransition):
+        states.abandon(occ, "w2", now)
+    with pytest.raises(states.InvalidTransition):
+        states.requeue_abandoned(occ, now)
+    gone = states.abandon(occ, "w1", now)
+    assert gone.lease is not None and gone.lease.abandoned is True
+    assert gone.lease.expires_at == occ.lease.expires_at  # the reaper's clock is unchanged
+    back = states.requeue_abandoned(gone, now)
+    assert back.state == "ready" and back.attempt == 0 and back.lease is None

@@ -193,11 +193,11 @@ def test_connection_diagnosis_against_the_server(farm: Any) -> None:
     client = test_connection([url], "acme", farm.passwords["acme"], db=farm.db)
     assert client.problem == "not_worker"
     assert "lacks the 'farm_worker' role" in client.message and "client:acme" in client.message
-    # w2, not w1: on CouchDB 3.5 every wrong password counts towards w1's lockout, and
-    # other tests of the session try wrong ones too.
+    # w2 from here on, not w1: on CouchDB 3.5 every wrong password counts towards w1's
+    # lockout (the one above, and other tests of the session try wrong ones too).
     nodb = test_connection([url], "w2", farm.passwords["w2"], db="no_such_farm")
     assert nodb.problem == "no_database"
     down = f"http://127.0.0.1:{free_port()}"
-    both = test_connection([url, down], "w1", farm.passwords["w1"], db=farm.db, timeout=2)
+    both = test_connection([url, down], "w2", farm.passwords["w2"], db=farm.db, timeout=2)
     assert not both.ok and both.problem == "unreachable"
     assert [c.ok for c in both.checks] == [True, False]

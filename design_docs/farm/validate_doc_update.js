@@ -270,6 +270,42 @@ function (newDoc, oldDoc, userCtx, secObj) {
     }
     return;
   }
+  var RESTORABLE = ['missed', 'skipped', 'cancelled', 'failed', 'buried'];
+  if (o.state === 'done' && RESTORABLE.indexOf(oldDoc.state) !== -1) {  // restore
+    // A server acknowledged this worker's result (201) and was lost before replicating it;
+    // the survivor meanwhile ended its copy without a result. Had the lost revision
+    // replicated, the resolver would keep the done one (hub/protocol/states.py
+    // PROGRESS_RANK), so the worker may put its own run back: only its own, only a recent
+    // one, and nothing else in the document changes (hub/protocol/states.py restore).
+    var run = o.result;
+    check(run.worker === name, 'result.worker must be ' + name + ', who is writing');
+    check(run.started_at <= run.finished_at,
+          'result.started_at must not be after result.finished_at');
+    check(Date.parse(run.finished_at) <= serverNow + CLOCK_SLACK,
+          'result.finished_at must be hub time, not in the future');
+    check(Date.parse(run.finished_at) >= serverNow - SUPERSEDE_WINDOW,
+          'the run of ' + id + ' finished more than ' + SUPERSEDE_WINDOW / 60000 +
+          ' minutes ago; it can no longer be restored over ' + oldDoc.state);
+    check(isInt(run.attempt, 1, o.max_attempts), 'result.attempt must be 1..' + o.max_attempts);
+    check(o.attempt === Math.max(oldDoc.attempt, run.attempt),
+          'a restore keeps the larger attempt (' + Math.max(oldDoc.attempt, run.attempt) + ')');
+    check(!o.lease && !o.progress, 'a restored occurrence holds no lease and no progress');
+    var key;
+    for (key in o) {
+      if (o.hasOwnProperty(key) && key.charAt(0) !== '_' && key !== 'result' &&
+          key !== 'state' && key !== 'attempt' && key !== 'updated_at' && key !== 'reason' &&
+          key !== 'progress' && key !== 'lease') {
+        check(same(o[key], oldDoc[key]), 'a restore cannot change occurrence.' + key);
+      }
+    }
+    for (key in oldDoc) {
+      if (oldDoc.hasOwnProperty(key) && key.charAt(0) !== '_' && key !== 'reason' &&
+          key !== 'progress' && key !== 'lease' && !o.hasOwnProperty(key)) {
+        deny('a restore cannot remove occurrence.' + key);
+      }
+    }
+    return;
+  }
   check(oldDoc.state === 'leased',
           'occurrence ' + id + ' is ' + oldDoc.state + '; a worker can act only on ready ' +
           'occurrences or on ones it holds');
@@ -278,11 +314,18 @@ function (newDoc, oldDoc, userCtx, secObj) {
   if (o.state === 'leased') {  // touch
     check(o.lease.worker === name, 'a worker cannot hand its lease to ' + o.lease.worker);
     check(o.lease.claimed_at === oldDoc.lease.claimed_at, 'a touch cannot change lease.claimed_at');
+    // A claim a cluster took on fewer copies than a majority is abandoned: it never runs,
+    // and stays abandoned (hub/protocol/states.py abandon).
+    check(o.lease.abandoned === undefined || o.lease.abandoned === true,
+          'lease.abandoned can only be true');
+    check(!oldDoc.lease.abandoned || o.lease.abandoned === true,
+          'an abandoned claim stays abandoned');
     check(o.attempt === oldDoc.attempt, 'a touch cannot change the attempt');
     check(same(o.errors, oldDoc.errors), 'a touch cannot change the error history');
     return;
   }
   if (o.state === 'done') {  // finish
+    check(!oldDoc.lease.abandoned, 'the claim of ' + id + ' was abandoned; it cannot finish');
     check(o.result.worker === name, 'result.worker must be ' + name + ', who holds the lease');
     check(o.result.attempt === oldDoc.attempt, 'result.attempt must be ' + oldDoc.attempt);
     check(o.attempt === oldDoc.attempt, 'finishing cannot change the attempt');

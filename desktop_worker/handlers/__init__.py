@@ -143,7 +143,7 @@ def load_plugins(refresh: bool = False) -> dict[str, Plugin]:
             entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
         except Exception as exc:
             log.warning("could not list %s entry points: %s", ENTRY_POINT_GROUP, exc)
-            entry_points = ()
+            return {}
         for ep in entry_points:
             plugin = _load_plugin(ep)
             if plugin is not None and plugin.kind not in found:
@@ -203,7 +203,7 @@ def get_handler(kind: str) -> Handler:
     """The ``run`` function for ``kind``: a built-in module's, or a plugin's."""
     module_name = BUILTIN_MODULES.get(kind)
     if module_name is not None:
-        return importlib.import_module(module_name).run  # type: ignore[no-any-return]
+        return importlib.import_module(module_name).run
     plugin = load_plugins().get(kind)
     if plugin is None:
         raise HandlerError(f"no handler for kind {kind!r} on this worker", permanent=True)

@@ -42,6 +42,7 @@ PAGE = 500  # rows per view request when paging through a range
 MAX_MONTHS = 121
 FAR_FUTURE = "9999-12-31T23:59:59.999Z"
 EPOCH_WIRE = "1970-01-01T00:00:00.000Z"
+MIN_ACTIVITY_HOURS = 6  # the dashboard's plot shows at least this many hours
 
 
 def is_month_db(live_db: str, name: str) -> bool:
@@ -55,7 +56,7 @@ def month_starts(since: datetime, until: datetime) -> list[datetime]:
     """First instant of every month that overlaps [since, until], oldest first."""
     since, until = as_utc(since), as_utc(until)
     current = datetime(since.year, since.month, 1, tzinfo=UTC)
-    months = []
+    months: list[datetime] = []
     while current <= until and len(months) < MAX_MONTHS:
         months.append(current)
         current = datetime(
@@ -353,7 +354,7 @@ class PortalData:
         twice = self._archived_ids(sorted(candidates)) if candidates else set()
 
         rows = []
-        totals = dict.fromkeys(SHOWN_STATES, 0) | {"ok": 0, "error": 0, "tasks": len(tasks)}
+        totals: dict[str, Any] = dict.fromkeys(SHOWN_STATES, 0) | {"ok": 0, "error": 0, "tasks": len(tasks)}
         for task in tasks:
             counts = dict.fromkeys(SHOWN_STATES, 0)
             for state, n in live.get(task.id, {}).items():
@@ -556,6 +557,72 @@ class PortalData:
             "since": to_wire(since),
             "until": to_wire(until),
             "bucket_seconds": width,
+            "points": points,
+        }
+
+    def first_run(self, task: Task) -> str | None:
+        """Due time of the task's oldest run still kept (live or archived), or None: where
+        its plot starts by default, so a new task's few runs fill the plot."""
+        for row in self.merged(task, EPOCH_WIRE, FAR_FUTURE, descending=False, page=1):
+            return str(row["due_at"])
+        return None
+
+    # ------------------------------------------------------------ the dashboard's plot
+
+    def activity(self, client: str, hours: int) -> dict[str, Any]:
+        """Runs per hour and their success rate over the last ``hours`` (whole hours, the
+        current one last), leading empty hours trimmed to at least
+        :data:`MIN_ACTIVITY_HOURS`, so a new client's first runs are not a sliver.
+
+        Cost: one ``by_client_task_time`` range per task and month (values only, no
+        documents) plus one ``outcomes_by_client_task`` range for the runs still live: it
+        follows the tasks and the runs in the window, never the client's whole history.
+        """
+        now = self.service.now()
+        end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        start = end - timedelta(hours=hours)
+        counts: dict[int, list[int]] = {}  # hour index -> [runs, ok]
+
+        def count(due: datetime, status: str) -> None:
+            if status in RAN_STATUSES and start <= due < end:
+                bucket = counts.setdefault(int((due - start).total_seconds() // 3600), [0, 0])
+                bucket[0] += 1
+                bucket[1] += status == "ok"
+
+        archived: set[str] = set()
+        lo, hi = to_wire(start), to_wire(end)
+        months = self.month_dbs(start, end)
+        for task in self.service.list_tasks(client):
+            for month_db in months:
+                for row in self.stream(
+                    month_db, "results", "by_client_task_time",
+                    [client, task.id, lo], [client, task.id, hi],
+                ):  # fmt: skip
+                    archived.add(row["id"].removeprefix("res:"))
+                    count(from_wire(row["key"][2]), str((row.get("value") or {}).get("status")))
+        for row in self._view(
+            self.db, "outcomes_by_client_task", "farm",
+            startkey=[client], endkey=[client, {}], reduce=False,
+        ):  # fmt: skip
+            if row["id"] not in archived and isinstance(row.get("value"), int | float):
+                count(datetime.fromtimestamp(row["value"], UTC), str(row["key"][2]))
+        first = min(counts, default=hours)
+        shown = max(min(hours, MIN_ACTIVITY_HOURS), hours - first)
+        points = []
+        for index in range(hours - shown, hours):
+            runs, ok = counts.get(index, (0, 0))
+            points.append(
+                {
+                    "t": to_wire(start + timedelta(hours=index)),
+                    "runs": runs,
+                    "ok": ok,
+                    "success_rate": round(ok / runs, 4) if runs else None,
+                }
+            )
+        return {
+            "since": to_wire(end - timedelta(hours=shown)),
+            "until": to_wire(end),
+            "bucket_seconds": 3600,
             "points": points,
         }
 

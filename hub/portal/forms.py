@@ -100,7 +100,7 @@ def input_fields(kind: str) -> list[InputField]:
             InputField(
                 kind=kind,
                 prop=prop,
-                label=prop.replace("_", " "),
+                label=str(spec.get("title") or prop.replace("_", " ").capitalize()),
                 widget=widget,
                 required=prop in required,
                 help=help_text,

@@ -19,6 +19,7 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,21 +55,26 @@ def portal_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-def replication_reader(couch: Any, db: str):
-    """The ops page's replication health, or None when there is no standby to watch."""
+def replication_reader(
+    couch: Any, db: str, admin: Any = None
+) -> Callable[[], dict[str, Any]] | None:
+    """The ops page's replication health, or None when there is no standby to watch.
+
+    With ``admin`` (the hub's server-admin connection) each replication's own state is read
+    (CouchDB's ``/_scheduler``, PouchDB Server's ``_replicator`` doc); the hub's own
+    farm_admin user may not read them, so without it every state is "unknown" and the page
+    says so rather than calling the replication healthy."""
     if len(getattr(couch, "servers", [])) < 2:
         return None
-    try:
-        from hub import replication
-    except ImportError:
-        return None
-    status = getattr(replication, "status", None)
-    if status is None:
-        return None
+    from hub import replication
+
+    can_read_states = admin is not None and len(getattr(admin, "servers", [])) >= 2
+    reader = admin if can_read_states else couch
 
     def read() -> dict[str, Any]:
-        health = status(couch.for_server(0), couch.for_server(1), db)
-        return health.as_dict() if hasattr(health, "as_dict") else dict(health)
+        primary, standby = reader.for_server(0), reader.for_server(1)
+        health = replication.status(primary, standby, db, admin=can_read_states)
+        return {**health.as_dict(), "states_readable": can_read_states}
 
     return read
 
@@ -77,7 +83,7 @@ def serve_app(app: Any, host: str, port: int, **uvicorn_options: Any) -> Running
     """Start ``app`` with uvicorn on a daemon thread; returns once it accepts connections."""
     import uvicorn
 
-    options = {
+    options: dict[str, Any] = {
         "log_level": "warning",
         "access_log": False,
         "proxy_headers": True,
@@ -86,7 +92,8 @@ def serve_app(app: Any, host: str, port: int, **uvicorn_options: Any) -> Running
     } | uvicorn_options
     config = uvicorn.Config(app, host=host, port=port, **options)
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # main thread's
+    if hasattr(server, "install_signal_handlers"):  # uvicorn < 0.29: the main thread's only
+        server.install_signal_handlers = lambda: None
     thread = threading.Thread(target=server.run, name="portal", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
@@ -115,16 +122,17 @@ def start_portal(hub: Any, host: str = "127.0.0.1", port: int = 8080) -> Running
         secure_cookies=os.environ.get("COUCHFARM_PORTAL_SECURE_COOKIES", "") in ("1", "true"),
     )
     service = FarmService(
-        hub.protocol.couch, hub.config.db, min_interval=getattr(hub.config, "min_interval", 10)
+        hub.couch, hub.config.db, min_interval=getattr(hub.config, "min_interval", 10)
     )
+    admin = getattr(hub, "admin", None)
     app = create_app(
         service,
-        hub.protocol.couch,
+        hub.couch,
         secret_key=secret,
         settings=settings,
-        dbs_couch=getattr(hub, "admin", None),
-        users_reader=getattr(hub, "admin", None),
-        replication_status=replication_reader(hub.protocol.couch, hub.config.db),
+        dbs_couch=admin,
+        users_reader=admin,
+        replication_status=replication_reader(hub.couch, hub.config.db, admin),
     )
     running = serve_app(app, host, port)
     log.info("event=portal_started url=%s", running.url)

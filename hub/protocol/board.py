@@ -48,3 +48,13 @@ def read_peers(
         for row in body.get("rows", [])
         if isinstance(row.get("value"), dict)
     ]
+
+
+def str_items(value: Any) -> frozenset[str]:
+    """The strings of a list field of a worker document (``tubes``, ``kinds``); a worker
+    document is written by the worker, so anything else in it is ignored, not trusted."""
+    return (
+        frozenset(v for v in value if isinstance(v, str))
+        if isinstance(value, list)
+        else frozenset()
+    )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import requests
 from ibm_cloud_sdk_core import ApiException, BaseService
@@ -182,7 +183,7 @@ class ServerClock:
 # ---------------------------------------------------------------- servers
 
 
-class CouchService(BaseService):
+class CouchService(BaseService):  # type: ignore[misc]  # the SDK core ships no types
     """The HTTP service for one CouchDB server: the SDK core's ``BaseService``, which
     ``ibmcloudant.CloudantV1`` extends with generated operations and checks ``Couch`` does
     not use. ``Couch`` passes its own timeouts to every ``send`` and reads error bodies
@@ -224,9 +225,27 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     password = parts.password
     return (
         bare,
-        (requests.utils.unquote(user) if user else None),
-        (requests.utils.unquote(password) if password else None),
+        (unquote(user) if user else None),
+        (unquote(password) if password else None),
     )
+
+
+def _env_write_quorum() -> int | None:
+    """``COUCHFARM_WRITE_QUORUM``: the ``w`` every write asks for (unset: the server's)."""
+    raw = os.environ.get("COUCHFARM_WRITE_QUORUM", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(
+            f"COUCHFARM_WRITE_QUORUM must be a whole number of copies >= 1, not {raw!r}"
+        )
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class Written:
+    rev: str
+    quorum: bool  # False: a cluster answered 202 Accepted (fewer copies than w took it)
 
 
 @dataclass
@@ -234,6 +253,17 @@ class Response:
     status: int
     body: Any
     headers: dict[str, str]
+
+    @property
+    def object(self) -> dict[str, Any]:
+        """The body as the JSON object every document, view and info endpoint answers."""
+        if not isinstance(self.body, dict):
+            raise CouchError(
+                f"expected a JSON object from CouchDB, got {self.body!r:.80}",
+                status=self.status,
+                error="bad_reply",
+            )
+        return self.body
 
 
 # ---------------------------------------------------------------- client
@@ -257,6 +287,7 @@ class Couch:
         verify: bool | str = True,
         local_clock: Callable[[], float] | None = None,
         home_db: str | None = None,
+        write_quorum: int | None = None,
     ) -> None:
         if isinstance(urls, str):
             urls = [u for u in urls.split(",") if u.strip()]
@@ -280,6 +311,11 @@ class Couch:
         if not self.servers:
             raise ValueError("no CouchDB server URL given")
         self.user = user
+        # On a CouchDB cluster: how many copies of a shard must take a write before it is
+        # answered (CouchDB's default is a majority, n/2 + 1). With all n, a view or
+        # _changes read right after a write sees it, whichever copy answers: the suite's
+        # read-your-writes on a cluster (docs/DEPLOY.md). Unset: the server's default.
+        self.write_quorum = write_quorum if write_quorum is not None else _env_write_quorum()
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.retries = retries
@@ -298,6 +334,7 @@ class Couch:
         self._active = 0
         self._left_primary_at = 0.0
         self._lock = threading.Lock()
+        self._majorities: dict[str, int] = {}
         self.requests_sent = 0
         self.failovers = 0
 
@@ -553,7 +590,7 @@ class Couch:
         return f"/{quote(db, safe='')}/{quote(doc_id, safe='')}"
 
     def get(self, db: str, doc_id: str, **params: Any) -> dict[str, Any]:
-        return self.request("GET", self.doc_path(db, doc_id), params=params or None).body
+        return self.request("GET", self.doc_path(db, doc_id), params=params or None).object
 
     def get_or_none(self, db: str, doc_id: str, **params: Any) -> dict[str, Any] | None:
         try:
@@ -561,29 +598,59 @@ class Couch:
         except NotFound:
             return None
 
+    def _write_params(self, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        if self.write_quorum is None:
+            return params or None
+        return {"w": self.write_quorum, **(params or {})}
+
     def put(self, db: str, doc: dict[str, Any], **params: Any) -> str:
         """PUT a document with the ``_rev`` it carries; returns the new rev (doc unchanged)."""
-        reply = self.request("PUT", self.doc_path(db, doc["_id"]), body=doc, params=params or None)
-        return str(reply.body["rev"])
+        return self.put_counted(db, doc, **params).rev
+
+    def put_counted(self, db: str, doc: dict[str, Any], **params: Any) -> Written:
+        """PUT, and say whether the write reached ``w`` copies (201) or fewer (202
+        Accepted: only a CouchDB cluster answers that, when some copies refused it, for
+        example for a concurrent edit of the same revision, or did not answer)."""
+        path = self.doc_path(db, doc["_id"])
+        reply = self.request("PUT", path, body=doc, params=self._write_params(params))
+        return Written(rev=str(reply.body["rev"]), quorum=reply.status != 202)
+
+    def majority(self, db: str) -> int:
+        """A majority of the copies of ``db``'s shards: ``n // 2 + 1`` on a CouchDB cluster
+        (its db info names n), 1 on a single node or PouchDB Server. Read once per db."""
+        with self._lock:
+            known = self._majorities.get(db)
+        if known is None:
+            cluster = self.db_info(db).get("cluster") or {}
+            copies = cluster.get("n") if isinstance(cluster, dict) else None
+            known = int(copies) // 2 + 1 if isinstance(copies, int) and copies > 0 else 1
+            with self._lock:
+                self._majorities[db] = known
+        return known
 
     def delete(self, db: str, doc_id: str, rev: str) -> str:
         # POUCHDB: DELETE without a rev deletes there (CouchDB: 409); we always send one.
-        reply = self.request("DELETE", self.doc_path(db, doc_id), params={"rev": rev})
+        path = self.doc_path(db, doc_id)
+        reply = self.request("DELETE", path, params=self._write_params({"rev": rev}))
         return str(reply.body["rev"])
 
     def bulk_docs(
-        self, db: str, docs: list[dict[str, Any]], *, new_edits: bool = True
+        self, db: str, docs: list[dict[str, Any]], *, new_edits: bool = True, w: int | None = None
     ) -> list[dict[str, Any]]:
         """POST _bulk_docs; one row per input doc, in input order.
 
-        Rows are ``{"id", "rev"}`` or ``{"id", "error", "reason"}``.
+        Rows are ``{"id", "rev"}`` or ``{"id", "error", "reason"}``; on a CouchDB cluster a
+        row that fewer than ``w`` copies took also says ``"accepted": true``.
         """
         if not docs:
             return []
         body: dict[str, Any] = {"docs": docs}
         if not new_edits:
             body["new_edits"] = False
-        reply = self.request("POST", f"/{quote(db, safe='')}/_bulk_docs", body=body)
+        path = f"/{quote(db, safe='')}/_bulk_docs"
+        reply = self.request(
+            "POST", path, body=body, params=self._write_params(None if w is None else {"w": w})
+        )
         rows = reply.body or []
         # POUCHDB: results are not in input order there; CouchDB's are. Match by id, in order.
         by_id: dict[str, list[dict[str, Any]]] = {}
@@ -610,8 +677,10 @@ class Couch:
         """Query a view; returns the whole body (``rows``, ``total_rows``...)."""
         path = f"/{quote(db, safe='')}/_design/{ddoc}/_view/{view}"
         if keys is not None:
-            return self.request("POST", path, params=_view_params(params), body={"keys": keys}).body
-        return self.request("GET", path, params=_view_params(params)).body
+            return self.request(
+                "POST", path, params=_view_params(params), body={"keys": keys}
+            ).object
+        return self.request("GET", path, params=_view_params(params)).object
 
     def find(self, db: str, query: dict[str, Any]) -> list[dict[str, Any]]:
         return list(self.request("POST", f"/{quote(db, safe='')}/_find", body=query).body["docs"])
@@ -622,7 +691,7 @@ class Couch:
         return list(self.request("GET", "/_all_dbs").body)
 
     def db_info(self, db: str) -> dict[str, Any]:
-        return self.request("GET", f"/{quote(db, safe='')}").body
+        return self.request("GET", f"/{quote(db, safe='')}").object
 
     def create_db(self, db: str) -> bool:
         """Create a database; False if it already existed."""
@@ -646,7 +715,7 @@ class Couch:
         self.request("PUT", f"/{quote(db, safe='')}/_security", body=security)
 
     def session(self) -> dict[str, Any]:
-        return self.request("GET", "/_session").body
+        return self.request("GET", "/_session").object
 
     # ------------------------------------------------------------ changes
 
@@ -751,7 +820,7 @@ class Couch:
         # POUCHDB: `timeout` is ignored on feeds, so the stream's length is bounded here.
         deadline = time.monotonic() + max_s
         try:
-            for line in raw.iter_lines(chunk_size=None):
+            for line in raw.iter_lines(chunk_size=None):  # type: ignore[call-overload]  # None: as it comes
                 if not line.strip():
                     yield None
                 else:

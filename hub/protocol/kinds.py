@@ -34,6 +34,7 @@ _IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 _JSON_POINTER_PATTERN = r"^(/([^~/]|~[01])*)*$"
 
 URL_SCHEMA: dict[str, Any] = {
+    "title": "URL",
     "type": "string",
     "maxLength": 2048,
     "pattern": _URL_PATTERN,
@@ -45,6 +46,7 @@ URL_SCHEMA: dict[str, Any] = {
 }
 
 TIMEOUT_SCHEMA: dict[str, Any] = {
+    "title": "Timeout (seconds)",
     "type": "number",
     "minimum": 0.1,
     "maximum": 60,
@@ -73,8 +75,9 @@ HTTP_CHECK_SCHEMA: dict[str, Any] = {
     "required": ["url"],
     "properties": {
         "url": URL_SCHEMA,
-        "method": {"enum": ["GET", "HEAD"], "default": "GET"},
+        "method": {"title": "HTTP method", "enum": ["GET", "HEAD"], "default": "GET"},
         "expect_status": {
+            "title": "Expected HTTP status",
             "description": "status (or list of statuses) that counts as ok; "
             "without it any status below 400 counts as ok",
             "anyOf": [
@@ -85,9 +88,17 @@ HTTP_CHECK_SCHEMA: dict[str, Any] = {
                 "anyOf": "must be an HTTP status code (100-599) or a list of 1 to 50 of them"
             },
         },
-        "keyword": {"type": "string", "minLength": 1, "maxLength": 200},
+        "keyword": {
+            "title": "Keyword",
+            "description": "text the response body must contain for the check to count as ok",
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 200,
+        },
         "timeout_s": TIMEOUT_SCHEMA,
         "headers": {
+            "title": "Request headers",
+            "description": "extra HTTP headers to send, as a JSON object of name: value",
             "type": "object",
             "maxProperties": 20,
             "propertyNames": {
@@ -114,6 +125,8 @@ HTTP_FETCH_SCHEMA: dict[str, Any] = {
     "properties": {
         "url": URL_SCHEMA,
         "extract": {
+            "title": "Extract",
+            "description": "one value to return instead of the whole body",
             "oneOf": [
                 {
                     "type": "object",
@@ -161,8 +174,8 @@ DNS_RESOLVE_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["name"],
     "properties": {
-        "name": HOSTNAME_SCHEMA,
-        "rdtype": {"enum": ["A", "AAAA"], "default": "A"},
+        "name": {**HOSTNAME_SCHEMA, "title": "Host name"},
+        "rdtype": {"title": "Record type", "enum": ["A", "AAAA"], "default": "A"},
     },
 }
 
@@ -175,6 +188,8 @@ TCP_CONNECT_SCHEMA: dict[str, Any] = {
     "required": ["host", "port"],
     "properties": {
         "host": {
+            "title": "Host",
+            "description": "host name or IP address",
             "type": "string",
             "maxLength": 254,
             "anyOf": [
@@ -184,7 +199,7 @@ TCP_CONNECT_SCHEMA: dict[str, Any] = {
             ],
             "x-errors": {"anyOf": "is not a host name or an IP address"},
         },
-        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "port": {"title": "Port", "type": "integer", "minimum": 1, "maximum": 65535},
         "timeout_s": TIMEOUT_SCHEMA,
     },
 }
@@ -199,11 +214,19 @@ SCRIPT_SCHEMA: dict[str, Any] = {
     "required": ["name"],
     "properties": {
         "name": {
+            "title": "Script name",
+            "description": "a script on the worker's allow-list",
             "type": "string",
             "pattern": _IDENTIFIER_PATTERN,
             "x-errors": {"pattern": "is not a script name (letters, digits, '_'; max 64)"},
         },
-        "args": {"type": "object", "maxProperties": 50, "default": {}},
+        "args": {
+            "title": "Arguments",
+            "description": "passed to the script, checked against the schema it declares",
+            "type": "object",
+            "maxProperties": 50,
+            "default": {},
+        },
     },
 }
 
@@ -215,8 +238,20 @@ DEMO_SLEEP_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["ms"],
     "properties": {
-        "ms": {"type": "integer", "minimum": 0, "maximum": 600000},
-        "fail_rate": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
+        "ms": {
+            "title": "Duration (milliseconds)",
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 600000,
+        },
+        "fail_rate": {
+            "title": "Failure rate",
+            "description": "chance that a run fails on purpose, from 0 (never) to 1 (always)",
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "default": 0,
+        },
     },
 }
 
@@ -254,7 +289,7 @@ def schema_problems(schema: object) -> list[str]:
 
 
 def validate_input(
-    kind: str, data: object, extra_schemas: dict[str, dict] | None = None
+    kind: str, data: object, extra_schemas: dict[str, dict[str, Any]] | None = None
 ) -> list[str]:
     """Problems with ``data`` as the input of ``kind``, one line each; empty when valid.
 
@@ -389,7 +424,7 @@ def _describe(error: ValidationError, prefix: str) -> str:
     if keyword == "type":
         wanted = error.validator_value
         wanted_list = wanted if isinstance(wanted, list) else [wanted]
-        words = " or ".join(_TYPE_WORDS.get(w, w) for w in wanted_list)
+        words = " or ".join(_TYPE_WORDS.get(str(w), str(w)) for w in wanted_list)
         got = _json_type(value)
         if not isinstance(value, Mapping | list | tuple) and value is not None:
             got += f" {_shown(value)}"

@@ -249,6 +249,9 @@ class Lease(BaseModel):
     worker: str = Field(pattern=NAME_PATTERN)
     claimed_at: str = Field(pattern=WIRE_TIME_PATTERN)
     expires_at: str = Field(pattern=WIRE_TIME_PATTERN)
+    # The claim reached fewer copies than a majority of a cluster (202 Accepted): another
+    # claim of the same revision won there, and this one will never run (states.abandon).
+    abandoned: Literal[True] | None = None
 
 
 class Progress(BaseModel):

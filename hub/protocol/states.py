@@ -161,6 +161,56 @@ def touch(
     return _with(occ, now, lease=lease, progress=progress or occ.progress)
 
 
+def abandon(occ: Occurrence, worker: str, now: datetime) -> Occurrence:
+    """Mark a claim that will never run: on a CouchDB cluster it reached fewer copies than
+    a majority (202 Accepted), so another claim of the same revision reached the majority.
+    The lease keeps its expiry; the resolver keeps any other claim over an abandoned one
+    and puts an occurrence whose every claim was abandoned back to ready
+    (:func:`requeue_abandoned`)."""
+    _require_holder(occ, "abandon", worker)
+    assert occ.lease is not None
+    return _with(occ, now, lease=occ.lease.model_copy(update={"abandoned": True}))
+
+
+def requeue_abandoned(occ: Occurrence, now: datetime) -> Occurrence:
+    """An abandoned claim never ran: ready again, with its attempt given back (hub only)."""
+    _require(occ, "requeue", {State.LEASED})
+    if occ.lease is None or not occ.lease.abandoned:
+        raise InvalidTransition(occ, "requeue", "only an abandoned claim")
+    return _with(
+        occ, now, state=State.READY, lease=None, progress=None,
+        attempt=max(0, occ.attempt - 1), reason="claim abandoned: requeued",
+    )  # fmt: skip
+
+
+# A worker's acknowledged result may be put back over these (see :func:`restore`): every
+# state that ranks below done in PROGRESS_RANK, except the active ones, where the run that
+# holds or will take the occurrence finishes on its own and "first finished" settles it.
+RESTORABLE_STATES = frozenset(
+    {State.MISSED, State.SKIPPED, State.CANCELLED, State.FAILED, State.BURIED}
+)
+
+
+def restore(occ: Occurrence, result: dict[str, Any], now: datetime) -> Occurrence:
+    """Put back a run a server acknowledged (201) and then lost, over a survivor's copy
+    that ended without a result (missed, skipped, cancelled, failed) or was buried.
+
+    The same rule as the resolver's (PROGRESS_RANK: done beats every other state), applied
+    by the worker that still holds the result in its spool: had the lost revision
+    replicated, the resolver would have kept it. The run keeps its own worker, times and
+    output; the attempt is the larger of the two; the error history stays;
+    ``validate_doc_update`` allows exactly this move, only for the writer's own result and
+    only within the replacement window.
+    """
+    _require(occ, "restore", RESTORABLE_STATES)
+    run = RunResult.model_validate(result)
+    note = f"restored: {run.worker}'s run finished before this copy ended {occ.state.value}"
+    return _with(
+        occ, now, state=State.DONE, lease=None, progress=None, result=run,
+        attempt=max(occ.attempt, run.attempt), reason=_reason(note),
+    )  # fmt: skip
+
+
 def finish(
     occ: Occurrence, worker: str, now: datetime, *, started_at: datetime, output: Any
 ) -> Occurrence:
@@ -328,17 +378,23 @@ def is_final(state: State) -> bool:
     return state in FINAL_STATES
 
 
-# Progress along the life of an occurrence, for the conflict resolver's "furthest wins".
+# One total order of the states, for the conflict resolver's "furthest wins" and for the
+# worker's restore: every pair of states has a winner, so two servers that ended one
+# occurrence differently settle it the same way whatever the combination. A run's outcome
+# beats a decision not to run (done, then failed: a run happened); a client's cancel
+# beats the hub's own policies (skipped by overlap, then missed by misfire or coalescing);
+# any end beats an active state. Within one state: first finished (done), the later claim
+# (leased), then the later edit, then CouchDB's own winner (hub.resolver).
 PROGRESS_RANK: dict[State, int] = {
     State.SCHEDULED: 0,
     State.READY: 1,
     State.LEASED: 2,
     State.BURIED: 3,
     State.MISSED: 4,
-    State.SKIPPED: 4,
-    State.CANCELLED: 5,
-    State.FAILED: 5,
-    State.DONE: 6,
+    State.SKIPPED: 5,
+    State.CANCELLED: 6,
+    State.FAILED: 7,
+    State.DONE: 8,
 }
 
 

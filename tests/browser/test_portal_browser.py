@@ -1,6 +1,12 @@
 """The portal in a real browser (Debian's Chromium driven by Playwright), as a client uses it:
 log in, create a task through the form (a mistake shown beside its field, then fixed), see
-it run, pause it, download its CSV, log out. Screenshots go to docs/screenshots/."""
+it run, pause it, download its CSV, log out.
+
+Screenshots go to var/screenshots/ (ignored), so a test run leaves the tree clean. To
+refresh the committed ones in docs/screenshots/ (docs/PORTAL.md):
+
+    COUCHFARM_SCREENSHOTS=docs/screenshots .venv/bin/pytest -p no:cacheprovider tests/browser
+"""
 
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ from hub.protocol.timefmt import to_wire
 from hub.service import ConflictError, FarmService
 
 CHROMIUM = os.environ.get("COUCHFARM_CHROMIUM", "/usr/bin/chromium")
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / os.environ.get("COUCHFARM_SCREENSHOTS", "var/screenshots")
 SECRET = "browser-secret-key-for-the-portal-0123456789"
 ARGS = [
     "--no-sandbox",
@@ -205,6 +212,12 @@ def test_a_client_day_in_the_browser(farm, service, portal, browser, tmp_path):
     )  # fmt: skip
     page.reload()
     page.wait_for_selector("#plot svg")
+    # The plot starts at the first run and gives duration, latency and success rate each
+    # their own scale with labelled ticks.
+    assert page.input_value("#plot-range-select") == "first"
+    plot_text = page.inner_text("#plot")
+    assert "Duration" in plot_text and "Latency" in plot_text and "Success rate" in plot_text
+    assert page.locator("#plot text.tick").count() >= 10
     history = page.inner_text("#history")
     assert "done · ok" in history
     assert "fetching page 7 of 10" in page.inner_text("main")
@@ -240,6 +253,9 @@ def test_a_client_day_in_the_browser(farm, service, portal, browser, tmp_path):
     service.set_paused("acme", "homepage", False)
     run_now(service)
     expect(cell).to_have_text(str(before + 1), timeout=10_000)
+    page.wait_for_selector("#activity svg")
+    assert "Runs per hour" in page.inner_text("#activity")
+    assert page.locator("#activity rect").count() >= 6
     shot(page, "dashboard")
 
     # --- log out
@@ -264,4 +280,21 @@ def test_operators_ops_page_in_the_browser(farm, portal, browser):
     assert "Workers" in page.inner_text("main")
     assert page.locator("#replication").count() == 1
     shot(page, "ops")
+    context.close()
+
+
+def test_a_client_opening_ops_gets_a_page_with_the_navigation(farm, portal, browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 700})
+    page = context.new_page()
+    page.goto(f"{portal.url}/login")
+    page.fill("#username", "acme")
+    page.fill("#password", farm.passwords["acme"])
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{portal.url}/")
+    reply = page.goto(f"{portal.url}/ops")
+    assert reply is not None and reply.status == 403
+    assert "operators only" in page.inner_text("main")
+    assert page.locator("header nav a", has_text="Dashboard").count() == 1
+    page.click("header nav >> text=Dashboard")
+    page.wait_for_url(f"{portal.url}/")
     context.close()

@@ -1,0 +1,270 @@
+"""The client's JSON API (tasks, runs, plots; every route under the client scope) and the
+reference both the API and the form use (kinds, schedule preview)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hub import schedules
+from hub.portal import forms
+from hub.portal.auth import ClientScope, client_scope, principal, with_problems
+from hub.portal.data import ALL_STATES, PortalData, describe_schedule, next_due
+from hub.portal.security import Principal
+from hub.portal.state import PortalState, portal_state
+from hub.protocol import kinds
+from hub.protocol.model import SLUG_PATTERN, Schedule, Task, describe_validation_error
+from hub.protocol.timefmt import from_wire, to_wire
+from hub.service import FarmService
+
+# ---------------------------------------------------------------- bodies
+
+
+class TaskFields(BaseModel):
+    """Fields of a task a client sets; the hub fills in the rest (see hub.protocol.model.Task)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str | None = Field(None, max_length=64, description="kind of work, e.g. http.check")
+    input: dict[str, Any] | None = Field(None, description="input, checked by the kind's schema")
+    schedule: dict[str, Any] | None = Field(
+        None, description="exactly one of every (seconds), cron or at; optional start, end, tz"
+    )
+    priority: int | None = Field(None, description=forms.EXPLAIN["priority"])
+    tube: str | None = Field(None, max_length=64, description=forms.EXPLAIN["tube"])
+    ttr: int | None = Field(None, description=forms.EXPLAIN["ttr"])
+    max_attempts: int | None = Field(None, description=forms.EXPLAIN["max_attempts"])
+    backoff: dict[str, Any] | None = Field(None, description=forms.EXPLAIN["backoff"])
+    overlap: Literal["skip", "queue", "allow", "replace"] | None = None
+    misfire: Literal["run_all", "run_latest", "skip"] | None = None
+    misfire_grace: int | None = Field(None, description=forms.EXPLAIN["misfire_grace"])
+    retention_days: int | None = Field(None, description=forms.EXPLAIN["retention_days"])
+    paused: bool | None = None
+
+    def spec(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True, exclude={"name"})
+
+
+class NewTask(TaskFields):
+    name: str = Field(pattern=SLUG_PATTERN, max_length=64, description="the task's name (slug)")
+    kind: str = Field(max_length=64)
+    schedule: dict[str, Any]
+
+
+class PreviewRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schedule: dict[str, Any]
+    count: int = Field(5, ge=1, le=50)
+
+
+# ---------------------------------------------------------------- shared with the pages
+
+
+def task_json(task: Task, now: Any = None) -> dict[str, Any]:
+    doc = task.to_doc()
+    for key in ("_id", "_rev", "type", "slug"):
+        doc.pop(key, None)
+    doc = {"name": task.slug, **doc, "schedule_text": describe_schedule(task)}
+    if now is not None:
+        doc["next_due"] = next_due(task, now)
+    return doc
+
+
+def parse_time(value: str | None, name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if len(value) > 40:
+        raise HTTPException(400, f"{name}: too long for a time")
+    try:
+        return to_wire(from_wire(value))
+    except (ValueError, OverflowError):
+        raise HTTPException(
+            400, f"{name}: {value[:40]!r} is not an ISO-8601 time with a zone"
+        ) from None
+
+
+def history_page(
+    data: PortalData,
+    task: Task,
+    state: list[str] | None,
+    since: str | None,
+    until: str | None,
+    before: str | None,
+    limit: int,
+) -> dict[str, Any]:
+    wanted = set(state or []) - {""}
+    unknown = wanted - set(ALL_STATES) - {"ok", "error"}
+    if unknown:
+        raise HTTPException(400, f"state: unknown {sorted(unknown)[0][:40]!r}")
+    return data.history(
+        task,
+        before=parse_time(before, "before"),
+        since=parse_time(since, "since"),
+        until=parse_time(until, "until"),
+        states=wanted or None,
+        limit=limit,
+    )
+
+
+def schedule_preview(service: FarmService, raw: dict[str, Any], count: int = 5) -> dict[str, Any]:
+    try:
+        sched = Schedule(**forms.localize_schedule(raw))
+    except ValidationError as exc:
+        raise with_problems(
+            400, "the schedule is not valid", describe_validation_error(exc, "schedule.")
+        ) from None
+    except TypeError:
+        raise with_problems(400, "the schedule is not valid", ["schedule: not an object"]) from None
+    now = service.now()
+    try:
+        schedules.validate_schedule(sched, now, min_interval=service.min_interval)
+        fires = schedules.preview(sched, now, count)
+    except schedules.ScheduleError as exc:
+        raise with_problems(400, "the schedule is not valid", exc.problems) from None
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo(sched.tz)
+    return {
+        "tz": sched.tz,
+        "fires": [to_wire(f) for f in fires],
+        "local": [f.astimezone(zone).strftime("%a %Y-%m-%d %H:%M:%S %Z") for f in fires],
+        "problems": [],
+    }
+
+
+# ---------------------------------------------------------------- reference
+
+reference = APIRouter(prefix="/api")
+
+
+@reference.get("/kinds", summary="Kinds of work and the JSON Schema of each one's input")
+def api_kinds(who: Principal = Depends(principal)) -> dict[str, Any]:
+    return {"kinds": kinds.KIND_SCHEMAS}
+
+
+@reference.post(
+    "/schedule/preview",
+    summary="The next fire times of a schedule (times without zone read in its tz)",
+)
+def api_preview(
+    body: PreviewRequest,
+    who: Principal = Depends(principal),
+    state: PortalState = Depends(portal_state),
+) -> dict[str, Any]:
+    return schedule_preview(state.service, body.schedule, body.count)
+
+
+# ---------------------------------------------------------------- the client's API
+
+router = APIRouter(prefix="/api", dependencies=[Depends(client_scope)])
+
+
+@router.get("/tasks", summary="Your tasks with counts by state, success rate, last and next")
+def api_tasks(scope: ClientScope = Depends(client_scope)) -> dict[str, Any]:
+    return scope.dashboard()
+
+
+@router.get(
+    "/activity",
+    summary="Your runs per hour and their success rate, over the last hours (the dashboard's plot)",
+)
+def api_activity(
+    scope: ClientScope = Depends(client_scope),
+    hours: int = Query(24, ge=1, le=24 * 14, description="how many hours back"),
+) -> dict[str, Any]:
+    return scope.activity(hours)
+
+
+@router.post("/tasks", status_code=201, summary="Create a task")
+def api_create(body: NewTask, scope: ClientScope = Depends(client_scope)) -> dict[str, Any]:
+    task = scope.add_task(body.name, body.spec())
+    return task_json(task, scope.now())
+
+
+@router.get("/tasks/{name}", summary="One task")
+def api_task(name: str, scope: ClientScope = Depends(client_scope)) -> dict[str, Any]:
+    return task_json(scope.task(name), scope.now())
+
+
+@router.patch("/tasks/{name}", summary="Change some fields of a task")
+def api_update(
+    name: str, body: TaskFields, scope: ClientScope = Depends(client_scope)
+) -> dict[str, Any]:
+    task = scope.task(name)
+    return task_json(scope.update_task(task, body.spec()), scope.now())
+
+
+@router.delete("/tasks/{name}", summary="Delete a task and cancel its queued runs")
+def api_delete(name: str, scope: ClientScope = Depends(client_scope)) -> dict[str, Any]:
+    task = scope.task(name)
+    return {"deleted": name, "cancelled": scope.delete_task(task)}
+
+
+@router.post("/tasks/{name}/pause", summary="Pause: no new runs")
+def api_pause(name: str, scope: ClientScope = Depends(client_scope)) -> dict[str, Any]:
+    return task_json(scope.set_paused(scope.task(name), True))
+
+
+@router.post("/tasks/{name}/resume", summary="Resume a paused task")
+def api_resume(name: str, scope: ClientScope = Depends(client_scope)) -> dict[str, Any]:
+    return task_json(scope.set_paused(scope.task(name), False))
+
+
+@router.post("/tasks/{name}/run-now", status_code=201, summary="Queue an extra run now")
+def api_run_now(name: str, scope: ClientScope = Depends(client_scope)) -> dict[str, Any]:
+    occ = scope.run_now(scope.task(name))
+    return {"occurrence": occ.id, "due_at": occ.due_at, "state": occ.state.value}
+
+
+@router.post("/tasks/{name}/kick", summary="Put the task's buried runs back in the queue")
+def api_kick(name: str, scope: ClientScope = Depends(client_scope)) -> dict[str, Any]:
+    return {"kicked": scope.kick(scope.task(name))}
+
+
+@router.get("/tasks/{name}/occurrences", summary="Runs of a task, newest first, paged")
+def api_occurrences(
+    name: str,
+    scope: ClientScope = Depends(client_scope),
+    state: list[str] | None = Query(None, description="only these states (or ok/error)"),
+    since: str | None = Query(None, max_length=40, description="due at or after (ISO)"),
+    until: str | None = Query(None, max_length=40, description="due at or before (ISO)"),
+    before: str | None = Query(None, max_length=40, description="page cursor: next_before"),
+    limit: int = Query(50, ge=1, le=200),
+) -> dict[str, Any]:
+    task = scope.task(name)
+    return history_page(scope.data, task, state, since, until, before, limit)
+
+
+@router.get("/tasks/{name}/occurrences/{occ_id}", summary="One run, with its result")
+def api_occurrence(
+    name: str, occ_id: str, scope: ClientScope = Depends(client_scope)
+) -> dict[str, Any]:
+    return scope.occurrence(scope.task(name), occ_id)
+
+
+@router.post("/tasks/{name}/occurrences/{occ_id}/cancel", summary="Cancel a queued run")
+def api_cancel(
+    name: str, occ_id: str, scope: ClientScope = Depends(client_scope)
+) -> dict[str, Any]:
+    occ = scope.cancel(scope.task(name), occ_id)
+    return {"occurrence": occ.id, "state": occ.state.value}
+
+
+@router.get("/tasks/{name}/series", summary="Duration, latency and success rate over time")
+def api_series(
+    name: str,
+    scope: ClientScope = Depends(client_scope),
+    since: str | None = Query(None, max_length=40),
+    until: str | None = Query(None, max_length=40),
+    buckets: int = Query(120, ge=1, le=500),
+) -> dict[str, Any]:
+    task = scope.task(name)
+    end = from_wire(parse_time(until, "until") or to_wire(scope.now()))
+    start = from_wire(parse_time(since, "since") or to_wire(end - timedelta(days=1)))
+    if start >= end:
+        raise HTTPException(400, "since: must be before until")
+    return scope.data.series(task, start, end, buckets)
