@@ -48,7 +48,7 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: setup lint
+test: setup lint typecheck
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # Open-ended Hypothesis run over every test file that uses it: profile "fuzz" (see

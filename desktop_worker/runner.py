@@ -1,8 +1,11 @@
 """Run one occurrence in a child process, with limits.
 
-``start_run`` checks the kind and its input in this process, then starts a child with the
-``spawn`` method (the same on Windows, macOS and Linux) that runs the kind's handler.
-The child reports progress and its outcome through a pipe. Limits:
+``start_run`` checks the kind and its input in this process, then starts a child that runs
+the kind's handler: forked from multiprocessing's forkserver on POSIX (the runner and the
+handlers preloaded there, so a run starts in milliseconds), started with ``spawn`` on
+Windows and in frozen bundles (:mod:`desktop_worker.forkserver`). Either way each run is
+its own fresh, killable process. The child reports progress and its outcome through a
+pipe. Limits:
 
 * **time**: the child is killed at ``Limits.timeout_s`` (a timer enforces it even when
   nobody polls); the outcome is a transient error.
@@ -10,21 +13,17 @@ The child reports progress and its outcome through a pipe. Limits:
   handler runs (scripts it starts inherit the cap). Windows has no such limit here.
 * **output**: the handler's output must be JSON of at most ``Limits.max_output_bytes``.
 * **CPU**: with ``Limits.cpu_cap_percent`` below 100, a thread in this process keeps the
-  run's share of one core at the cap: it reads the child's CPU time (scripts included)
-  every 0.1 s and, when the run is over its budget, suspends it (``SIGSTOP`` to the
-  child's process group on POSIX, ``psutil.Process.suspend`` on Windows) until the
-  budget has caught up. A suspended run still counts against its time limit.
+  run's share of one core at the cap (:class:`desktop_worker.throttle.CpuThrottle`). A
+  suspended run still counts against its time limit.
 * **bandwidth**: with ``Limits.bandwidth_bps`` above 0, the child's HTTP connections read
   and write through a token bucket of that many bytes a second
   (:class:`desktop_worker.netguard.ByteBucket`). ``dns.resolve`` and ``tcp.connect``
   move a few packets and are not throttled; a ``script`` is the owner's own program
   and is not either.
 
-**Idle helpers.** On POSIX the first run starts multiprocessing's forkserver (runs start
-in milliseconds from it) and its resource tracker: two long-lived processes, about 35 MB
-and 13 MB resident. They are only worth keeping while work comes in, so once no run has
-been in progress for ``HELPER_IDLE_S`` (2 minutes) both are stopped; the next run starts
-them again (about 0.3 s, once).
+**Idle helpers.** On POSIX the first run starts the forkserver and its resource tracker;
+once no run has been in progress for 2 minutes both are stopped, and the next run starts
+them again (:mod:`desktop_worker.forkserver`).
 
 The caps come from the worker's config (``cpu_cap_percent``, ``bandwidth_cap_kbps``):
 :func:`limits_from_config` builds the Limits, and :func:`capped_start_run` wraps
@@ -49,7 +48,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -57,6 +55,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from desktop_worker import forkserver
+from desktop_worker.forkserver import stop_idle_helpers
 from desktop_worker.handlers import (
     HandlerContext,
     HandlerError,
@@ -65,7 +65,6 @@ from desktop_worker.handlers import (
     plugin_schemas,
     runnable_kinds,
 )
-from desktop_worker.log import log_event
 from desktop_worker.netguard import (
     ByteBucket,
     NetError,
@@ -76,6 +75,7 @@ from desktop_worker.netguard import (
     normalize_host,
     static_resolver,
 )
+from desktop_worker.throttle import CpuThrottle
 from hub.protocol.kinds import KIND_SCHEMAS, validate_input
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,8 @@ MAX_ERROR_CHARS = 2000  # RunResult.error's cap in hub.protocol.model
 MAX_PROGRESS_MSG = 200  # Progress.msg's cap in hub.protocol.model
 PROGRESS_INTERVAL_S = 0.05
 MAX_RATE_WAIT_SHARE = 0.5  # a run may spend at most this share of its time limit waiting
-HELPER_IDLE_S = 120.0  # stop the forkserver and resource tracker after this long without runs
 
 __all__ = [
-    "CpuThrottle",
     "Limits",
     "Outcome",
     "Policy",
@@ -440,7 +438,7 @@ def _cap_memory(memory_mb: int | None) -> None:
 
 
 def _plain_policy(policy: Policy) -> Policy:
-    """``policy`` with plain dicts, so it pickles across the spawn boundary."""
+    """``policy`` with plain dicts, so it pickles across the process boundary."""
     scripts = {
         str(name): ScriptSpec(
             path=str(spec.path),
@@ -463,109 +461,6 @@ def _plain_policy(policy: Policy) -> Policy:
         resolver_hosts=hosts,
         allowed_networks=tuple(policy.allowed_networks),
     )
-
-
-class CpuThrottle:
-    """Keeps one run's process (and the processes it started) at ``percent`` of one core.
-
-    A leaky bucket of CPU seconds: every ``period`` the budget grows by
-    ``percent / 100 * elapsed`` (holding at most one period's worth, so idle time does
-    not buy a long burst later) and shrinks by the CPU time the run used. When it is
-    negative the run is suspended until the budget is back to zero. A single-threaded
-    CPU-bound run at 25 % thus runs 0.1 s, then stays suspended 0.3 s.
-    """
-
-    def __init__(self, pid: int, percent: int, period: float = 0.1) -> None:
-        self.pid = pid
-        self.share = max(1, min(int(percent), 100)) / 100.0
-        self.period = period
-        self.suspended_s = 0.0  # total time the run spent suspended (logs, tests)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._loop, name=f"couchfarm-cpu-cap-{pid}", daemon=True
-        )
-
-    def start(self) -> CpuThrottle:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop throttling and leave the run resumed. Call before the child is reaped."""
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
-
-    def _loop(self) -> None:
-        import psutil
-
-        try:
-            proc = psutil.Process(self.pid)
-        except psutil.Error:
-            return
-        budget = 0.0
-        last_cpu = self._cpu(proc)
-        last = time.monotonic()
-        while not self._stop.wait(self.period):
-            cpu = self._cpu(proc)
-            if cpu is None or last_cpu is None:
-                return  # the run is over
-            now = time.monotonic()
-            budget = min(self.share * self.period, budget + self.share * (now - last))
-            budget -= cpu - last_cpu
-            last, last_cpu = now, cpu
-            if budget >= 0:
-                continue
-            pause = -budget / self.share
-            if not self._signal(proc, stop=True):
-                return
-            try:
-                self._stop.wait(pause)
-            finally:
-                self._signal(proc, stop=False)
-            self.suspended_s += pause
-            now = time.monotonic()
-            budget = min(self.share * self.period, budget + self.share * (now - last))
-            last = now
-
-    @staticmethod
-    def _cpu(proc: Any) -> float | None:
-        """CPU seconds of the run's process and of every process it started."""
-        import psutil
-
-        try:
-            times = proc.cpu_times()
-            total = times.user + times.system + times.children_user + times.children_system
-            for child in proc.children(recursive=True):
-                try:
-                    child_times = child.cpu_times()
-                    total += child_times.user + child_times.system
-                except psutil.Error:
-                    pass
-            return total
-        except psutil.Error:
-            return None
-
-    def _signal(self, proc: Any, *, stop: bool) -> bool:
-        """Suspend or resume the run: its whole process group on POSIX (scripts too)."""
-        if os.name == "posix":
-            sig = signal.SIGSTOP if stop else signal.SIGCONT
-            try:
-                os.killpg(self.pid, sig)
-                return True
-            except (ProcessLookupError, PermissionError, OSError):
-                pass  # not a group leader yet (it calls setpgrp first thing)
-            try:
-                os.kill(self.pid, sig)
-                return True
-            except (ProcessLookupError, PermissionError, OSError):
-                return False
-        import psutil
-
-        try:
-            proc.suspend() if stop else proc.resume()
-            return True
-        except psutil.Error:
-            return False
 
 
 class RunHandle:
@@ -591,7 +486,7 @@ class RunHandle:
         self._lock = threading.RLock()
         self._timer: threading.Timer | None = None
         self.throttle: CpuThrottle | None = None
-        self._counted = outcome is None and process is not None  # in _active_runs
+        self._counted = outcome is None and process is not None  # in forkserver's run count
         if outcome is None and process is not None:
             self._timer = threading.Timer(
                 max(0.0, self._deadline - time.monotonic()), self._on_deadline
@@ -705,7 +600,7 @@ class RunHandle:
             self._timer.cancel()
         if self._counted:
             self._counted = False
-            _run_ended()
+            forkserver.run_ended()
 
     def _kill(self) -> None:
         # The child is not reaped yet (we reap only after this), so its pid, and the
@@ -724,101 +619,18 @@ class RunHandle:
             pass
 
 
-_CONTEXT: Any = None
-_helpers_lock = threading.Lock()
-_active_runs = 0
-_helpers_timer: threading.Timer | None = None
-
-
-def _run_began() -> None:
-    global _active_runs, _helpers_timer
-    with _helpers_lock:
-        _active_runs += 1
-        if _helpers_timer is not None:
-            _helpers_timer.cancel()
-            _helpers_timer = None
-
-
-def _run_ended() -> None:
-    global _active_runs, _helpers_timer
-    with _helpers_lock:
-        _active_runs = max(0, _active_runs - 1)
-        if _active_runs or _CONTEXT is None or _CONTEXT.get_start_method() != "forkserver":
-            return
-        if _helpers_timer is not None:
-            _helpers_timer.cancel()
-        _helpers_timer = threading.Timer(HELPER_IDLE_S, stop_idle_helpers)
-        _helpers_timer.daemon = True
-        _helpers_timer.start()
-
-
-def stop_idle_helpers() -> bool:
-    """Stop the forkserver and the resource tracker if no run is in progress.
-
-    True when something was stopped. Uses multiprocessing's own ``_stop`` methods (its
-    test suite's way of stopping them); where those do not exist, nothing happens. The
-    next ``start_run`` starts both again. Safe because the worker process uses
-    multiprocessing only through this module: the tracker holds nothing of anyone else's.
-    """
-    global _helpers_timer
-    from multiprocessing import forkserver, resource_tracker
-
-    stopped = []
-    with _helpers_lock:
-        _helpers_timer = None
-        if _active_runs:
-            return False
-        for name, helper, pid_attr in (
-            ("forkserver", getattr(forkserver, "_forkserver", None), "_forkserver_pid"),
-            ("resource_tracker", getattr(resource_tracker, "_resource_tracker", None), "_pid"),
-        ):
-            stop = getattr(helper, "_stop", None)
-            pid = getattr(helper, pid_attr, None)
-            if stop is None or pid is None:
-                continue
-            try:
-                stop()
-                stopped.append(f"{name} (pid {pid})")
-            except (OSError, ChildProcessError) as exc:
-                log_event("runner_helper_stop_failed", logging.WARNING, helper=name, error=str(exc))
-    if stopped:
-        log_event("runner_helpers_stopped", idle_s=HELPER_IDLE_S, stopped=stopped)
-    return bool(stopped)
-
-
-def _context() -> Any:
-    """``forkserver`` on POSIX: each run is still its own fresh child process (killable,
-    memory-capped), but it forks from a server that has already imported the runner and
-    handlers, which cuts the start of a run from ~160 ms to a few ms. ``spawn`` on
-    Windows, and in frozen bundles, where forkserver is unavailable or fragile."""
-    global _CONTEXT
-    if _CONTEXT is None:
-        methods = multiprocessing.get_all_start_methods()
-        if os.name == "posix" and "forkserver" in methods and not getattr(sys, "frozen", False):
-            _CONTEXT = multiprocessing.get_context("forkserver")
-            # Everything a run's child would import again otherwise (pydantic models, config):
-            # measured 155 ms of CPU per run without them, 26 ms with.
-            _CONTEXT.set_forkserver_preload(
-                ["desktop_worker.runner", "desktop_worker.handlers", "hub.protocol.model",
-                 "desktop_worker.config", "desktop_worker.cli"]
-            )  # fmt: skip
-        else:
-            _CONTEXT = multiprocessing.get_context("spawn")
-    return _CONTEXT
-
-
 def start_run(kind: str, input: dict, limits: Limits, policy: Policy) -> RunHandle:
     """Check the run and start it in a child process. Never blocks on the run itself."""
     started = time.monotonic()
     delay, failed = _prepare(kind, input, limits, policy)
     if failed is not None:
         return RunHandle(kind, limits, started, outcome=failed)
-    context = _context()
-    _run_began()
+    context = forkserver.context()
+    forkserver.run_began()
     try:
         reader, writer = context.Pipe(duplex=False)
     except OSError as exc:
-        _run_ended()
+        forkserver.run_ended()
         return RunHandle(
             kind, limits, started, outcome=_error(f"could not start the run: {exc}", False)
         )
@@ -841,7 +653,7 @@ def start_run(kind: str, input: dict, limits: Limits, policy: Policy) -> RunHand
     except Exception as exc:
         reader.close()
         writer.close()
-        _run_ended()
+        forkserver.run_ended()
         return RunHandle(
             kind,
             limits,

@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 MIN_CA_CERTS = 100
 CHILD_RUN_TIMEOUT_S = 60.0
@@ -74,7 +75,7 @@ def check_qt() -> str:
         from PySide6.QtGui import QGuiApplication
     except ImportError as exc:
         raise CheckFailed(f"qt: PySide6 does not import: {exc}") from exc
-    app = QGuiApplication.instance()
+    app = cast("QGuiApplication | None", QGuiApplication.instance())
     if app is None:
         # Qt aborts the process when a platform plugin cannot load; look for it first so
         # a missing file gives a verdict instead of an abort.

@@ -24,8 +24,8 @@ from hub.protocol.version import __version__
 from hub.settings import Connection, SettingsError, connection, read_password_file
 
 if TYPE_CHECKING:
-    from hub.archiver import TallyChange
     from hub.service import FarmService
+    from hub.tallies import TallyChange
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -540,9 +540,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.portal_port is not None and args.portal_port >= 0:
         try:
             from hub.portal.server import start_portal
-        except ImportError:
-            start_portal = None
-        if start_portal is not None:
+        except ImportError:  # installed without the portal extra
+            print(
+                "hub serve: the portal is not installed (pip install couchfarm[portal])",
+                file=sys.stderr,
+            )
+        else:
             portal = start_portal(hub, args.portal_host, args.portal_port)
     try:
         while not stop.wait(1.0):
@@ -568,7 +571,7 @@ def _change_line(change: TallyChange) -> str:
 
 
 def cmd_tallies(args: argparse.Namespace) -> int:
-    from hub import archiver
+    from hub import tallies
     from hub.protocol.couch import Forbidden, NotFound, Unauthorized
 
     conn = _conn(args)
@@ -604,7 +607,7 @@ def cmd_tallies(args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
             status = 1
             continue
-        report = archiver.recount_tallies(couch, db, tasks=tasks, dry_run=args.dry_run)
+        report = tallies.recount_tallies(couch, db, tasks=tasks, dry_run=args.dry_run)
         print(
             f"{db}{' (dry run, nothing written)' if args.dry_run else ''}: "
             f"{len(report.tallies or [])} task(s) recounted from {report.results} result(s); "

@@ -30,7 +30,7 @@ import psutil
 from hub import provision
 from hub.devserver import REPO_ROOT, DevServer, free_port
 from hub.protocol.couch import Conflict, Couch
-from hub.protocol.model import Task, task_id
+from hub.protocol.model import Schedule, Task, task_id
 from hub.protocol.names import ADMIN_ROLE, CLIENT_ROLE_PREFIX, WORKER_ROLE
 from hub.protocol.timefmt import to_wire
 
@@ -133,7 +133,7 @@ def demo_tasks(now_stamp: str) -> list[Task]:
             slug=slug,
             kind="demo.sleep",
             input=data,
-            schedule=schedule,
+            schedule=Schedule.model_validate(schedule),
             created_at=now_stamp,
             updated_at=now_stamp,
             **options,

@@ -46,7 +46,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from hub import archiver
+from hub import tallies
 from hub.protocol import states
 from hub.protocol.couch import Couch
 from hub.protocol.model import MAX_ERROR_HISTORY, Occurrence, State
@@ -136,13 +136,13 @@ def leaves(couch: Couch, db: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def resolve(
     couch: Couch, db: str, doc: dict[str, Any]
-) -> Resolution | archiver.TallyResolution | None:
+) -> Resolution | tallies.TallyResolution | None:
     """Settle one conflicted document (given as read with ``conflicts=true``)."""
     if not doc.get("_conflicts"):
         return None
-    if doc["_id"].startswith(archiver.TALLY_PREFIX):
+    if doc["_id"].startswith(tallies.TALLY_PREFIX):
         # No revision of a month's tally is right after a partition: recount the results.
-        return archiver.resolve_tally(couch, db, doc)
+        return tallies.resolve_tally(couch, db, doc)
     candidates = leaves(couch, db, doc)
     if len(candidates) < 2:
         return None

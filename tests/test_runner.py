@@ -1,4 +1,4 @@
-"""desktop_worker.runner: runs in a spawned child with time, memory and output limits."""
+"""desktop_worker.runner: runs in a child process with time, memory and output limits."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from desktop_worker.runner import (
     reset_rate_limits,
     run_inline,
     start_run,
-    stop_idle_helpers,
 )
 from tests.test_netguard import LocalHTTP, make_cert, serve_http, server_tls
 
@@ -360,61 +359,6 @@ def test_capped_start_run_applies_the_configs_caps() -> None:
     assert finished(handle).status == "ok"
     assert (handle.limits.cpu_cap_percent, handle.limits.bandwidth_bps) == (30, 64 * 1024 // 4)
     assert handle.limits.timeout_s == 20  # the caller's other limits stay
-
-
-# ------------------------------------------------------------------ idle helper processes
-
-
-def _forkserver_pid() -> int | None:
-    from multiprocessing import forkserver
-
-    return getattr(forkserver._forkserver, "_forkserver_pid", None)
-
-
-needs_forkserver = pytest.mark.skipif(
-    os.name != "posix"
-    or not hasattr(__import__("multiprocessing.forkserver").forkserver, "_forkserver"),
-    reason="the forkserver is the POSIX start method",
-)
-
-
-@needs_forkserver
-def test_idle_forkserver_is_stopped_and_comes_back() -> None:
-    assert finished(start_run("demo.sleep", {"ms": 0}, Limits(), Policy())).status == "ok"
-    pid = _forkserver_pid()
-    assert pid is not None
-    assert stop_idle_helpers() is True
-    assert_gone(pid)
-    assert _forkserver_pid() is None
-    again = finished(start_run("demo.sleep", {"ms": 0}, Limits(), Policy()))
-    assert again.status == "ok", again.error
-    assert _forkserver_pid() not in (None, pid)
-
-
-@needs_forkserver
-def test_helpers_stay_while_a_run_is_in_progress() -> None:
-    handle = start_run("demo.sleep", {"ms": 5000}, Limits(timeout_s=20), Policy())
-    try:
-        assert stop_idle_helpers() is False
-        assert _forkserver_pid() is not None
-    finally:
-        handle.cancel()
-    assert finished(handle).status == "error"
-
-
-@needs_forkserver
-def test_helpers_stop_by_themselves_after_the_idle_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    import desktop_worker.runner as runner
-
-    monkeypatch.setattr(runner, "HELPER_IDLE_S", 0.3)
-    assert finished(start_run("demo.sleep", {"ms": 0}, Limits(), Policy())).status == "ok"
-    pid = _forkserver_pid()
-    assert pid is not None
-    deadline = time.monotonic() + 10
-    while _forkserver_pid() is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _forkserver_pid() is None
-    assert_gone(pid)
 
 
 def test_bandwidth_cap_holds_over_tls(tmp_path: Path) -> None:

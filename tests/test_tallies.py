@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from hub import archiver, cli, provision, replication, resolver
+from hub import archiver, cli, provision, replication, resolver, tallies
 from hub.protocol.model import Task
 from hub.protocol.timefmt import from_wire
 from hub.service import build_task
@@ -115,7 +115,7 @@ def test_rebuild_restores_deleted_tallies_exactly_and_a_second_run_changes_nothi
 ):
     fill(farm, month, tasks)
     delete_tallies(farm, month)
-    report = archiver.recount_tallies(farm.hub, month)
+    report = tallies.recount_tallies(farm.hub, month)
     assert {t.task: t.action for t in report.tallies} == {t.id: "created" for t in tasks}
     assert report.results == 7 + 9 + 5 + 6
     for task in tasks:
@@ -124,7 +124,7 @@ def test_rebuild_restores_deleted_tallies_exactly_and_a_second_run_changes_nothi
     assert acme.before == {} and acme.after == truth(farm, month, tasks[0])["counts"]
     revs = {t.id: farm.hub.get(month, archiver.tally_id(t.id))["_rev"] for t in tasks}
     before = revisions(farm, month)
-    again = archiver.recount_tallies(farm.hub, month)
+    again = tallies.recount_tallies(farm.hub, month)
     assert [t.action for t in again.tallies] == ["unchanged", "unchanged"]
     assert {t.id: farm.hub.get(month, archiver.tally_id(t.id))["_rev"] for t in tasks} == revs
     assert revisions(farm, month) == before  # nothing written at all
@@ -143,7 +143,7 @@ def test_a_tally_with_wrong_counts_is_corrected_and_its_pending_batches_kept(far
     doc["statuses"] = {"ok": {"count": 9999, "max": 1}, "bogus": {"count": 3, "max": 0}}
     doc["duration_ms"] = {"sum": -1, "n": 1}
     farm.hub.put(month, doc)
-    report = archiver.recount_tallies(farm.hub, month, tasks={acme.id})
+    report = tallies.recount_tallies(farm.hub, month, tasks={acme.id})
     (change,) = report.tallies
     assert change.action == "changed" and change.before == {"ok": 9999, "bogus": 3}
     fixed = farm.hub.get(month, archiver.tally_id(acme.id))
@@ -181,7 +181,7 @@ def test_dry_run_writes_nothing(farm, tasks, month):
     farm.hub.delete(month, archiver.tally_id(tasks[1].id),
                     farm.hub.get(month, archiver.tally_id(tasks[1].id))["_rev"])  # fmt: skip
     before = revisions(farm, month)
-    report = archiver.recount_tallies(farm.hub, month, dry_run=True)
+    report = tallies.recount_tallies(farm.hub, month, dry_run=True)
     assert {t.task: t.action for t in report.tallies} == {acme.id: "changed",
                                                           tasks[1].id: "created"}  # fmt: skip
     assert revisions(farm, month) == before
@@ -229,7 +229,7 @@ def test_batches_archived_during_the_scan_are_counted_once(farm, tasks, month):
         farm.hub.bulk_docs(month, [{**d, "batch": batch[0]} for d in flying])
 
     conn = DuringScan(farm.hub, 2, archive_now)
-    report = archiver.recount_tallies(conn, month, tasks={acme.id}, page=6)
+    report = tallies.recount_tallies(conn, month, tasks={acme.id}, page=6)
     assert conn.pages >= 3 and report.restarts == 0
     archiver.fold(farm.hub, month, batch[0], [{**d, "batch": batch[0]} for d in flying],
                   [archiver.tally_id(acme.id)])  # fmt: skip
@@ -245,9 +245,9 @@ def test_a_batch_named_long_ago_but_stored_during_the_scan_restarts_it(farm, tas
     late = results(acme, start, 3, 1)  # behind the cursor, from a hub that stalled for hours
 
     conn = DuringScan(farm.hub, 2, lambda: archiver.store_results(
-        farm.hub, month, late, now - 2 * archiver.RECENT_BATCH))  # fmt: skip
+        farm.hub, month, late, now - 2 * tallies.RECENT_BATCH))  # fmt: skip
     delete_tallies(farm, month)
-    report = archiver.recount_tallies(conn, month, page=5)
+    report = tallies.recount_tallies(conn, month, page=5)
     assert report.restarts == 1
     assert_exact(farm, month, acme)
 
@@ -277,7 +277,7 @@ def test_a_write_that_loses_to_an_archiving_fold_is_recounted(farm, tasks, month
     farm.hub.put(month, {**doc, "statuses": {}})
     more = results(acme, start + timedelta(hours=1), 6, 2)
     conn = FoldsFirst(farm.hub, lambda: archiver.store_results(farm.hub, month, more, now))
-    report = archiver.recount_tallies(conn, month)
+    report = tallies.recount_tallies(conn, month)
     assert conn.fired and report.tallies[0].action == "changed"
     assert sum(report.tallies[0].after.values()) == 16
     assert_exact(farm, month, acme)
@@ -312,7 +312,7 @@ def test_rebuilds_running_while_hubs_archive_leave_exact_tallies(farm, tasks, mo
         conn = farm.server.as_user("hub", farm.passwords["hub"])
         try:
             while archiving.is_set():
-                archiver.recount_tallies(conn, month, page=7)
+                tallies.recount_tallies(conn, month, page=7)
         except BaseException as exc:
             errors.append(exc)
 
@@ -332,7 +332,7 @@ def test_rebuilds_running_while_hubs_archive_leave_exact_tallies(farm, tasks, mo
         assert farm.hub.get(month, archiver.tally_id(task.id))["pending"] == {}
         assert sum(truth(farm, month, task)["counts"].values()) == 80
         assert_exact(farm, month, task)
-    again = archiver.recount_tallies(farm.hub, month)
+    again = tallies.recount_tallies(farm.hub, month)
     assert {t.action for t in again.tallies} == {"unchanged"}
 
 
@@ -435,4 +435,4 @@ def test_a_tally_conflicted_by_a_partition_is_settled_by_a_recount(
         assert sum(counts.values()) == 10 + 8 + 6
         assert {s: v["count"] for s, v in final["statuses"].items()} == dict(counts)
     # Settled once; nothing left to settle.
-    assert archiver.resolve_tally(primary, month, primary.get(month, tid, conflicts="true")) is None
+    assert tallies.resolve_tally(primary, month, primary.get(month, tid, conflicts="true")) is None

@@ -53,16 +53,16 @@ def test_worker_doc_is_what_the_model_writes(tmp_path: Path) -> None:
 
 def test_worker_doc_with_rev_runs_totals_and_state(tmp_path: Path) -> None:
     engine = engine_for(tmp_path, name="w-2")
-    engine._hb_rev = "3-abc"
+    engine.heartbeat.rev = "3-abc"
     engine.totals.update(done=7, failed=2, lost=1)
-    engine._runs = {f"occ:task:acme:ping:2026120{i}T000000Z": None for i in range(3)}  # type: ignore[misc]
-    engine._state = EngineState.DRAINING
+    engine.status.runs = {f"occ:task:acme:ping:2026120{i}T000000Z": None for i in range(3)}  # type: ignore[misc]
+    engine.status.state = EngineState.DRAINING
     engine.started_at = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
     doc = engine.worker_doc()
     assert doc == WorkerDoc.from_doc(doc).to_doc()
     assert doc["_rev"] == "3-abc" and doc["state"] == "draining"
     assert doc["totals"] == {"done": 7, "failed": 2, "lost": 1}
-    assert doc["current"] == sorted(engine._runs)
+    assert doc["current"] == sorted(engine.status.runs)
     assert doc["started_at"] == "2026-12-01T08:00:00.000Z"
 
 

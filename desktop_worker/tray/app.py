@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from PySide6.QtCore import QFileSystemWatcher, QObject, QTimer, Slot
 from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
@@ -432,7 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             why="PySide6 6.12.0 loses a reference on every slot call and crashes long-running "
             "apps; install pyside6-essentials 6.11.x",
         )
-    qt_app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "couchfarm"])
+    qt_app = cast(
+        "QApplication",
+        QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "couchfarm"]),
+    )
     qt_app.setApplicationName("Couchfarm")
     qt_app.setQuitOnLastWindowClosed(False)
 

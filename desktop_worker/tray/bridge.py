@@ -9,7 +9,8 @@
   ``start``, ``restart``) run the engine call on one worker thread (a single-thread
   executor keeps them in order); each ends with ``commandFinished(name, error)``. The GUI
   thread never blocks on the engine or the network.
-- **Replaceable engine.** Anything with the Engine interface works: the real
+- **Replaceable engine.** Anything with the Engine interface
+  (:class:`desktop_worker.engine_api.EngineLike`) works: the real
   :class:`desktop_worker.engine.Engine` or :class:`desktop_worker.tray.fake.FakeEngine`.
 
 The engine hooks the tray needs beyond start/stop/pause/resume/drain are
@@ -26,10 +27,10 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 
-from desktop_worker.engine import EngineEvent
+from desktop_worker.engine_api import EngineEvent, EngineLike
 from desktop_worker.log import log_event
 
-EngineFactory = Callable[[Any], Any]
+EngineFactory = Callable[[Any], EngineLike]
 
 
 class EngineBridge(QObject):
@@ -51,7 +52,7 @@ class EngineBridge(QObject):
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._engine: Any = None
+        self._engine: EngineLike | None = None
         self._pause_reason: str | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tray-engine")
         self._last: Future[Any] | None = None
@@ -63,7 +64,7 @@ class EngineBridge(QObject):
     # ------------------------------------------------------------ engine
 
     @property
-    def engine(self) -> Any:
+    def engine(self) -> EngineLike | None:
         return self._engine
 
     @property
@@ -77,7 +78,7 @@ class EngineBridge(QObject):
         except RuntimeError:  # the bridge is gone (app quitting)
             pass
 
-    def _attach(self, engine: Any) -> None:  # worker thread
+    def _attach(self, engine: EngineLike | None) -> None:  # worker thread
         old = self._engine
         if old is not None and old is not engine:
             old.remove_listener(self._listen)
@@ -87,10 +88,10 @@ class EngineBridge(QObject):
         self._engineSwapped.emit(engine)
 
     @Slot(object)
-    def _on_swapped(self, _engine: Any) -> None:
+    def _on_swapped(self, _engine: EngineLike | None) -> None:
         self.engineChanged.emit()
 
-    def attach(self, engine: Any) -> None:
+    def attach(self, engine: EngineLike | None) -> None:
         """Use an engine that already exists (tests); events start flowing now."""
         self._attach(engine)
 
@@ -150,7 +151,7 @@ class EngineBridge(QObject):
             self._last = future
         return future
 
-    def _with_engine(self, name: str, call: Callable[[Any], Any]) -> Future[Any] | None:
+    def _with_engine(self, name: str, call: Callable[[EngineLike], Any]) -> Future[Any] | None:
         def run() -> Any:
             engine = self._engine
             if engine is None:
@@ -162,7 +163,7 @@ class EngineBridge(QObject):
     def start(self, factory: EngineFactory, config: Any) -> Future[Any] | None:
         """Build an engine with ``factory(config)`` and start it, paused if the tray is."""
 
-        def run() -> Any:
+        def run() -> EngineLike:
             try:
                 engine = factory(config)
             except Exception as exc:
@@ -273,7 +274,7 @@ class EngineBridge(QObject):
 # ---------------------------------------------------------------- engine hooks
 
 
-def hub_now(engine: Any) -> datetime:
+def hub_now(engine: EngineLike) -> datetime:
     """The engine's hub time (in memory: the client's clock offset), else UTC now."""
     fake = getattr(engine, "_hub_now", None)
     if callable(fake):
@@ -287,7 +288,7 @@ def hub_now(engine: Any) -> datetime:
     return datetime.now(UTC)
 
 
-def cancel_run(engine: Any, occ_id: str, reason: str = "cancelled by the user") -> bool:
+def cancel_run(engine: EngineLike, occ_id: str, reason: str = "cancelled by the user") -> bool:
     """Cancel one run; the engine releases its lease, so it goes back to the hub."""
     hook = getattr(engine, "cancel", None)
     if not callable(hook):
@@ -296,7 +297,7 @@ def cancel_run(engine: Any, occ_id: str, reason: str = "cancelled by the user") 
     return bool(hook(occ_id, reason))
 
 
-def run_info(engine: Any, occ_id: str) -> dict[str, Any] | None:
+def run_info(engine: EngineLike, occ_id: str) -> dict[str, Any] | None:
     """kind, client, started_at, expires_at, lease_left_s, elapsed_s, progress of one run."""
     hook = getattr(engine, "run_info", None)
     if not callable(hook):

@@ -1,9 +1,10 @@
 """A stand-in for :class:`desktop_worker.engine.Engine` with the same interface and events.
 
 Tests (and the screenshot script) drive it by hand: ``begin_run``, ``progress``,
-``finish_run``, ``set_offline``, ``set_error``. State follows the real engine's precedence:
-stopped > error > draining > paused > offline > working > idle. Events go to listeners on
-the calling thread, as the real engine calls them on its own threads.
+``finish_run``, ``set_offline``, ``set_error``. State follows the real engine's precedence
+(:func:`desktop_worker.engine_api.derive_state`, the same function): stopped > error >
+draining > paused > offline > working > idle. Events go to listeners on the calling
+thread, as the real engine calls them on its own threads.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from desktop_worker.config import WorkerConfig
-from desktop_worker.engine import EngineEvent, EngineState, Listener
+from desktop_worker.engine_api import (
+    EngineEvent,
+    EngineState,
+    Listener,
+    derive_state,
+    worth_telling,
+)
 
 
 @dataclass
@@ -198,21 +205,15 @@ class FakeEngine:
 
     def _refresh(self) -> None:
         with self._lock:
-            if self._stopped:
-                state, why = EngineState.STOPPED, ""
-            elif self._errors:
-                state, why = EngineState.ERROR, "; ".join(self._errors.values())
-            elif self._draining:
-                state, why = EngineState.DRAINING, f"{len(self._runs)} run(s) to finish"
-            elif self._paused:
-                state, why = EngineState.PAUSED, self._paused
-            elif self._offline:
-                state, why = EngineState.OFFLINE, f"no hub server answers ({self._offline})"
-            elif self._runs:
-                state, why = EngineState.WORKING, ""
-            else:
-                state, why = EngineState.IDLE, ""
-            changed = state != self._state or (why != self._why and state != EngineState.WORKING)
+            state, why = derive_state(
+                stopped=self._stopped,
+                errors=self._errors,
+                draining=self._draining,
+                paused=self._paused,
+                offline=None if not self._offline else f"no hub server answers ({self._offline})",
+                running=len(self._runs),
+            )
+            changed = worth_telling((self._state, self._why), (state, why))
             self._state, self._why = state, why
         if changed:
             self.emit("state_changed", state=state.value, why=why)

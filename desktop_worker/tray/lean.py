@@ -132,7 +132,7 @@ def defer_module(name: str, distribution: str | None = None) -> bool:
             from importlib import metadata
 
             try:
-                stand_in.__version__ = metadata.version(distribution)
+                setattr(stand_in, "__version__", metadata.version(distribution))  # noqa: B010
             except metadata.PackageNotFoundError:
                 return False
         sys.modules[name] = stand_in
@@ -160,7 +160,7 @@ def quiet_shiboken_scan() -> bool:
     has no such check: the engine-first import order still holds the cost down."""
     try:
         import shiboken6  # noqa: F401  (makes shibokensupport importable)
-        from shibokensupport import feature  # type: ignore[import-not-found]
+        from shibokensupport import feature
     except ImportError:
         return False
     if not callable(getattr(feature, "_mod_uses_pyside", None)):

@@ -238,7 +238,7 @@ class WorkerModel(QObject):
     def _on_progress(self, occ_id: str, progress: Any) -> None:
         run = self.runs.get(occ_id)
         if run is not None and progress:
-            run.progress = tuple(progress)  # type: ignore[assignment]
+            run.progress = tuple(progress)
             self.touch()
 
     @Slot(str, str, str, str)

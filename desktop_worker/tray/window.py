@@ -285,7 +285,10 @@ class MainWindow(QMainWindow):
     def history_rows(self) -> list[list[str]]:
         table = self.history_table
         return [
-            [table.item(r, c).text() for c in range(table.columnCount())]
+            [
+                (cell.text() if (cell := table.item(r, c)) else "")
+                for c in range(table.columnCount())
+            ]
             for r in range(table.rowCount())
         ]
 

@@ -354,7 +354,11 @@ class PortalData:
         twice = self._archived_ids(sorted(candidates)) if candidates else set()
 
         rows = []
-        totals: dict[str, Any] = dict.fromkeys(SHOWN_STATES, 0) | {"ok": 0, "error": 0, "tasks": len(tasks)}
+        totals: dict[str, Any] = dict.fromkeys(SHOWN_STATES, 0) | {
+            "ok": 0,
+            "error": 0,
+            "tasks": len(tasks),
+        }
         for task in tasks:
             counts = dict.fromkeys(SHOWN_STATES, 0)
             for state, n in live.get(task.id, {}).items():
