@@ -27,10 +27,10 @@ from typing import Any
 
 from hub import archiver, provision, reaper, replication, resolver
 from hub.dispatch import Board, Dispatcher
-from hub.materializer import Materializer
+from hub.materializer import Materializer, is_serial
 from hub.protocol.board import read_peers
 from hub.protocol.couch import Couch, CouchError, StreamBrokeOff, redact_url
-from hub.protocol.model import Occurrence, Overlap
+from hub.protocol.model import Occurrence
 from hub.protocol.names import results_db
 from hub.protocol.timefmt import to_wire
 from hub.service import TUBES_DOC
@@ -89,6 +89,7 @@ class Hub:
         self._stream_heard = False
         self._last_full_reap = float("-inf")
         self.reaps_skipped = 0
+        self._promoting: set[str] = set()  # serial tasks given a promotion in this reap pass
         self._archived_until: str | None = None
         self._resolved_results_since: dict[str, str] = {}
         self.replication_health: replication.Health | None = None
@@ -176,9 +177,13 @@ class Hub:
     def may_promote(self, occ: Occurrence) -> bool:
         if occ.tube in self.paused_tubes:
             return False
-        task = self.materializer.tasks.get(occ.task)
-        if task is not None and task.overlap == Overlap.QUEUE:
-            return not self.materializer.has_running(occ.task)
+        if not is_serial(occ, self.materializer.tasks.get(occ.task)):
+            return True
+        # One at a time: nothing of its stream leased or ready, and none promoted already
+        # in this reap pass (the pass decides before it writes).
+        if self.materializer.stream_busy(occ) or occ.task in self._promoting:
+            return False
+        self._promoting.add(occ.task)
         return True
 
     def reap(self) -> reaper.ReapReport:
@@ -194,6 +199,7 @@ class Hub:
             self.reaps_skipped += 1
             return reaper.ReapReport()  # nothing can be due yet: no request
         self._last_full_reap = time.monotonic()
+        self._promoting = set()
         return reaper.reap(self.couch, self.config.db, now, may_promote=self.may_promote)
 
     def archive(self) -> archiver.ArchiveReport:

@@ -59,10 +59,19 @@ ACTIVE_STATES = frozenset({State.SCHEDULED, State.READY, State.LEASED})
 
 
 class Overlap(StrEnum):
-    SKIP = "skip"
-    QUEUE = "queue"
-    ALLOW = "allow"
-    REPLACE = "replace"
+    """What a fire does while an earlier run of its task is still going (docs/SCHEDULES.md)."""
+
+    SKIP = "skip"  # Temporal Skip
+    QUEUE = "queue"  # Temporal BufferAll
+    ALLOW = "allow"  # Temporal AllowAll
+    REPLACE = "replace"  # Temporal TerminateOther (the new run starts at once)
+    BUFFER_ONE = "buffer_one"  # Temporal BufferOne
+    CANCEL_OTHER = "cancel_other"  # Temporal CancelOther (the new run waits for the end)
+
+
+# Policies under which a task's runs go one at a time: a waiting run is promoted only when
+# nothing of its task is leased.
+SERIAL_OVERLAPS = frozenset({Overlap.QUEUE, Overlap.BUFFER_ONE, Overlap.CANCEL_OTHER})
 
 
 class Misfire(StrEnum):
