@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hub import archiver, provision, reaper, replication, resolver
+from hub.alerts import HealthTracker
 from hub.dispatch import Board, Dispatcher
 from hub.materializer import Materializer, is_serial
 from hub.protocol.board import read_peers
@@ -98,6 +99,7 @@ class Hub:
         self.board = Board(self.couch, self.config.db)
         self._board_written = float("-inf")
         self._dispatch_lock = threading.Lock()
+        self.health = HealthTracker(self.couch, self.config.db)  # hub/alerts.py
 
     def now(self) -> datetime:
         return self.clock() if self.clock else self.couch.now()
@@ -106,6 +108,11 @@ class Hub:
 
     def load(self) -> None:
         self._install(self.materializer)
+        self.health.load()
+
+    def watch_health(self) -> int:
+        """Count the runs the feed brought (hub/alerts.py): pause on failure."""
+        return self.health.process(self.materializer.tasks, self.now())
 
     def _install(self, materializer: Materializer) -> None:
         """Load ``materializer`` from the server in use, then make it the hub's. Nothing is
@@ -349,6 +356,7 @@ class Hub:
                     # Two servers (or cluster nodes) took different writes: settle it now.
                     self._settle(doc)
                 self.materializer.apply_changes([row], self.now())
+                self.health.observe(doc)
             except Exception as exc:  # one bad document must not stop the hub following
                 log.warning("event=follow_row_failed doc=%s error=%r", row.get("id"), str(exc))
 
@@ -433,6 +441,9 @@ class Hub:
             seconds=self.config.replication_every,
             id="replication",
             **common,
+        )
+        scheduler.add_job(
+            self._guard(self.watch_health), "interval", seconds=1.0, id="health", **common
         )
         scheduler.add_job(
             self._guard(self.retention),

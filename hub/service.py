@@ -13,12 +13,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hub import schedules
+from hub import alerts, schedules
 from hub.protocol import kinds, states
 from hub.protocol.couch import Conflict, Couch, Forbidden, NotFound
 from hub.protocol.model import (
+    MAX_REASON_CHARS,
     Occurrence,
     Task,
+    clean_text,
     describe_validation_error,
     split_occurrence_id,
     task_id,
@@ -63,6 +65,7 @@ TASK_FIELDS = {
     "misfire_grace",
     "retention_days",
     "paused",
+    "pause_after_failures",
 }
 
 
@@ -140,8 +143,15 @@ class FarmService:
         current = self.get_task(client, slug)
         merged = {k: v for k, v in current.to_doc().items() if k in TASK_FIELDS} | spec
         task = build_task(client, slug, merged, self.now(), min_interval=self.min_interval)
-        task = task.model_copy(update={"created_at": current.created_at, "rev": current.rev})
+        kept: dict[str, Any] = {"created_at": current.created_at, "rev": current.rev}
+        if task.paused and current.paused:  # still paused: keep why and since when
+            kept |= {"paused_reason": current.paused_reason, "paused_at": current.paused_at}
+        elif task.paused:
+            kept |= {"paused_reason": "paused by the client", "paused_at": to_wire(self.now())}
+        task = task.model_copy(update=kept)
         rev = self.couch.put(self.db, task.to_doc())
+        if current.paused and not task.paused:
+            alerts.reset_pause_streak(self.couch, self.db, task.id)
         return task.model_copy(update={"rev": rev})
 
     def get_task(self, client: str | None, slug_or_id: str) -> Task:
@@ -160,12 +170,31 @@ class FarmService:
         rows = self.couch.view(self.db, "farm", "tasks_by_client", **params)["rows"]
         return [Task.from_doc(row["doc"]) for row in rows if row.get("doc")]
 
-    def set_paused(self, client: str | None, slug: str, paused: bool) -> Task:
-        task = self.get_task(client, slug)
-        updated = task.model_copy(update={"paused": paused, "updated_at": to_wire(self.now())})
-        rev = self.couch.put(self.db, updated.to_doc())
-        log.info("event=task_%s task=%s", "paused" if paused else "resumed", task.id)
-        return updated.model_copy(update={"rev": rev})
+    def set_paused(
+        self, client: str | None, slug: str, paused: bool, reason: str | None = None
+    ) -> Task:
+        """Pause (with an optional note, shown as ``paused_reason``) or resume a task.
+        Resuming clears the reason and the time, and failures before it no longer count
+        toward ``pause_after_failures``."""
+        for _ in range(3):
+            task = self.get_task(client, slug)
+            stamp = to_wire(self.now())
+            note = None if reason is None else clean_text(reason, MAX_REASON_CHARS)
+            update: dict[str, Any] = {"paused": paused, "updated_at": stamp}
+            if paused and not task.paused:
+                update |= {"paused_reason": note or "paused by the client", "paused_at": stamp}
+            elif not paused:
+                update |= {"paused_reason": None, "paused_at": None}
+            updated = task.model_copy(update=update)
+            try:
+                rev = self.couch.put(self.db, updated.to_doc())
+            except Conflict:
+                continue  # the hub paused it on failure meanwhile: decide on the new copy
+            if not paused:
+                alerts.reset_pause_streak(self.couch, self.db, task.id)
+            log.info("event=task_%s task=%s", "paused" if paused else "resumed", task.id)
+            return updated.model_copy(update={"rev": rev})
+        raise ConflictError(f"task {slug!r} kept changing; try again")
 
     def run_now(self, client: str | None, slug: str) -> Occurrence:
         """An extra run due now, outside the schedule (whole second, so it has its own id)."""

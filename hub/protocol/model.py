@@ -231,6 +231,11 @@ class Task(DocModel):
     misfire_grace: int = Field(default=60, ge=0, le=7 * 86400, description="seconds")
     retention_days: int = Field(default=90, ge=1, le=3660)
     paused: bool = False
+    # Pause on failure (docs/SCHEDULES.md): after this many consecutive failed runs the hub
+    # pauses the task and says why (paused_reason) and since when (paused_at).
+    pause_after_failures: int | None = Field(default=None, ge=1, le=1000)
+    paused_reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS)
+    paused_at: str | None = Field(default=None, pattern=WIRE_TIME_PATTERN)
     created_at: str = Field(pattern=WIRE_TIME_PATTERN)
     updated_at: str = Field(pattern=WIRE_TIME_PATTERN)
 
