@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from itertools import islice
 from typing import Any
 
 from pydantic import ValidationError
 
 from hub import alerts, schedules
+from hub.materializer import BACKFILL_REASON, BACKFILL_SERIAL_REASON, FAIR_QUANTUM_SECONDS
 from hub.protocol import kinds, states
 from hub.protocol.couch import Conflict, Couch, Forbidden, NotFound
 from hub.protocol.model import (
     MAX_REASON_CHARS,
     Occurrence,
+    State,
     Task,
     clean_text,
     describe_validation_error,
+    occurrence_id,
     split_occurrence_id,
     task_id,
 )
@@ -31,6 +35,32 @@ from hub.protocol.timefmt import from_wire, to_wire
 log = logging.getLogger("couchfarm.service")
 TUBES_DOC = "hub:tubes"
 ONLINE_SECONDS = 90
+MAX_BACKFILL_RUNS = 1000
+"""Runs one backfill request may create: a bigger range is refused, naming this limit."""
+BACKFILL_OVERLAPS = ("allow", "queue")
+
+
+@dataclass(frozen=True)
+class BackfillReport:
+    """What a backfill did, one list of occurrence ids per outcome."""
+
+    task: str
+    created: list[str]
+    already_live: list[str]  # the run exists in the live database (scheduled or backfilled)
+    already_archived: list[str]  # the run ended and its result is archived
+
+
+def _moment(field: str, value: datetime | str, problems: list[str]) -> datetime | None:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            problems.append(f"{field}: {value.isoformat()} has no time zone")
+            return None
+        return value.astimezone(UTC)
+    try:
+        return from_wire(str(value))
+    except ValueError as exc:
+        problems.append(f"{field}: {exc}")
+        return None
 
 
 class ServiceError(ValueError):
@@ -208,6 +238,112 @@ class FarmService:
             # occurrence answers 403 rather than 409.
             raise ConflictError(f"a run of {slug!r} due {occ.due_at} already exists") from None
         return occ.model_copy(update={"rev": rev})
+
+    def backfill(
+        self,
+        client: str | None,
+        slug: str,
+        start: datetime | str,
+        end: datetime | str,
+        overlap: str = "allow",
+    ) -> BackfillReport:
+        """Materialize the task's runs due in ``[start, end]`` (a past range) that do not
+        exist yet, live or archived (docs/SCHEDULES.md, "Backfill").
+
+        ``overlap="allow"`` (default): all start now, spread by fair share; ``"queue"``:
+        one after another in due order. Backfilled runs are ordinary occurrences (archived
+        and counted in the tallies like any other) whose reason starts with "backfill"; the
+        schedule's own overlap and coalescing leave them alone. Ids are deterministic, so
+        a repeated request creates nothing new.
+        """
+        task = self.get_task(client, slug)
+        now = self.now()
+        problems: list[str] = []
+        since = _moment("from", start, problems)
+        until = _moment("to", end, problems)
+        if overlap not in BACKFILL_OVERLAPS:
+            problems.append(
+                f"overlap: {overlap!r} is not a backfill policy; use 'allow' (all at once) "
+                "or 'queue' (one at a time, in due order)"
+            )
+        if since is not None and until is not None:
+            if until > now:
+                problems.append(
+                    f"to: {to_wire(until)} is in the future (hub time is {to_wire(now)}); "
+                    "a backfill covers past runs only"
+                )
+            if since >= until:
+                problems.append(f"from: {to_wire(since)} must be before to {to_wire(until)}")
+        if problems or since is None or until is None:
+            raise ServiceError(problems)
+        after = since - timedelta(microseconds=1)  # from is inclusive
+        dues = list(
+            islice(schedules.fire_times(task.schedule, after, until), MAX_BACKFILL_RUNS + 1)
+        )
+        if len(dues) > MAX_BACKFILL_RUNS:
+            raise ServiceError(
+                f"to: the range holds more than {MAX_BACKFILL_RUNS} runs, the limit of one "
+                f"backfill request (MAX_BACKFILL_RUNS); split it into smaller ranges"
+            )
+        if not dues:
+            raise ServiceError(
+                f"from: no run of this task's schedule falls between {to_wire(since)} and "
+                f"{to_wire(until)}"
+            )
+        ids = [occurrence_id(task.id, due) for due in dues]
+        live = {
+            row["key"]
+            for row in self.couch.all_docs(self.db, keys=ids)
+            if "value" in row and not row["value"].get("deleted")
+        }
+        archived = self._archived(ids, dues)
+        missing = [due for due, occ in zip(dues, ids, strict=True)
+                   if occ not in live and occ not in archived]  # fmt: skip
+        serial = overlap == "queue"
+        lead = BACKFILL_SERIAL_REASON if serial else BACKFILL_REASON
+        reason = f"{lead}: {to_wire(since)} .. {to_wire(until)}, asked at {to_wire(now)}"
+        docs = [
+            states.materialize(
+                task, due, now, not_before=now, reason=reason,
+                state=State.SCHEDULED if serial else State.READY,
+                fair_offset=index * FAIR_QUANTUM_SECONDS,
+            ).to_doc()
+            for index, due in enumerate(missing)
+        ]  # fmt: skip
+        created: list[str] = []
+        raced: list[str] = []
+        for row in self.couch.bulk_docs(self.db, docs) if docs else []:
+            # A conflict (403 on PouchDB) is a run created meanwhile: harmless.
+            (created if "rev" in row else raced).append(row["id"])
+        log.info(
+            "event=backfill task=%s from=%s to=%s overlap=%s created=%d live=%d archived=%d",
+            task.id, to_wire(since), to_wire(until), overlap, len(created),
+            len(live) + len(raced), len(archived),
+        )  # fmt: skip
+        return BackfillReport(
+            task=task.id,
+            created=created,
+            already_live=sorted(live | set(raced)),
+            already_archived=sorted(archived),
+        )
+
+    def _archived(self, ids: list[str], dues: list[datetime]) -> set[str]:
+        """Which of these occurrences have a result in their month's results database."""
+        by_month: dict[str, list[str]] = {}
+        for occ, due in zip(ids, dues, strict=True):
+            by_month.setdefault(results_db(self.db, due), []).append(f"res:{occ}")
+        found: set[str] = set()
+        for month, keys in by_month.items():
+            try:
+                rows = self.couch.all_docs(month, keys=keys)
+            except NotFound:
+                continue  # no such month: nothing archived there
+            found |= {
+                row["key"].removeprefix("res:")
+                for row in rows
+                if "value" in row and not row["value"].get("deleted")
+            }
+        return found
 
     def delete_task(self, client: str | None, slug: str) -> int:
         """Delete the task and cancel its live occurrences. Returns how many were cancelled."""
