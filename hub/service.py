@@ -345,6 +345,44 @@ class FarmService:
             }
         return found
 
+    def next_fire_times(self, schedule: dict[str, Any], n: int = 5) -> list[str]:
+        """The next ``n`` fire times (wire format) of a schedule a client is typing: the
+        portal's live preview and the API's. Every problem names its field."""
+        from hub.protocol.model import Schedule
+
+        try:
+            parsed = Schedule(**schedule)
+        except ValidationError as exc:
+            raise ServiceError(describe_validation_error(exc, "schedule.")) from None
+        except TypeError as exc:
+            raise ServiceError(f"schedule: {exc}") from None
+        try:
+            fires = schedules.next_fire_times(parsed, n, self.now())
+        except schedules.ScheduleError as exc:
+            raise ServiceError(exc.problems) from None
+        except ValueError as exc:
+            raise ServiceError(str(exc)) from None
+        return [to_wire(fire) for fire in fires]
+
+    def task_health(self, client: str | None, slug: str) -> dict[str, Any]:
+        """A task's run health (hub/alerts.py): consecutive failed runs (``streak``, and
+        ``pause_streak`` since the last resume) and the newest run counted; zeros for a
+        task that never failed. With the task's ``paused_reason``/``paused_at``."""
+        task = self.get_task(client, slug)
+        doc = self.couch.get_or_none(self.db, alerts.health_id(task.id)) or {}
+        health = alerts.Health.from_doc({"task": task.id, "client": task.client, **doc})
+        return {
+            "task": task.id,
+            "streak": health.streak,
+            "pause_streak": health.pause_streak,
+            "pause_after_failures": task.pause_after_failures,
+            "last_occurrence": health.last_occurrence or None,
+            "last_outcome": health.last_outcome or None,
+            "paused": task.paused,
+            "paused_reason": task.paused_reason,
+            "paused_at": task.paused_at,
+        }
+
     def delete_task(self, client: str | None, slug: str) -> int:
         """Delete the task and cancel its live occurrences. Returns how many were cancelled."""
         task = self.get_task(client, slug)
