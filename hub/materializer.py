@@ -25,13 +25,41 @@ from typing import Any
 from hub import schedules
 from hub.protocol import states
 from hub.protocol.couch import Couch
-from hub.protocol.model import ACTIVE_STATES, Misfire, Occurrence, Overlap, State, Task
+from hub.protocol.model import (
+    ACTIVE_STATES,
+    SERIAL_OVERLAPS,
+    Misfire,
+    Occurrence,
+    Overlap,
+    State,
+    Task,
+)
 from hub.protocol.timefmt import from_wire
 
 log = logging.getLogger("couchfarm.materializer")
 
 FAIR_QUANTUM_SECONDS = 0.05
 MAX_DUES_PER_TICK = 10_000  # a task that fell far behind is caught up over several ticks
+
+
+BACKFILL_REASON = "backfill"
+"""Start of the reason of every backfilled occurrence: how the hub tells them apart."""
+
+
+BACKFILL_SERIAL_REASON = "backfill, one at a time"
+"""Start of the reason of a backfilled run that waits for the backfill's previous run."""
+
+
+def is_backfill(occ: Occurrence) -> bool:
+    return (occ.reason or "").startswith(BACKFILL_REASON)
+
+
+def is_serial(occ: Occurrence, task: Task | None) -> bool:
+    """Whether ``occ`` may start only when nothing else of its stream runs or waits ready:
+    a backfill asked for one at a time, or a scheduled run under a serial overlap policy."""
+    if is_backfill(occ):
+        return (occ.reason or "").startswith(BACKFILL_SERIAL_REASON)
+    return task is not None and task.overlap in SERIAL_OVERLAPS
 
 
 @dataclass
@@ -62,8 +90,11 @@ def plan_task(
 
     Overlap (a previous occurrence still ``leased`` when a new one falls due): ``skip``
     records the new one ``skipped``; ``queue`` holds it ``scheduled`` until the running
-    one ends; ``allow`` runs both; ``replace`` cancels the running one (its worker learns
-    on its next write) and runs the new one.
+    one ends; ``buffer_one`` does so for one run, and records further fires ``skipped``
+    while one waits; ``allow`` runs both; ``replace`` cancels the running one (its worker
+    learns on its next write) and runs the new one; ``cancel_other`` cancels it too, and
+    holds the new one until the cancelled lease would have expired (the worker has
+    stopped by then: it touches before). docs/SCHEDULES.md maps them to Temporal's names.
 
     ``ready_until`` (materializing ahead): an occurrence whose ``not_before`` is by then is
     written ``ready`` although not yet due; workers hold it and claim it when it is.
@@ -93,14 +124,23 @@ def plan_task(
         )
         plan.creates.append(states.materialize(task, due, now, state=State.MISSED, reason=reason))
 
+    # Backfilled runs are a stream of their own (their own overlap policy, see
+    # hub.service.FarmService.backfill): the schedule's policies neither wait for them nor
+    # coalesce them.
+    active = [o for o in active if not is_backfill(o)]
     leased = [o for o in active if o.state == State.LEASED]
     waiting = [o for o in active if o.state in (State.READY, State.SCHEDULED)]
+    # BufferOne keeps the run already waiting behind a running one and drops newer fires;
+    # coalescing would instead replace the waiting run by the newest.
+    keeps_buffer = task.overlap == Overlap.BUFFER_ONE and bool(leased)
     if runnable and task.misfire != Misfire.RUN_ALL:
         # The newest runnable supersedes older ones that no worker has picked up yet.
-        for older in waiting:
-            plan.supersede.append(
-                (older, "miss", "coalesced: a newer run fell due before a worker was free")
-            )
+        if not keeps_buffer:
+            for older in waiting:
+                plan.supersede.append(
+                    (older, "miss", "coalesced: a newer run fell due before a worker was free")
+                )
+            waiting = []
         for due, _offset in runnable[:-1]:
             plan.creates.append(
                 states.materialize(
@@ -113,10 +153,11 @@ def plan_task(
             )
         runnable = runnable[-1:]
 
+    buffered: Occurrence | None = waiting[0] if keeps_buffer and waiting else None
     for index, (due, offset) in enumerate(runnable):
         jitter = schedules.jitter_offset(task.id, due, task.schedule.jitter)
         not_before = due + timedelta(seconds=jitter)
-        running = leased or (index > 0 and task.overlap != Overlap.ALLOW)
+        running = bool(leased) or (index > 0 and task.overlap != Overlap.ALLOW)
         if leased and task.overlap == Overlap.SKIP:
             holder = leased[0]
             plan.creates.append(
@@ -128,7 +169,37 @@ def plan_task(
                     reason=f"overlap=skip: {holder.id} was still running",
                 )
             )
-        elif running and task.overlap == Overlap.QUEUE:
+        elif running and task.overlap == Overlap.BUFFER_ONE and buffered is not None:
+            plan.creates.append(
+                states.materialize(
+                    task,
+                    due,
+                    now,
+                    state=State.SKIPPED,
+                    reason=f"overlap=buffer_one: {buffered.id} already waits for its turn",
+                )
+            )
+        elif running and task.overlap in (Overlap.QUEUE, Overlap.BUFFER_ONE):
+            waiter = states.materialize(
+                task,
+                due,
+                now,
+                state=State.SCHEDULED,
+                not_before=not_before,
+                reason=f"overlap={task.overlap}: waits for the running occurrence to end",
+                fair_offset=offset,
+            )
+            plan.creates.append(waiter)
+            buffered = waiter
+        elif running and task.overlap == Overlap.CANCEL_OTHER:
+            # The cancelled run's worker learns at its next touch, which comes before its
+            # lease would expire: starting then means the two runs never overlap.
+            for holder in leased:
+                why = f"overlap=cancel_other: cancelled for the run due {due:%H:%M:%S}Z"
+                plan.supersede.append((holder, "cancel", why))
+                if holder.lease is not None:
+                    not_before = max(not_before, from_wire(holder.lease.expires_at))
+            leased = []
             plan.creates.append(
                 states.materialize(
                     task,
@@ -136,7 +207,7 @@ def plan_task(
                     now,
                     state=State.SCHEDULED,
                     not_before=not_before,
-                    reason="overlap=queue: waits for the running occurrence to end",
+                    reason="overlap=cancel_other: starts once the cancelled run has stopped",
                     fair_offset=offset,
                 )
             )
@@ -279,6 +350,17 @@ class Materializer:
         with self._lock:
             return any(o.state == State.LEASED for o in self.active.get(task_id, {}).values())
 
+    def stream_busy(self, occ: Occurrence) -> bool:
+        """Something of ``occ``'s stream (its task's scheduled runs, or its task's
+        backfill) is leased or ready: a serial run waits (see :func:`is_serial`)."""
+        backfill = is_backfill(occ)
+        with self._lock:
+            return any(
+                other.state in (State.LEASED, State.READY) and is_backfill(other) == backfill
+                for other in self.active.get(occ.task, {}).values()
+                if other.id != occ.id
+            )
+
     def _discard_stale(self) -> None:
         while self._heap and self._heap[0].generation != self._generation[self._heap[0].task_id]:
             heapq.heappop(self._heap)
@@ -343,6 +425,21 @@ class Materializer:
                     self._schedule_next(task_id, now)
         return created
 
+    def _cancel_again(self, occ_id: str, why: str, now: datetime) -> None:
+        """A cancel (replace, cancel_other) that lost the race with the worker's touch:
+        read the new revision and cancel that, so the policy still holds."""
+        for _ in range(3):
+            doc = self.couch.get_or_none(self.db, occ_id)
+            if doc is None or doc.get("state") not in (State.LEASED, State.READY):
+                return  # ended meanwhile: nothing to cancel
+            cancelled = states.cancel(Occurrence.from_doc(doc), now, why)
+            row = self.couch.bulk_docs(self.db, [cancelled.to_doc()])[0]
+            if "rev" in row:
+                self._track({**cancelled.to_doc(), "_rev": row["rev"]})
+                log.info("event=occurrence_cancelled_again occ=%s", occ_id)
+                return
+        log.warning("event=cancel_lost_race occ=%s", occ_id)
+
     def _write(self, plans: list[tuple[str, list[datetime], Plan]], now: datetime) -> int:
         docs: list[dict[str, Any]] = []
         models: dict[str, Occurrence] = {}
@@ -364,6 +461,11 @@ class Materializer:
         if not docs:
             return 0
         rows = self.couch.bulk_docs(self.db, docs)
+        cancels = {occ.id: why for _t, _d, plan in plans for occ, op, why in plan.supersede
+                   if op == "cancel"}  # fmt: skip
+        for row in rows:
+            if row.get("error") == "conflict" and row["id"] in cancels:
+                self._cancel_again(row["id"], cancels[row["id"]], now)
         created = 0
         with self._lock:
             for row in rows:

@@ -48,6 +48,7 @@ __all__ = [
     "fire_times",
     "jitter_offset",
     "next_fire",
+    "next_fire_times",
     "preview",
     "validate_schedule",
 ]
@@ -234,6 +235,19 @@ def preview(schedule: Schedule, now: datetime, count: int = 5) -> list[datetime]
     if count < 0:
         raise ValueError("count must be zero or more")
     return list(islice(_fires(_plan_or_raise(schedule), as_utc(now), None), count))
+
+
+MAX_PREVIEW = 100
+"""Most fire times one preview lists: the portal's live preview asks on every keystroke."""
+
+
+def next_fire_times(schedule: Schedule, n: int, after: datetime) -> list[datetime]:
+    """The next ``n`` fire times strictly after ``after`` (UTC, in order): the API's and the
+    portal's live preview. Raises ScheduleError (naming the field) for a schedule that
+    cannot run, and ValueError for ``n`` outside 0..MAX_PREVIEW or a naive ``after``."""
+    if not 0 <= n <= MAX_PREVIEW:
+        raise ValueError(f"n: {n} is outside 0..{MAX_PREVIEW}")
+    return preview(schedule, after, n)
 
 
 def _fires(plan: _Plan, after: datetime, until: datetime | None) -> Iterator[datetime]:

@@ -26,11 +26,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hub import archiver, provision, reaper, replication, resolver
+from hub.alerts import HealthTracker
 from hub.dispatch import Board, Dispatcher
-from hub.materializer import Materializer
+from hub.materializer import Materializer, is_serial
 from hub.protocol.board import read_peers
 from hub.protocol.couch import Couch, CouchError, StreamBrokeOff, redact_url
-from hub.protocol.model import Occurrence, Overlap
+from hub.protocol.model import Occurrence
 from hub.protocol.names import results_db
 from hub.protocol.timefmt import to_wire
 from hub.service import TUBES_DOC
@@ -89,6 +90,7 @@ class Hub:
         self._stream_heard = False
         self._last_full_reap = float("-inf")
         self.reaps_skipped = 0
+        self._promoting: set[str] = set()  # serial tasks given a promotion in this reap pass
         self._archived_until: str | None = None
         self._resolved_results_since: dict[str, str] = {}
         self.replication_health: replication.Health | None = None
@@ -97,6 +99,7 @@ class Hub:
         self.board = Board(self.couch, self.config.db)
         self._board_written = float("-inf")
         self._dispatch_lock = threading.Lock()
+        self.health = HealthTracker(self.couch, self.config.db)  # hub/alerts.py
 
     def now(self) -> datetime:
         return self.clock() if self.clock else self.couch.now()
@@ -105,6 +108,11 @@ class Hub:
 
     def load(self) -> None:
         self._install(self.materializer)
+        self.health.load()
+
+    def watch_health(self) -> int:
+        """Count the runs the feed brought (hub/alerts.py): pause on failure."""
+        return self.health.process(self.materializer.tasks, self.now())
 
     def _install(self, materializer: Materializer) -> None:
         """Load ``materializer`` from the server in use, then make it the hub's. Nothing is
@@ -176,9 +184,13 @@ class Hub:
     def may_promote(self, occ: Occurrence) -> bool:
         if occ.tube in self.paused_tubes:
             return False
-        task = self.materializer.tasks.get(occ.task)
-        if task is not None and task.overlap == Overlap.QUEUE:
-            return not self.materializer.has_running(occ.task)
+        if not is_serial(occ, self.materializer.tasks.get(occ.task)):
+            return True
+        # One at a time: nothing of its stream leased or ready, and none promoted already
+        # in this reap pass (the pass decides before it writes).
+        if self.materializer.stream_busy(occ) or occ.task in self._promoting:
+            return False
+        self._promoting.add(occ.task)
         return True
 
     def reap(self) -> reaper.ReapReport:
@@ -194,6 +206,7 @@ class Hub:
             self.reaps_skipped += 1
             return reaper.ReapReport()  # nothing can be due yet: no request
         self._last_full_reap = time.monotonic()
+        self._promoting = set()
         return reaper.reap(self.couch, self.config.db, now, may_promote=self.may_promote)
 
     def archive(self) -> archiver.ArchiveReport:
@@ -343,6 +356,7 @@ class Hub:
                     # Two servers (or cluster nodes) took different writes: settle it now.
                     self._settle(doc)
                 self.materializer.apply_changes([row], self.now())
+                self.health.observe(doc)
             except Exception as exc:  # one bad document must not stop the hub following
                 log.warning("event=follow_row_failed doc=%s error=%r", row.get("id"), str(exc))
 
@@ -427,6 +441,9 @@ class Hub:
             seconds=self.config.replication_every,
             id="replication",
             **common,
+        )
+        scheduler.add_job(
+            self._guard(self.watch_health), "interval", seconds=1.0, id="health", **common
         )
         scheduler.add_job(
             self._guard(self.retention),

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from itertools import islice
 from typing import Any
 
 from pydantic import ValidationError
 
-from hub import schedules
+from hub import alerts, schedules
+from hub.materializer import BACKFILL_REASON, BACKFILL_SERIAL_REASON, FAIR_QUANTUM_SECONDS
 from hub.protocol import kinds, states
 from hub.protocol.couch import Conflict, Couch, Forbidden, NotFound
 from hub.protocol.model import (
+    MAX_REASON_CHARS,
     Occurrence,
+    State,
     Task,
+    clean_text,
     describe_validation_error,
+    occurrence_id,
     split_occurrence_id,
     task_id,
 )
@@ -29,6 +35,32 @@ from hub.protocol.timefmt import from_wire, to_wire
 log = logging.getLogger("couchfarm.service")
 TUBES_DOC = "hub:tubes"
 ONLINE_SECONDS = 90
+MAX_BACKFILL_RUNS = 1000
+"""Runs one backfill request may create: a bigger range is refused, naming this limit."""
+BACKFILL_OVERLAPS = ("allow", "queue")
+
+
+@dataclass(frozen=True)
+class BackfillReport:
+    """What a backfill did, one list of occurrence ids per outcome."""
+
+    task: str
+    created: list[str]
+    already_live: list[str]  # the run exists in the live database (scheduled or backfilled)
+    already_archived: list[str]  # the run ended and its result is archived
+
+
+def _moment(field: str, value: datetime | str, problems: list[str]) -> datetime | None:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            problems.append(f"{field}: {value.isoformat()} has no time zone")
+            return None
+        return value.astimezone(UTC)
+    try:
+        return from_wire(str(value))
+    except ValueError as exc:
+        problems.append(f"{field}: {exc}")
+        return None
 
 
 class ServiceError(ValueError):
@@ -63,6 +95,7 @@ TASK_FIELDS = {
     "misfire_grace",
     "retention_days",
     "paused",
+    "pause_after_failures",
 }
 
 
@@ -140,8 +173,15 @@ class FarmService:
         current = self.get_task(client, slug)
         merged = {k: v for k, v in current.to_doc().items() if k in TASK_FIELDS} | spec
         task = build_task(client, slug, merged, self.now(), min_interval=self.min_interval)
-        task = task.model_copy(update={"created_at": current.created_at, "rev": current.rev})
+        kept: dict[str, Any] = {"created_at": current.created_at, "rev": current.rev}
+        if task.paused and current.paused:  # still paused: keep why and since when
+            kept |= {"paused_reason": current.paused_reason, "paused_at": current.paused_at}
+        elif task.paused:
+            kept |= {"paused_reason": "paused by the client", "paused_at": to_wire(self.now())}
+        task = task.model_copy(update=kept)
         rev = self.couch.put(self.db, task.to_doc())
+        if current.paused and not task.paused:
+            alerts.reset_pause_streak(self.couch, self.db, task.id)
         return task.model_copy(update={"rev": rev})
 
     def get_task(self, client: str | None, slug_or_id: str) -> Task:
@@ -160,12 +200,31 @@ class FarmService:
         rows = self.couch.view(self.db, "farm", "tasks_by_client", **params)["rows"]
         return [Task.from_doc(row["doc"]) for row in rows if row.get("doc")]
 
-    def set_paused(self, client: str | None, slug: str, paused: bool) -> Task:
-        task = self.get_task(client, slug)
-        updated = task.model_copy(update={"paused": paused, "updated_at": to_wire(self.now())})
-        rev = self.couch.put(self.db, updated.to_doc())
-        log.info("event=task_%s task=%s", "paused" if paused else "resumed", task.id)
-        return updated.model_copy(update={"rev": rev})
+    def set_paused(
+        self, client: str | None, slug: str, paused: bool, reason: str | None = None
+    ) -> Task:
+        """Pause (with an optional note, shown as ``paused_reason``) or resume a task.
+        Resuming clears the reason and the time, and failures before it no longer count
+        toward ``pause_after_failures``."""
+        for _ in range(3):
+            task = self.get_task(client, slug)
+            stamp = to_wire(self.now())
+            note = None if reason is None else clean_text(reason, MAX_REASON_CHARS)
+            update: dict[str, Any] = {"paused": paused, "updated_at": stamp}
+            if paused and not task.paused:
+                update |= {"paused_reason": note or "paused by the client", "paused_at": stamp}
+            elif not paused:
+                update |= {"paused_reason": None, "paused_at": None}
+            updated = task.model_copy(update=update)
+            try:
+                rev = self.couch.put(self.db, updated.to_doc())
+            except Conflict:
+                continue  # the hub paused it on failure meanwhile: decide on the new copy
+            if not paused:
+                alerts.reset_pause_streak(self.couch, self.db, task.id)
+            log.info("event=task_%s task=%s", "paused" if paused else "resumed", task.id)
+            return updated.model_copy(update={"rev": rev})
+        raise ConflictError(f"task {slug!r} kept changing; try again")
 
     def run_now(self, client: str | None, slug: str) -> Occurrence:
         """An extra run due now, outside the schedule (whole second, so it has its own id)."""
@@ -179,6 +238,150 @@ class FarmService:
             # occurrence answers 403 rather than 409.
             raise ConflictError(f"a run of {slug!r} due {occ.due_at} already exists") from None
         return occ.model_copy(update={"rev": rev})
+
+    def backfill(
+        self,
+        client: str | None,
+        slug: str,
+        start: datetime | str,
+        end: datetime | str,
+        overlap: str = "allow",
+    ) -> BackfillReport:
+        """Materialize the task's runs due in ``[start, end]`` (a past range) that do not
+        exist yet, live or archived (docs/SCHEDULES.md, "Backfill").
+
+        ``overlap="allow"`` (default): all start now, spread by fair share; ``"queue"``:
+        one after another in due order. Backfilled runs are ordinary occurrences (archived
+        and counted in the tallies like any other) whose reason starts with "backfill"; the
+        schedule's own overlap and coalescing leave them alone. Ids are deterministic, so
+        a repeated request creates nothing new.
+        """
+        task = self.get_task(client, slug)
+        now = self.now()
+        problems: list[str] = []
+        since = _moment("from", start, problems)
+        until = _moment("to", end, problems)
+        if overlap not in BACKFILL_OVERLAPS:
+            problems.append(
+                f"overlap: {overlap!r} is not a backfill policy; use 'allow' (all at once) "
+                "or 'queue' (one at a time, in due order)"
+            )
+        if since is not None and until is not None:
+            if until > now:
+                problems.append(
+                    f"to: {to_wire(until)} is in the future (hub time is {to_wire(now)}); "
+                    "a backfill covers past runs only"
+                )
+            if since >= until:
+                problems.append(f"from: {to_wire(since)} must be before to {to_wire(until)}")
+        if problems or since is None or until is None:
+            raise ServiceError(problems)
+        after = since - timedelta(microseconds=1)  # from is inclusive
+        dues = list(
+            islice(schedules.fire_times(task.schedule, after, until), MAX_BACKFILL_RUNS + 1)
+        )
+        if len(dues) > MAX_BACKFILL_RUNS:
+            raise ServiceError(
+                f"to: the range holds more than {MAX_BACKFILL_RUNS} runs, the limit of one "
+                f"backfill request (MAX_BACKFILL_RUNS); split it into smaller ranges"
+            )
+        if not dues:
+            raise ServiceError(
+                f"from: no run of this task's schedule falls between {to_wire(since)} and "
+                f"{to_wire(until)}"
+            )
+        ids = [occurrence_id(task.id, due) for due in dues]
+        live = {
+            row["key"]
+            for row in self.couch.all_docs(self.db, keys=ids)
+            if "value" in row and not row["value"].get("deleted")
+        }
+        archived = self._archived(ids, dues)
+        missing = [due for due, occ in zip(dues, ids, strict=True)
+                   if occ not in live and occ not in archived]  # fmt: skip
+        serial = overlap == "queue"
+        lead = BACKFILL_SERIAL_REASON if serial else BACKFILL_REASON
+        reason = f"{lead}: {to_wire(since)} .. {to_wire(until)}, asked at {to_wire(now)}"
+        docs = [
+            states.materialize(
+                task, due, now, not_before=now, reason=reason,
+                state=State.SCHEDULED if serial else State.READY,
+                fair_offset=index * FAIR_QUANTUM_SECONDS,
+            ).to_doc()
+            for index, due in enumerate(missing)
+        ]  # fmt: skip
+        created: list[str] = []
+        raced: list[str] = []
+        for row in self.couch.bulk_docs(self.db, docs) if docs else []:
+            # A conflict (403 on PouchDB) is a run created meanwhile: harmless.
+            (created if "rev" in row else raced).append(row["id"])
+        log.info(
+            "event=backfill task=%s from=%s to=%s overlap=%s created=%d live=%d archived=%d",
+            task.id, to_wire(since), to_wire(until), overlap, len(created),
+            len(live) + len(raced), len(archived),
+        )  # fmt: skip
+        return BackfillReport(
+            task=task.id,
+            created=created,
+            already_live=sorted(live | set(raced)),
+            already_archived=sorted(archived),
+        )
+
+    def _archived(self, ids: list[str], dues: list[datetime]) -> set[str]:
+        """Which of these occurrences have a result in their month's results database."""
+        by_month: dict[str, list[str]] = {}
+        for occ, due in zip(ids, dues, strict=True):
+            by_month.setdefault(results_db(self.db, due), []).append(f"res:{occ}")
+        found: set[str] = set()
+        for month, keys in by_month.items():
+            try:
+                rows = self.couch.all_docs(month, keys=keys)
+            except NotFound:
+                continue  # no such month: nothing archived there
+            found |= {
+                row["key"].removeprefix("res:")
+                for row in rows
+                if "value" in row and not row["value"].get("deleted")
+            }
+        return found
+
+    def next_fire_times(self, schedule: dict[str, Any], n: int = 5) -> list[str]:
+        """The next ``n`` fire times (wire format) of a schedule a client is typing: the
+        portal's live preview and the API's. Every problem names its field."""
+        from hub.protocol.model import Schedule
+
+        try:
+            parsed = Schedule(**schedule)
+        except ValidationError as exc:
+            raise ServiceError(describe_validation_error(exc, "schedule.")) from None
+        except TypeError as exc:
+            raise ServiceError(f"schedule: {exc}") from None
+        try:
+            fires = schedules.next_fire_times(parsed, n, self.now())
+        except schedules.ScheduleError as exc:
+            raise ServiceError(exc.problems) from None
+        except ValueError as exc:
+            raise ServiceError(str(exc)) from None
+        return [to_wire(fire) for fire in fires]
+
+    def task_health(self, client: str | None, slug: str) -> dict[str, Any]:
+        """A task's run health (hub/alerts.py): consecutive failed runs (``streak``, and
+        ``pause_streak`` since the last resume) and the newest run counted; zeros for a
+        task that never failed. With the task's ``paused_reason``/``paused_at``."""
+        task = self.get_task(client, slug)
+        doc = self.couch.get_or_none(self.db, alerts.health_id(task.id)) or {}
+        health = alerts.Health.from_doc({"task": task.id, "client": task.client, **doc})
+        return {
+            "task": task.id,
+            "streak": health.streak,
+            "pause_streak": health.pause_streak,
+            "pause_after_failures": task.pause_after_failures,
+            "last_occurrence": health.last_occurrence or None,
+            "last_outcome": health.last_outcome or None,
+            "paused": task.paused,
+            "paused_reason": task.paused_reason,
+            "paused_at": task.paused_at,
+        }
 
     def delete_task(self, client: str | None, slug: str) -> int:
         """Delete the task and cancel its live occurrences. Returns how many were cancelled."""

@@ -99,3 +99,73 @@ def test_fair_offset_and_priority_shape_the_turn():
     assert spaced.queue_at == "2026-12-01T00:01:00.250Z"
     urgent = plan_task(task(priority=0), minutes(1), now, []).creates[0]
     assert urgent.queue_at < urgent.due_at < spaced.queue_at
+
+
+def leased_run(t: Task, minute: int = 0):
+    return states.claim(states.materialize(t, T0 + timedelta(minutes=minute), T0), "w1", T0)
+
+
+@pytest.mark.parametrize("overlap", ["buffer_one", "cancel_other"])
+def test_new_policies_with_nothing_running_run_at_once(overlap):
+    plan = plan_task(task(overlap=overlap), minutes(1), T0 + timedelta(minutes=1), [])
+    assert states_of(plan) == ["ready"] and plan.supersede == []
+
+
+def test_buffer_one_holds_one_run_behind_the_running_one():
+    t = task(overlap="buffer_one")
+    running = leased_run(t)
+    plan = plan_task(t, minutes(1), T0 + timedelta(minutes=1), [running])
+    assert states_of(plan) == ["scheduled"] and plan.supersede == []
+    assert "buffer_one" in plan.creates[0].reason
+
+
+def test_buffer_one_skips_further_fires_and_keeps_the_buffered_run():
+    t = task(overlap="buffer_one")
+    running = leased_run(t)
+    buffered = plan_task(t, minutes(1), T0 + timedelta(minutes=1), [running]).creates[0]
+    plan = plan_task(t, minutes(2), T0 + timedelta(minutes=2), [running, buffered])
+    assert states_of(plan) == ["skipped"]
+    assert buffered.id in plan.creates[0].reason
+    assert plan.supersede == []  # not coalesced away, unlike queue with run_latest
+
+
+def test_buffer_one_in_one_late_batch_runs_one_buffers_one_skips_the_rest():
+    t = task(overlap="buffer_one", misfire="run_all")
+    plan = plan_task(t, minutes(1, 2, 3, 4), T0 + timedelta(minutes=4), [])
+    assert states_of(plan) == ["ready", "scheduled", "skipped", "skipped"]
+
+
+def test_queue_with_run_latest_still_replaces_the_waiting_run():
+    t = task(overlap="queue")
+    running = leased_run(t)
+    waiting = plan_task(t, minutes(1), T0 + timedelta(minutes=1), [running]).creates[0]
+    plan = plan_task(t, minutes(2), T0 + timedelta(minutes=2), [running, waiting])
+    assert states_of(plan) == ["scheduled"]
+    assert [(occ.id, op) for occ, op, _ in plan.supersede] == [(waiting.id, "miss")]
+
+
+def test_cancel_other_cancels_the_running_one_and_waits_for_its_lease():
+    t = task(overlap="cancel_other", ttr=300)
+    running = leased_run(t)
+    now = T0 + timedelta(minutes=1)
+    plan = plan_task(t, minutes(1), now, [running])
+    assert [(occ.id, op) for occ, op, _ in plan.supersede] == [(running.id, "cancel")]
+    assert states_of(plan) == ["scheduled"]
+    assert running.lease is not None
+    assert plan.creates[0].not_before == running.lease.expires_at  # 5 minutes after the claim
+
+
+def test_replace_starts_the_new_run_at_once():
+    t = task(overlap="replace", ttr=300)
+    plan = plan_task(t, minutes(1), T0 + timedelta(minutes=1), [leased_run(t)])
+    assert states_of(plan) == ["ready"]
+    assert plan.creates[0].not_before == plan.creates[0].due_at
+
+
+def test_backfilled_runs_are_neither_waited_for_nor_coalesced():
+    t = task(overlap="skip")
+    old = states.materialize(t, T0 - timedelta(days=1), T0, reason="backfill: asked")
+    running_backfill = states.claim(old, "w1", T0)
+    waiting_backfill = states.materialize(t, T0 - timedelta(days=2), T0, reason="backfill: asked")
+    plan = plan_task(t, minutes(1), T0 + timedelta(minutes=1), [running_backfill, waiting_backfill])
+    assert states_of(plan) == ["ready"] and plan.supersede == []

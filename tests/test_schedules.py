@@ -405,3 +405,20 @@ def test_jitter_zero_and_negative() -> None:
 def test_property_jitter_in_range(task: str, seconds: int, jitter: int) -> None:
     due = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
     assert 0 <= jitter_offset(task, due, jitter) < jitter
+
+
+def test_next_fire_times_for_the_live_preview():
+    from hub.schedules import MAX_PREVIEW, ScheduleError, next_fire_times
+
+    after = datetime(2026, 12, 1, 8, 59, 30, tzinfo=UTC)
+    weekdays_at_nine = Schedule(cron="0 9 * * 1-5", tz="Europe/Amsterdam")
+    fires = next_fire_times(weekdays_at_nine, 3, after)
+    # 2026-12-01 is a Tuesday; 09:00 in Amsterdam is 08:00 UTC (already past).
+    assert fires == [datetime(2026, 12, d, 8, 0, tzinfo=UTC) for d in (2, 3, 4)]
+    assert next_fire_times(Schedule(every=60), 2, after) == [
+        datetime(2026, 12, 1, 9, 0, tzinfo=UTC), datetime(2026, 12, 1, 9, 1, tzinfo=UTC),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="n: "):
+        next_fire_times(Schedule(every=60), MAX_PREVIEW + 1, after)
+    with pytest.raises(ScheduleError, match=r"schedule\.tz"):
+        next_fire_times(Schedule(every=60, tz="Mars/Olympus"), 1, after)

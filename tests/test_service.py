@@ -162,3 +162,37 @@ def test_task_cli_round_trip(farm, monkeypatch, capsys):
     assert "input.url" in err and "schedule.every" in err
     assert cli.main(["task", "pause", "--client", "acme", "cli"]) == 0
     assert cli.main(["task", "delete", "--client", "acme", "cli"]) == 0
+
+
+def test_next_fire_times_preview_and_its_errors(service):
+    fires = service.next_fire_times({"every": 60}, 3)
+    assert len(fires) == 3 and fires == sorted(fires) and fires[0] > service.now().isoformat()
+    for spec, words in (
+        ({"every": 60, "tz": "Mars/Olympus"}, "schedule.tz"),
+        ({}, "exactly one"),
+        ({"every": 60, "colour": 1}, "schedule.colour"),
+    ):
+        with pytest.raises(ServiceError) as err:
+            service.next_fire_times(spec, 3)
+        assert any(words in problem for problem in err.value.problems), err.value.problems
+    with pytest.raises(ServiceError, match="n: "):
+        service.next_fire_times({"every": 60}, 1000)
+
+
+def test_task_health_of_a_task_that_never_failed(service):
+    service.add_task("acme", "healthy", {**EVERY_MINUTE, "pause_after_failures": 3})
+    health = service.task_health("acme", "healthy")
+    assert health["streak"] == 0 and health["pause_after_failures"] == 3
+    assert health["paused"] is False and health["paused_reason"] is None
+    with pytest.raises(NotFoundError):
+        service.task_health("globex", "healthy")
+
+
+def test_pause_by_hand_keeps_a_note_and_an_update_keeps_it(service):
+    service.add_task("acme", "noted", EVERY_MINUTE)
+    paused = service.set_paused("acme", "noted", True, reason="migrating the target")
+    assert paused.paused_reason == "migrating the target" and paused.paused_at is not None
+    edited = service.update_task("acme", "noted", {"priority": 5})
+    assert edited.paused and edited.paused_reason == "migrating the target"
+    resumed = service.update_task("acme", "noted", {"paused": False})
+    assert resumed.paused_reason is None and resumed.paused_at is None

@@ -59,10 +59,19 @@ ACTIVE_STATES = frozenset({State.SCHEDULED, State.READY, State.LEASED})
 
 
 class Overlap(StrEnum):
-    SKIP = "skip"
-    QUEUE = "queue"
-    ALLOW = "allow"
-    REPLACE = "replace"
+    """What a fire does while an earlier run of its task is still going (docs/SCHEDULES.md)."""
+
+    SKIP = "skip"  # Temporal Skip
+    QUEUE = "queue"  # Temporal BufferAll
+    ALLOW = "allow"  # Temporal AllowAll
+    REPLACE = "replace"  # Temporal TerminateOther (the new run starts at once)
+    BUFFER_ONE = "buffer_one"  # Temporal BufferOne
+    CANCEL_OTHER = "cancel_other"  # Temporal CancelOther (the new run waits for the end)
+
+
+# Policies under which a task's runs go one at a time: a waiting run is promoted only when
+# nothing of its task is leased.
+SERIAL_OVERLAPS = frozenset({Overlap.QUEUE, Overlap.BUFFER_ONE, Overlap.CANCEL_OTHER})
 
 
 class Misfire(StrEnum):
@@ -222,6 +231,11 @@ class Task(DocModel):
     misfire_grace: int = Field(default=60, ge=0, le=7 * 86400, description="seconds")
     retention_days: int = Field(default=90, ge=1, le=3660)
     paused: bool = False
+    # Pause on failure (docs/SCHEDULES.md): after this many consecutive failed runs the hub
+    # pauses the task and says why (paused_reason) and since when (paused_at).
+    pause_after_failures: int | None = Field(default=None, ge=1, le=1000)
+    paused_reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS)
+    paused_at: str | None = Field(default=None, pattern=WIRE_TIME_PATTERN)
     created_at: str = Field(pattern=WIRE_TIME_PATTERN)
     updated_at: str = Field(pattern=WIRE_TIME_PATTERN)
 
