@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from hub import provision
 from hub.protocol.couch import Couch, CouchError
 from hub.protocol.kinds import KIND_SCHEMAS
-from hub.protocol.model import Task
+from hub.protocol.model import Overlap, Task
 from hub.protocol.names import CLIENT_ROLE_PREFIX, WORKER_ROLE, is_results_db
 from hub.protocol.timefmt import from_wire
 from hub.protocol.version import __version__
@@ -719,8 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, help="attempts before a run is buried (default 3)")
     p.add_argument(
         "--overlap",
-        choices=["skip", "queue", "allow", "replace"],
-        help="when a run is due while the last one is active (default skip)",
+        choices=[o.value for o in Overlap],
+        help="when a run is due while the last one is active (default skip; "
+        "docs/SCHEDULES.md maps each to Temporal's policies)",
     )
     p.add_argument(
         "--misfire",

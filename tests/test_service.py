@@ -123,6 +123,7 @@ def test_task_cli_round_trip(farm, monkeypatch, capsys):
         "add",
         "--client",
         "acme",
+        "--new-client",  # the hub user cannot read _users; alone, acme has no tasks yet
         "--name",
         "cli",
         "--kind",

@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hub.protocol.kinds import KIND_SCHEMAS
-from hub.protocol.model import DEFAULT_PRIORITY, MAX_PRIORITY, Task
+from hub.protocol.model import DEFAULT_PRIORITY, MAX_PRIORITY, Overlap, Task
 from hub.protocol.timefmt import to_wire
 
 # One line on each scheduling knob, shown under its field.
@@ -23,8 +23,9 @@ EXPLAIN = {
     "ttr": "Time to run: seconds a worker may hold a run without reporting before the hub "
     "takes it back.",
     "max_attempts": "Runs before a failing occurrence is buried (waits for a kick).",
-    "overlap": "When a run is still going at the next due time: skip the new one, queue it, "
-    "allow both, or replace the old one.",
+    "overlap": "When a run is still going at the next due time: skip the new one, queue it "
+    "(all of them), buffer_one (at most one waits), allow both, replace the old one (the new "
+    "starts at once), or cancel_other (the old one stops, the new one starts after it).",
     "misfire": "Runs that fell due while nobody could run them: run all, only the latest, "
     "or skip them (each one is recorded, never silently dropped).",
     "misfire_grace": "Seconds a late run may still start before it counts as a misfire.",
@@ -37,7 +38,7 @@ EXPLAIN = {
 }
 
 SCHEDULE_MODES = ("every", "cron", "at")
-OVERLAP_CHOICES = ("skip", "queue", "allow", "replace")
+OVERLAP_CHOICES = tuple(o.value for o in Overlap)
 MISFIRE_CHOICES = ("run_latest", "run_all", "skip")
 INT_FIELDS = ("priority", "ttr", "max_attempts", "misfire_grace", "retention_days")
 FLOAT_FIELDS = ("backoff.base", "backoff.factor", "backoff.max")

@@ -16,7 +16,7 @@ from hub.portal.data import ALL_STATES, PortalData, describe_schedule, next_due
 from hub.portal.security import Principal
 from hub.portal.state import PortalState, portal_state
 from hub.protocol import kinds
-from hub.protocol.model import SLUG_PATTERN, Schedule, Task, describe_validation_error
+from hub.protocol.model import SLUG_PATTERN, Overlap, Schedule, Task, describe_validation_error
 from hub.protocol.timefmt import from_wire, to_wire
 from hub.service import FarmService
 
@@ -38,7 +38,10 @@ class TaskFields(BaseModel):
     ttr: int | None = Field(None, description=forms.EXPLAIN["ttr"])
     max_attempts: int | None = Field(None, description=forms.EXPLAIN["max_attempts"])
     backoff: dict[str, Any] | None = Field(None, description=forms.EXPLAIN["backoff"])
-    overlap: Literal["skip", "queue", "allow", "replace"] | None = None
+    overlap: Overlap | None = None
+    pause_after_failures: int | None = Field(
+        None, ge=1, le=1000, description="pause the task after this many failed runs in a row"
+    )
     misfire: Literal["run_all", "run_latest", "skip"] | None = None
     misfire_grace: int | None = Field(None, description=forms.EXPLAIN["misfire_grace"])
     retention_days: int | None = Field(None, description=forms.EXPLAIN["retention_days"])
