@@ -275,6 +275,23 @@ class Delivery:
         if Confirmer(self.couch, self.db, self.name, self.spool, self.status.emit).run():
             self.emit_counts()
 
+    def report_kept(self, event: str) -> None:
+        """Say what the spool still holds (at stop: kept for the next start; at start: what
+        that start takes up again). Acknowledged results wait there until both servers
+        hold them, so a worker stopped during an outage keeps them and says so."""
+        if self.spool is None:
+            return
+        try:
+            counts = self.spool.counts()
+        except SpoolError:
+            return
+        pending, uploaded = counts.get("pending", 0), counts.get("uploaded", 0)
+        if pending or uploaded:
+            log_event(event, logging.WARNING, pending=pending, uploaded=uploaded,
+                      spool=str(self.config.resolved_spool_path),
+                      means="pending: not stored yet; uploaded: stored, not yet seen on the "
+                      "other server; both are sent or confirmed after the next start")  # fmt: skip
+
     def close(self) -> None:
         """Close a spool this object opened (a given one is the caller's)."""
         if self.spool is not None and not self._spool_given:

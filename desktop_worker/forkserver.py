@@ -101,7 +101,7 @@ def context() -> Any:
             # measured 155 ms of CPU per run without them, 26 ms with.
             _CONTEXT.set_forkserver_preload(
                 ["desktop_worker.runner", "desktop_worker.handlers", "hub.protocol.model",
-                 "desktop_worker.config", "desktop_worker.cli"]
+                 "desktop_worker.config"]
             )  # fmt: skip
         else:
             _CONTEXT = multiprocessing.get_context("spawn")

@@ -70,6 +70,7 @@ class Lifecycle:
             k=self.config.claim_k,
         )
         self.delivery.open_spool()
+        self.delivery.report_kept("spool_resumed")
         status.refresh()
         for name, target in self.loops:
             thread = threading.Thread(target=target, name=f"worker-{self.name}-{name}", daemon=True)
@@ -139,6 +140,7 @@ class Lifecycle:
         status.refresh()
         if status.started_at is not None:
             self.heartbeat.write()  # 'stopped' is worth one write outside the rate limit
+        self.delivery.report_kept("spool_kept")
         self.delivery.close()
         log_event("worker_stop", worker=self.name, **status.totals)
         self.stopped.set()
