@@ -23,7 +23,7 @@ from typing import Any
 
 from desktop_worker.log import log_event
 from desktop_worker.readyset import ReadySet
-from hub.protocol.board import BEAT_ID, board_db, offer_doc_id, read_peers
+from hub.protocol.board import BEAT_ID, board_db, is_left_beat, offer_doc_id, read_peers
 from hub.protocol.couch import Couch, CouchError, StreamBrokeOff, Unavailable
 
 HEARTBEAT_S = 5.0
@@ -140,6 +140,9 @@ class ClaimFeed:
     def _apply(self, rows: list[dict[str, Any]]) -> None:
         now = time.monotonic()
         server_now = self.couch.now()
+        if any(is_left_beat(row.get("doc")) for row in rows):
+            log_event("hub_left_server", worker=self.worker, server=self.couch.active.label)
+            self.couch.fail_back_soon()
         if any([self.ready_set.apply_board(row.get("doc"), now, server_now) for row in rows]):
             self.wake()
 

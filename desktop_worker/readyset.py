@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from hub.protocol.board import str_items
+from hub.protocol.board import is_left_beat, str_items
 from hub.protocol.states import rendezvous as _score
 from hub.protocol.states import rev_generation as _generation
 from hub.protocol.timefmt import from_wire
@@ -136,6 +136,9 @@ class ReadySet:
             except (TypeError, ValueError):
                 return False
             with self._lock:
+                if is_left_beat(doc):  # the hub went to another server: no offers here
+                    self._beat_until = float("-inf")
+                    return True  # wake the claim loop: it reads the ready view itself now
                 self._beat_until = now_mono + 3 * every - max(age, 0.0)
             return False
         if doc.get("type") != "offer" or doc.get("worker") != self.worker:

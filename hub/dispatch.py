@@ -37,7 +37,8 @@ Pure: :class:`Dispatcher` does no I/O; :class:`Board` writes the documents.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,16 +47,18 @@ from hub.protocol.board import (
     BEAT_ID,
     BEAT_S,
     LEAD_S,
+    LEFT_FOR,
     OFFER_S,
     ONLINE_S,
     OVERDUE_S,
     PREFETCH,
     REST_S,
     board_db,
+    left_beat,
     offer_doc_id,
     str_items,
 )
-from hub.protocol.couch import Couch, CouchError
+from hub.protocol.couch import Couch, CouchError, NotFound
 from hub.protocol.states import rendezvous
 from hub.protocol.states import rev_generation as _generation
 from hub.protocol.timefmt import from_wire, to_wire
@@ -260,21 +263,60 @@ class Dispatcher:
 class Board:
     """Writes the dispatcher's offers and beat into ``{db}_board`` on the hub's server."""
 
-    def __init__(self, couch: Couch, db: str) -> None:
+    def __init__(
+        self, couch: Couch, db: str, *, on_missing: Callable[[str], bool] | None = None
+    ) -> None:
         self.couch = couch
         self.db = board_db(db)
         self._revs: dict[str, str] = {}
         self._bound = ""
         self._beat_at: datetime | None = None
         self.writes = 0
+        # Given a server's URL, create the board there (needs a server admin); True if it
+        # did. A server rebuilt by an older `hub recover` has none.
+        self.on_missing = on_missing
+        self._missing_logged: set[str] = set()
+
+    def _leave(self, url: str, revs: dict[str, str], now: datetime) -> None:
+        """Tell workers still on the server we left that no offers come from here any
+        more (in the background: that server may be dead or unreachable)."""
+        urls = [server.url for server in self.couch.servers]
+        if url not in urls:
+            return
+        old = self.couch.for_server(urls.index(url))
+        old.retries = 0
+        doc = left_beat(now, self.couch.active.label)
+
+        def write() -> None:
+            for _ in range(2):
+                if BEAT_ID in revs:
+                    doc["_rev"] = revs[BEAT_ID]
+                try:
+                    row = old.bulk_docs(self.db, [doc])[0]
+                except CouchError:
+                    return  # gone: its workers fail over by themselves
+                if row.get("error") != "conflict":
+                    log.info("event=board_left server=%s went_to=%s", old.active.label,
+                             doc[LEFT_FOR])  # fmt: skip
+                    return
+                current = old.get_or_none(self.db, BEAT_ID)
+                if current is None:
+                    return
+                revs[BEAT_ID] = current["_rev"]
+
+        threading.Thread(target=write, name="board-leave", daemon=True).start()
 
     def publish(self, offers: dict[str, list[dict[str, Any]]], now: datetime) -> list[str]:
         """Write the changed offer docs (and the beat when due) in one request. Returns
         the workers whose doc could not be written (retry at the next plan)."""
         if self.couch.active.url != self._bound:  # another server: its revisions are its own
+            if self._bound:
+                self._leave(self._bound, dict(self._revs), now)
             self._revs.clear()
             self._bound = self.couch.active.url
             self._beat_at = None
+            # A note we left here earlier must give way at once to this beat.
+            self._learn_rev(BEAT_ID)
         docs: list[dict[str, Any]] = [
             {"_id": offer_doc_id(worker), "type": "offer", "worker": worker, "at": to_wire(now),
              "offers": list(held)}
@@ -291,6 +333,9 @@ class Board:
                 doc["_rev"] = self._revs[doc["_id"]]
         try:
             rows = self.couch.bulk_docs(self.db, docs)
+        except NotFound as exc:
+            self._missing(str(exc))
+            return list(offers)
         except CouchError as exc:
             log.warning("event=board_write_failed error=%r", str(exc))
             return list(offers)
@@ -310,6 +355,21 @@ class Board:
             if doc["type"] == "offer":
                 failed.append(doc["worker"])
         return failed
+
+    def _missing(self, error: str) -> None:
+        """No board database on this server: create it if we can, else say so once (the
+        workers there read the ready view themselves meanwhile)."""
+        url = self.couch.active.url
+        if self.on_missing is not None and self.on_missing(url):
+            log.warning("event=board_created db=%s server=%s", self.db, self.couch.active.label)
+            return
+        if url not in self._missing_logged:
+            self._missing_logged.add(url)
+            log.error(
+                "event=board_missing db=%s server=%s error=%r hint=%r", self.db,
+                self.couch.active.label, error,
+                "run `hub init` (or `hub recover`) with a server admin on that server",
+            )  # fmt: skip
 
     def _learn_rev(self, doc_id: str) -> None:
         try:

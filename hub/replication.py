@@ -39,10 +39,12 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from hub import resolver
+from hub import provision, resolver
+from hub.protocol.board import board_db
 from hub.protocol.couch import RECOVERY_MARKER_ID, Conflict, Couch, CouchError, NotFound, redact_url
 from hub.protocol.names import is_results_db, results_db
 from hub.protocol.timefmt import from_wire, to_wire
+from hub.provision import InitReport
 
 log = logging.getLogger("couchfarm.replication")
 PROBE_ID = "hub:probe"
@@ -595,6 +597,11 @@ def recover(
         started = time.monotonic()
         replicate_once(source, target, name, timeout=timeout)
         report.add(f"{name}: copied in {time.monotonic() - started:.1f} s")
+    # The dispatch board is not replicated (each server's hub writes its own), so it is
+    # made here: without it the hub's offers fail on the rebuilt server.
+    board = InitReport()
+    provision.ensure_board_db(dst, db, board)
+    report.add(f"{board_db(db)}: {'made ready' if board.changes else 'exists'} on {target.name}")
     new_links: set[str] = set()
     for line in setup(target, source, db):
         if line.endswith(": created"):

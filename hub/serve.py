@@ -96,13 +96,29 @@ class Hub:
         self.replication_health: replication.Health | None = None
         self.unsettled: set[str] = set()  # conflicted documents a resolution left behind
         self.dispatcher = Dispatcher()
-        self.board = Board(self.couch, self.config.db)
+        self.board = Board(self.couch, self.config.db, on_missing=self._create_board)
         self._board_written = float("-inf")
         self._dispatch_lock = threading.Lock()
         self.health = HealthTracker(self.couch, self.config.db)  # hub/alerts.py
 
     def now(self) -> datetime:
         return self.clock() if self.clock else self.couch.now()
+
+    def _create_board(self, url: str) -> bool:
+        """The board is missing on ``url`` (a server rebuilt before `hub recover` made it):
+        create it with the server-admin connection, if the hub has one for that server."""
+        if self.admin is None:
+            return False
+        for index, server in enumerate(self.admin.servers):
+            if server.url == url:
+                try:
+                    provision.ensure_board_db(self.admin.for_server(index), self.config.db)
+                except CouchError as exc:
+                    log.warning("event=board_create_failed server=%s error=%r", server.label,
+                                str(exc))  # fmt: skip
+                    return False
+                return True
+        return False
 
     # ------------------------------------------------------------ duties
 

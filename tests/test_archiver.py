@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
-from hub import archiver, provision, resolver
+from hub import archiver, provision
 from hub.archiver import expired_months
 from hub.protocol import states
 from hub.protocol.couch import Forbidden
 from hub.protocol.model import Task
 from hub.protocol.names import is_results_db, results_db
 from hub.service import build_task
+from tests import cluster
 
 
 def test_results_db_names_are_recognised_exactly():
@@ -83,9 +84,7 @@ def settle(farm, db: str) -> None:
     of a shard can take a different one of two updates of the same revision: settle the
     conflicted tallies, then fold the batches their losing branches announced. On one
     server this finds no conflict and does nothing, so a leftover there still fails."""
-    resolved, _ = resolver.resolve_all(farm.hub, db)
-    if resolved:
-        archiver.recover_pending(farm.hub, db, farm.now(), grace=timedelta(0))
+    cluster.settle_tallies(farm.hub, db)
 
 
 def counts(doc: dict[str, Any]) -> dict[str, int]:

@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 
 from desktop_worker.claim import Claimer
-from hub import provision, resolver
+from hub import provision
 from hub.protocol import states
 from hub.protocol.couch import Conflict, Couch, Forbidden, NotFound, Written
 from hub.protocol.model import Occurrence, Task, task_id
 from hub.protocol.names import WORKER_ROLE
 from hub.protocol.timefmt import to_wire
+from tests import cluster
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -306,12 +307,13 @@ def test_claim_race_leases_each_occurrence_exactly_once(farm):
     claimed = [occ for ids in won.values() for occ in ids]
     # On a CouchDB cluster two claims of one revision can both be taken, each by some
     # copies; the one short of a majority is abandoned (never won), and the hub's resolver
-    # settles the document, as `hub serve` does. On one server this finds nothing.
-    resolver.resolve_all(farm.hub, farm.db)
+    # settles the document, as `hub serve` does, once the copies know of both branches.
+    # On one server this finds nothing.
+    cluster.settle(farm.hub, farm.db, [d["_id"] for d in docs])
     requeued = [d["_id"] for d in docs if d["_id"] not in claimed]
     assert all(farm.hub.get(farm.db, i)["state"] == "ready" for i in requeued)
-    cluster = farm.hub.majority(farm.db) > 1
-    assert len(requeued) <= (len(docs) // 10 if cluster else 0)  # every claim abandoned
+    on_cluster = farm.hub.majority(farm.db) > 1
+    assert len(requeued) <= (len(docs) // 10 if on_cluster else 0)  # every claim abandoned
     assert sorted(claimed + requeued) == sorted(d["_id"] for d in docs)  # all, none twice
     assert len(claimed) == len(set(claimed))
     assert sum(1 for ids in won.values() if ids) >= 2  # it was a race

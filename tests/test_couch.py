@@ -222,3 +222,14 @@ def test_fail_back_waits_until_the_primary_has_caught_up(couch_server, tmp_path)
                     fresh.delete_db(db)
     finally:
         backup.delete_db(db)
+
+
+def test_fail_back_soon_checks_the_primary_at_the_next_request(couch_server, standby_server):
+    couch = Couch([couch_server.url, standby_server.url], couch_server.admin_user,
+                  couch_server.admin_password, retries=0, fail_back_after=3600)  # fmt: skip
+    couch._fail_over_from(0)  # as a dead primary would
+    couch.all_dbs()
+    assert not couch.on_primary  # an hour before it looks again by itself
+    couch.fail_back_soon()
+    couch.all_dbs()
+    assert couch.on_primary

@@ -184,3 +184,27 @@ def test_the_board_holds_offers_and_beat_and_only_the_hub_writes_it(farm):
         assert refused.status in (401, 403)
     else:
         raise AssertionError("a worker wrote an offer to itself")
+
+
+def test_a_missing_board_is_created_by_a_hub_that_can_or_named_once(farm, caplog):
+    db = f"{farm.db}_noboard"
+    doc = occ(1)
+    board = Board(farm.hub, db)
+    with caplog.at_level("ERROR", logger="couchfarm.dispatch"):
+        assert board.publish({"w1": [doc]}, NOW) == ["w1"]
+        assert board.publish({"w1": [doc]}, NOW) == ["w1"]
+    missing = [r.getMessage() for r in caplog.records if "event=board_missing" in r.getMessage()]
+    assert len(missing) == 1 and board_db(db) in missing[0] and "hub init" in missing[0]
+
+    def create(url: str) -> bool:
+        assert url == farm.hub.active.url
+        provision.ensure_board_db(farm.admin, db)
+        return True
+
+    try:
+        board = Board(farm.hub, db, on_missing=create)
+        assert board.publish({"w1": [doc]}, NOW) == ["w1"]  # created; written at the next plan
+        assert board.publish({"w1": [doc]}, NOW) == []
+        assert farm.worker("w1").get(board_db(db), offer_doc_id("w1"))["offers"] == [doc]
+    finally:
+        farm.admin.delete_db(board_db(db))

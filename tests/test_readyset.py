@@ -9,6 +9,7 @@ import pytest
 
 from desktop_worker import readyset
 from desktop_worker.readyset import ReadySet
+from hub.protocol.board import left_beat
 from hub.protocol.timefmt import to_wire
 
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
@@ -318,3 +319,12 @@ def test_of_a_backlog_page_only_the_rows_this_worker_ranks_first_on_are_held():
     assert set(ids(tried[: len(own)])) == set(ids(own))
     held, wait = ready.candidates("default", NOW, 1.1, k=100)
     assert sorted(ids(held)) == sorted(ids(own)) and wait is None
+
+
+def test_a_hub_that_left_the_server_stops_the_wait_for_offers_at_once():
+    ready = live()
+    assert ready.dispatched(1.0)  # the beat holds for three beats' time
+    assert ready.apply_board(left_beat(NOW, "primary"), now_mono=1.0, server_now=NOW) is True
+    assert not ready.dispatched(1.0)  # rows nobody offers are taken in turns again
+    ready.apply_board(beat(), now_mono=2.0, server_now=NOW)  # a hub came (back) here
+    assert ready.dispatched(2.0)

@@ -10,7 +10,9 @@ import pytest
 
 from hub import provision, replication, resolver
 from hub.devserver import DevServer
+from hub.dispatch import Board
 from hub.protocol import states
+from hub.protocol.board import BEAT_ID, LEFT_FOR, board_db
 from hub.protocol.couch import Couch, CouchError
 from hub.protocol.model import Occurrence, Task, task_id
 from hub.protocol.names import WORKER_ROLE, results_db
@@ -252,6 +254,9 @@ def test_recover_rebuilds_a_primary_from_the_standby(pair, tmp_path, standby_ser
         assert new.get_security(db)["members"]["roles"] == ["farm_admin", "farm_worker"]
         assert new.get("_users", "org.couchdb.user:w1")["roles"] == ["farm_worker"]
         assert any("match" in line for line in report.lines)
+        # The board does not replicate: recover makes it, or the hub's offers fail there.
+        assert new.get_security(board_db(db))["members"]["roles"]
+        assert new.get_or_none(board_db(db), "_design/board") is not None
     finally:
         replication.retire(target, standby, replication.farm_databases(s_admin, db))
         fresh.stop()
@@ -285,6 +290,33 @@ def test_hub_rebuilds_its_schedule_from_the_server_it_fails_over_to(pair, passwo
     hub_couch._fail_over_from(0)  # what the dead primary does to the hub's client
     assert hub.materialize() == 3
     assert occurrence_ids(standby) == on_primary
+
+
+def test_a_hub_that_moves_leaves_a_note_on_the_board_it_left(pair, passwords):
+    """Workers still on the server the hub left learn it from their board feed at once,
+    instead of waiting for offers for three beats and for their own fail-back period."""
+    db, primary, standby = pair
+    for end in (primary, standby):
+        provision.ensure_board_db(end.couch(), db)
+    hub_couch = Couch([primary.url, standby.url], "hub", passwords["hub"], retries=0)
+    board = Board(hub_couch, db)
+    now = hub_couch.now()
+    assert board.publish({}, now) == []  # the beat, on the primary
+
+    def beat_on(end: replication.Endpoint) -> dict | None:
+        return end.couch().get_or_none(board_db(db), BEAT_ID)
+
+    hub_couch._fail_over_from(0)
+    assert board.publish({}, now) == []  # the beat on the standby, and the note left behind
+    moved = waiting.wait_for(lambda: (beat_on(primary) or {}).get(LEFT_FOR), 10, "the note")
+    assert moved == hub_couch.servers[1].label
+    assert not (beat_on(standby) or {}).get(LEFT_FOR)
+    hub_couch.fail_back_soon()
+    hub_couch.all_dbs()  # no home database: the primary answering is enough to go back
+    assert hub_couch.on_primary
+    assert board.publish({}, now) == []
+    assert waiting.wait_for(lambda: (beat_on(standby) or {}).get(LEFT_FOR), 10, "the note")
+    assert not (beat_on(primary) or {}).get(LEFT_FOR)  # the fresh beat replaced the note
 
 
 def test_the_hub_creates_new_months_with_replications_and_retires_old_ones(pair, passwords):

@@ -28,6 +28,22 @@ ONLINE_S = 90.0  # a worker whose heartbeat is older is offline (it beats every 
 REST_S = 10.0  # a worker that let an offer lapse gets none this long, or until it beats
 
 
+LEFT_FOR = "left_for"
+"""Field of the last beat a hub writes on a server it moved away from: the label of the
+server it went to. A worker still there stops waiting for offers at once (and reads the
+ready view itself) and checks whether it may move back too, instead of waiting for the
+beat to go stale and for its own fail-back period."""
+
+
+def left_beat(now: datetime, went_to: str) -> dict[str, Any]:
+    return {"_id": BEAT_ID, "type": "beat", "at": to_wire(now), "every_s": BEAT_S,
+            "overdue_s": OVERDUE_S, LEFT_FOR: went_to}  # fmt: skip
+
+
+def is_left_beat(doc: Any) -> bool:
+    return isinstance(doc, dict) and doc.get("type") == "beat" and bool(doc.get(LEFT_FOR))
+
+
 def board_db(db: str) -> str:
     return f"{db}_board"
 

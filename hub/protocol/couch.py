@@ -515,6 +515,14 @@ class Couch:
             self.servers[self._active].label,
         )
 
+    def fail_back_soon(self) -> None:
+        """Check at the next request whether the primary may be used again, instead of
+        after ``fail_back_after`` (the hub said it went back there). The checks still
+        apply: a rebuilding or lagging primary is refused."""
+        with self._lock:
+            if self._active != 0:
+                self._left_primary_at = float("-inf")
+
     def _maybe_fail_back(self) -> None:
         if self._active == 0 or time.monotonic() - self._left_primary_at < self.fail_back_after:
             return
