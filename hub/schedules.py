@@ -47,6 +47,8 @@ __all__ = [
     "ScheduleError",
     "fire_times",
     "jitter_offset",
+    "limit_runs",
+    "max_runs_end",
     "next_fire",
     "next_fire_times",
     "preview",
@@ -316,6 +318,64 @@ def _cron_fires(
             return
         yield fire
         cursor = fire
+
+
+# ---------------------------------------------------------------- max_runs
+
+
+MAX_WALKED_RUNS = 10_000
+"""Largest ``max_runs`` counted fire by fire (cron): about a second of date math."""
+
+
+def max_runs_end(schedule: Schedule, max_runs: int, created_at: datetime) -> datetime | None:
+    """The due time of the ``max_runs``-th fire, counted from the schedule's ``start`` (else
+    from ``created_at``, inclusive), or None when the schedule ends before that many fires.
+
+    This is how a task with ``max_runs`` ends without a counter: every hub counts the same
+    fires from the same moment and gets the same last fire, which then acts as the task's
+    effective ``end``. Raises ScheduleError for a schedule that cannot run.
+    """
+    if max_runs < 1:
+        raise ValueError(f"max_runs: {max_runs} must be at least 1")
+    return _max_runs_end(schedule, max_runs, as_utc(created_at))
+
+
+@functools.lru_cache(maxsize=4096)
+def _max_runs_end(schedule: Schedule, max_runs: int, created_at: datetime) -> datetime | None:
+    # Cached: the materializer asks at every fire of every limited task, and a cron limit
+    # is found by walking its fires one by one.
+    plan = _plan_or_raise(schedule)
+    first = plan.start or created_at
+    if plan.step is None and max_runs > MAX_WALKED_RUNS:
+        raise ScheduleError(
+            [
+                f"max_runs: {max_runs} is above {MAX_WALKED_RUNS}, the limit for a cron "
+                "schedule (its runs are counted one by one); use an end time instead, or "
+                "'every' for a longer series"
+            ]
+        )
+    if plan.step is not None:
+        # Exact grid arithmetic: the n-th grid point at or after ``first``.
+        nth = _first_every_fire_after(plan.step, _anchor(plan), first - _TINY)
+        nth += (max_runs - 1) * plan.step
+        return nth if plan.end is None or nth <= plan.end else None
+    return next(islice(_fires(plan, first - _TINY, None), max_runs - 1, None), None)
+
+
+def limit_runs(schedule: Schedule, max_runs: int | None, created_at: datetime) -> Schedule:
+    """The schedule with its ``end`` moved to the last fire ``max_runs`` allows (the task's
+    effective schedule); unchanged without a limit or when ``end`` comes first."""
+    if max_runs is None:
+        return schedule
+    last = max_runs_end(schedule, max_runs, created_at)
+    if last is None:
+        return schedule
+    return schedule.model_copy(update={"end": _wire(last)})
+
+
+def _wire(moment: datetime) -> str:
+    """Microsecond-exact wire time (an ``every`` grid anchored at an odd start keeps them)."""
+    return as_utc(moment).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 # ---------------------------------------------------------------- validation

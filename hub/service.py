@@ -15,7 +15,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from hub import alerts, schedules
-from hub.materializer import BACKFILL_REASON, BACKFILL_SERIAL_REASON, FAIR_QUANTUM_SECONDS
+from hub.materializer import (
+    BACKFILL_REASON,
+    BACKFILL_SERIAL_REASON,
+    FAIR_QUANTUM_SECONDS,
+    task_schedule,
+)
 from hub.protocol import kinds, states
 from hub.protocol.couch import Conflict, Couch, Forbidden, NotFound
 from hub.protocol.model import (
@@ -96,13 +101,21 @@ TASK_FIELDS = {
     "retention_days",
     "paused",
     "pause_after_failures",
+    "max_runs",
 }
 
 
 def build_task(
-    client: str, slug: str, spec: dict[str, Any], now: datetime, *, min_interval: int = 10
+    client: str,
+    slug: str,
+    spec: dict[str, Any],
+    now: datetime,
+    *,
+    min_interval: int = 10,
+    created_at: datetime | None = None,
 ) -> Task:
-    """A validated Task from a client's request; every problem is reported at once."""
+    """A validated Task from a client's request; every problem is reported at once.
+    ``created_at``: when an existing task was created (``max_runs`` counts from then)."""
     unknown = sorted(set(spec) - TASK_FIELDS)
     problems = [f"{name}: unknown field" for name in unknown]
     stamp = to_wire(now)
@@ -127,10 +140,29 @@ def build_task(
         schedules.validate_schedule(task.schedule, now, min_interval=min_interval)
     except schedules.ScheduleError as exc:
         problems += exc.problems
+    else:
+        problems += _max_runs_problems(task, now, created_at or now)
     problems += kinds.validate_input(task.kind, task.input)
     if problems:
         raise ServiceError(problems)
     return task
+
+
+def _max_runs_problems(task: Task, now: datetime, created_at: datetime) -> list[str]:
+    """``max_runs`` must leave a run to come (a limit already used up is a mistake)."""
+    if task.max_runs is None:
+        return []
+    try:
+        last = schedules.max_runs_end(task.schedule, task.max_runs, created_at)
+    except schedules.ScheduleError as exc:
+        return exc.problems
+    if last is not None and last <= now:
+        since = "start" if task.schedule.start else "the task's creation"
+        return [
+            f"max_runs: the {task.max_runs} runs counted from {since} were all due by "
+            f"{to_wire(last)}, before now ({to_wire(now)}); raise max_runs or move start"
+        ]
+    return []
 
 
 def _schedule_problems(raw: Any, now: datetime, min_interval: int) -> list[str]:
@@ -172,7 +204,10 @@ class FarmService:
     def update_task(self, client: str, slug: str, spec: dict[str, Any]) -> Task:
         current = self.get_task(client, slug)
         merged = {k: v for k, v in current.to_doc().items() if k in TASK_FIELDS} | spec
-        task = build_task(client, slug, merged, self.now(), min_interval=self.min_interval)
+        task = build_task(
+            client, slug, merged, self.now(), min_interval=self.min_interval,
+            created_at=from_wire(current.created_at),
+        )  # fmt: skip
         kept: dict[str, Any] = {"created_at": current.created_at, "rev": current.rev}
         if task.paused and current.paused:  # still paused: keep why and since when
             kept |= {"paused_reason": current.paused_reason, "paused_at": current.paused_at}
@@ -278,7 +313,7 @@ class FarmService:
             raise ServiceError(problems)
         after = since - timedelta(microseconds=1)  # from is inclusive
         dues = list(
-            islice(schedules.fire_times(task.schedule, after, until), MAX_BACKFILL_RUNS + 1)
+            islice(schedules.fire_times(task_schedule(task), after, until), MAX_BACKFILL_RUNS + 1)
         )
         if len(dues) > MAX_BACKFILL_RUNS:
             raise ServiceError(

@@ -168,6 +168,10 @@ def split_occurrence_id(occ_id: str) -> tuple[str, str, str]:
 # ---------------------------------------------------------------- task
 
 
+MAX_RUNS = 1_000_000
+"""Largest ``max_runs``: a run a minute for almost two years."""
+
+
 class Schedule(BaseModel):
     """When a task runs. Exactly one of ``every``, ``cron`` or ``at``.
 
@@ -234,6 +238,10 @@ class Task(DocModel):
     # Pause on failure (docs/SCHEDULES.md): after this many consecutive failed runs the hub
     # pauses the task and says why (paused_reason) and since when (paused_at).
     pause_after_failures: int | None = Field(default=None, ge=1, le=1000)
+    # A limit on the number of runs (docs/SCHEDULES.md, "max_runs"): the schedule's fires
+    # are counted from its start (else the task's creation), so every hub agrees on where the
+    # task ends without keeping a counter; then the hub marks it paused with the reason.
+    max_runs: int | None = Field(default=None, ge=1, le=MAX_RUNS)
     paused_reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS)
     paused_at: str | None = Field(default=None, pattern=WIRE_TIME_PATTERN)
     created_at: str = Field(pattern=WIRE_TIME_PATTERN)
