@@ -84,6 +84,23 @@ class Plan:
     supersede: list[tuple[Occurrence, str, str]] = field(default_factory=list)  # occ, op, why
 
 
+PAUSED_AHEAD_REASON = "task paused before this run was due"
+
+
+def withdrawn_by_pause(task: Task, active: list[Occurrence], now: datetime) -> Plan:
+    """A paused task's runs that were written ahead of their due time (``ready``, not yet
+    due, so no worker has claimed them) are skipped: a pause reaches every run not yet
+    due, not only those the hub had not written yet. Backfilled runs, which a client
+    asked for explicitly, are left alone."""
+    plan = Plan()
+    if not task.paused:
+        return plan
+    for occ in active:
+        if occ.state == State.READY and from_wire(occ.due_at) > now and not is_backfill(occ):
+            plan.supersede.append((occ, "skip", PAUSED_AHEAD_REASON))
+    return plan
+
+
 def plan_task(
     task: Task,
     dues: list[datetime],
@@ -456,6 +473,12 @@ class Materializer:
             for slot in deferred:
                 heapq.heappush(self._heap, slot)
             plans: list[tuple[str, list[datetime], Plan]] = []
+            for task_id, bucket in self.active.items():
+                task_or_none = self.tasks.get(task_id)
+                if task_or_none is not None and task_or_none.paused and bucket:
+                    withdrawn = withdrawn_by_pause(task_or_none, list(bucket.values()), now)
+                    if withdrawn.supersede:
+                        plans.append((task_id, [], withdrawn))
             rank: dict[tuple[str, str], int] = defaultdict(int)
             for task_id, early in due_tasks:
                 task = self.tasks[task_id]
@@ -516,9 +539,8 @@ class Materializer:
                 docs.append(occ.to_doc())
                 models[occ.id] = occ
             for occ, op, why in plan.supersede:
-                changed = (
-                    states.miss(occ, now, why) if op == "miss" else states.cancel(occ, now, why)
-                )
+                supersede = {"miss": states.miss, "skip": states.skip}.get(op, states.cancel)
+                changed = supersede(occ, now, why)
                 docs.append(changed.to_doc())
                 models[changed.id] = changed
         if not docs:

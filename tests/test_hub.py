@@ -297,6 +297,29 @@ def test_materializing_ahead_writes_the_next_fire_ready_before_it_is_due(farm):
     assert [d["state"] for d in occurrences(farm, task)] == ["leased", "skipped"]
 
 
+@pytest.mark.parametrize("restart", [False, True], ids=["same hub", "restarted hub"])
+def test_a_pause_skips_a_run_written_ahead_that_is_not_due_yet(farm, restart):
+    clock = FakeClock(recent_minute(farm))
+    task = add_task(farm, "pausedahead", clock, ttr=3600)
+    hub = new_hub(farm, clock)
+    due = clock.now.replace(second=0) + timedelta(minutes=1)
+    clock.now = due - timedelta(seconds=0.5)
+    assert hub.materialize() == 1
+    current = farm.hub.get(farm.db, task.id)
+    farm.hub.put(farm.db, {**current, "paused": True})
+    if restart:
+        hub = new_hub(farm, clock)  # the hub that finds the task paused at its start
+    else:
+        hub.follow_once(wait=5)
+    hub.materialize()
+    [early] = occurrences(farm, task)
+    assert early["state"] == "skipped", early
+    assert early["reason"] == "task paused before this run was due"
+    clock.now = due + timedelta(minutes=3)
+    assert hub.materialize() == 0  # and nothing new while paused
+    assert len(occurrences(farm, task)) == 1
+
+
 def test_materializing_ahead_is_off_without_the_setting(farm):
     clock = FakeClock(recent_minute(farm))
     task = add_task(farm, "notahead", clock)
