@@ -27,6 +27,7 @@ from hub.protocol import states
 from hub.protocol.couch import Conflict, Couch
 from hub.protocol.model import (
     ACTIVE_STATES,
+    ENDED_REASON_PREFIX,
     SERIAL_OVERLAPS,
     Misfire,
     Occurrence,
@@ -62,8 +63,11 @@ def ended_reason(task: Task) -> str | None:
         return None
     last = schedules.max_runs_end(task.schedule, task.max_runs, from_wire(task.created_at))
     if last is None:
-        return f"ended: the schedule ended before max_runs={task.max_runs} runs"
-    return f"ended: max_runs={task.max_runs} reached (the last run was due {to_wire(last)})"
+        return f"{ENDED_REASON_PREFIX}the schedule ended before max_runs={task.max_runs} runs"
+    return (
+        f"{ENDED_REASON_PREFIX}max_runs={task.max_runs} reached "
+        f"(the last run was due {to_wire(last)})"
+    )
 
 
 def is_backfill(occ: Occurrence) -> bool:
@@ -396,6 +400,14 @@ class Materializer:
             ending, self._ending = self._ending, set()
         marked = 0
         for task_id in sorted(ending):
+            task_now = self.tasks.get(task_id)
+            last = None if task_now is None else self._last_run_due(task_now)
+            if last is not None and last > now:
+                # The last run was written ahead of its due time: ending the task now
+                # would pause it, and a pause withdraws runs not yet due (withdrawn_by_pause).
+                with self._lock:
+                    self._ending.add(task_id)
+                continue
             for _ in range(3):
                 doc = self.couch.get_or_none(self.db, task_id)
                 if doc is None:
@@ -420,6 +432,15 @@ class Materializer:
                 break
         self.ended += marked
         return marked
+
+    @staticmethod
+    def _last_run_due(task: Task) -> datetime | None:
+        if task.max_runs is None:
+            return None
+        try:
+            return schedules.max_runs_end(task.schedule, task.max_runs, from_wire(task.created_at))
+        except schedules.ScheduleError:
+            return None
 
     # ------------------------------------------------------------ ticking
 

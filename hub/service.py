@@ -7,6 +7,8 @@ or occurrence of another client is reported as not found, so existence does not 
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -68,6 +70,10 @@ def _moment(field: str, value: datetime | str, problems: list[str]) -> datetime 
         return None
 
 
+WEBHOOK_URL = re.compile(r"^https?://[^\s/?#]+[^\s]{0,1990}$")
+EMAIL_ADDRESS = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s]{2,63}$")
+
+
 class ServiceError(ValueError):
     """Bad request: ``problems`` lists each thing to fix, prefixed with its field."""
 
@@ -102,6 +108,8 @@ TASK_FIELDS = {
     "paused",
     "pause_after_failures",
     "max_runs",
+    "alert_after_failures",
+    "alert_channels",
 }
 
 
@@ -399,6 +407,74 @@ class FarmService:
             raise ServiceError(str(exc)) from None
         return [to_wire(fire) for fire in fires]
 
+    # ------------------------------------------------------------ alerts (docs/ALERTS.md)
+
+    def alert_settings(self, client: str) -> dict[str, Any]:
+        """The client's alert channels: webhook URL and secret, email address."""
+        doc = self.couch.get_or_none(self.db, alerts.client_settings_id(client)) or {}
+        return {
+            "webhook_url": doc.get("webhook_url"),
+            "webhook_secret": doc.get("webhook_secret"),
+            "email": doc.get("email"),
+            "updated_at": doc.get("updated_at"),
+        }
+
+    def set_alert_settings(
+        self, client: str, changes: dict[str, Any], *, new_secret: bool = False
+    ) -> dict[str, Any]:
+        """Change the client's alert channels (an empty string clears one). A webhook gets
+        a secret at once (the hub makes it: 32 random bytes), and a new one on request."""
+        problems = []
+        unknown = sorted(set(changes) - {"webhook_url", "email"})
+        problems += [f"{name}: unknown field" for name in unknown]
+        url = changes.get("webhook_url")
+        if url is not None and url != "" and not WEBHOOK_URL.match(str(url)):
+            problems.append(
+                f"webhook_url: {str(url)[:80]!r} is not an http(s) URL (at most 2000 characters)"
+            )
+        email = changes.get("email")
+        if email is not None and email != "" and not EMAIL_ADDRESS.match(str(email)):
+            problems.append(f"email: {str(email)[:80]!r} is not an email address")
+        if problems:
+            raise ServiceError(problems)
+        doc_id = alerts.client_settings_id(client)
+        for _ in range(5):
+            doc = self.couch.get_or_none(self.db, doc_id) or {
+                "_id": doc_id, "type": "hub", "kind": "client_settings", "client": client,
+            }  # fmt: skip
+            for name in ("webhook_url", "email"):
+                if name in changes:
+                    doc[name] = changes[name] or None
+            if doc.get("webhook_url") and (new_secret or not doc.get("webhook_secret")):
+                doc["webhook_secret"] = secrets.token_hex(32)
+            doc["updated_at"] = to_wire(self.now())
+            try:
+                self.couch.put(self.db, doc)
+            except Conflict:
+                continue
+            log.info(
+                "event=alert_settings_changed client=%s webhook=%s email=%s new_secret=%s",
+                client, bool(doc.get("webhook_url")), bool(doc.get("email")), new_secret,
+            )  # fmt: skip
+            return self.alert_settings(client)
+        raise ConflictError("alert settings: changed by someone else meanwhile; try again")
+
+    def task_alerts(self, client: str | None, slug: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The task's alerts, newest first, each with its channels and every attempt."""
+        task = self.get_task(client, slug)
+        prefix = f"{alerts.ALERT_PREFIX}{task.id}:"
+        rows = self.couch.all_docs(
+            self.db, startkey=prefix + "\ufff0", endkey=prefix, descending=True,
+            include_docs=True, limit=max(1, min(limit, 200)),
+        )  # fmt: skip
+        keep = ("seq", "transition", "streak", "occurrence", "due_at", "created_at", "state",
+                "channels", "attempts", "attempt_count", "next_attempt_at")  # fmt: skip
+        return [
+            {"id": row["doc"]["_id"], **{k: row["doc"].get(k) for k in keep}}
+            for row in rows
+            if row.get("doc")
+        ]
+
     def task_health(self, client: str | None, slug: str) -> dict[str, Any]:
         """A task's run health (hub/alerts.py): consecutive failed runs (``streak``, and
         ``pause_streak`` since the last resume) and the newest run counted; zeros for a
@@ -411,6 +487,8 @@ class FarmService:
             "streak": health.streak,
             "pause_streak": health.pause_streak,
             "pause_after_failures": task.pause_after_failures,
+            "failing": health.failing,
+            "alert_after_failures": task.alert_after_failures,
             "last_occurrence": health.last_occurrence or None,
             "last_outcome": health.last_outcome or None,
             "paused": task.paused,

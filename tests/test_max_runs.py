@@ -115,3 +115,21 @@ def test_service_refuses_a_limit_already_used_up_and_takes_a_good_one(farm):
     task = service.add_task("acme", "tenruns", {**spec, "schedule": {"every": 60}, "max_runs": 10})
     assert task.max_runs == 10
     assert service.update_task("acme", "tenruns", {"max_runs": 20}).max_runs == 20
+
+
+def test_the_last_run_written_ahead_still_runs_and_the_task_ends_after_its_due_time(farm):
+    # The hub writes a fire up to 5 s ahead; ending (pausing) the task at once would
+    # withdraw that last run as "paused before this run was due".
+    clock = FakeClock(farm.now().replace(second=0, microsecond=0) + timedelta(seconds=30))
+    task = add_task(farm, "aheadend", clock, max_runs=1, misfire="run_all", overlap="allow")
+    hub = new_hub(farm, clock)
+    clock.advance(seconds=29.5)  # half a second before the only fire: it is written ahead
+    hub.materialize()
+    [ahead] = occurrences(farm, task)
+    assert ahead["state"] == "ready"
+    assert not farm.admin.get(farm.db, task.id).get("paused")
+    clock.advance(seconds=1)  # past its due time
+    hub.materialize()
+    [run] = occurrences(farm, task)
+    assert run["state"] == "ready", run.get("reason")
+    assert farm.admin.get(farm.db, task.id)["paused"] is True

@@ -202,6 +202,18 @@ class ClientScope:
     def kick(self, task: Task) -> int:
         return self.service.kick(self.client, task.slug)
 
+    def alert_settings(self) -> dict[str, Any]:
+        return self.service.alert_settings(self.client)
+
+    def set_alert_settings(self, changes: dict[str, Any], *, new_secret: bool) -> dict[str, Any]:
+        return self.service.set_alert_settings(self.client, changes, new_secret=new_secret)
+
+    def task_alerts(self, task: Task) -> list[dict[str, Any]]:
+        return self.service.task_alerts(self.client, task.slug)
+
+    def task_health(self, task: Task) -> dict[str, Any]:
+        return self.service.task_health(self.client, task.slug)
+
     def link(self, path: str, **params: Any) -> str:
         """A local URL for this scope (an operator's keeps ``?client=``)."""
         if self.who.admin:

@@ -1,0 +1,266 @@
+"""Alerts (hub/alerts.py, hub/notify.py): transitions with a threshold, each sent exactly
+once by two hubs and across restarts, retried with backoff, every attempt recorded; against
+the real server, a real local HTTP receiver and a real local SMTP server (tests/receivers.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from hub import alerts
+from hub.alerts import (
+    MAX_ALERT_ATTEMPTS,
+    Health,
+    alert_backoff_s,
+    alert_id,
+    claim_alert,
+    health_id,
+    new_alert,
+    settle_alert,
+    with_transition,
+)
+from hub.notify import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    DeliveryError,
+    SmtpSettings,
+    check_webhook_url,
+    sign_webhook,
+    verify_webhook,
+)
+from hub.serve import Hub, HubConfig
+from hub.service import FarmService, ServiceError
+from tests.receivers import SmtpSink, WebhookReceiver, closed_port
+from tests.test_alerts import run_once
+from tests.test_hub import FakeClock, add_task, recent_minute
+
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+# ---------------------------------------------------------------- pure
+
+
+def test_a_transition_needs_the_threshold_and_recovers_at_the_first_success():
+    health = Health("task:acme:ping", "acme", streak=1)
+    assert with_transition(health, 2) == health  # one failure: not yet failing
+    assert with_transition(health, None) == health  # alerts off
+    failing = with_transition(Health("task:acme:ping", "acme", streak=2), 2)
+    assert failing.failing and failing.alert_seq == 1
+    # More failures: still the same transition.
+    assert with_transition(Health("t", "c", streak=3, failing=True, alert_seq=1), 2).alert_seq == 1
+    recovered = with_transition(Health("t", "c", streak=0, failing=True, alert_seq=1), 2)
+    assert not recovered.failing and recovered.alert_seq == 2
+
+
+def test_backoff_doubles_up_to_an_hour_and_attempts_end_in_failed():
+    assert [alert_backoff_s(n) for n in (1, 2, 3)] == [5.0, 10.0, 20.0]
+    assert alert_backoff_s(30) == 3600.0
+    doc = claim_alert(new_alert(Health("task:acme:p", "acme", 2, failing=True, alert_seq=1), T0),
+                      "hub-a", T0, ["webhook", "email"])  # fmt: skip
+    assert doc["channels"] == {"webhook": "pending", "email": "pending"}
+    once = settle_alert(doc, {"webhook": (True, "HTTP 204"), "email": (False, "email: down")}, T0)
+    assert once["state"] == "pending" and once["channels"]["webhook"] == "delivered"
+    assert once["next_attempt_at"] == "2026-12-01T00:00:05.000Z" and once["claimed_by"] is None
+    last = once
+    for _ in range(MAX_ALERT_ATTEMPTS - 1):
+        last = settle_alert(last, {"email": (False, "email: down")}, T0)
+    assert last["state"] == "failed" and last["channels"] == {"webhook": "delivered",
+                                                               "email": "failed"}  # fmt: skip
+    assert len(last["attempts"]) == MAX_ALERT_ATTEMPTS + 1
+    assert (
+        settle_alert(claim_alert(new_alert(Health("t", "c"), T0), "h", T0, []), {}, T0)["state"]
+        == "no_channel"
+    )
+
+
+def test_the_webhook_signature_verifies_and_refuses_tampering_and_replays():
+    body = b'{"event":"task.failing"}'
+    signature = sign_webhook("s3cret", 1_800_000_000, body)
+    assert signature.startswith("sha256=") and len(signature) == 7 + 64
+    assert verify_webhook("s3cret", body, signature, "1800000000", now_s=1_800_000_010)
+    assert not verify_webhook("s3cret", body + b" ", signature, "1800000000", 1_800_000_010)
+    assert not verify_webhook("other", body, signature, "1800000000", 1_800_000_010)
+    assert not verify_webhook("s3cret", body, signature, "1800000000", 1_800_001_000)
+
+
+def test_webhooks_to_private_addresses_are_refused_unless_allowed():
+    with pytest.raises(DeliveryError, match=r"^webhook: .*private address"):
+        check_webhook_url("http://127.0.0.1:9/hook", allow_private=False)
+    with pytest.raises(DeliveryError, match=r"^webhook: .*not an http"):
+        check_webhook_url("ftp://example.org/", allow_private=True)
+    check_webhook_url("http://127.0.0.1:9/hook", allow_private=True)
+
+
+# ---------------------------------------------------------------- real server
+
+
+@pytest.fixture
+def webhook():
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def smtp():
+    sink = SmtpSink()
+    yield sink
+    sink.close()
+
+
+@pytest.fixture(autouse=True)
+def clean(farm):
+    yield
+    rows = [
+        row
+        for prefix in ("task:", "occ:", "hub:health:", "hub:alert:", "hub:client:")
+        for row in farm.admin.all_docs(farm.db, startkey=prefix, endkey=prefix + "\ufff0")
+    ]
+    farm.admin.bulk_docs(
+        farm.db, [{"_id": r["id"], "_rev": r["value"]["rev"], "_deleted": True} for r in rows]
+    )
+
+
+def alerting_hub(farm, clock, smtp_port: int) -> Hub:
+    config = HubConfig(
+        db=farm.db,
+        smtp=SmtpSettings(host="127.0.0.1", port=smtp_port, sender="hub@farm.test"),
+        alerts_allow_private=True,  # the receivers listen on 127.0.0.1
+    )
+    hub = Hub(farm.hub, config, clock=clock)
+    hub.load()
+    return hub
+
+
+def test_each_transition_is_sent_once_by_two_hubs_and_after_a_restart(farm, webhook, smtp):
+    service = FarmService(farm.hub, farm.db)
+    settings = service.set_alert_settings(
+        "acme", {"webhook_url": webhook.url, "email": "ops@acme.example"}
+    )
+    secret = settings["webhook_secret"]
+    assert secret and len(secret) == 64
+    clock = FakeClock(recent_minute(farm) + timedelta(seconds=0.1))
+    task = add_task(farm, "watched", clock, alert_after_failures=2, overlap="allow",
+                    schedule={"every": 30})  # fmt: skip
+    hub, other = alerting_hub(farm, clock, smtp.port), alerting_hub(farm, clock, smtp.port)
+
+    run_once(farm, hub, clock, task, ok=False)  # one failure: below the threshold
+    assert hub.send_alerts() == 0 and webhook.requests == []
+    run_once(farm, hub, clock, task, ok=False)
+    other.follow_once(wait=5)
+    other.watch_health()  # the second hub sees the same run: no second transition
+    hub.follow_once(wait=5)
+    other.follow_once(wait=5)
+    delivered = hub.send_alerts() + other.send_alerts()
+    assert delivered == 2  # webhook + email, by one hub
+    assert other.send_alerts() == 0 and hub.send_alerts() == 0
+
+    [hit] = webhook.requests
+    payload = json.loads(hit.body)
+    assert payload["event"] == "task.failing" and payload["streak"] == 2
+    assert payload["alert"] == alert_id(task.id, 1)
+    assert verify_webhook(secret, hit.body, hit.headers[SIGNATURE_HEADER],
+                          hit.headers[TIMESTAMP_HEADER], now_s=clock.now.timestamp())  # fmt: skip
+    [mail] = smtp.messages
+    assert mail.recipients == ["ops@acme.example"] and "acme/watched is failing" in mail.data
+    doc = farm.admin.get(farm.db, alert_id(task.id, 1))
+    assert doc["state"] == "delivered" and doc["attempt_count"] == 1
+    assert {a["channel"] for a in doc["attempts"]} == {"webhook", "email"}
+
+    # A third failure: still failing, no new alert. Then a success: "recovered", once.
+    run_once(farm, hub, clock, task, ok=False)
+    hub.follow_once(wait=5)
+    assert hub.send_alerts() == 0
+    run_once(farm, hub, clock, task, ok=True)
+    hub.follow_once(wait=5)
+    other.follow_once(wait=5)
+    assert hub.send_alerts() + other.send_alerts() == 2
+    assert [json.loads(r.body)["event"] for r in webhook.requests] == [
+        "task.failing", "task.recovered",
+    ]  # fmt: skip
+    assert len(smtp.messages) == 2 and "recovered" in smtp.messages[1].data
+
+    # A restarted hub finds everything delivered: nothing is sent again.
+    restarted = alerting_hub(farm, clock, smtp.port)
+    clock.advance(hours=2)
+    assert restarted.send_alerts() == 0
+    assert len(webhook.requests) == 2 and len(smtp.messages) == 2
+    alerts_seen = service.task_alerts("acme", "watched")
+    assert [a["transition"] for a in alerts_seen] == ["recovered", "failing"]
+
+
+def test_dead_channels_are_logged_retried_with_backoff_then_delivered(farm, webhook, smtp, caplog):
+    service = FarmService(farm.hub, farm.db)
+    dead_url = f"http://127.0.0.1:{closed_port()}/hook"
+    service.set_alert_settings("acme", {"webhook_url": dead_url, "email": "ops@acme.example"})
+    clock = FakeClock(recent_minute(farm) + timedelta(seconds=0.1))
+    task = add_task(farm, "deadends", clock, alert_after_failures=1, overlap="allow",
+                    schedule={"every": 30})  # fmt: skip
+    hub = alerting_hub(farm, clock, closed_port())  # no SMTP server there either
+    run_once(farm, hub, clock, task, ok=False)
+    hub.follow_once(wait=5)
+    with caplog.at_level(logging.ERROR, logger="couchfarm.alerts"):
+        assert hub.send_alerts() == 0  # no crash
+    failures = [r.getMessage() for r in caplog.records if "alert_attempt_failed" in r.getMessage()]
+    assert any("channel=webhook" in line and dead_url in line for line in failures)
+    assert any("channel=email" in line and "SMTP 127.0.0.1" in line for line in failures)
+    doc = farm.admin.get(farm.db, alert_id(task.id, 1))
+    assert doc["state"] == "pending" and doc["attempt_count"] == 1
+    assert all(not a["ok"] for a in doc["attempts"]) and len(doc["attempts"]) == 2
+    hub.follow_once(wait=5)
+    assert hub.send_alerts() == 0  # the backoff has not passed: no attempt
+    assert farm.admin.get(farm.db, alert_id(task.id, 1))["attempt_count"] == 1
+
+    # The client fixes the URL; the operator's mail server comes back. After the backoff:
+    service.set_alert_settings("acme", {"webhook_url": webhook.url})
+    hub.alert_sender.smtp = SmtpSettings(host="127.0.0.1", port=smtp.port)
+    clock.advance(seconds=alert_backoff_s(1) + 0.5)
+    assert hub.send_alerts() == 2
+    doc = farm.admin.get(farm.db, alert_id(task.id, 1))
+    assert doc["state"] == "delivered" and doc["attempt_count"] == 2
+    assert [a["ok"] for a in doc["attempts"]] == [False, False, True, True]
+    assert len(webhook.requests) == 1 and len(smtp.messages) == 1
+
+
+def test_a_transition_counted_before_a_crash_is_raised_at_the_next_start(farm, webhook, smtp):
+    FarmService(farm.hub, farm.db).set_alert_settings("acme", {"webhook_url": webhook.url})
+    clock = FakeClock(recent_minute(farm) + timedelta(seconds=0.1))
+    task = add_task(farm, "crashed", clock, alert_after_failures=1)
+    # The count was written (alert_seq 1) but the hub died before the alert document.
+    health = Health(task.id, "acme", streak=1, pause_streak=1, failing=True, alert_seq=1,
+                    last_occurrence="occ:x", last_due="2026-12-01T00:00:00.000Z")  # fmt: skip
+    farm.admin.put(farm.db, health.to_doc(None))
+    hub = alerting_hub(farm, clock, smtp.port)
+    assert farm.admin.get(farm.db, alert_id(task.id, 1))["transition"] == "failing"
+    alerting_hub(farm, clock, smtp.port)  # a second start: the 409 is harmless
+    assert hub.send_alerts() == 1 and len(webhook.requests) == 1
+    assert farm.admin.get(farm.db, health_id(task.id))["alert_seq"] == 1
+
+
+def test_a_task_without_channels_records_why(farm, smtp):
+    clock = FakeClock(recent_minute(farm) + timedelta(seconds=0.1))
+    task = add_task(farm, "nochannel", clock, alert_after_failures=1, overlap="allow",
+                    schedule={"every": 30})  # fmt: skip
+    hub = alerting_hub(farm, clock, smtp.port)
+    run_once(farm, hub, clock, task, ok=False)
+    hub.follow_once(wait=5)
+    assert hub.send_alerts() == 0
+    assert farm.admin.get(farm.db, alert_id(task.id, 1))["state"] == "no_channel"
+
+
+def test_alert_settings_refuse_bad_input_naming_the_field(farm):
+    service = FarmService(farm.hub, farm.db)
+    with pytest.raises(ServiceError) as caught:
+        service.set_alert_settings("acme", {"webhook_url": "not a url", "email": "nobody"})
+    assert [p.split(":")[0] for p in caught.value.problems] == ["webhook_url", "email"]
+    first = service.set_alert_settings("acme", {"webhook_url": "https://example.org/h"})
+    again = service.set_alert_settings("acme", {"email": "ops@example.org"})
+    assert again["webhook_secret"] == first["webhook_secret"]  # kept unless asked
+    rotated = service.set_alert_settings("acme", {}, new_secret=True)
+    assert rotated["webhook_secret"] != first["webhook_secret"]
+    cleared = service.set_alert_settings("acme", {"webhook_url": "", "email": ""})
+    assert cleared["webhook_url"] is None and cleared["email"] is None
+    assert alerts.client_settings_id("acme") == "hub:client:acme"
