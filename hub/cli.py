@@ -195,6 +195,8 @@ def _task_spec(args: argparse.Namespace) -> dict:
         "misfire_grace",
         "max_runs",
         "pause_after_failures",
+        "alert_after_failures",
+        "alert_channels",
     ):
         value = getattr(args, key)
         if value is not None:
@@ -758,6 +760,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--pause-after-failures",
         type=int,
         help="pause the task after this many failed runs in a row",
+    )
+    p.add_argument(
+        "--alert-after-failures",
+        type=int,
+        help="alert the client after this many failed runs in a row, and again when a run "
+        "succeeds (docs/ALERTS.md); channels are the client's alert settings",
+    )
+    p.add_argument(
+        "--alert-channel",
+        dest="alert_channels",
+        action="append",
+        choices=["webhook", "email"],
+        help="alert only through this channel; repeatable (default: every channel the "
+        "client has set up)",
     )
     p.add_argument(
         "--priority", type=int, help="0 (first) to 2^32-1; default 1024 runs at its due time"

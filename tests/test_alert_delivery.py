@@ -264,3 +264,75 @@ def test_alert_settings_refuse_bad_input_naming_the_field(farm):
     cleared = service.set_alert_settings("acme", {"webhook_url": "", "email": ""})
     assert cleared["webhook_url"] is None and cleared["email"] is None
     assert alerts.client_settings_id("acme") == "hub:client:acme"
+
+
+# ---------------------------------------------------------------- portal and API
+
+
+@pytest.fixture
+def portal(farm):
+    from fastapi.testclient import TestClient
+
+    from hub.portal.app import create_app
+
+    app = create_app(FarmService(farm.hub, farm.db), farm.hub, secret_key="a" * 40)
+
+    def login(user: str) -> TestClient:
+        client = TestClient(app)
+        reply = client.post("/login", data={"username": user, "password": farm.passwords[user]})
+        assert reply.status_code == 200, reply.text
+        client.headers["X-CSRF-Token"] = reply.json()["csrf_token"]
+        return client
+
+    return login
+
+
+def test_settings_page_and_api_are_per_client(farm, portal):
+    acme, globex = portal("acme"), portal("globex")
+    page = acme.get("/settings", headers={"Accept": "text/html"})
+    assert page.status_code == 200 and 'name="webhook_url"' in page.text
+    channels = {"webhook_url": "https://example.org/h", "email": "ops@acme.example"}
+    saved = acme.post("/settings", data=channels, follow_redirects=False)
+    assert saved.status_code == 303
+    shown = acme.get("/settings", headers={"Accept": "text/html"}).text
+    secret = acme.get("/api/settings/alerts").json()["webhook_secret"]
+    assert secret in shown and "Alert settings saved" not in shown  # message only via ?done=
+    bad = acme.post("/settings", data={"webhook_url": "nope", "email": ""},
+                    headers={"Accept": "text/html"})  # fmt: skip
+    assert bad.status_code == 400 and "webhook_url: " in bad.text
+    assert globex.get("/api/settings/alerts").json()["webhook_url"] is None
+    put = globex.put("/api/settings/alerts", json={"email": "x"})
+    assert put.status_code == 400 and put.json()["problems"][0].startswith("email: ")
+    rotated = acme.put("/api/settings/alerts", json={"new_secret": True}).json()
+    assert rotated["webhook_secret"] != secret and rotated["email"] == "ops@acme.example"
+
+
+def test_the_task_page_and_api_show_every_attempt(farm, portal, webhook, smtp):
+    acme = portal("acme")
+    acme.put("/api/settings/alerts", json={"webhook_url": webhook.url})
+    made = acme.post("/api/tasks", json={"name": "shown", "kind": "demo.sleep",
+                                         "input": {"ms": 1}, "schedule": {"every": 30},
+                                         "alert_after_failures": 1, "overlap": "allow",
+                                         "alert_channels": ["webhook"]})  # fmt: skip
+    assert made.status_code == 201, made.text
+    assert made.json()["alert_after_failures"] == 1
+    clock = FakeClock(farm.now())  # the task was created now: its fires come from here
+    hub = alerting_hub(farm, clock, smtp.port)
+    task = FarmService(farm.hub, farm.db).get_task("acme", "shown")
+    webhook.status = 500  # the receiver fails the first attempt
+    run_once(farm, hub, clock, task, ok=False)
+    hub.follow_once(wait=5)
+    hub.send_alerts()
+    webhook.status = 204
+    clock.advance(seconds=10)
+    assert hub.send_alerts() == 1
+    body = acme.get("/api/tasks/shown/alerts").json()
+    assert body["health"]["failing"] is True
+    [alert] = body["alerts"]
+    assert alert["state"] == "delivered"
+    assert [(a["ok"], a["detail"]) for a in alert["attempts"]] == [
+        (False, f"webhook: POST {webhook.url} answered HTTP 500"), (True, "HTTP 204"),
+    ]  # fmt: skip
+    page = acme.get("/tasks/shown", headers={"Accept": "text/html"}).text
+    assert 'id="alerts"' in page and "answered HTTP 500" in page and "HTTP 204" in page
+    assert portal("globex").get("/api/tasks/shown/alerts").status_code == 404

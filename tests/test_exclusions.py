@@ -231,7 +231,7 @@ def test_api_and_task_page_show_exclusions_and_max_runs(acme):
     assert body["max_runs"] == 50 and body["status"] == "active"
     assert body["schedule"]["exclusions"] == [NIGHTLY]
     page = acme.get("/tasks/windowed", headers={"Accept": "text/html"}).text
-    assert 'id="exclusions"' in page and "02:00–03:00" in page and "skipped, not missed" in page
+    assert 'id="exclusions"' in page and "02:00 to 03:00" in page and "skipped, not missed" in page
     edit = acme.get("/tasks/windowed/edit", headers={"Accept": "text/html"}).text
     assert "02:00-03:00 # maintenance" in edit and 'name="max_runs" value="50"' in edit
     bad = acme.patch("/api/tasks/windowed", json={"max_runs": 0})

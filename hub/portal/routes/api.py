@@ -3,10 +3,14 @@ reference both the API and the form use (kinds, schedule preview)."""
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hub import schedules
@@ -25,6 +29,7 @@ from hub.protocol.model import (
     describe_validation_error,
 )
 from hub.protocol.timefmt import from_wire, to_wire
+from hub.results_feed import CursorError
 from hub.service import FarmService
 
 # ---------------------------------------------------------------- bodies
@@ -331,3 +336,58 @@ def api_set_alert_settings(
 ) -> dict[str, Any]:
     changes = body.model_dump(exclude_none=True, exclude={"new_secret"})
     return scope.set_alert_settings(changes, new_secret=body.new_secret)
+
+
+# ---------------------------------------------------------------- results feed
+
+SINCE_QUERY = Query(
+    None, max_length=4000,
+    description="the 'next' cursor of the previous page; 'now' for only what comes next; "
+    "none: every result of this month and the previous one",
+)  # fmt: skip
+
+
+@router.get("/results", summary="Your results since a cursor, paged; long-polls when none")
+def api_results(
+    scope: ClientScope = Depends(client_scope),
+    since: str | None = SINCE_QUERY,
+    limit: int = Query(100, ge=1, le=500),
+    wait: float = Query(0, ge=0, le=60, description="seconds to wait for a result if none"),
+    state: PortalState = Depends(portal_state),
+) -> dict[str, Any]:
+    try:
+        return scope.results_page(since, limit, min(wait, state.settings.results_wait_cap_s))
+    except CursorError as exc:
+        raise with_problems(400, "bad cursor", [str(exc)]) from None
+
+
+@router.get(
+    "/results/stream",
+    summary="Your results as they arrive: NDJSON, one {result} per line and a {next} cursor "
+    "line after each batch (also every 25 s)",
+    response_class=StreamingResponse,
+)
+def api_results_stream(
+    scope: ClientScope = Depends(client_scope),
+    since: str | None = SINCE_QUERY,
+    seconds: float = Query(300, ge=1, le=3600, description="end the stream after this long"),
+    state: PortalState = Depends(portal_state),
+) -> StreamingResponse:
+    try:
+        first = scope.results_page(since, 500, 0)
+    except CursorError as exc:
+        raise with_problems(400, "bad cursor", [str(exc)]) from None
+    deadline = time.monotonic() + min(seconds, state.settings.results_stream_cap_s)
+
+    def lines() -> Iterator[bytes]:
+        page = first
+        while True:
+            for result in page["results"]:
+                yield json.dumps({"result": result}, separators=(",", ":")).encode() + b"\n"
+            yield json.dumps({"next": page["next"]}).encode() + b"\n"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            page = scope.results_page(page["next"], 500, 0 if page["more"] else min(remaining, 25))
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
