@@ -336,3 +336,51 @@ def test_the_task_page_and_api_show_every_attempt(farm, portal, webhook, smtp):
     page = acme.get("/tasks/shown", headers={"Accept": "text/html"}).text
     assert 'id="alerts"' in page and "answered HTTP 500" in page and "HTTP 204" in page
     assert portal("globex").get("/api/tasks/shown/alerts").status_code == 404
+
+
+def test_two_hubs_sending_at_the_same_moment_deliver_once(farm, webhook, smtp):
+    import threading
+
+    FarmService(farm.hub, farm.db).set_alert_settings("acme", {"webhook_url": webhook.url})
+    clock = FakeClock(recent_minute(farm) + timedelta(seconds=0.1))
+    task = add_task(farm, "raced", clock, alert_after_failures=1, overlap="allow",
+                    schedule={"every": 30})  # fmt: skip
+    hubs = [alerting_hub(farm, clock, smtp.port) for _ in range(3)]
+    run_once(farm, hubs[0], clock, task, ok=False)
+    for hub in hubs:
+        hub.follow_once(wait=5)
+    start = threading.Barrier(len(hubs))
+    delivered: list[int] = []
+
+    def send(hub: Hub) -> None:
+        start.wait()
+        delivered.append(hub.send_alerts())
+
+    threads = [threading.Thread(target=send, args=(hub,)) for hub in hubs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(delivered) == [0, 0, 1]  # one claim won; the others got a 409
+    assert len(webhook.requests) == 1
+    doc = farm.admin.get(farm.db, alert_id(task.id, 1))
+    assert doc["state"] == "delivered" and len(doc["attempts"]) == 1
+
+
+def test_the_form_reads_alert_fields():
+    from hub.portal.forms import form_from_task, spec_from_form
+    from hub.protocol.model import Task
+
+    form = {"kind": "demo.sleep", "schedule_mode": "every", "schedule.every": "60",
+            "alert_after_failures": "3", "alert_channel.email": "on"}  # fmt: skip
+    spec, problems = spec_from_form(form)
+    assert problems == [] and spec["alert_after_failures"] == 3
+    assert spec["alert_channels"] == ["email"]
+    without = {k: v for k, v in form.items() if k != "alert_channel.email"}
+    assert spec_from_form(without)[0]["alert_channels"] is None  # none ticked: every channel
+    stamp = "2026-01-01T00:00:00.000Z"
+    task = Task(_id="task:acme:f", client="acme", slug="f", kind="demo.sleep",
+                schedule={"every": 60}, alert_after_failures=3, alert_channels=["email"],
+                created_at=stamp, updated_at=stamp)  # fmt: skip
+    values = form_from_task(task)
+    assert values["alert_after_failures"] == "3" and values["alert_channel.email"] == "on"

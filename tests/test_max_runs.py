@@ -94,6 +94,10 @@ def test_the_hub_creates_max_runs_runs_then_marks_the_task_ended(farm):
     assert stored.paused and stored.paused_at is not None
     assert stored.paused_reason is not None and "max_runs=3" in stored.paused_reason
     assert dues[-1] in stored.paused_reason
+    assert stored.status == "ended" and stored.ended  # what the API, portal and CLI show
+    from hub.cli import describe_task
+
+    assert describe_task(stored, [])[1].startswith("state         ended (ended: max_runs=3")
     # A second hub starting from the database agrees: nothing more, and no second write.
     other = new_hub(farm, clock)
     clock.advance(minutes=2)
