@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from hub.notify import DeliveryError, SmtpSettings, post_webhook, send_email
 from hub.protocol.couch import Conflict, Couch
 from hub.protocol.model import Task
 from hub.protocol.timefmt import to_wire
@@ -67,6 +68,8 @@ class Health:
     last_occurrence: str = ""
     last_outcome: str = ""
     updated_at: str = ""
+    failing: bool = False  # an ok -> failing alert was raised and no success came since
+    alert_seq: int = 0  # transitions raised so far: the next alert's id (alert_id)
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Health:
@@ -94,14 +97,13 @@ def advance(
     if not (newer or changed_ending):
         return None
     if outcome == "ok":
-        if health.streak == 0 and health.pause_streak == 0:
+        if health.streak == 0 and health.pause_streak == 0 and not health.failing:
             return None  # nothing to write: a healthy task's runs are free
         streak, pause_streak = 0, 0
     else:
         streak, pause_streak = health.streak + 1, health.pause_streak + 1
-    return Health(
-        task=health.task,
-        client=health.client,
+    return replace(
+        health,
         streak=streak,
         pause_streak=pause_streak,
         last_due=due_at,
@@ -109,6 +111,18 @@ def advance(
         last_outcome=outcome,
         updated_at=to_wire(now),
     )
+
+
+def with_transition(health: Health, alert_after: int | None) -> Health:
+    """``health`` with ``failing``/``alert_seq`` moved when its counts cross a threshold:
+    ok -> failing once ``alert_after`` failures are in a row (not at the first, against
+    flapping), failing -> ok at the first success. The transition is written in the same
+    revision as the count that caused it, so each one exists once whichever hub counts."""
+    if not health.failing and alert_after is not None and health.streak >= alert_after:
+        return replace(health, failing=True, alert_seq=health.alert_seq + 1)
+    if health.failing and health.streak == 0:
+        return replace(health, failing=False, alert_seq=health.alert_seq + 1)
+    return health
 
 
 def pause_reason(task: Task, health: Health) -> str | None:
@@ -171,17 +185,24 @@ class HealthTracker:
             task_id, client = str(doc.get("task", "")), str(doc.get("client", ""))
             if outcome is None or not task_id:
                 continue
-            health = self._count(task_id, client, doc, outcome, now)
+            task = tasks.get(task_id)
+            alert_after = task.alert_after_failures if task is not None else None
+            health = self._count(task_id, client, doc, outcome, now, alert_after)
             if health is None:
                 continue
             written += 1
-            task = tasks.get(task_id)
             if task is not None:
                 self._pause_if_due(task, health, now)
         return written
 
     def _count(
-        self, task_id: str, client: str, doc: dict[str, Any], outcome: Outcome, now: datetime
+        self,
+        task_id: str,
+        client: str,
+        doc: dict[str, Any],
+        outcome: Outcome,
+        now: datetime,
+        alert_after: int | None = None,
     ) -> Health | None:
         for _ in range(5):
             with self._lock:
@@ -189,6 +210,7 @@ class HealthTracker:
             updated = advance(known, str(doc["_id"]), str(doc.get("due_at", "")), outcome, now)
             if updated is None:
                 return None
+            updated = with_transition(updated, alert_after)
             try:
                 new_rev = self.couch.put(self.db, updated.to_doc(rev))
             except Conflict:
@@ -202,6 +224,8 @@ class HealthTracker:
                 continue
             with self._lock:
                 self.cache[task_id] = (updated, new_rev)
+            if updated.alert_seq != known.alert_seq:
+                raise_alert(self.couch, self.db, updated, now)
             log.info(
                 "event=task_health task=%s occ=%s outcome=%s streak=%d",
                 task_id, doc["_id"], outcome, updated.streak,
@@ -254,3 +278,285 @@ def _generation(rev: Any) -> int:
         return int(str(rev).split("-", 1)[0])
     except ValueError:
         return 0
+
+
+# ---------------------------------------------------------------- alert documents
+#
+# One document per transition, ``hub:alert:{task}:{seq}``: the id is the transition's, so
+# a second hub (or a restarted one) that raises it again gets a 409 and nothing more. A
+# hub sends only after *claiming* the document: a write over the revision it read, which
+# only one hub can win; the claim lasts CLAIM_S, after which another hub may take over an
+# attempt the first never recorded (a hub that died mid-send: then, and only then, a
+# channel may hear twice). Every attempt is recorded in the document (``attempts``).
+
+ALERT_PREFIX = "hub:alert:"
+CLIENT_SETTINGS_PREFIX = "hub:client:"
+CLAIM_S = 60.0
+MAX_ALERT_ATTEMPTS = 8
+ALERT_BACKOFF_BASE_S = 5.0
+ALERT_BACKOFF_MAX_S = 3600.0
+MAX_RECORDED_ATTEMPTS = 50  # per alert, newest kept: the document stays small
+Transition = Literal["failing", "recovered"]
+DeliveryState = Literal["pending", "delivered", "failed", "no_channel"]
+
+
+def alert_id(task_id: str, seq: int) -> str:
+    return f"{ALERT_PREFIX}{task_id}:{seq:06d}"
+
+
+def client_settings_id(client: str) -> str:
+    return f"{CLIENT_SETTINGS_PREFIX}{client}"
+
+
+def new_alert(health: Health, now: datetime) -> dict[str, Any]:
+    """The alert document for ``health``'s latest transition (pure)."""
+    transition: Transition = "failing" if health.failing else "recovered"
+    stamp = to_wire(now)
+    return {
+        "_id": alert_id(health.task, health.alert_seq),
+        "type": "hub",
+        "kind": "alert",
+        "task": health.task,
+        "client": health.client,
+        "seq": health.alert_seq,
+        "transition": transition,
+        "streak": health.streak,
+        "occurrence": health.last_occurrence,
+        "due_at": health.last_due,
+        "created_at": stamp,
+        "state": "pending",
+        "channels": None,  # resolved at the first claim from the client's settings
+        "attempts": [],
+        "attempt_count": 0,
+        "next_attempt_at": stamp,
+        "claimed_by": None,
+        "claimed_until": None,
+    }
+
+
+def alert_backoff_s(attempt_count: int) -> float:
+    """Seconds before attempt ``attempt_count + 1``: 5, 10, 20, ... at most an hour."""
+    return float(min(ALERT_BACKOFF_MAX_S, ALERT_BACKOFF_BASE_S * 2 ** max(0, attempt_count - 1)))
+
+
+def claim_alert(
+    doc: dict[str, Any], hub_name: str, now: datetime, channels: list[str]
+) -> dict[str, Any]:
+    """``doc`` claimed by ``hub_name`` for CLAIM_S; its channels fixed at the first claim
+    (a pending channel for each the client set up and the task asks for)."""
+    claimed = dict(doc)
+    claimed["claimed_by"] = hub_name
+    claimed["claimed_until"] = to_wire(now + timedelta(seconds=CLAIM_S))
+    if claimed.get("channels") is None:
+        claimed["channels"] = {channel: "pending" for channel in channels}
+    return claimed
+
+
+def settle_alert(
+    doc: dict[str, Any], outcomes: dict[str, tuple[bool, str]], now: datetime
+) -> dict[str, Any]:
+    """``doc`` after one round of sending: each channel's attempt recorded (ok, detail),
+    then delivered (every channel took it), failed (MAX_ALERT_ATTEMPTS used up), or pending
+    again after the backoff. The claim is released."""
+    settled = dict(doc)
+    stamp = to_wire(now)
+    channels = dict(settled.get("channels") or {})
+    attempts = list(settled.get("attempts") or [])
+    for channel, (ok, detail) in sorted(outcomes.items()):
+        attempts.append({"channel": channel, "at": stamp, "ok": ok, "detail": detail[:500]})
+        if ok:
+            channels[channel] = "delivered"
+    count = int(settled.get("attempt_count") or 0) + 1
+    settled.update(
+        channels=channels,
+        attempts=attempts[-MAX_RECORDED_ATTEMPTS:],
+        attempt_count=count,
+        claimed_by=None,
+        claimed_until=None,
+    )
+    if not channels:
+        settled["state"] = "no_channel"
+    elif all(state == "delivered" for state in channels.values()):
+        settled["state"] = "delivered"
+    elif count >= MAX_ALERT_ATTEMPTS:
+        settled["state"] = "failed"
+        for channel, state in channels.items():
+            if state != "delivered":
+                channels[channel] = "failed"
+    else:
+        settled["next_attempt_at"] = to_wire(now + timedelta(seconds=alert_backoff_s(count)))
+    return settled
+
+
+def alert_message(doc: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """(email subject, email text, webhook payload) for an alert document."""
+    task = str(doc["task"])
+    name = task.removeprefix("task:").replace(":", "/", 1)
+    failing = doc["transition"] == "failing"
+    if failing:
+        subject = f"[couchfarm] {name} is failing ({doc['streak']} failed runs in a row)"
+        text = (
+            f"Task {name} has failed {doc['streak']} runs in a row; the latest is "
+            f"{doc['occurrence']} (due {doc['due_at']}).\n"
+        )
+    else:
+        subject = f"[couchfarm] {name} recovered"
+        text = f"Task {name} ran successfully again: {doc['occurrence']} (due {doc['due_at']}).\n"
+    payload = {
+        "event": f"task.{doc['transition']}",
+        "alert": doc["_id"],
+        "seq": doc["seq"],
+        "task": task,
+        "client": doc["client"],
+        "streak": doc["streak"],
+        "occurrence": doc["occurrence"],
+        "due_at": doc["due_at"],
+        "at": doc["created_at"],
+    }
+    return subject, text + "\n-- couchfarm alerts (docs/ALERTS.md)\n", payload
+
+
+def raise_alert(couch: Couch, db: str, health: Health, now: datetime) -> dict[str, Any] | None:
+    """Create the alert document of ``health``'s latest transition; None if it exists."""
+    doc = new_alert(health, now)
+    try:
+        doc["_rev"] = couch.put(db, doc)
+    except Conflict:
+        return None  # raised already (another hub, or before a restart)
+    log.warning(
+        "event=alert_raised alert=%s task=%s transition=%s streak=%d",
+        doc["_id"], health.task, doc["transition"], health.streak,
+    )  # fmt: skip
+    return doc
+
+
+@dataclass
+class AlertSender:
+    """Sends the pending alert documents the feed shows (the hub's ``alerts`` duty)."""
+
+    couch: Couch
+    db: str
+    hub_name: str
+    smtp: SmtpSettings | None = None
+    allow_private: bool = False  # webhooks to private addresses (tests, closed networks)
+    known: set[str] = field(default_factory=set)  # every alert id seen
+    _due: dict[str, str] = field(default_factory=dict)  # pending alert id -> next attempt
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    sent: int = 0
+    failed_attempts: int = 0
+
+    def load(self) -> None:
+        rows = self.couch.all_docs(
+            self.db, startkey=ALERT_PREFIX, endkey=ALERT_PREFIX + "\ufff0", include_docs=True
+        )
+        for row in rows:
+            if row.get("doc"):
+                self.observe(row["doc"])
+
+    def observe(self, doc: dict[str, Any] | None) -> None:
+        if not doc or not str(doc.get("_id", "")).startswith(ALERT_PREFIX):
+            return
+        with self._lock:
+            self.known.add(doc["_id"])
+            if doc.get("state") == "pending" and not doc.get("_deleted"):
+                due = str(doc.get("next_attempt_at") or "")
+                if doc.get("claimed_until"):
+                    due = max(due, str(doc["claimed_until"]))
+                self._due[doc["_id"]] = due
+            else:
+                self._due.pop(doc["_id"], None)
+
+    def process(self, now: datetime) -> int:
+        """Attempt every alert that is due. Returns how many channels delivered."""
+        stamp = to_wire(now)
+        with self._lock:
+            due = sorted(alert for alert, at in self._due.items() if at <= stamp)
+        delivered = 0
+        for alert in due:
+            try:
+                delivered += self._attempt(alert, now)
+            except Exception:  # one alert must never stop the duty
+                log.exception("event=alert_error alert=%s", alert)
+        return delivered
+
+    def _attempt(self, alert: str, now: datetime) -> int:
+        doc = self.couch.get_or_none(self.db, alert)
+        if doc is None or doc.get("state") != "pending":
+            with self._lock:
+                self._due.pop(alert, None)
+            return 0
+        stamp = to_wire(now)
+        busy_until = str(doc.get("claimed_until") or "")
+        if str(doc.get("next_attempt_at") or "") > stamp or busy_until > stamp:
+            self.observe(doc)  # not yet, or another hub holds it
+            return 0
+        claimed = claim_alert(doc, self.hub_name, now, self._channels(doc))
+        try:
+            claimed["_rev"] = self.couch.put(self.db, claimed)
+        except Conflict:
+            return 0  # another hub claimed it first: its change comes on the feed
+        outcomes = self._send(claimed, now)
+        settled = settle_alert(claimed, outcomes, now)
+        try:
+            self.couch.put(self.db, settled)
+        except Conflict:
+            log.warning("event=alert_claim_lost alert=%s", alert)
+        self.observe(settled)
+        if settled["state"] == "failed":
+            log.error(
+                "event=alert_gave_up alert=%s attempts=%d channels=%s",
+                alert, settled["attempt_count"], settled["channels"],
+            )  # fmt: skip
+        elif settled["state"] == "no_channel":
+            log.warning("event=alert_no_channel alert=%s client=%s", alert, doc.get("client"))
+        return sum(1 for ok, _ in outcomes.values() if ok)
+
+    def _channels(self, doc: dict[str, Any]) -> list[str]:
+        """The channels the client has set up, narrowed to the task's ``alert_channels``."""
+        settings = self.couch.get_or_none(self.db, client_settings_id(str(doc["client"]))) or {}
+        configured = [
+            channel
+            for channel, needed in (("webhook", "webhook_url"), ("email", "email"))
+            if settings.get(needed)
+        ]
+        task_doc = self.couch.get_or_none(self.db, str(doc["task"])) or {}
+        wanted = task_doc.get("alert_channels")
+        return [c for c in configured if wanted is None or c in wanted]
+
+    def _send(self, doc: dict[str, Any], now: datetime) -> dict[str, tuple[bool, str]]:
+        channels = {c: s for c, s in (doc.get("channels") or {}).items() if s == "pending"}
+        if not channels:
+            return {}
+        settings = self.couch.get_or_none(self.db, client_settings_id(str(doc["client"]))) or {}
+        subject, text, payload = alert_message(doc)
+        outcomes: dict[str, tuple[bool, str]] = {}
+        for channel in sorted(channels):
+            try:
+                if channel == "webhook":
+                    detail = post_webhook(
+                        str(settings.get("webhook_url") or ""),
+                        str(settings.get("webhook_secret") or ""),
+                        payload,
+                        int(now.timestamp()),
+                        allow_private=self.allow_private,
+                    )
+                else:
+                    detail = send_email(self.smtp, str(settings.get("email") or ""), subject, text)
+            except DeliveryError as exc:
+                outcomes[channel] = (False, str(exc))
+                self.failed_attempts += 1
+                log.error(
+                    "event=alert_attempt_failed alert=%s channel=%s attempt=%d error=%r",
+                    doc["_id"], channel, int(doc.get("attempt_count") or 0) + 1, str(exc),
+                )  # fmt: skip
+                continue
+            outcomes[channel] = (True, detail)
+            self.sent += 1
+            log.info("event=alert_sent alert=%s channel=%s detail=%r", doc["_id"], channel, detail)
+        return outcomes
+
+
+def missing_alerts(healths: list[Health], known: set[str]) -> list[Health]:
+    """Healths whose latest transition has no alert document (a hub stopped between the
+    count and the alert): raised again at load, a 409 if another hub did it meanwhile."""
+    return [h for h in healths if h.alert_seq and alert_id(h.task, h.alert_seq) not in known]

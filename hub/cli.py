@@ -177,8 +177,27 @@ def _task_spec(args: argparse.Namespace) -> dict:
         )
         if value is not None
     }
+    if args.exclude:
+        from hub.schedules import ExclusionTextError, parse_exclusions
+
+        try:
+            schedule["exclusions"] = parse_exclusions("\n".join(args.exclude))
+        except ExclusionTextError as exc:
+            raise ValueError(f"--exclude: {exc}") from None
     spec["schedule"] = schedule
-    for key in ("priority", "tube", "ttr", "max_attempts", "overlap", "misfire", "misfire_grace"):
+    for key in (
+        "priority",
+        "tube",
+        "ttr",
+        "max_attempts",
+        "overlap",
+        "misfire",
+        "misfire_grace",
+        "max_runs",
+        "pause_after_failures",
+        "alert_after_failures",
+        "alert_channels",
+    ):
         value = getattr(args, key)
         if value is not None:
             spec[key] = value
@@ -248,10 +267,16 @@ def _rule(task: Task) -> str:
 
 def describe_task(task: Task, recent: list[dict]) -> list[str]:
     """``task show`` for a person: the task's settings, then its latest occurrences."""
-    schedule = {k: v for k, v in task.schedule.model_dump().items() if v is not None}
+    schedule = {
+        k: v
+        for k, v in task.schedule.model_dump(by_alias=True, mode="json").items()
+        if v is not None
+    }
+    if task.max_runs is not None:
+        schedule["max_runs"] = task.max_runs
     rows = [
         ("task", task.id),
-        ("state", "paused" if task.paused else "active"),
+        ("state", task.status + (f" ({task.paused_reason})" if task.paused_reason else "")),
         ("kind", task.kind),
         ("input", json.dumps(task.input, sort_keys=True)),
         ("schedule", ", ".join(f"{k} {v}" for k, v in schedule.items())),
@@ -300,7 +325,7 @@ def cmd_task(args: argparse.Namespace) -> int:
             print(f"added {task.id}")
         elif args.action == "list":
             for task in service.list_tasks(client):
-                state = "paused" if task.paused else "active"
+                state = task.status
                 print(
                     f"{task.id}\t{task.kind}\t{_rule(task)}\t{task.tube}\tp{task.priority}\t{state}"
                 )
@@ -529,8 +554,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             primary_url, standby_url = conn.urls
             ends = (Endpoint(primary_url, args.admin_user, admin_password, "primary"),
                     Endpoint(standby_url, args.admin_user, admin_password, "standby"))  # fmt: skip
-    hub = Hub(conn.couch(), HubConfig(db=conn.db, retention_days=args.retention_days),
-              admin=admin, replication_ends=ends)  # fmt: skip
+    from hub.notify import smtp_from_env
+
+    config = HubConfig(
+        db=conn.db,
+        retention_days=args.retention_days,
+        smtp=smtp_from_env(dict(os.environ)),  # alert emails (docs/ALERTS.md)
+        alerts_allow_private=os.environ.get("COUCHFARM_ALERTS_ALLOW_PRIVATE", "") == "1",
+    )
+    hub = Hub(conn.couch(), config, admin=admin, replication_ends=ends)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -709,6 +741,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", help="no runs after this time (ISO-8601 with zone)")
     p.add_argument("--tz", help="time zone for --cron, e.g. Europe/Amsterdam (default UTC)")
     p.add_argument("--jitter", type=int, help="spread each run by up to this many seconds")
+    p.add_argument(
+        "--exclude",
+        action="append",
+        metavar="WINDOW",
+        help="no run is due inside this window, in --tz; repeatable. '02:00-03:30' every "
+        "night, '23:00-01:00 sat,sun' on those days (to before from crosses midnight), "
+        "'2026-12-24T00:00 .. 2026-12-27T00:00' once; '# note' at the end. Runs inside are "
+        "skipped, not missed (docs/SCHEDULES.md)",
+    )
+    p.add_argument(
+        "--max-runs",
+        type=int,
+        help="end the task after this many runs, counted from --start (else from now); "
+        "it then shows as ended, with the reason",
+    )
+    p.add_argument(
+        "--pause-after-failures",
+        type=int,
+        help="pause the task after this many failed runs in a row",
+    )
+    p.add_argument(
+        "--alert-after-failures",
+        type=int,
+        help="alert the client after this many failed runs in a row, and again when a run "
+        "succeeds (docs/ALERTS.md); channels are the client's alert settings",
+    )
+    p.add_argument(
+        "--alert-channel",
+        dest="alert_channels",
+        action="append",
+        choices=["webhook", "email"],
+        help="alert only through this channel; repeatable (default: every channel the "
+        "client has set up)",
+    )
     p.add_argument(
         "--priority", type=int, help="0 (first) to 2^32-1; default 1024 runs at its due time"
     )

@@ -24,17 +24,19 @@ from typing import Any
 
 from hub import schedules
 from hub.protocol import states
-from hub.protocol.couch import Couch
+from hub.protocol.couch import Conflict, Couch
 from hub.protocol.model import (
     ACTIVE_STATES,
+    ENDED_REASON_PREFIX,
     SERIAL_OVERLAPS,
     Misfire,
     Occurrence,
     Overlap,
+    Schedule,
     State,
     Task,
 )
-from hub.protocol.timefmt import from_wire
+from hub.protocol.timefmt import from_wire, to_wire
 
 log = logging.getLogger("couchfarm.materializer")
 
@@ -48,6 +50,24 @@ BACKFILL_REASON = "backfill"
 
 BACKFILL_SERIAL_REASON = "backfill, one at a time"
 """Start of the reason of a backfilled run that waits for the backfill's previous run."""
+
+
+def task_schedule(task: Task) -> Schedule:
+    """The schedule as the hub runs it: ``max_runs`` applied as its end (docs/SCHEDULES.md)."""
+    return schedules.limit_runs(task.schedule, task.max_runs, from_wire(task.created_at))
+
+
+def ended_reason(task: Task) -> str | None:
+    """Why a task with ``max_runs`` has no fire left, or None when it has no such limit."""
+    if task.max_runs is None:
+        return None
+    last = schedules.max_runs_end(task.schedule, task.max_runs, from_wire(task.created_at))
+    if last is None:
+        return f"{ENDED_REASON_PREFIX}the schedule ended before max_runs={task.max_runs} runs"
+    return (
+        f"{ENDED_REASON_PREFIX}max_runs={task.max_runs} reached "
+        f"(the last run was due {to_wire(last)})"
+    )
 
 
 def is_backfill(occ: Occurrence) -> bool:
@@ -266,6 +286,8 @@ class Materializer:
         self.created = 0
         self.conflicts = 0
         self.paused_tubes: set[str] = set()
+        self._ending: set[str] = set()  # tasks whose max_runs is used up, to mark ended
+        self.ended = 0
 
     # ------------------------------------------------------------ loading
 
@@ -337,7 +359,12 @@ class Materializer:
     def _set_task(self, task: Task, now: datetime) -> None:
         old = self.tasks.get(task.id)
         self.tasks[task.id] = task
-        if old is not None and old.schedule == task.schedule and old.paused == task.paused:
+        if (
+            old is not None
+            and old.schedule == task.schedule
+            and old.paused == task.paused
+            and old.max_runs == task.max_runs
+        ):
             return  # nothing that moves its next fire changed
         self._generation[task.id] += 1
         if task.id not in self.cursors:
@@ -357,9 +384,63 @@ class Materializer:
 
     def _schedule_next(self, task_id: str, now: datetime) -> None:
         task = self.tasks[task_id]
-        fire = schedules.next_fire(task.schedule, self.cursors[task_id])
+        fire = schedules.next_fire(task_schedule(task), self.cursors[task_id])
         if fire is not None:
             heapq.heappush(self._heap, _Slot(fire, task_id, self._generation[task_id]))
+        elif task.max_runs is not None and not task.paused:
+            self._ending.add(task_id)
+
+    def mark_ended(self, now: datetime) -> int:
+        """Pause the tasks whose ``max_runs`` is used up, with the reason naming the limit.
+
+        Both hubs may do it: each writes over the revision it read, and one that finds the
+        task already paused (or its limit raised) leaves it alone.
+        """
+        with self._lock:
+            ending, self._ending = self._ending, set()
+        marked = 0
+        for task_id in sorted(ending):
+            task_now = self.tasks.get(task_id)
+            last = None if task_now is None else self._last_run_due(task_now)
+            if last is not None and last > now:
+                # The last run was written ahead of its due time: ending the task now
+                # would pause it, and a pause withdraws runs not yet due (withdrawn_by_pause).
+                with self._lock:
+                    self._ending.add(task_id)
+                continue
+            for _ in range(3):
+                doc = self.couch.get_or_none(self.db, task_id)
+                if doc is None:
+                    break
+                task = Task.from_doc(doc)
+                if task.paused or task.max_runs is None:
+                    break
+                if schedules.next_fire(task_schedule(task), self.cursors.get(task_id, now)):
+                    break  # the limit was raised meanwhile
+                stamp = to_wire(now)
+                reason = ended_reason(task)
+                ended = task.model_copy(
+                    update={"paused": True, "paused_reason": reason, "paused_at": stamp,
+                            "updated_at": stamp}
+                )  # fmt: skip
+                try:
+                    self.couch.put(self.db, ended.to_doc())
+                except Conflict:
+                    continue
+                marked += 1
+                log.info("event=task_ended task=%s reason=%r", task_id, reason)
+                break
+        self.ended += marked
+        return marked
+
+    @staticmethod
+    def _last_run_due(task: Task) -> datetime | None:
+        if task.max_runs is None:
+            return None
+        try:
+            return schedules.max_runs_end(task.schedule, task.max_runs, from_wire(task.created_at))
+        except schedules.ScheduleError:
+            return None
 
     # ------------------------------------------------------------ ticking
 
@@ -424,7 +505,8 @@ class Materializer:
                 task = self.tasks[task_id]
                 after = self.cursors[task_id]
                 dues = []
-                for due in schedules.fire_times(task.schedule, after, horizon if early else now):
+                fires = schedules.fire_times(task_schedule(task), after, horizon if early else now)
+                for due in fires:
                     dues.append(due)
                     if early or len(dues) >= MAX_DUES_PER_TICK:
                         break  # ahead of time: one fire, its successor waits its turn
@@ -446,6 +528,8 @@ class Materializer:
                     self.cursors[task_id] = max(dues[-1], self.cursors.get(task_id, dues[-1]))
                 if task_id in self.tasks and not self.tasks[task_id].paused:
                     self._schedule_next(task_id, now)
+        if self._ending:
+            self.mark_ended(now)
         return created
 
     def _cancel_again(self, occ_id: str, why: str, now: datetime) -> None:

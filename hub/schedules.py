@@ -32,23 +32,29 @@ import hashlib
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from itertools import islice, pairwise
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 
-from hub.protocol.model import Schedule
+from hub.protocol.model import WEEKDAYS, Schedule
 from hub.protocol.timefmt import as_utc, from_wire, to_id_stamp
 
 __all__ = [
+    "ExclusionTextError",
     "ScheduleError",
+    "excluded_fires",
     "fire_times",
     "jitter_offset",
+    "limit_runs",
+    "max_runs_end",
     "next_fire",
     "next_fire_times",
+    "parse_exclusions",
     "preview",
     "validate_schedule",
 ]
@@ -96,6 +102,19 @@ class _Plan:
     anchor: datetime | None = None  # every: the fire grid passes through this moment
     cron: CronTrigger | None = None  # cron, without start/end (bounds are set per window)
     at: datetime | None = None  # at
+    windows: tuple[_Window, ...] = ()  # exclusions: no fire inside one is a run
+    zone: tzinfo = UTC  # the schedule's tz, in which daily windows are read
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """One exclusion, parsed: a daily wall-clock window, or a one-off span of UTC time."""
+
+    begins: time | None = None  # daily: wall clock in the schedule's tz
+    ends: time | None = None
+    days: frozenset[int] | None = None  # daily: weekday() of the local day it starts on
+    since: datetime | None = None  # one-off, UTC
+    until: datetime | None = None
 
 
 def _compile(schedule: Schedule) -> tuple[_Plan | None, list[str]]:
@@ -118,7 +137,8 @@ def _compile(schedule: Schedule) -> tuple[_Plan | None, list[str]]:
                 f"schedule.cron: {schedule.cron!r} is not a valid cron expression: {exc}; "
                 f"{_CRON_HELP}"
             )
-    if problems:
+    windows = _windows_or_problems(schedule, zone, problems)
+    if problems or zone is None:
         return None, problems
     if schedule.every is not None:
         plan = _Plan(start, end, step=timedelta(seconds=schedule.every), anchor=start or EPOCH)
@@ -129,7 +149,47 @@ def _compile(schedule: Schedule) -> tuple[_Plan | None, list[str]]:
         # DateTrigger only holds the moment (its get_next_fire_time ignores "now"); the window
         # filtering below is ours.
         plan = _Plan(start, end, at=as_utc(DateTrigger(run_date=at, timezone=UTC).run_date))
-    return plan, []
+    return replace(plan, windows=windows, zone=zone), []
+
+
+def _windows_or_problems(
+    schedule: Schedule, zone: tzinfo | None, problems: list[str]
+) -> tuple[_Window, ...]:
+    windows: list[_Window] = []
+    for index, exclusion in enumerate(schedule.exclusions or ()):
+        if exclusion.daily:
+            days = None
+            if exclusion.days is not None:
+                days = frozenset(WEEKDAYS.index(day) for day in exclusion.days)
+            windows.append(
+                _Window(
+                    begins=time.fromisoformat(exclusion.begins),
+                    ends=time.fromisoformat(exclusion.ends),
+                    days=days,
+                )
+            )
+            continue
+        if zone is None:
+            continue  # the unknown tz is reported already
+        since = _local_moment(exclusion.begins, zone)
+        until = _local_moment(exclusion.ends, zone)
+        if until <= since:
+            problems.append(
+                f"schedule.exclusions[{index}].to: {exclusion.ends} is not after from "
+                f"{exclusion.begins} (read in {schedule.tz})"
+            )
+            continue
+        windows.append(_Window(since=since, until=until))
+    return tuple(windows)
+
+
+def _local_moment(text: str, zone: tzinfo) -> datetime:
+    """A date-time; one without a zone is wall-clock time in ``zone`` (the earlier instant
+    of a repeated fall-back time)."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    return moment.astimezone(UTC)
 
 
 def _zone_or_problem(name: str, problems: list[str]) -> tzinfo | None:
@@ -250,8 +310,88 @@ def next_fire_times(schedule: Schedule, n: int, after: datetime) -> list[datetim
     return preview(schedule, after, n)
 
 
+MAX_EXCLUDED_IN_A_ROW = 2000
+"""Fires inside exclusion windows skipped in a row before a search gives up (as if the
+schedule had ended). Whole windows are jumped over, so a schedule only comes near this
+when its windows cover every fire, which validate_schedule refuses."""
+
+
 def _fires(plan: _Plan, after: datetime, until: datetime | None) -> Iterator[datetime]:
-    """Fires in (after, min(until, end)], never before start. ``until=None``: no upper bound."""
+    """Fires in (after, min(until, end)], never before start and never inside an exclusion
+    window. ``until=None``: no upper bound."""
+    if not plan.windows:
+        yield from _rule_fires(plan, after, until)
+        return
+    skipped = 0
+    cursor = after
+    while True:
+        for fire in _rule_fires(plan, cursor, until):
+            window_end = _excluded_until(plan, fire)
+            if window_end is None:
+                skipped = 0
+                yield fire
+                continue
+            skipped += 1
+            if skipped > MAX_EXCLUDED_IN_A_ROW:
+                return
+            if window_end - _TINY > fire:
+                cursor = window_end - _TINY  # jump the rest of the window in one step
+                break
+        else:
+            return
+
+
+def excluded_fires(schedule: Schedule, after: datetime, until: datetime) -> list[datetime]:
+    """The schedule's fires in (after, until] that its exclusion windows remove (at most
+    MAX_PREVIEW): what the live preview shows as skipped. Raises ScheduleError."""
+    plan = _plan_or_raise(schedule)
+    if not plan.windows:
+        return []
+    found: list[datetime] = []
+    for fire in _rule_fires(plan, as_utc(after), as_utc(until)):
+        if _excluded_until(plan, fire) is not None:
+            found.append(fire)
+            if len(found) >= MAX_PREVIEW:
+                break
+    return found
+
+
+def _excluded_until(plan: _Plan, fire: datetime) -> datetime | None:
+    """The end (UTC) of an exclusion window holding ``fire``, or None when none does.
+
+    Daily windows are wall-clock time in the schedule's zone, so across a DST change they
+    last an hour more or less in real time; a wall time that does not exist that night is
+    simply never reached. The end returned may be earlier than the real one (never later):
+    the caller only uses it to jump ahead, and a jump that falls short costs one more step.
+    """
+    local: datetime | None = None
+    for window in plan.windows:
+        if window.since is not None and window.until is not None:
+            if window.since <= fire < window.until:
+                return window.until
+            continue
+        assert window.begins is not None and window.ends is not None
+        if local is None:
+            local = fire.astimezone(plan.zone)
+        clock, day = local.time().replace(tzinfo=None), local.date()
+        started: date | None = None
+        if window.begins < window.ends:
+            if window.begins <= clock < window.ends:
+                started = day
+        elif clock >= window.begins:
+            started = day
+        elif clock < window.ends:
+            started = day - timedelta(days=1)
+        if started is None or (window.days is not None and started.weekday() not in window.days):
+            continue
+        end_day = started if window.begins < window.ends else started + timedelta(days=1)
+        wall = datetime.combine(end_day, window.ends)
+        return min(wall.replace(tzinfo=plan.zone, fold=fold).astimezone(UTC) for fold in (0, 1))
+    return None
+
+
+def _rule_fires(plan: _Plan, after: datetime, until: datetime | None) -> Iterator[datetime]:
+    """The rule's fires in (after, min(until, end)], never before start (no exclusions)."""
     limit = until if plan.end is None else plan.end if until is None else min(until, plan.end)
     if plan.start is not None and after < plan.start:
         after = plan.start - _TINY  # start itself may fire; nothing before it
@@ -318,6 +458,103 @@ def _cron_fires(
         cursor = fire
 
 
+# ---------------------------------------------------------------- max_runs
+
+
+MAX_WALKED_RUNS = 10_000
+"""Largest ``max_runs`` counted fire by fire (cron): about a second of date math."""
+
+
+def max_runs_end(schedule: Schedule, max_runs: int, created_at: datetime) -> datetime | None:
+    """The due time of the ``max_runs``-th fire, counted from the schedule's ``start`` (else
+    from ``created_at``, inclusive), or None when the schedule ends before that many fires.
+
+    This is how a task with ``max_runs`` ends without a counter: every hub counts the same
+    fires from the same moment and gets the same last fire, which then acts as the task's
+    effective ``end``. Raises ScheduleError for a schedule that cannot run.
+    """
+    if max_runs < 1:
+        raise ValueError(f"max_runs: {max_runs} must be at least 1")
+    return _max_runs_end(schedule, max_runs, as_utc(created_at))
+
+
+@functools.lru_cache(maxsize=4096)
+def _max_runs_end(schedule: Schedule, max_runs: int, created_at: datetime) -> datetime | None:
+    # Cached: the materializer asks at every fire of every limited task, and a cron limit
+    # is found by walking its fires one by one.
+    plan = _plan_or_raise(schedule)
+    first = plan.start or created_at
+    counted = plan.step is not None and not plan.windows
+    if not counted and max_runs > MAX_WALKED_RUNS:
+        raise ScheduleError(
+            [
+                f"max_runs: {max_runs} is above {MAX_WALKED_RUNS}, the limit for a cron "
+                "schedule or one with exclusions (its runs are counted one by one); use an "
+                "end time instead, or 'every' without exclusions for a longer series"
+            ]
+        )
+    if counted:
+        assert plan.step is not None
+        # Exact grid arithmetic: the n-th grid point at or after ``first``.
+        nth = _first_every_fire_after(plan.step, _anchor(plan), first - _TINY)
+        nth += (max_runs - 1) * plan.step
+        return nth if plan.end is None or nth <= plan.end else None
+    return next(islice(_fires(plan, first - _TINY, None), max_runs - 1, None), None)
+
+
+def limit_runs(schedule: Schedule, max_runs: int | None, created_at: datetime) -> Schedule:
+    """The schedule with its ``end`` moved to the last fire ``max_runs`` allows (the task's
+    effective schedule); unchanged without a limit or when ``end`` comes first."""
+    if max_runs is None:
+        return schedule
+    last = max_runs_end(schedule, max_runs, created_at)
+    if last is None:
+        return schedule
+    return schedule.model_copy(update={"end": _wire(last)})
+
+
+def _wire(moment: datetime) -> str:
+    """Microsecond-exact wire time (an ``every`` grid anchored at an odd start keeps them)."""
+    return as_utc(moment).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------- exclusions as text
+
+
+class ExclusionTextError(ValueError):
+    """A line of the exclusions text that is not a window; its message names the field."""
+
+
+_EXCLUSION_LINE = re.compile(
+    r"^(?P<begins>\d\d:\d\d|\S+?)\s*(?:\.\.|-(?=\s*\d\d:\d\d\b))\s*(?P<ends>\S+)"
+    r"(?:\s+(?P<days>[A-Za-z]{3}(?:\s*,\s*[A-Za-z]{3})*))?\s*(?:#\s*(?P<note>.*))?$"
+)
+
+
+def parse_exclusions(text: str) -> list[dict[str, Any]]:
+    """The form's exclusions text, one window per line, as the schedule's ``exclusions``:
+    ``02:00-03:30``, ``23:00-01:00 sat,sun``, ``2026-12-24T00:00 .. 2026-12-27T00:00``,
+    each optionally followed by ``# note``. Raises ExclusionTextError naming the line."""
+    windows: list[dict[str, Any]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        match = _EXCLUSION_LINE.match(line)
+        if match is None:
+            raise ExclusionTextError(
+                f"schedule.exclusions: line {number} ({line[:60]!r}) is not a window; write "
+                "'02:00-03:30', '23:00-01:00 sat,sun' or '2026-12-24T00:00 .. 2026-12-27T00:00'"
+            )
+        window: dict[str, Any] = {"from": match["begins"], "to": match["ends"]}
+        if match["days"]:
+            window["days"] = [d.strip().lower() for d in match["days"].split(",")]
+        if match["note"]:
+            window["note"] = match["note"].strip()
+        windows.append(window)
+    return windows
+
+
 # ---------------------------------------------------------------- validation
 
 
@@ -359,7 +596,14 @@ def validate_schedule(schedule: Schedule, now: datetime, *, min_interval: int = 
                 f"interval of {min_interval} seconds; space the runs further apart, {change}"
             )
     if not upcoming:
-        problems.append(_no_future_problem(schedule, plan, now))
+        if plan.windows and next(_rule_fires(plan, now, None), None) is not None:
+            problems.append(
+                "schedule.exclusions: the exclusion windows cover every fire of the schedule "
+                f"after now ({_show(now)}), so the task would never run; shorten or remove "
+                "a window, or change when the schedule fires"
+            )
+        else:
+            problems.append(_no_future_problem(schedule, plan, now))
     if problems:
         raise ScheduleError(problems)
 

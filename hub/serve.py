@@ -18,6 +18,8 @@ the second create of any occurrence is a 409 and nothing is materialized twice.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -26,9 +28,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hub import archiver, provision, reaper, replication, resolver
-from hub.alerts import HealthTracker
+from hub.alerts import AlertSender, HealthTracker, missing_alerts, raise_alert
 from hub.dispatch import Board, Dispatcher
 from hub.materializer import Materializer, is_serial
+from hub.notify import SmtpSettings
 from hub.protocol.board import read_peers
 from hub.protocol.couch import Couch, CouchError, StreamBrokeOff, redact_url
 from hub.protocol.model import Occurrence
@@ -66,6 +69,12 @@ class HubConfig:
     dispatch_gap_s: float = 0.5
     # How many ready occurrences the dispatcher loads from the view when it (re)starts.
     dispatch_load: int = 5000
+    # Alerts (docs/ALERTS.md): the operator's mail server (None: the email channel reports
+    # "no SMTP server" in each attempt), whether webhooks may go to private addresses, and
+    # how often the pending alerts are looked at.
+    smtp: SmtpSettings | None = None
+    alerts_allow_private: bool = False
+    alerts_every: float = 1.0
 
 
 @dataclass
@@ -100,6 +109,13 @@ class Hub:
         self._board_written = float("-inf")
         self._dispatch_lock = threading.Lock()
         self.health = HealthTracker(self.couch, self.config.db)  # hub/alerts.py
+        self.alert_sender = AlertSender(
+            self.couch,
+            self.config.db,
+            hub_name=f"{socket.gethostname()}:{os.getpid()}:{id(self):x}",
+            smtp=self.config.smtp,
+            allow_private=self.config.alerts_allow_private,
+        )
 
     def now(self) -> datetime:
         return self.clock() if self.clock else self.couch.now()
@@ -125,10 +141,18 @@ class Hub:
     def load(self) -> None:
         self._install(self.materializer)
         self.health.load()
+        self.alert_sender.load()
+        healths = [health for health, _ in self.health.cache.values()]
+        for health in missing_alerts(healths, self.alert_sender.known):
+            self.alert_sender.observe(raise_alert(self.couch, self.config.db, health, self.now()))
 
     def watch_health(self) -> int:
-        """Count the runs the feed brought (hub/alerts.py): pause on failure."""
+        """Count the runs the feed brought (hub/alerts.py): pause on failure, alerts raised."""
         return self.health.process(self.materializer.tasks, self.now())
+
+    def send_alerts(self) -> int:
+        """Attempt the alerts that are due (hub/alerts.py AlertSender); channels delivered."""
+        return self.alert_sender.process(self.now())
 
     def _install(self, materializer: Materializer) -> None:
         """Load ``materializer`` from the server in use, then make it the hub's. Nothing is
@@ -373,6 +397,7 @@ class Hub:
                     self._settle(doc)
                 self.materializer.apply_changes([row], self.now())
                 self.health.observe(doc)
+                self.alert_sender.observe(doc)
             except Exception as exc:  # one bad document must not stop the hub following
                 log.warning("event=follow_row_failed doc=%s error=%r", row.get("id"), str(exc))
 
@@ -460,6 +485,13 @@ class Hub:
         )
         scheduler.add_job(
             self._guard(self.watch_health), "interval", seconds=1.0, id="health", **common
+        )
+        scheduler.add_job(
+            self._guard(self.send_alerts),
+            "interval",
+            seconds=self.config.alerts_every,
+            id="alerts",
+            **common,
         )
         scheduler.add_job(
             self._guard(self.retention),

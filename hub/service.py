@@ -7,6 +7,8 @@ or occurrence of another client is reported as not found, so existence does not 
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -15,7 +17,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from hub import alerts, schedules
-from hub.materializer import BACKFILL_REASON, BACKFILL_SERIAL_REASON, FAIR_QUANTUM_SECONDS
+from hub.materializer import (
+    BACKFILL_REASON,
+    BACKFILL_SERIAL_REASON,
+    FAIR_QUANTUM_SECONDS,
+    task_schedule,
+)
 from hub.protocol import kinds, states
 from hub.protocol.couch import Conflict, Couch, Forbidden, NotFound
 from hub.protocol.model import (
@@ -63,6 +70,10 @@ def _moment(field: str, value: datetime | str, problems: list[str]) -> datetime 
         return None
 
 
+WEBHOOK_URL = re.compile(r"^https?://[^\s/?#]+[^\s]{0,1990}$")
+EMAIL_ADDRESS = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s]{2,63}$")
+
+
 class ServiceError(ValueError):
     """Bad request: ``problems`` lists each thing to fix, prefixed with its field."""
 
@@ -96,13 +107,23 @@ TASK_FIELDS = {
     "retention_days",
     "paused",
     "pause_after_failures",
+    "max_runs",
+    "alert_after_failures",
+    "alert_channels",
 }
 
 
 def build_task(
-    client: str, slug: str, spec: dict[str, Any], now: datetime, *, min_interval: int = 10
+    client: str,
+    slug: str,
+    spec: dict[str, Any],
+    now: datetime,
+    *,
+    min_interval: int = 10,
+    created_at: datetime | None = None,
 ) -> Task:
-    """A validated Task from a client's request; every problem is reported at once."""
+    """A validated Task from a client's request; every problem is reported at once.
+    ``created_at``: when an existing task was created (``max_runs`` counts from then)."""
     unknown = sorted(set(spec) - TASK_FIELDS)
     problems = [f"{name}: unknown field" for name in unknown]
     stamp = to_wire(now)
@@ -127,10 +148,29 @@ def build_task(
         schedules.validate_schedule(task.schedule, now, min_interval=min_interval)
     except schedules.ScheduleError as exc:
         problems += exc.problems
+    else:
+        problems += _max_runs_problems(task, now, created_at or now)
     problems += kinds.validate_input(task.kind, task.input)
     if problems:
         raise ServiceError(problems)
     return task
+
+
+def _max_runs_problems(task: Task, now: datetime, created_at: datetime) -> list[str]:
+    """``max_runs`` must leave a run to come (a limit already used up is a mistake)."""
+    if task.max_runs is None:
+        return []
+    try:
+        last = schedules.max_runs_end(task.schedule, task.max_runs, created_at)
+    except schedules.ScheduleError as exc:
+        return exc.problems
+    if last is not None and last <= now:
+        since = "start" if task.schedule.start else "the task's creation"
+        return [
+            f"max_runs: the {task.max_runs} runs counted from {since} were all due by "
+            f"{to_wire(last)}, before now ({to_wire(now)}); raise max_runs or move start"
+        ]
+    return []
 
 
 def _schedule_problems(raw: Any, now: datetime, min_interval: int) -> list[str]:
@@ -172,7 +212,10 @@ class FarmService:
     def update_task(self, client: str, slug: str, spec: dict[str, Any]) -> Task:
         current = self.get_task(client, slug)
         merged = {k: v for k, v in current.to_doc().items() if k in TASK_FIELDS} | spec
-        task = build_task(client, slug, merged, self.now(), min_interval=self.min_interval)
+        task = build_task(
+            client, slug, merged, self.now(), min_interval=self.min_interval,
+            created_at=from_wire(current.created_at),
+        )  # fmt: skip
         kept: dict[str, Any] = {"created_at": current.created_at, "rev": current.rev}
         if task.paused and current.paused:  # still paused: keep why and since when
             kept |= {"paused_reason": current.paused_reason, "paused_at": current.paused_at}
@@ -278,7 +321,7 @@ class FarmService:
             raise ServiceError(problems)
         after = since - timedelta(microseconds=1)  # from is inclusive
         dues = list(
-            islice(schedules.fire_times(task.schedule, after, until), MAX_BACKFILL_RUNS + 1)
+            islice(schedules.fire_times(task_schedule(task), after, until), MAX_BACKFILL_RUNS + 1)
         )
         if len(dues) > MAX_BACKFILL_RUNS:
             raise ServiceError(
@@ -364,6 +407,74 @@ class FarmService:
             raise ServiceError(str(exc)) from None
         return [to_wire(fire) for fire in fires]
 
+    # ------------------------------------------------------------ alerts (docs/ALERTS.md)
+
+    def alert_settings(self, client: str) -> dict[str, Any]:
+        """The client's alert channels: webhook URL and secret, email address."""
+        doc = self.couch.get_or_none(self.db, alerts.client_settings_id(client)) or {}
+        return {
+            "webhook_url": doc.get("webhook_url"),
+            "webhook_secret": doc.get("webhook_secret"),
+            "email": doc.get("email"),
+            "updated_at": doc.get("updated_at"),
+        }
+
+    def set_alert_settings(
+        self, client: str, changes: dict[str, Any], *, new_secret: bool = False
+    ) -> dict[str, Any]:
+        """Change the client's alert channels (an empty string clears one). A webhook gets
+        a secret at once (the hub makes it: 32 random bytes), and a new one on request."""
+        problems = []
+        unknown = sorted(set(changes) - {"webhook_url", "email"})
+        problems += [f"{name}: unknown field" for name in unknown]
+        url = changes.get("webhook_url")
+        if url is not None and url != "" and not WEBHOOK_URL.match(str(url)):
+            problems.append(
+                f"webhook_url: {str(url)[:80]!r} is not an http(s) URL (at most 2000 characters)"
+            )
+        email = changes.get("email")
+        if email is not None and email != "" and not EMAIL_ADDRESS.match(str(email)):
+            problems.append(f"email: {str(email)[:80]!r} is not an email address")
+        if problems:
+            raise ServiceError(problems)
+        doc_id = alerts.client_settings_id(client)
+        for _ in range(5):
+            doc = self.couch.get_or_none(self.db, doc_id) or {
+                "_id": doc_id, "type": "hub", "kind": "client_settings", "client": client,
+            }  # fmt: skip
+            for name in ("webhook_url", "email"):
+                if name in changes:
+                    doc[name] = changes[name] or None
+            if doc.get("webhook_url") and (new_secret or not doc.get("webhook_secret")):
+                doc["webhook_secret"] = secrets.token_hex(32)
+            doc["updated_at"] = to_wire(self.now())
+            try:
+                self.couch.put(self.db, doc)
+            except Conflict:
+                continue
+            log.info(
+                "event=alert_settings_changed client=%s webhook=%s email=%s new_secret=%s",
+                client, bool(doc.get("webhook_url")), bool(doc.get("email")), new_secret,
+            )  # fmt: skip
+            return self.alert_settings(client)
+        raise ConflictError("alert settings: changed by someone else meanwhile; try again")
+
+    def task_alerts(self, client: str | None, slug: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The task's alerts, newest first, each with its channels and every attempt."""
+        task = self.get_task(client, slug)
+        prefix = f"{alerts.ALERT_PREFIX}{task.id}:"
+        rows = self.couch.all_docs(
+            self.db, startkey=prefix + "\ufff0", endkey=prefix, descending=True,
+            include_docs=True, limit=max(1, min(limit, 200)),
+        )  # fmt: skip
+        keep = ("seq", "transition", "streak", "occurrence", "due_at", "created_at", "state",
+                "channels", "attempts", "attempt_count", "next_attempt_at")  # fmt: skip
+        return [
+            {"id": row["doc"]["_id"], **{k: row["doc"].get(k) for k in keep}}
+            for row in rows
+            if row.get("doc")
+        ]
+
     def task_health(self, client: str | None, slug: str) -> dict[str, Any]:
         """A task's run health (hub/alerts.py): consecutive failed runs (``streak``, and
         ``pause_streak`` since the last resume) and the newest run counted; zeros for a
@@ -376,6 +487,8 @@ class FarmService:
             "streak": health.streak,
             "pause_streak": health.pause_streak,
             "pause_after_failures": task.pause_after_failures,
+            "failing": health.failing,
+            "alert_after_failures": task.alert_after_failures,
             "last_occurrence": health.last_occurrence or None,
             "last_outcome": health.last_outcome or None,
             "paused": task.paused,

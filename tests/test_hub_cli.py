@@ -179,3 +179,24 @@ def test_stats_shows_the_replications_state_with_a_server_admin(
     assert cli.main(["stats"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if f" {db} " in line]
     assert len(rows) == 2 and all(row[4] not in ("?", "unknown", "missing") for row in rows), rows
+
+
+def test_task_add_takes_max_runs_exclusions_and_alerts(farm, as_hub, capsys):
+    flags = ["--tz", "Europe/Amsterdam", "--exclude", "02:00-03:00 # maintenance",
+             "--exclude", "23:00-01:00 sat,sun", "--max-runs", "100",
+             "--alert-after-failures", "3", "--alert-channel", "email"]  # fmt: skip
+    assert cli.main([*_add("limited", "acme", "--new-client"), *flags]) == 0
+    doc = farm.hub.get(farm.db, "task:acme:limited")
+    assert doc["max_runs"] == 100 and doc["alert_after_failures"] == 3
+    assert doc["alert_channels"] == ["email"]
+    assert doc["schedule"]["exclusions"] == [
+        {"from": "02:00", "to": "03:00", "note": "maintenance"},
+        {"from": "23:00", "to": "01:00", "days": ["sat", "sun"]},
+    ]
+    capsys.readouterr()
+    assert cli.main(["task", "show", "task:acme:limited"]) == 0
+    assert "max_runs" in capsys.readouterr().out
+    assert cli.main([*_add("badwindow", "acme"), "--exclude", "nightly"]) == 2
+    assert "--exclude: schedule.exclusions: line 1" in capsys.readouterr().err
+    assert cli.main([*_add("zero", "acme"), "--max-runs", "0"]) == 2
+    assert "max_runs" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
-from hub.portal.app import create_app  # noqa: E402
+from hub.portal.app import PortalSettings, create_app  # noqa: E402
 from hub.service import FarmService  # noqa: E402
 
 SECRET = "fuzz-secret-key-for-the-portal-0123456789"
@@ -26,7 +26,10 @@ def fuzz_app(farm):
         "acme", "ping", {"kind": "demo.sleep", "input": {"ms": 5}, "schedule": {"every": 60}}
     )
     service.run_now("acme", "ping")
-    return create_app(service, farm.hub, secret_key=SECRET)
+    # The results feed waits and streams for as long as asked (up to a minute, an hour):
+    # capped here so the fuzzer's long waits cost a fraction of a second.
+    quick = PortalSettings(secret_key=SECRET, results_wait_cap_s=0.2, results_stream_cap_s=0.3)
+    return create_app(service, farm.hub, secret_key=SECRET, settings=quick)
 
 
 @pytest.fixture(scope="module")

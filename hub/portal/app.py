@@ -95,7 +95,7 @@ def create_app(
     install_error_handlers(app)
     for router in (
         login.router, api.reference, api.router, export.router, tokens.router, ops.router,
-        pages.router, pages.tasks,
+        pages.router, pages.tasks, pages.settings_pages,
     ):  # fmt: skip
         app.include_router(router)
     return app

@@ -202,6 +202,34 @@ class ClientScope:
     def kick(self, task: Task) -> int:
         return self.service.kick(self.client, task.slug)
 
+    def alert_settings(self) -> dict[str, Any]:
+        return self.service.alert_settings(self.client)
+
+    def set_alert_settings(self, changes: dict[str, Any], *, new_secret: bool) -> dict[str, Any]:
+        return self.service.set_alert_settings(self.client, changes, new_secret=new_secret)
+
+    def task_alerts(self, task: Task) -> list[dict[str, Any]]:
+        return self.service.task_alerts(self.client, task.slug)
+
+    def task_health(self, task: Task) -> dict[str, Any]:
+        return self.service.task_health(self.client, task.slug)
+
+    def results_page(self, since: str | None, limit: int, wait_s: float) -> dict[str, Any]:
+        """The client's own results after ``since`` (hub/results_feed.py; the feed asks
+        the server for this client's rows only and checks each one again)."""
+        from hub import results_feed
+
+        couch, db, now = self.service.couch, self.service.db, self.now()
+        if since == "now":
+            cursor: results_feed.Cursor | None = results_feed.current_cursor(couch, db, now)
+        elif since:
+            cursor = results_feed.Cursor.decode(since)
+        else:
+            cursor = None
+        return results_feed.read_page(
+            couch, db, self.client, cursor, now, limit=limit, wait_s=wait_s
+        )
+
     def link(self, path: str, **params: Any) -> str:
         """A local URL for this scope (an operator's keeps ``?client=``)."""
         if self.who.admin:

@@ -25,6 +25,7 @@ from typing import Any
 
 from hub import schedules
 from hub.archiver import TALLY_PREFIX
+from hub.materializer import task_schedule
 from hub.protocol.couch import Couch, CouchError, NotFound
 from hub.protocol.model import FINAL_STATES, Task, occurrence_id
 from hub.protocol.names import results_db
@@ -395,6 +396,7 @@ class PortalData:
                     "tube": task.tube,
                     "priority": task.priority,
                     "paused": task.paused,
+                    "status": task.status,
                     "schedule": describe_schedule(task),
                     "counts": counts,
                     "ok": ok,
@@ -674,7 +676,7 @@ def next_due(task: Task, now: datetime) -> str | None:
     if task.paused:
         return None
     try:
-        fire = schedules.next_fire(task.schedule, now)
+        fire = schedules.next_fire(task_schedule(task), now)
     except schedules.ScheduleError:
         return None
     return None if fire is None else to_wire(fire)

@@ -11,8 +11,9 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from hub import schedules
 from hub.protocol.kinds import KIND_SCHEMAS
-from hub.protocol.model import DEFAULT_PRIORITY, MAX_PRIORITY, Overlap, Task
+from hub.protocol.model import ALERT_CHANNELS, DEFAULT_PRIORITY, MAX_PRIORITY, Overlap, Task
 from hub.protocol.timefmt import to_wire
 
 # One line on each scheduling knob, shown under its field.
@@ -35,12 +36,24 @@ EXPLAIN = {
     "jitter": "Up to this many seconds of random delay, so tasks sharing a time do not all "
     "start at once.",
     "tz": "IANA time zone for cron and local times, e.g. Europe/Amsterdam.",
+    "max_runs": "End the task after this many runs, counted from its start (else from when "
+    "it was created); empty: no limit.",
+    "pause_after_failures": "Pause the task after this many failed runs in a row; empty: "
+    "never pause on failure.",
+    "alert_after_failures": "Alert after this many failed runs in a row (then once more "
+    "when a run succeeds again); empty: no alerts. Channels are set on the Alerts page.",
+    "alert_channels": "Which of your alert channels to use; none ticked: every channel you set up.",
+    "exclusions": "Windows in which no run is due, one per line, in the time zone above: "
+    "'02:00-03:30' every night, '23:00-01:00 sat,sun' on weekends (to before from crosses "
+    "midnight), '2026-12-24T00:00 .. 2026-12-27T00:00' once; '# note' at the end. Runs "
+    "inside are skipped, not missed.",
 }
 
 SCHEDULE_MODES = ("every", "cron", "at")
 OVERLAP_CHOICES = tuple(o.value for o in Overlap)
 MISFIRE_CHOICES = ("run_latest", "run_all", "skip")
 INT_FIELDS = ("priority", "ttr", "max_attempts", "misfire_grace", "retention_days")
+OPTIONAL_INT_FIELDS = ("max_runs", "pause_after_failures", "alert_after_failures")  # empty: none
 FLOAT_FIELDS = ("backoff.base", "backoff.factor", "backoff.max")
 LOCAL_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
 
@@ -145,13 +158,41 @@ def localize(text: str, tz: str) -> str:
 
 
 def localize_schedule(schedule: Mapping[str, Any]) -> dict[str, Any]:
-    """``schedule`` with zone-less at/start/end read in its own tz (form and preview only)."""
+    """``schedule`` with zone-less at/start/end read in its own tz, and ``exclusions``
+    given as the form's text read into windows (form and preview only)."""
     out = dict(schedule)
     tz = out.get("tz") if isinstance(out.get("tz"), str) else "UTC"
     for name in ("at", "start", "end"):
         if isinstance(out.get(name), str):
             out[name] = localize(out[name], tz or "UTC")
+    if isinstance(out.get("exclusions"), str):
+        windows = parse_exclusions(out["exclusions"])
+        if windows:
+            out["exclusions"] = windows
+        else:
+            del out["exclusions"]
     return out
+
+
+ExclusionTextError = schedules.ExclusionTextError
+parse_exclusions = schedules.parse_exclusions
+
+
+def exclusions_text(task: Task) -> str:
+    """The task's exclusion windows as the form's text (parse_exclusions reads it back)."""
+    lines = []
+    for window in task.schedule.exclusions or ():
+        line = (
+            f"{window.begins}-{window.ends}"
+            if window.daily
+            else f"{window.begins} .. {window.ends}"
+        )
+        if window.days:
+            line += " " + ",".join(window.days)
+        if window.note:
+            line += f" # {window.note}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def schedule_from_form(form: Mapping[str, str]) -> dict[str, Any]:
@@ -173,6 +214,9 @@ def schedule_from_form(form: Mapping[str, str]) -> dict[str, Any]:
     jitter = form.get("schedule.jitter", "").strip()
     if jitter:
         schedule["jitter"] = _number(jitter, True)
+    exclusions = form.get("schedule.exclusions", "").strip()
+    if exclusions:
+        schedule["exclusions"] = exclusions
     return localize_schedule(schedule)
 
 
@@ -200,11 +244,18 @@ def spec_from_form(form: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
         else:
             data[item.prop] = raw.strip() if item.widget == "select" else raw
     spec["input"] = data
-    spec["schedule"] = schedule_from_form(form)
+    try:
+        spec["schedule"] = schedule_from_form(form)
+    except ExclusionTextError as exc:
+        problems.append(str(exc))
+        spec["schedule"] = schedule_from_form({**form, "schedule.exclusions": ""})
     for name in INT_FIELDS:
         raw = form.get(name, "").strip()
         if raw:
             spec[name] = _number(raw, True)
+    for name in OPTIONAL_INT_FIELDS:
+        raw = form.get(name, "").strip()
+        spec[name] = _number(raw, True) if raw else None  # empty clears the limit
     for name in ("tube", "overlap", "misfire"):
         raw = form.get(name, "").strip()
         if raw:
@@ -216,6 +267,8 @@ def spec_from_form(form: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
             backoff[name.split(".", 1)[1]] = _number(raw, False)
     if backoff:
         spec["backoff"] = backoff
+    channels = [c for c in ALERT_CHANNELS if form.get(f"alert_channel.{c}") is not None]
+    spec["alert_channels"] = channels or None  # none ticked: every channel set up
     spec["paused"] = form.get("paused") is not None
     return spec, problems
 
@@ -234,6 +287,7 @@ def form_from_task(task: Task) -> dict[str, str]:
         "schedule.end": s.end or "",
         "schedule.tz": s.tz,
         "schedule.jitter": str(s.jitter) if s.jitter else "",
+        "schedule.exclusions": exclusions_text(task),
         "tube": task.tube,
         "overlap": task.overlap.value,
         "misfire": task.misfire.value,
@@ -243,6 +297,11 @@ def form_from_task(task: Task) -> dict[str, str]:
     }
     for name in INT_FIELDS:
         values[name] = str(getattr(task, name))
+    for name in OPTIONAL_INT_FIELDS:
+        value = getattr(task, name)
+        values[name] = "" if value is None else str(value)
+    for channel in task.alert_channels or ():
+        values[f"alert_channel.{channel}"] = "on"
     if task.paused:
         values["paused"] = "on"
     for item in input_fields(task.kind):
@@ -293,7 +352,7 @@ def all_problems(spec: dict[str, Any], first: list[str], now: datetime, min_inte
 # ---------------------------------------------------------------- problems beside fields
 
 _QUOTED = re.compile(r"'([^']+)'")
-_SCHEDULE_PARTS = ("every", "cron", "at", "start", "end", "tz", "jitter")
+_SCHEDULE_PARTS = ("every", "cron", "at", "start", "end", "tz", "jitter", "exclusions")
 
 
 def field_of(problem: str) -> str:

@@ -36,6 +36,10 @@ class PortalSettings:
     couch_lockout_window: float = COUCH_LOCKOUT_LIFETIME + 10.0
     max_body: int = 64 * 1024
     refresh_seconds: int = 10
+    # The results feed (docs/PORTAL.md): the longest a request may wait for a result, and
+    # the longest one stream lasts (the client reconnects with its cursor).
+    results_wait_cap_s: float = 60.0
+    results_stream_cap_s: float = 3600.0
     title: str = "Couchfarm"
 
 

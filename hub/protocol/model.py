@@ -168,6 +168,78 @@ def split_occurrence_id(occ_id: str) -> tuple[str, str, str]:
 # ---------------------------------------------------------------- task
 
 
+MAX_RUNS = 1_000_000
+"""Largest ``max_runs``: a run a minute for almost two years."""
+
+ENDED_REASON_PREFIX = "ended: "
+"""Start of ``paused_reason`` when the hub ended a task at its ``max_runs``: such a task
+shows as *ended*, not paused (a resume without a higher limit ends it again)."""
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+"""Day names of an exclusion window's ``days``, in ``datetime.weekday()`` order."""
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+CLOCK_TIME_PATTERN = r"^([01]\d|2[0-3]):[0-5]\d$"
+MAX_EXCLUSIONS = 20
+
+
+class Exclusion(BaseModel):
+    """A window in which no run of the schedule is due (docs/SCHEDULES.md, "Exclusions").
+
+    Either a *daily* window, ``from``/``to`` as wall-clock ``HH:MM`` in the schedule's
+    ``tz`` (``to`` before ``from`` crosses midnight; ``days`` limits it to the days it
+    starts on), or a *one-off* window, ``from``/``to`` as date-times (without a zone they
+    are read in ``tz``). ``from`` is inclusive, ``to`` exclusive.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, populate_by_name=True)
+
+    begins: str = Field(alias="from", max_length=40, description="HH:MM, or a date-time")
+    ends: str = Field(alias="to", max_length=40, description="HH:MM, or a date-time")
+    days: tuple[Weekday, ...] | None = Field(
+        default=None, min_length=1, max_length=7, description="daily windows only"
+    )
+    note: str | None = Field(default=None, max_length=200, description="e.g. maintenance")
+
+    @property
+    def daily(self) -> bool:
+        return re.match(CLOCK_TIME_PATTERN, self.begins) is not None
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> Exclusion:
+        clock = [re.match(CLOCK_TIME_PATTERN, v) is not None for v in (self.begins, self.ends)]
+        if all(clock):
+            if self.begins == self.ends:
+                raise ValueError(
+                    f"from and to are both {self.begins}: a window needs a length "
+                    "(to before from crosses midnight)"
+                )
+            return self
+        for name, text in (("from", self.begins), ("to", self.ends)):
+            if re.match(r"^\d{1,2}:\d{1,2}$", text) and not re.match(CLOCK_TIME_PATTERN, text):
+                raise ValueError(f"{name}: {text!r} is not a time of day HH:MM (00:00 to 23:59)")
+        if any(clock):
+            raise ValueError(
+                "from and to must both be HH:MM (a daily window) or both date-times "
+                "(a one-off window)"
+            )
+        if self.days is not None:
+            raise ValueError("days: only a daily window (from/to as HH:MM) takes days")
+        moments = []
+        for name, text in (("from", self.begins), ("to", self.ends)):
+            try:
+                moments.append(datetime.fromisoformat(text.replace("Z", "+00:00")))
+            except ValueError:
+                raise ValueError(
+                    f"{name}: {text!r} is neither HH:MM nor a date-time like "
+                    "2026-12-24T22:00 (read in the schedule's tz) or 2026-12-24T21:00Z"
+                ) from None
+        first, last = moments
+        if (first.tzinfo is None) == (last.tzinfo is None) and last <= first:
+            raise ValueError(f"to: {self.ends} is not after from {self.begins}")
+        return self
+
+
 class Schedule(BaseModel):
     """When a task runs. Exactly one of ``every``, ``cron`` or ``at``.
 
@@ -184,6 +256,8 @@ class Schedule(BaseModel):
     end: str | None = None
     tz: str = Field(default="UTC", min_length=1, max_length=64)
     jitter: int = Field(default=0, ge=0, le=3600, description="seconds of random delay")
+    # Windows in which no run is due: the fires inside are not runs at all (never missed).
+    exclusions: tuple[Exclusion, ...] | None = Field(default=None, max_length=MAX_EXCLUSIONS)
 
     @model_validator(mode="after")
     def _exactly_one_rule(self) -> Schedule:
@@ -214,6 +288,10 @@ class Backoff(BaseModel):
     jitter: float = Field(default=0.2, ge=0, le=1)
 
 
+AlertChannel = Literal["webhook", "email"]
+ALERT_CHANNELS: tuple[AlertChannel, ...] = ("webhook", "email")
+
+
 class Task(DocModel):
     type: Literal["task"] = "task"
     client: str = Field(pattern=NAME_PATTERN)
@@ -234,10 +312,30 @@ class Task(DocModel):
     # Pause on failure (docs/SCHEDULES.md): after this many consecutive failed runs the hub
     # pauses the task and says why (paused_reason) and since when (paused_at).
     pause_after_failures: int | None = Field(default=None, ge=1, le=1000)
+    # A limit on the number of runs (docs/SCHEDULES.md, "max_runs"): the schedule's fires
+    # are counted from its start (else the task's creation), so every hub agrees on where the
+    # task ends without keeping a counter; then the hub marks it paused with the reason.
+    max_runs: int | None = Field(default=None, ge=1, le=MAX_RUNS)
+    # Alerts (docs/ALERTS.md): after this many consecutive failed runs the task is
+    # "failing" and the client is told once; the first success after that tells "recovered".
+    alert_after_failures: int | None = Field(default=None, ge=1, le=1000)
+    # Where to tell (the client's settings hold the webhook and the address); None: every
+    # channel the client has set up.
+    alert_channels: tuple[AlertChannel, ...] | None = Field(default=None, max_length=2)
     paused_reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS)
     paused_at: str | None = Field(default=None, pattern=WIRE_TIME_PATTERN)
     created_at: str = Field(pattern=WIRE_TIME_PATTERN)
     updated_at: str = Field(pattern=WIRE_TIME_PATTERN)
+
+    @property
+    def ended(self) -> bool:
+        """The hub ended it at its ``max_runs`` (and nobody resumed it since)."""
+        return self.paused and (self.paused_reason or "").startswith(ENDED_REASON_PREFIX)
+
+    @property
+    def status(self) -> str:
+        """``active``, ``paused`` or ``ended``: what the portal, API and CLI show."""
+        return "ended" if self.ended else "paused" if self.paused else "active"
 
     @model_validator(mode="after")
     def _id_matches(self) -> Task:

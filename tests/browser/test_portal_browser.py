@@ -18,6 +18,7 @@ import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -174,6 +175,13 @@ def test_a_client_day_in_the_browser(farm, service, portal, browser, tmp_path):
     expect(page.locator("#preview-list li").last).to_have_text(re.compile(r" CES?T$"))
     assert len(page.locator("#preview-list li").all()) == 5
     shot(page, "form")
+    # An exclusion window over the next 20 minutes: the preview says which runs it skips.
+    local_now = farm.now().astimezone(ZoneInfo("Europe/Amsterdam"))
+    window = f"{local_now:%H:%M}-{local_now + timedelta(minutes=20):%H:%M} # maintenance"
+    page.fill("#f-exclusions", window)
+    expect(page.locator("#preview-excluded")).to_contain_text("Skipped by the exclusion windows")
+    page.fill("#f-exclusions", "")
+    expect(page.locator("#preview-excluded")).to_be_hidden()
     page.click("#save")
     error = page.locator('.field-error[data-for="input.url"]')
     error.wait_for()

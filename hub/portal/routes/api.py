@@ -3,10 +3,14 @@ reference both the API and the form use (kinds, schedule preview)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hub import schedules
@@ -16,8 +20,16 @@ from hub.portal.data import ALL_STATES, PortalData, describe_schedule, next_due
 from hub.portal.security import Principal
 from hub.portal.state import PortalState, portal_state
 from hub.protocol import kinds
-from hub.protocol.model import SLUG_PATTERN, Overlap, Schedule, Task, describe_validation_error
+from hub.protocol.model import (
+    SLUG_PATTERN,
+    AlertChannel,
+    Overlap,
+    Schedule,
+    Task,
+    describe_validation_error,
+)
 from hub.protocol.timefmt import from_wire, to_wire
+from hub.results_feed import CursorError
 from hub.service import FarmService
 
 # ---------------------------------------------------------------- bodies
@@ -42,6 +54,13 @@ class TaskFields(BaseModel):
     pause_after_failures: int | None = Field(
         None, ge=1, le=1000, description="pause the task after this many failed runs in a row"
     )
+    max_runs: int | None = Field(None, description=forms.EXPLAIN["max_runs"])
+    alert_after_failures: int | None = Field(
+        None, description=forms.EXPLAIN["alert_after_failures"]
+    )
+    alert_channels: list[AlertChannel] | None = Field(
+        None, description=forms.EXPLAIN["alert_channels"]
+    )
     misfire: Literal["run_all", "run_latest", "skip"] | None = None
     misfire_grace: int | None = Field(None, description=forms.EXPLAIN["misfire_grace"])
     retention_days: int | None = Field(None, description=forms.EXPLAIN["retention_days"])
@@ -55,6 +74,16 @@ class NewTask(TaskFields):
     name: str = Field(pattern=SLUG_PATTERN, max_length=64, description="the task's name (slug)")
     kind: str = Field(max_length=64)
     schedule: dict[str, Any]
+
+
+class AlertSettingsChange(BaseModel):
+    """The client's alert channels; an empty string clears one, a missing field keeps it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook_url: str | None = Field(None, max_length=2000, description="http(s) URL to POST to")
+    email: str | None = Field(None, max_length=254, description="address for alert emails")
+    new_secret: bool = Field(False, description="make a new webhook secret (the old one ends)")
 
 
 class PreviewRequest(BaseModel):
@@ -71,7 +100,12 @@ def task_json(task: Task, now: Any = None) -> dict[str, Any]:
     doc = task.to_doc()
     for key in ("_id", "_rev", "type", "slug"):
         doc.pop(key, None)
-    doc = {"name": task.slug, **doc, "schedule_text": describe_schedule(task)}
+    doc = {
+        "name": task.slug,
+        **doc,
+        "status": task.status,  # active, paused or ended (max_runs reached; paused_reason)
+        "schedule_text": describe_schedule(task),
+    }
     if now is not None:
         doc["next_due"] = next_due(task, now)
     return doc
@@ -116,6 +150,8 @@ def history_page(
 def schedule_preview(service: FarmService, raw: dict[str, Any], count: int = 5) -> dict[str, Any]:
     try:
         sched = Schedule(**forms.localize_schedule(raw))
+    except forms.ExclusionTextError as exc:
+        raise with_problems(400, "the schedule is not valid", [str(exc)]) from None
     except ValidationError as exc:
         raise with_problems(
             400, "the schedule is not valid", describe_validation_error(exc, "schedule.")
@@ -131,10 +167,20 @@ def schedule_preview(service: FarmService, raw: dict[str, Any], count: int = 5) 
     from zoneinfo import ZoneInfo
 
     zone = ZoneInfo(sched.tz)
+    # The fires the exclusion windows take out up to the last one shown, so the preview
+    # can say which runs a window skips (they are not runs: never missed, never counted).
+    excluded = schedules.excluded_fires(sched, now, fires[-1]) if fires else []
+
+    def local(fire: datetime) -> str:
+        return fire.astimezone(zone).strftime("%a %Y-%m-%d %H:%M:%S %Z")
+
     return {
         "tz": sched.tz,
         "fires": [to_wire(f) for f in fires],
-        "local": [f.astimezone(zone).strftime("%a %Y-%m-%d %H:%M:%S %Z") for f in fires],
+        "local": [local(f) for f in fires],
+        "excluded": [to_wire(f) for f in excluded],
+        "excluded_local": [local(f) for f in excluded],
+        "exclusions": len(sched.exclusions or ()),
         "problems": [],
     }
 
@@ -271,3 +317,77 @@ def api_series(
     if start >= end:
         raise HTTPException(400, "since: must be before until")
     return scope.data.series(task, start, end, buckets)
+
+
+@router.get("/tasks/{name}/alerts", summary="The task's alerts, newest first, with every attempt")
+def api_task_alerts(name: str, scope: ClientScope = Depends(client_scope)) -> dict[str, Any]:
+    task = scope.task(name)
+    return {"health": scope.task_health(task), "alerts": scope.task_alerts(task)}
+
+
+@router.get("/settings/alerts", summary="Your alert channels: webhook URL and secret, email")
+def api_alert_settings(scope: ClientScope = Depends(client_scope)) -> dict[str, Any]:
+    return scope.alert_settings()
+
+
+@router.put("/settings/alerts", summary="Change your alert channels (docs/ALERTS.md)")
+def api_set_alert_settings(
+    body: AlertSettingsChange, scope: ClientScope = Depends(client_scope)
+) -> dict[str, Any]:
+    changes = body.model_dump(exclude_none=True, exclude={"new_secret"})
+    return scope.set_alert_settings(changes, new_secret=body.new_secret)
+
+
+# ---------------------------------------------------------------- results feed
+
+SINCE_QUERY = Query(
+    None, max_length=4000,
+    description="the 'next' cursor of the previous page; 'now' for only what comes next; "
+    "none: every result of this month and the previous one",
+)  # fmt: skip
+
+
+@router.get("/results", summary="Your results since a cursor, paged; long-polls when none")
+def api_results(
+    scope: ClientScope = Depends(client_scope),
+    since: str | None = SINCE_QUERY,
+    limit: int = Query(100, ge=1, le=500),
+    wait: float = Query(0, ge=0, le=60, description="seconds to wait for a result if none"),
+    state: PortalState = Depends(portal_state),
+) -> dict[str, Any]:
+    try:
+        return scope.results_page(since, limit, min(wait, state.settings.results_wait_cap_s))
+    except CursorError as exc:
+        raise with_problems(400, "bad cursor", [str(exc)]) from None
+
+
+@router.get(
+    "/results/stream",
+    summary="Your results as they arrive: NDJSON, one {result} per line and a {next} cursor "
+    "line after each batch (also every 25 s)",
+    response_class=StreamingResponse,
+)
+def api_results_stream(
+    scope: ClientScope = Depends(client_scope),
+    since: str | None = SINCE_QUERY,
+    seconds: float = Query(300, ge=1, le=3600, description="end the stream after this long"),
+    state: PortalState = Depends(portal_state),
+) -> StreamingResponse:
+    try:
+        first = scope.results_page(since, 500, 0)
+    except CursorError as exc:
+        raise with_problems(400, "bad cursor", [str(exc)]) from None
+    deadline = time.monotonic() + min(seconds, state.settings.results_stream_cap_s)
+
+    def lines() -> Iterator[bytes]:
+        page = first
+        while True:
+            for result in page["results"]:
+                yield json.dumps({"result": result}, separators=(",", ":")).encode() + b"\n"
+            yield json.dumps({"next": page["next"]}).encode() + b"\n"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            page = scope.results_page(page["next"], 500, 0 if page["more"] else min(remaining, 25))
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")

@@ -32,17 +32,22 @@ DONE_MESSAGES = {
     "delete": "Task deleted; its queued runs were cancelled.",
     "cancel": "The run was cancelled.",
     "revoked": "The token was revoked.",
+    "settings": "Alert settings saved.",
+    "secret": "A new webhook secret was made; the old one no longer signs.",
 }
 # Fields of the form that are not a kind's input (problems naming them go beside them).
 FORM_FIELDS = frozenset(
     {"name", "kind", "schedule", "input", "priority", "tube", "ttr", "max_attempts", "overlap",
-     "misfire", "misfire_grace", "retention_days", "paused", "backoff"}
-    | {f"schedule.{p}" for p in ("every", "cron", "at", "start", "end", "tz", "jitter")}
+     "misfire", "misfire_grace", "retention_days", "paused", "backoff", "max_runs",
+     "pause_after_failures", "alert_after_failures", "alert_channels"}
+    | {f"schedule.{p}" for p in ("every", "cron", "at", "start", "end", "tz", "jitter",
+                                 "exclusions")}
     | {f"backoff.{p}" for p in ("base", "factor", "max")}
 )  # fmt: skip
 
 router = APIRouter(dependencies=[Depends(client_scope_or_overview)])
 tasks = APIRouter(prefix="/tasks", dependencies=[Depends(client_scope)])
+settings_pages = APIRouter(prefix="/settings", dependencies=[Depends(client_scope)])
 
 
 def page(
@@ -154,6 +159,7 @@ def task_page(
         },
         first_run=scope.data.first_run(task),
         message=DONE_MESSAGES.get(done or ""),
+        alerts=scope.task_alerts(task) if task.alert_after_failures else [],
     )  # fmt: skip
 
 
@@ -234,3 +240,39 @@ def occurrence_cancel(
 ) -> RedirectResponse:
     scope.cancel(scope.task(name), occ_id)
     return RedirectResponse(scope.link(f"/tasks/{name}/occurrences/{occ_id}", done="cancel"), 303)
+
+
+# ---------------------------------------------------------------- alert settings
+
+
+@settings_pages.get("", include_in_schema=False)
+def settings_page(
+    request: Request,
+    scope: ClientScope = Depends(client_scope),
+    state: PortalState = Depends(portal_state),
+    done: str | None = Query(None, max_length=20),
+) -> Response:
+    return page(
+        state, request, "settings.html", scope, settings=scope.alert_settings(),
+        values={}, problems=[], message=DONE_MESSAGES.get(done or ""),
+    )  # fmt: skip
+
+
+@settings_pages.post("", include_in_schema=False)
+async def settings_submit(
+    request: Request,
+    scope: ClientScope = Depends(client_scope),
+    state: PortalState = Depends(portal_state),
+) -> Response:
+    form = await _form_fields(request)
+    changes = {name: form.get(name, "").strip() for name in ("webhook_url", "email")}
+    new_secret = form.get("new_secret") is not None
+    try:
+        await run_in_threadpool(scope.set_alert_settings, changes, new_secret=new_secret)
+    except ServiceError as exc:
+        return page(
+            state, request, "settings.html", scope, settings=scope.alert_settings(),
+            values=form, problems=exc.problems, status_code=400, message=None,
+        )  # fmt: skip
+    done = "secret" if new_secret else "settings"
+    return RedirectResponse(scope.link("/settings", done=done), 303)

@@ -93,7 +93,7 @@
     $$('input[name="schedule_mode"]', form).forEach(function (r) { r.addEventListener("change", showMode); });
     showMode();
 
-    var list = $("#preview-list"), problems = $("#preview-problems"), timer = null;
+    var list = $("#preview-list"), problems = $("#preview-problems"), excluded = $("#preview-excluded"), timer = null;
     var scheduleFromForm = function () {
       var s = {}, mode = modeOf();
       var val = function (name) { var el = form.elements[name]; return el ? el.value.trim() : ""; };
@@ -104,6 +104,7 @@
       if (val("schedule.start")) { s.start = val("schedule.start"); }
       if (val("schedule.end")) { s.end = val("schedule.end"); }
       if (val("schedule.jitter")) { s.jitter = /^\d+$/.test(val("schedule.jitter")) ? parseInt(val("schedule.jitter"), 10) : val("schedule.jitter"); }
+      if (val("schedule.exclusions")) { s.exclusions = val("schedule.exclusions"); }  // the hub reads the lines
       return s;
     };
     var preview = function () {
@@ -123,6 +124,13 @@
               li.title = res.body.fires[i];
               list.appendChild(li);
             });
+            excluded.textContent = "";
+            excluded.hidden = !res.body.exclusions;
+            if (res.body.exclusions) {
+              excluded.textContent = res.body.excluded_local.length
+                ? "Skipped by the exclusion windows (not runs, never missed): " + res.body.excluded_local.join(", ")
+                : "No run in this span falls inside the exclusion windows.";
+            }
           } else {
             problems.hidden = false;
             problems.textContent = (res.body.problems && res.body.problems.length ? res.body.problems : [res.body.detail]).join(" · ");
