@@ -657,17 +657,11 @@ def cmd_tallies(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hub",
-        description=__doc__,
-        epilog=ENVIRONMENT,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"couchfarm {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug events")
-    sub = parser.add_subparsers(dest="command", required=True)
+Subcommands = argparse._SubParsersAction  # what add_subparsers returns
 
+
+def _add_setup_commands(sub: Subcommands) -> None:
+    """`hub init` and the worker and client accounts."""
     p = sub.add_parser("init", help="create databases, design docs, security and the hub user")
     _connection_args(p)
     p.add_argument("--hub-user", default="hub", help="service user with role farm_admin")
@@ -690,6 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reset", action="store_true", help="set a new password if it exists")
         p.set_defaults(func=_cmd_add_user(role_of, what))
 
+
+def _add_serve_command(sub: Subcommands) -> None:
+    """`hub serve`: the hub service and its portal."""
     p = sub.add_parser("serve", help="run the hub service (and the portal)")
     _connection_args(p)
     p.add_argument("--admin-user", default="admin", help="server admin, for monthly databases")
@@ -713,6 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=0, help="stop after this long (testing)")
     p.set_defaults(func=cmd_serve)
 
+
+def _add_task_commands(sub: Subcommands) -> None:
+    """`hub task ...`: what clients order."""
     task = sub.add_parser("task", help="add, list, show and steer tasks").add_subparsers(
         dest="action", required=True
     )
@@ -820,6 +820,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="the raw documents, as JSON")
         p.set_defaults(func=cmd_task)
 
+
+def _add_ops_commands(sub: Subcommands) -> None:
+    """What operators run: occurrences, tubes, replication, recovery, tallies."""
     p = sub.add_parser("kick", help="buried occurrences back to ready")
     _connection_args(p)
     p.add_argument("--client", help="only this client's occurrences")
@@ -907,6 +910,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     p.add_argument("--admin-password", default="admin", help="server admin password")
     p.set_defaults(func=cmd_devserver)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hub",
+        description=__doc__,
+        epilog=ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"couchfarm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug events")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_setup_commands(sub)
+    _add_serve_command(sub)
+    _add_task_commands(sub)
+    _add_ops_commands(sub)
     return parser
 
 

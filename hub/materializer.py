@@ -105,6 +105,30 @@ def withdrawn_by_pause(task: Task, active: list[Occurrence], now: datetime) -> P
     return plan
 
 
+def _apply_misfire(
+    task: Task, dues: list[datetime], now: datetime, offsets: list[float], plan: Plan
+) -> list[tuple[datetime, float]]:
+    """Record the due times the misfire policy gives up as ``missed`` (in ``plan``) and
+    return the others, with their fair-share offsets, in due order."""
+    grace = timedelta(seconds=task.misfire_grace)
+    late = [due for due in dues if due < now - grace]
+    on_time = [due for due in dues if due >= now - grace]
+    if task.misfire == Misfire.RUN_ALL:
+        return list(zip(dues, offsets, strict=True))
+    offset_of = dict(zip(dues, offsets, strict=True))
+    missed = list(late)
+    if task.misfire == Misfire.RUN_LATEST and late and not on_time:
+        missed = late[:-1]
+        on_time = [late[-1]]
+    for due in missed:
+        reason = (
+            f"misfire: due {due:%Y-%m-%d %H:%M:%S}Z was {int((now - due).total_seconds())} s "
+            f"late when materialized (grace {task.misfire_grace} s, policy {task.misfire})"
+        )
+        plan.creates.append(states.materialize(task, due, now, state=State.MISSED, reason=reason))
+    return [(d, offset_of[d]) for d in on_time]
+
+
 def plan_task(
     task: Task,
     dues: list[datetime],
@@ -139,27 +163,7 @@ def plan_task(
     plan = Plan()
     if not dues:
         return plan
-    offsets = fair_offsets or [0.0] * len(dues)
-    grace = timedelta(seconds=task.misfire_grace)
-    late = [due for due in dues if due < now - grace]
-    on_time = [due for due in dues if due >= now - grace]
-    runnable: list[tuple[datetime, float]] = []
-    missed: list[datetime] = []
-    if task.misfire == Misfire.RUN_ALL:
-        runnable = [(d, o) for d, o in zip(dues, offsets, strict=True)]
-    else:
-        offset_of = dict(zip(dues, offsets, strict=True))
-        missed = list(late)
-        if task.misfire == Misfire.RUN_LATEST and late and not on_time:
-            missed = late[:-1]
-            on_time = [late[-1]]
-        runnable = [(d, offset_of[d]) for d in on_time]
-    for due in missed:
-        reason = (
-            f"misfire: due {due:%Y-%m-%d %H:%M:%S}Z was {int((now - due).total_seconds())} s "
-            f"late when materialized (grace {task.misfire_grace} s, policy {task.misfire})"
-        )
-        plan.creates.append(states.materialize(task, due, now, state=State.MISSED, reason=reason))
+    runnable = _apply_misfire(task, dues, now, fair_offsets or [0.0] * len(dues), plan)
 
     # Backfilled runs are a stream of their own (their own overlap policy, see
     # hub.service.FarmService.backfill): the schedule's policies neither wait for them nor
