@@ -294,6 +294,9 @@ class ReadySet:
             return (
                 not self._live
                 or not self._complete.get(tube, False)
+                # The dispatcher fell silent or left since the last read, which it made
+                # complete: new work shows only in the view now.
+                or now_mono >= self._beat_until
                 or now_mono - self._read_at.get(tube, float("-inf")) >= max(poll_s, SAFETY_READ_S)
             )
 

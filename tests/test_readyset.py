@@ -326,5 +326,13 @@ def test_a_hub_that_left_the_server_stops_the_wait_for_offers_at_once():
     assert ready.dispatched(1.0)  # the beat holds for three beats' time
     assert ready.apply_board(left_beat(NOW, "primary"), now_mono=1.0, server_now=NOW) is True
     assert not ready.dispatched(1.0)  # rows nobody offers are taken in turns again
+    assert ready.needs_read("default", 1.0, poll_s=30.0)  # new work shows only in the view
     ready.apply_board(beat(), now_mono=2.0, server_now=NOW)  # a hub came (back) here
     assert ready.dispatched(2.0)
+
+
+def test_a_dispatcher_that_falls_silent_sends_the_worker_back_to_the_view():
+    ready = live()
+    assert not ready.needs_read("default", 1.0, poll_s=30.0)  # offers will come
+    silent = 3 * 15.0 + 1  # three beats missed
+    assert ready.needs_read("default", silent, poll_s=30.0)
