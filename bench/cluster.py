@@ -30,12 +30,10 @@ Then :func:`check` scans the live database and every results database:
 
 from __future__ import annotations
 
-import math
 import os
 import secrets
 import time
 from collections import Counter, defaultdict
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +42,6 @@ from bench.common import (
     Scale,
     Section,
     add_users_bulk,
-    bench_task,
     log,
     wait_for,
 )
@@ -315,24 +312,7 @@ def run(server: BenchServer, scale: Scale, workdir: Path, credentials: Credentia
         fleet.start()
         farm.wait_checked_in(names, timeout=60 + workers)
         time.sleep(3.0)
-        now = server.admin.now()
-        base = math.ceil(now.timestamp()) + 3
-        step = every / tasks
-        created = datetime.fromtimestamp(now.timestamp() - 1, UTC)
-        farm.add_tasks(
-            [
-                bench_task(
-                    f"cluster{i}",
-                    created=created,
-                    every=every,
-                    start=datetime.fromtimestamp(base, UTC) + timedelta(seconds=i * step),
-                    ttr=60,
-                    ms=ms,
-                    overlap="allow",
-                )
-                for i in range(tasks)
-            ]
-        )
+        farm.add_spread_tasks("cluster", tasks, every, lead_s=3, ms=ms, overlap="allow")
         t0 = time.monotonic()
         while time.monotonic() - t0 < seconds:
             time.sleep(min(60.0, seconds - (time.monotonic() - t0)))

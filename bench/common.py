@@ -26,6 +26,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -41,7 +42,7 @@ import psutil
 from hub import provision
 from hub.devserver import DevServer
 from hub.protocol import states
-from hub.protocol.couch import Couch
+from hub.protocol.couch import Couch, CouchError
 from hub.protocol.model import Task, task_id
 from hub.protocol.timefmt import to_wire
 
@@ -721,6 +722,43 @@ class BenchServer:
 def lines_in_window(lines: Iterable[LogLine], start: int, end: int) -> list[LogLine]:
     """Lines logged in whole seconds [start, end), minus the runner's own observer."""
     return [ln for ln in lines if start <= ln.ts < end and not ln.observer]
+
+
+class ChangesObserver(threading.Thread):
+    """Follows a database's ``_changes`` from its current end until ``until`` (epoch seconds)
+    or :attr:`stop_event`, and hands each batch of rows to :meth:`note` with the local time
+    it arrived. Its requests are its own client's (``couch.requests_sent``) and carry
+    :data:`OBSERVER_MARK`, so a section can leave them out of the server's figures."""
+
+    include_docs = False
+
+    def __init__(self, server: BenchServer, db: str, until: float, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.couch = Couch(server.url, server.admin_user, server.admin_password)
+        self.db = db
+        self.until = until
+        self.stop_event = threading.Event()
+        self.since = self.couch.update_seq(db)
+
+    def run(self) -> None:
+        key, value = OBSERVER_MARK.split("=")
+        while not self.stop_event.is_set() and time.time() < self.until:
+            try:
+                rows, self.since = self.couch.changes(
+                    self.db,
+                    since=self.since,
+                    feed="longpoll",
+                    wait=2.0,
+                    include_docs=self.include_docs,
+                    params={key: value},
+                )
+            except CouchError:
+                time.sleep(0.2)
+                continue
+            self.note(rows, time.time())
+
+    def note(self, rows: list[dict[str, Any]], now: float) -> None:
+        raise NotImplementedError
 
 
 # ---------------------------------------------------------------- processes

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +181,40 @@ class Farm:
 
     def add_tasks(self, docs: list[dict[str, Any]]) -> None:
         bulk(self.server.admin, self.db, docs)
+
+    def add_spread_tasks(
+        self,
+        prefix: str,
+        count: int,
+        every: int,
+        *,
+        lead_s: int,
+        ms: int = 0,
+        overlap: str = "skip",
+    ) -> int:
+        """Add ``count`` demo.sleep tasks (``prefix0``, ``prefix1``...) that run every ``every``
+        seconds, created a second ago, their starts spread evenly over the interval from
+        ``lead_s`` whole seconds after now (hub time), so that one falls due every
+        ``every / count`` seconds. Returns the first start, epoch seconds."""
+        now = self.server.admin.now()
+        base = math.ceil(now.timestamp()) + lead_s
+        step = every / count
+        created = datetime.fromtimestamp(now.timestamp() - 1, UTC)
+        self.add_tasks(
+            [
+                bench_task(
+                    f"{prefix}{i}",
+                    created=created,
+                    every=every,
+                    start=datetime.fromtimestamp(base, UTC) + timedelta(seconds=i * step),
+                    ttr=60,
+                    ms=ms,
+                    overlap=overlap,
+                )
+                for i in range(count)
+            ]
+        )
+        return base
 
     def top_up_backlog(self, target: int, timeout: float = 180.0) -> int:
         """Make sure about ``target`` occurrences are ready, by giving the hub tasks to catch up.

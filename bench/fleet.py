@@ -42,7 +42,6 @@ import secrets
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,6 @@ from bench.common import (
     Section,
     add_users_bulk,
     all_occurrences,
-    bench_task,
     cpu_seconds,
     latency_summary,
     log,
@@ -257,23 +255,13 @@ def run_level(
         time.sleep(scale.fleet_idle_s)
         idle_m1, idle_b = server.mark(), fleet.sample()
         # 2. steady load
-        now = server.admin.now()
-        base = math.ceil(now.timestamp()) + 3
-        step = scale.fleet_every / scale.fleet_tasks
-        created = datetime.fromtimestamp(now.timestamp() - 1, UTC)
-        farm.add_tasks(
-            [
-                bench_task(
-                    f"fleet{i}",
-                    created=created,
-                    every=scale.fleet_every,
-                    start=datetime.fromtimestamp(base, UTC) + timedelta(seconds=i * step),
-                    ttr=60,
-                    ms=scale.fleet_ms,
-                    overlap="allow",
-                )
-                for i in range(scale.fleet_tasks)
-            ]
+        base = farm.add_spread_tasks(
+            "fleet",
+            scale.fleet_tasks,
+            scale.fleet_every,
+            lead_s=3,
+            ms=scale.fleet_ms,
+            overlap="allow",
         )
         t0 = base + scale.fleet_warmup_s
         t1 = t0 + scale.fleet_window_s

@@ -18,7 +18,6 @@ back-to-back parts for the spread.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,8 +26,8 @@ from typing import Any
 import psutil
 
 from bench.common import (
-    OBSERVER_MARK,
     BenchServer,
+    ChangesObserver,
     Scale,
     Section,
     all_occurrences,
@@ -40,35 +39,19 @@ from bench.common import (
     summary,
 )
 from bench.farm import Credentials, Farm
-from hub.protocol.couch import Couch, CouchError
 from hub.protocol.timefmt import from_wire
 
 
-class IdObserver(threading.Thread):
+class IdObserver(ChangesObserver):
     """Notes the local time each document id first shows up in ``_changes``."""
 
     def __init__(self, server: BenchServer, db: str, until: float) -> None:
-        super().__init__(name="bench-id-observer", daemon=True)
-        self.couch = Couch(server.url, server.admin_user, server.admin_password)
-        self.db = db
-        self.until = until
+        super().__init__(server, db, until, name="bench-id-observer")
         self.seen: dict[str, float] = {}
-        self.stop_event = threading.Event()
-        self.since = self.couch.update_seq(db)
 
-    def run(self) -> None:
-        key, value = OBSERVER_MARK.split("=")
-        while not self.stop_event.is_set() and time.time() < self.until:
-            try:
-                rows, self.since = self.couch.changes(
-                    self.db, since=self.since, feed="longpoll", wait=2.0, params={key: value}
-                )
-            except CouchError:
-                time.sleep(0.2)
-                continue
-            now = time.time()
-            for row in rows:
-                self.seen.setdefault(str(row.get("id")), now)
+    def note(self, rows: list[dict[str, Any]], now: float) -> None:
+        for row in rows:
+            self.seen.setdefault(str(row.get("id")), now)
 
 
 def one_level(

@@ -19,20 +19,16 @@ and workers) / occurrences done that fell due then.
 
 from __future__ import annotations
 
-import math
-import threading
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    OBSERVER_MARK,
     BenchServer,
+    ChangesObserver,
     Scale,
     Section,
     all_occurrences,
-    bench_task,
     by_method_status,
     latency_summary,
     log,
@@ -40,44 +36,26 @@ from bench.common import (
     summary,
 )
 from bench.farm import Credentials, Farm
-from hub.protocol.couch import Couch, CouchError
+from hub.protocol.couch import Couch
 from hub.protocol.timefmt import from_wire
 
 
-class Observer(threading.Thread):
+class Observer(ChangesObserver):
     """Follows ``_changes`` and notes when each occurrence is first seen in each state."""
 
-    def __init__(self, server: BenchServer, db: str, until: float) -> None:
-        super().__init__(name="bench-observer", daemon=True)
-        self.couch = Couch(server.url, server.admin_user, server.admin_password)
-        self.db = db
-        self.until = until
-        self.seen: dict[str, dict[str, float]] = {}
-        self.stop_event = threading.Event()
-        self.since = self.couch.update_seq(db)
+    include_docs = True
 
-    def run(self) -> None:
-        key, value = OBSERVER_MARK.split("=")
-        while not self.stop_event.is_set() and time.time() < self.until:
-            try:
-                rows, self.since = self.couch.changes(
-                    self.db,
-                    since=self.since,
-                    feed="longpoll",
-                    wait=2.0,
-                    include_docs=True,
-                    params={key: value},
-                )
-            except CouchError:
-                time.sleep(0.2)
+    def __init__(self, server: BenchServer, db: str, until: float) -> None:
+        super().__init__(server, db, until, name="bench-observer")
+        self.seen: dict[str, dict[str, float]] = {}
+
+    def note(self, rows: list[dict[str, Any]], now: float) -> None:
+        for row in rows:
+            doc = row.get("doc") or {}
+            if not str(row.get("id", "")).startswith("occ:"):
                 continue
-            now = time.time()
-            for row in rows:
-                doc = row.get("doc") or {}
-                if not str(row.get("id", "")).startswith("occ:"):
-                    continue
-                states = self.seen.setdefault(row["id"], {})
-                states.setdefault(str(doc.get("state")), now)
+            states = self.seen.setdefault(row["id"], {})
+            states.setdefault(str(doc.get("state")), now)
 
 
 def claimed_at(couch: Couch, db: str, docs: list[dict[str, Any]]) -> dict[str, str]:
@@ -128,22 +106,7 @@ def run(server: BenchServer, scale: Scale, workdir: Path, credentials: Credentia
         farm.start_hub()
         farm.add_workers(scale.latency_workers, "spawn")
         time.sleep(2.0)  # first heartbeats and feeds settle
-        now = server.admin.now()
-        base = math.ceil(now.timestamp()) + 4
-        step = scale.latency_every / scale.latency_tasks
-        created = datetime.fromtimestamp(now.timestamp() - 1, UTC)
-        farm.add_tasks(
-            [
-                bench_task(
-                    f"lat{i}",
-                    created=created,
-                    every=scale.latency_every,
-                    start=datetime.fromtimestamp(base, UTC) + timedelta(seconds=i * step),
-                    ttr=60,
-                )
-                for i in range(scale.latency_tasks)
-            ]
-        )
+        base = farm.add_spread_tasks("lat", scale.latency_tasks, scale.latency_every, lead_s=4)
         observer = Observer(server, db, until=base + window + 30)
         observer.start()
         sleep_until(base)

@@ -31,29 +31,6 @@ ROOT = HERE.parent
 BUNDLE = HERE / "dist" / "couchfarm-worker" / "couchfarm-worker"
 WIDTH, HEIGHT = 1024, 640
 PANEL = 28
-TRAYER = [
-    "trayer",
-    "--edge",
-    "top",
-    "--align",
-    "right",
-    "--widthtype",
-    "pixel",
-    "--width",
-    "300",
-    "--height",
-    str(PANEL),
-    "--SetDockType",
-    "true",
-    "--transparent",
-    "true",
-    "--alpha",
-    "0",
-    "--tint",
-    "0x2b2b2b",
-    "--padding",
-    "6",
-]
 WORKING_BLUE = (0x1F, 0x6F, 0xD1)  # desktop_worker.tray.icons.COLOURS[WORKING]
 
 
@@ -170,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _qt = QGuiApplication.instance() or QGuiApplication(["screenshot"])
 
+    from desktop_worker.tray.screenshots import trayer_command
     from hub import provision
     from hub.devserver import DevServer
     from hub.protocol.couch import Couch
@@ -228,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             ["display", "-window", "root", str(background)], env=env, check=False, timeout=20
         )
         trayer = subprocess.Popen(
-            TRAYER, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            trayer_command(300, PANEL),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(1.0)
         log = (work / "app.log").open("w")

@@ -83,29 +83,32 @@ def _end(process: subprocess.Popen[bytes] | None) -> None:
         process.kill()
 
 
-TRAYER = [
-    "trayer",
-    "--edge",
-    "top",
-    "--align",
-    "right",
-    "--widthtype",
-    "pixel",
-    "--width",
-    "460",
-    "--height",
-    "28",
-    "--SetDockType",
-    "true",
-    "--transparent",
-    "true",
-    "--alpha",
-    "0",
-    "--tint",
-    "0x2b2b2b",
-    "--padding",
-    "6",
-]
+def trayer_command(width: int, height: int = 28) -> list[str]:
+    """The ``trayer`` tray host as a dark panel ``width`` x ``height`` pixels at the top right
+    (also used by installer/screenshot.py for the built bundle)."""
+    return [
+        "trayer",
+        "--edge",
+        "top",
+        "--align",
+        "right",
+        "--widthtype",
+        "pixel",
+        "--width",
+        str(width),
+        "--height",
+        str(height),
+        "--SetDockType",
+        "true",
+        "--transparent",
+        "true",
+        "--alpha",
+        "0",
+        "--tint",
+        "0x2b2b2b",
+        "--padding",
+        "6",
+    ]
 
 
 # ---------------------------------------------------------------- the app part
@@ -158,7 +161,9 @@ def inner(out: Path) -> int:
     desktop.setGeometry(qt_app.primaryScreen().geometry())
     desktop.show()
     _spin(0.5)
-    trayer = subprocess.Popen(TRAYER, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trayer = subprocess.Popen(
+        trayer_command(460), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         _spin(1.0)
         return _shoot(qt_app, out)
