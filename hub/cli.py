@@ -1,4 +1,4 @@
-"""The ``hub`` command: set up the farm, manage users and tasks, run the hub service."""
+"""The hub command: set up the farm, manage users and tasks, run the hub service."""
 
 from __future__ import annotations
 
@@ -279,7 +279,12 @@ def describe_task(task: Task, recent: list[dict]) -> list[str]:
         ("state", task.status + (f" ({task.paused_reason})" if task.paused_reason else "")),
         ("kind", task.kind),
         ("input", json.dumps(task.input, sort_keys=True)),
-        ("schedule", ", ".join(f"{k} {v}" for k, v in schedule.items())),
+        (
+            "schedule",
+            ", ".join(
+                f"{k} {v}{'s' if k in ('every', 'jitter') else ''}" for k, v in schedule.items()
+            ),
+        ),
         ("tube", task.tube),
         ("priority", str(task.priority)),
         ("ttr", f"{task.ttr} s"),

@@ -2,8 +2,8 @@
 
 Environment: ``COUCHFARM_URL`` (comma-separated primary,standby), ``COUCHFARM_USER``,
 ``COUCHFARM_PASSWORD`` or ``COUCHFARM_PASSWORD_FILE``, ``COUCHFARM_DB``. For admin work
-(``hub init``) ``COUCHDB_USER``/``COUCHDB_PASSWORD`` are read too, as the couchdb:3 image
-names them.
+(``hub init``, ``worker add``, ``client add``) ``COUCHDB_USER``/``COUCHDB_PASSWORD`` are read
+too, as the couchdb:3 image names them, and win over ``COUCHFARM_USER`` when both are set.
 """
 
 from __future__ import annotations
@@ -54,6 +54,17 @@ def connection(
     if not raw:
         raise SettingsError(
             "no CouchDB URL: pass --url http://host:5984[,http://standby:5984] or set COUCHFARM_URL"
+        )
+    # Admin work with the server admin's pair set uses it, even where the hub user's
+    # COUCHFARM_* settings are exported too (the demo prints both): the hub user may not
+    # set roles. An explicit --user or --password-file still decides.
+    server_admin = admin and bool(env.get("COUCHDB_USER") and env.get("COUCHDB_PASSWORD"))
+    if server_admin and not user and not password_file:
+        return Connection(
+            [u.strip() for u in raw.split(",") if u.strip()],
+            env["COUCHDB_USER"],
+            env["COUCHDB_PASSWORD"],
+            db or env.get("COUCHFARM_DB") or "farm",
         )
     name = user or env.get("COUCHFARM_USER") or (env.get("COUCHDB_USER") if admin else None)
     if password_file:
