@@ -270,6 +270,10 @@ def _run(
     # The hub gets the server admin too, as in production: it then keeps each month's
     # results database and its replications on both servers.
     admin_file = _secret_file(demo_dir / "admin.password", admin_password)
+    if args.portal_port >= 0:
+        wanted, args.portal_port = args.portal_port, port_or_free(args.portal_port)
+        if args.portal_port != wanted:
+            say(f"[demo] port {wanted} is taken: the portal listens on {args.portal_port}")
     serve = [sys.executable, "-m", "hub.cli", "serve", "--portal-port", str(args.portal_port),
              "--admin-user", admin_user, "--admin-password-file", str(admin_file)]  # fmt: skip
     _spawn(logs, "hub-serve", serve, hub_env, children, say)
