@@ -73,3 +73,9 @@ def test_utcnow_is_aware_utc_and_seconds_is_a_timedelta() -> None:
     now = utcnow()
     assert now.tzinfo is UTC and before <= now <= datetime.now(UTC)
     assert seconds(1.5) == timedelta(milliseconds=1500)
+
+
+@pytest.mark.parametrize("stored", [None, 5, ["2026-12-01T00:00:00Z"]])
+def test_a_stored_value_of_the_wrong_type_is_a_value_error(stored: object) -> None:
+    with pytest.raises(ValueError, match="not an ISO-8601 timestamp"):
+        from_wire(stored)  # type: ignore[arg-type]

@@ -80,3 +80,10 @@ def test_a_source_tree_that_does_not_know_its_version_is_let_through() -> None:
 
 def test_this_build_passes_its_own_default_minimum() -> None:
     assert worker_too_old(__version__, MIN_WORKER_VERSION) is None
+
+
+@pytest.mark.parametrize("pre", ["0.2.0rc1", "0.2.0.dev3", "0.2.0a1", "0.2b1"])
+def test_a_pre_release_sorts_below_its_release(pre: str) -> None:
+    assert not at_least(pre, "0.2.0")
+    assert at_least(pre, "0.1.9")
+    assert at_least("0.2.0", pre)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -28,7 +27,7 @@ from hub.archiver import TALLY_PREFIX
 from hub.materializer import task_schedule
 from hub.protocol.couch import Couch, CouchError, NotFound
 from hub.protocol.model import FINAL_STATES, Task, occurrence_id
-from hub.protocol.names import results_db
+from hub.protocol.names import is_results_db, results_db
 from hub.protocol.timefmt import as_utc, from_wire, month_key, to_wire
 from hub.service import FarmService
 
@@ -44,13 +43,6 @@ MAX_MONTHS = 121
 FAR_FUTURE = "9999-12-31T23:59:59.999Z"
 EPOCH_WIRE = "1970-01-01T00:00:00.000Z"
 MIN_ACTIVITY_HOURS = 6  # the dashboard's plot shows at least this many hours
-
-
-def is_month_db(live_db: str, name: str) -> bool:
-    """``<live_db>_results_YYYY_MM``. (hub.is_results_db expects one character
-    more than results_db makes, so it matches nothing; this check is exact.)"""
-    prefix = f"{live_db}_results_"
-    return name.startswith(prefix) and re.fullmatch(r"\d{4}_\d{2}", name[len(prefix) :]) is not None
 
 
 def month_starts(since: datetime, until: datetime) -> list[datetime]:
@@ -196,7 +188,7 @@ class PortalData:
             if conn is None:
                 continue
             try:
-                found = frozenset(n for n in conn.all_dbs() if is_month_db(self.db, n))
+                found = frozenset(n for n in conn.all_dbs() if is_results_db(self.db, n))
                 break
             except CouchError:
                 continue

@@ -20,6 +20,8 @@ def to_wire(moment: datetime) -> str:
 
 def from_wire(text: str) -> datetime:
     """Parse any ISO-8601 timestamp with a zone; naive timestamps are refused, not guessed."""
+    if not isinstance(text, str):  # a stored value of the wrong type: the same ValueError
+        raise ValueError(f"not an ISO-8601 timestamp: {text!r}")
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except (TypeError, ValueError) as exc:

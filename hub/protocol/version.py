@@ -11,11 +11,21 @@ MIN_WORKER_VERSION = "0.1.0"
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
-    """'1.2.3+local' -> (1, 2, 3); unparseable parts count as 0 so old builds sort low."""
+    """'1.2.3+local' -> (1, 2, 3); unparseable parts count as 0 so old builds sort low.
+
+    A pre-release or dev build sorts below its release: '0.2.0rc1' -> (0, 2, 0, -1), so it
+    never passes a minimum of 0.2.0 or above."""
     core = text.split("+", 1)[0].split("-", 1)[0]
     parts: list[int] = []
     for piece in core.split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
+        lead = piece[: len(piece) - len(piece.lstrip("0123456789"))]
+        marker = piece.startswith(("dev", "rc", "a", "b", "pre")) and bool(parts)
+        if (lead and lead != piece) or marker:  # '0rc1', 'dev3': below the release
+            if lead:
+                parts.append(int(lead))
+            parts.append(-1)
+            break
+        digits = "".join(ch for ch in piece if ch.isdigit())  # 'v1', 'x': as before
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
 
