@@ -68,6 +68,9 @@ def _moment(field: str, value: datetime | str, problems: list[str]) -> datetime 
     except ValueError as exc:
         problems.append(f"{field}: {exc}")
         return None
+    except OverflowError:  # e.g. year 1 with a positive offset: before datetime.min in UTC
+        problems.append(f"{field}: {str(value)[:40]!r} is out of range")
+        return None
 
 
 WEBHOOK_URL = re.compile(r"^https?://[^\s/?#]+[^\s]{0,1990}$")
@@ -317,6 +320,8 @@ class FarmService:
                 )
             if since >= until:
                 problems.append(f"from: {to_wire(since)} must be before to {to_wire(until)}")
+            if since.year < 1970:  # no schedule runs that early; keeps the arithmetic in range
+                problems.append(f"from: {to_wire(since)} is before 1970")
         if problems or since is None or until is None:
             raise ServiceError(problems)
         after = since - timedelta(microseconds=1)  # from is inclusive

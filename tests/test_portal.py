@@ -912,3 +912,111 @@ def test_dashboard_without_permission_to_list_databases(service, farm, world, mo
     lo, hi = "1970-01-01T00:00:00.000Z", "9999-12-31T23:59:59.999Z"
     rows = list(data.merged(service.get_task("acme", "ping"), lo, hi, descending=False))
     assert len(rows) == 19
+
+
+# ---------------------------------------------------------------- backfill
+
+
+def past_minutes(farm, minutes: int) -> tuple[str, str]:
+    end = farm.now().replace(second=0, microsecond=0) - timedelta(minutes=1)
+    return to_wire(end - timedelta(minutes=minutes - 1)), to_wire(end)
+
+
+def test_backfill_api_creates_the_missing_runs_once(farm, acme, service):
+    service.add_task("acme", "filler", EVERY)
+    start, end = past_minutes(farm, 4)
+    body = {"from": start, "to": end}
+    first = acme.post("/api/tasks/filler/backfill", json=body)
+    assert first.status_code == 200, first.text
+    made = first.json()
+    assert (made["created"], made["existed"], made["overlap"]) == (4, 0, "allow")
+    assert made["task"] == "filler" and len(made["occurrences"]) == 4
+    docs = [farm.admin.get(farm.db, occ) for occ in made["occurrences"]]
+    assert {d["state"] for d in docs} == {"ready"}
+    assert [d["due_at"] for d in docs] == [
+        to_wire(from_wire(start) + timedelta(minutes=k)) for k in range(4)
+    ]
+    again = acme.post("/api/tasks/filler/backfill", json={**body, "overlap": "queue"}).json()
+    assert (again["created"], again["existed"], again["occurrences"]) == (0, 4, [])
+    # A wider range creates only what is still missing, queued one at a time.
+    wider = acme.post(
+        "/api/tasks/filler/backfill",
+        json={"from": to_wire(from_wire(start) - timedelta(minutes=2)), "to": end,
+              "overlap": "queue"},
+    ).json()  # fmt: skip
+    assert (wider["created"], wider["existed"]) == (2, 4)
+    assert {farm.admin.get(farm.db, o)["state"] for o in wider["occurrences"]} == {"scheduled"}
+
+
+def test_bad_backfills_are_4xx_naming_the_field(farm, acme, service):
+    service.add_task("acme", "unfilled", EVERY)
+    now = farm.now()
+    start, end = past_minutes(farm, 3)
+    cases = [
+        ({"from": start, "to": to_wire(now + timedelta(hours=1))}, 400, "to: "),
+        ({"from": end, "to": start}, 400, "from: "),
+        ({"from": to_wire(now - timedelta(days=3)), "to": end}, 400, "to: "),
+        ({"from": "yesterday", "to": end}, 400, "from: "),
+        ({"from": "0001-01-01T00:00:00+05:00", "to": end}, 400, "from: "),
+        ({"from": "1900-01-01T00:00:00Z", "to": end}, 400, "from: "),
+        ({"from": start, "to": end, "overlap": "skip"}, 422, "overlap: "),
+        ({"to": end}, 422, "from: "),
+        ({"from": start, "to": end, "extra": 1}, 422, "extra: "),
+    ]
+    for body, status, field in cases:
+        reply = acme.post("/api/tasks/unfilled/backfill", json=body)
+        assert reply.status_code == status, (body, reply.text)
+        problems = reply.json()["problems"]
+        assert problems and problems[0].startswith(field), (body, problems)
+    too_many = acme.post(
+        "/api/tasks/unfilled/backfill", json={"from": to_wire(now - timedelta(days=3)), "to": end}
+    )
+    assert "MAX_BACKFILL_RUNS" in too_many.json()["detail"]
+    missing = acme.post("/api/tasks/nosuch/backfill", json={"from": start, "to": end})
+    assert missing.status_code == 404
+    assert acme.get("/api/tasks/unfilled/occurrences").json()["occurrences"] == []
+
+
+def test_another_client_cannot_backfill_this_clients_task(farm, acme, globex, service):
+    service.add_task("acme", "mine", EVERY)
+    start, end = past_minutes(farm, 2)
+    for params in ({}, {"client": "acme"}):
+        reply = globex.post(
+            "/api/tasks/mine/backfill", params=params, json={"from": start, "to": end}
+        )
+        assert reply.status_code == 404, reply.text
+        assert "acme" not in reply.text
+        form = globex.post(
+            "/tasks/mine/backfill", params=params, data={"from": start, "to": end},
+            headers={"Accept": "text/html"},
+        )  # fmt: skip
+        assert form.status_code == 404
+    assert acme.get("/api/tasks/mine/occurrences").json()["occurrences"] == []
+
+
+def test_backfill_form_shows_the_result_or_the_field_at_fault(app, farm, service):
+    service.add_task("acme", "formfill", EVERY)
+    client = login(app, "acme", farm.passwords["acme"])
+    token = client.headers.pop("X-CSRF-Token")
+    html = {"Accept": "text/html"}
+    page = client.get("/tasks/formfill", headers=html)
+    assert page.status_code == 200 and 'id="backfill-form"' in page.text
+    assert re.search(r'id="backfill-form".*?name="csrf_token" value="([^"]+)"', page.text, re.S)
+    start, end = past_minutes(farm, 3)
+    data = {"from": start, "to": end, "overlap": "queue", "csrf_token": token}
+    refused = client.post("/tasks/formfill/backfill", data={**data, "csrf_token": "nope"})
+    assert refused.status_code == 403
+    done = client.post("/tasks/formfill/backfill", data=data, headers=html)
+    assert done.status_code == 200, done.text
+    assert re.search(r"3 runs created, 0 already existed", done.text)
+    assert 'value="queue" selected' in done.text
+    again = client.post("/tasks/formfill/backfill", data=data, headers=html)
+    assert "0 runs created, 3 already existed" in again.text
+    future = to_wire(farm.now() + timedelta(hours=1))
+    bad = client.post("/tasks/formfill/backfill", data={**data, "to": future}, headers=html)
+    assert bad.status_code == 400
+    errors = re.search(r'id="backfill-errors">(.*?)</div>', bad.text, re.S).group(1)
+    assert "to: " in errors and "in the future" in errors
+    assert f'value="{future}"' in bad.text  # the form keeps what was typed
+    empty = client.post("/tasks/formfill/backfill", data={"csrf_token": token}, headers=html)
+    assert empty.status_code == 400 and "from: " in empty.text

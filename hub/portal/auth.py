@@ -30,7 +30,7 @@ from hub.portal.security import valid_client_name as valid_client_name
 from hub.portal.state import PortalState, portal_state
 from hub.protocol.model import SLUG_PATTERN, Occurrence, Task
 from hub.protocol.model import split_occurrence_id as _split_occ
-from hub.service import FarmService
+from hub.service import BackfillReport, FarmService
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SLUG_RE = re.compile(SLUG_PATTERN)
@@ -201,6 +201,9 @@ class ClientScope:
 
     def kick(self, task: Task) -> int:
         return self.service.kick(self.client, task.slug)
+
+    def backfill(self, task: Task, start: str, end: str, overlap: str) -> BackfillReport:
+        return self.service.backfill(self.client, task.slug, start, end, overlap)
 
     def alert_settings(self) -> dict[str, Any]:
         return self.service.alert_settings(self.client)

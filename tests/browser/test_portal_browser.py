@@ -306,3 +306,34 @@ def test_a_client_opening_ops_gets_a_page_with_the_navigation(farm, portal, brow
     page.click("header nav >> text=Dashboard")
     page.wait_for_url(f"{portal.url}/")
     context.close()
+
+
+def test_a_client_backfills_a_gap_from_the_task_page(farm, service, portal, browser):
+    service.add_task(
+        "acme", "gapfill",
+        {"kind": "demo.sleep", "input": {"ms": 10}, "schedule": {"every": 60}},
+    )  # fmt: skip
+    end = farm.now().replace(second=0, microsecond=0) - timedelta(minutes=1)
+    start = end - timedelta(minutes=4)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(f"{portal.url}/login")
+    page.fill("#username", "acme")
+    page.fill("#password", farm.passwords["acme"])
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{portal.url}/")
+    page.goto(f"{portal.url}/tasks/gapfill")
+    # A range in the future: the page says which field is at fault and keeps the values.
+    page.fill("#backfill-from", to_wire(start))
+    page.fill("#backfill-to", to_wire(farm.now() + timedelta(hours=1)))
+    page.click("#backfill-submit")
+    expect(page.locator("#backfill-errors")).to_contain_text("to: ")
+    assert page.input_value("#backfill-from") == to_wire(start)
+    page.fill("#backfill-to", to_wire(end))
+    page.select_option("#backfill-overlap", "queue")
+    page.click("#backfill-submit")
+    expect(page.locator("#backfill-result")).to_contain_text("5 runs created, 0 already existed")
+    assert page.locator("#history tbody tr", has_text="scheduled").count() == 5
+    page.click("#backfill-submit")
+    expect(page.locator("#backfill-result")).to_contain_text("0 runs created, 5 already existed")
+    context.close()

@@ -30,7 +30,7 @@ from hub.protocol.model import (
 )
 from hub.protocol.timefmt import from_wire, to_wire
 from hub.results_feed import CursorError
-from hub.service import FarmService
+from hub.service import MAX_BACKFILL_RUNS, BackfillReport, FarmService
 
 # ---------------------------------------------------------------- bodies
 
@@ -84,6 +84,26 @@ class AlertSettingsChange(BaseModel):
     webhook_url: str | None = Field(None, max_length=2000, description="http(s) URL to POST to")
     email: str | None = Field(None, max_length=254, description="address for alert emails")
     new_secret: bool = Field(False, description="make a new webhook secret (the old one ends)")
+
+
+class BackfillRequest(BaseModel):
+    """A past range of a task's schedule whose missing runs to create (docs/SCHEDULES.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: str = Field(
+        alias="from", max_length=40,
+        description="first due time, inclusive (ISO-8601 with a zone)",
+    )  # fmt: skip
+    to: str = Field(
+        max_length=40,
+        description="last due time, inclusive (ISO-8601 with a zone); not in the future",
+    )
+    overlap: Literal["allow", "queue"] = Field(
+        "allow",
+        description="allow: the runs all start now (fair share); queue: one at a time, "
+        "in due order",
+    )
 
 
 class PreviewRequest(BaseModel):
@@ -272,6 +292,33 @@ def api_run_now(name: str, scope: ClientScope = Depends(client_scope)) -> dict[s
 @router.post("/tasks/{name}/kick", summary="Put the task's buried runs back in the queue")
 def api_kick(name: str, scope: ClientScope = Depends(client_scope)) -> dict[str, Any]:
     return {"kicked": scope.kick(scope.task(name))}
+
+
+def backfill_json(report: BackfillReport, start: str, end: str, overlap: str) -> dict[str, Any]:
+    """What the API answers and the task page shows."""
+    existed = len(report.already_live) + len(report.already_archived)
+    return {
+        "task": report.task.rsplit(":", 1)[-1], "from": start, "to": end, "overlap": overlap,
+        "created": len(report.created), "existed": existed,
+        "already_live": len(report.already_live),
+        "already_archived": len(report.already_archived),
+        "occurrences": report.created,
+    }  # fmt: skip
+
+
+@router.post(
+    "/tasks/{name}/backfill",
+    summary="Create the missing runs of a past range (from, to); a repeat creates none",
+    description="Runs due in [from, to] that exist neither live nor archived are created "
+    "with the backfill's own overlap policy (allow or queue); `created` counts them and "
+    f"`existed` the runs already there. At most {MAX_BACKFILL_RUNS} runs per request; "
+    "a range in the future, from after to or too many runs is a 400 naming the field.",
+)
+def api_backfill(
+    name: str, body: BackfillRequest, scope: ClientScope = Depends(client_scope)
+) -> dict[str, Any]:
+    report = scope.backfill(scope.task(name), body.start, body.to, body.overlap)
+    return backfill_json(report, body.start, body.to, body.overlap)
 
 
 @router.get("/tasks/{name}/occurrences", summary="Runs of a task, newest first, paged")

@@ -14,12 +14,12 @@ from hub.portal import forms
 from hub.portal.auth import ClientScope, client_scope, client_scope_or_overview, principal
 from hub.portal.data import row_from_archive, row_from_live
 from hub.portal.rendering import render
-from hub.portal.routes.api import history_page, task_json
+from hub.portal.routes.api import backfill_json, history_page, task_json
 from hub.portal.security import Principal
 from hub.portal.state import PortalState, portal_state
 from hub.protocol import kinds
 from hub.protocol.model import Task
-from hub.service import ServiceError
+from hub.service import MAX_BACKFILL_RUNS, ServiceError
 
 ACTIONS = ("pause", "resume", "run-now", "kick", "delete")
 DONE_MESSAGES = {
@@ -148,18 +148,39 @@ def task_page(
     done: str | None = Query(None, max_length=20),
 ) -> Response:
     task = scope.task(name)
-    history = history_page(scope.data, task, run_state, since, until, before, 50)
+    filters = {"state": [s for s in (run_state or []) if s], "since": since or "",
+               "until": until or ""}  # fmt: skip
+    return task_view(
+        state, request, scope, task, filters, before, message=DONE_MESSAGES.get(done or "")
+    )
+
+
+def task_view(
+    state: PortalState,
+    request: Request,
+    scope: ClientScope,
+    task: Task,
+    filters: dict[str, Any] | None = None,
+    before: str | None = None,
+    *,
+    message: str | None = None,
+    backfill: dict[str, Any] | None = None,
+    status: int = 200,
+) -> Response:
+    """The task's page; ``backfill`` is the backfill form's values, result and problems."""
+    filters = filters or {"state": [], "since": "", "until": ""}
+    history = history_page(
+        scope.data, task, filters["state"], filters["since"], filters["until"], before, 50
+    )
     errors = [r for r in history["occurrences"] if r.get("error") or r.get("errors")][:10]
     return page(
         state, request, "task.html", scope,
         task=task, info=task_json(task, scope.now()), history=history,
-        running=scope.data.running(task), errors=errors, filters={
-            "state": [s for s in (run_state or []) if s], "since": since or "",
-            "until": until or "",
-        },
-        first_run=scope.data.first_run(task),
-        message=DONE_MESSAGES.get(done or ""),
+        running=scope.data.running(task), errors=errors, filters=filters,
+        first_run=scope.data.first_run(task), message=message,
         alerts=scope.task_alerts(task) if task.alert_after_failures else [],
+        backfill=backfill or {"form": {"overlap": "allow"}, "result": None, "problems": []},
+        max_backfill_runs=MAX_BACKFILL_RUNS, status_code=status,
     )  # fmt: skip
 
 
@@ -213,6 +234,32 @@ def task_action(
         scope.delete_task(task)
         return RedirectResponse(scope.link("/", done="delete"), 303)
     return RedirectResponse(scope.link(f"/tasks/{name}", done=action), 303)
+
+
+@tasks.post("/{name}/backfill", include_in_schema=False)
+async def backfill_submit(
+    request: Request,
+    name: str,
+    scope: ClientScope = Depends(client_scope),
+    state: PortalState = Depends(portal_state),
+) -> Response:
+    """The task page's backfill form: the page again, with the result or the problems."""
+    task = await run_in_threadpool(scope.task, name)
+    form = await _form_fields(request)
+    values = {key: form.get(key, "").strip()[:40] for key in ("from", "to", "overlap")}
+    values["overlap"] = values["overlap"] or "allow"
+    try:
+        report = await run_in_threadpool(
+            scope.backfill, task, values["from"], values["to"], values["overlap"]
+        )
+    except ServiceError as exc:
+        outcome = {"form": values, "result": None, "problems": exc.problems}
+        return await run_in_threadpool(
+            task_view, state, request, scope, task, backfill=outcome, status=exc.status
+        )
+    result = backfill_json(report, values["from"], values["to"], values["overlap"])
+    outcome = {"form": values, "result": result, "problems": []}
+    return await run_in_threadpool(task_view, state, request, scope, task, backfill=outcome)
 
 
 @tasks.get("/{name}/occurrences/{occ_id}", include_in_schema=False)
