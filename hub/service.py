@@ -17,7 +17,8 @@ from pydantic import ValidationError
 from hub import alerts, schedules
 from hub.materializer import BACKFILL_REASON, BACKFILL_SERIAL_REASON, FAIR_QUANTUM_SECONDS
 from hub.protocol import kinds, states
-from hub.protocol.couch import Conflict, Couch, Forbidden, NotFound
+from hub.protocol.board import BEAT_ID, board_db
+from hub.protocol.couch import Conflict, Couch, CouchError, Forbidden, NotFound
 from hub.protocol.model import (
     MAX_REASON_CHARS,
     Occurrence,
@@ -508,6 +509,15 @@ class FarmService:
             counts.setdefault(task, {})[state] = row["value"]
         return counts
 
+    def online_seconds(self) -> float:
+        """How long after its last heartbeat a worker counts as online: what the hub's beat
+        says (its keep-alive grows with the fleet, hub/protocol/board.py), else 90 s."""
+        try:
+            beat = self.couch.get_or_none(board_db(self.db), BEAT_ID)
+        except CouchError:
+            beat = None
+        return max(ONLINE_SECONDS, _positive((beat or {}).get("online_s")) or 0.0)
+
     def stats(self) -> dict[str, Any]:
         """beanstalkd-style stats: by state, tube and client; workers online; throughput."""
         now = self.now()
@@ -527,7 +537,7 @@ class FarmService:
             self.db,
             "farm",
             "workers_by_last_seen",
-            startkey=to_wire(now - timedelta(seconds=ONLINE_SECONDS)),
+            startkey=to_wire(now - timedelta(seconds=self.online_seconds())),
         )["rows"]
         last_minute = self.couch.view(
             self.db,
@@ -554,6 +564,10 @@ class FarmService:
             ],
             "finished_last_minute": len(last_minute),
         }
+
+
+def _positive(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def due_of(occ_id: str) -> datetime:

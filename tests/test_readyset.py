@@ -318,3 +318,19 @@ def test_of_a_backlog_page_only_the_rows_this_worker_ranks_first_on_are_held():
     assert set(ids(tried[: len(own)])) == set(ids(own))
     held, wait = ready.candidates("default", NOW, 1.1, k=100)
     assert sorted(ids(held)) == sorted(ids(own)) and wait is None
+
+
+def test_the_hubs_beat_sets_the_keep_alive_and_how_long_peers_count_as_online():
+    from datetime import UTC, datetime
+
+    from hub.protocol.timefmt import to_wire as wire
+
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    held = ReadySet("w1", ["default"])
+    assert held.hub_keepalive_s is None and held.online_s == 90.0
+    beat = {"_id": "hub:dispatcher", "type": "beat", "at": wire(now), "every_s": 15,
+            "overdue_s": 8, "keepalive_s": 400.0, "online_s": 600.0}  # fmt: skip
+    held.apply_board(beat, 0.0, now)
+    assert held.hub_keepalive_s == 400.0 and held.online_s == 600.0
+    held.apply_board({**beat, "keepalive_s": 60.0, "online_s": 30.0}, 1.0, now)
+    assert held.hub_keepalive_s == 60.0 and held.online_s == 90.0  # never below its own
