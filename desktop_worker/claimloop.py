@@ -232,6 +232,15 @@ class ClaimLoop:
             self.status.started_at = self.couch.now()
         fit = self._check_version()  # before the first heartbeat, so it shows the refusal
         self.heartbeat.wake.set()
+        try:
+            # A claim asks for a majority of copies (decision 14): learn it now, at start,
+            # not in the first claim's way (a db info read, once per database).
+            self.couch.majority(self.db)
+        except Unavailable as exc:
+            self.status.set_offline(exc)
+            return False
+        except CouchError as exc:  # the first claim asks again
+            log_event("majority_unknown", LOG_WARNING, worker=self.name, error=str(exc))
         return fit
 
     def _check_version(self) -> bool:

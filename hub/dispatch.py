@@ -389,16 +389,34 @@ class Board:
                          "online_s": online_s or ONLINE_FACTOR * keepalive_s})  # fmt: skip
         if not docs:
             return []
+        failed, conflicted = self._write(docs, now)
+        if conflicted:
+            # A retried request whose first try landed, another hub, or a server we came
+            # back to: learn the revisions (one read) and write those docs again now, not
+            # at the next dispatch, or their offers reach their workers late.
+            self._learn_revs([doc["_id"] for doc in conflicted])
+            again, _ = self._write(conflicted, now)
+            failed = [w for w in failed if w not in {d.get("worker") for d in conflicted}]
+            failed += again
+        return failed
+
+    def _write(
+        self, docs: list[dict[str, Any]], now: datetime
+    ) -> tuple[list[str], list[dict[str, Any]]]:
+        """One ``_bulk_docs``: the workers whose offer doc failed, and the docs refused as
+        conflicts (to write again with the stored revision)."""
         for doc in docs:
+            doc.pop("_rev", None)
             if doc["_id"] in self._revs:
                 doc["_rev"] = self._revs[doc["_id"]]
         try:
             rows = self.couch.bulk_docs(self.db, docs)
         except CouchError as exc:
             log.warning("event=board_write_failed error=%r", str(exc))
-            return list(offers)
+            return [d["worker"] for d in docs if d["type"] == "offer"], []
         self.writes += 1
         failed: list[str] = []
+        conflicted: list[dict[str, Any]] = []
         for doc, row in zip(docs, rows, strict=False):
             if "rev" in row and not row.get("error"):
                 self._revs[doc["_id"]] = row["rev"]
@@ -406,18 +424,20 @@ class Board:
                     self._beat_at = now
                 continue
             self._revs.pop(doc["_id"], None)
-            if row.get("error") == "conflict":  # another hub, or a server we came back to
-                self._learn_rev(doc["_id"])
+            if row.get("error") == "conflict":
+                conflicted.append(doc)
             else:
                 log.warning("event=board_write_refused doc=%s error=%r", doc["_id"], row)
             if doc["type"] == "offer":
                 failed.append(doc["worker"])
-        return failed
+        return failed, conflicted
 
-    def _learn_rev(self, doc_id: str) -> None:
+    def _learn_revs(self, doc_ids: list[str]) -> None:
         try:
-            current = self.couch.get_or_none(self.db, doc_id)
+            rows = self.couch.all_docs(self.db, keys=doc_ids)
         except CouchError:
             return
-        if current is not None:
-            self._revs[doc_id] = current["_rev"]
+        for row in rows:
+            rev = (row.get("value") or {}).get("rev")
+            if isinstance(rev, str) and not (row.get("value") or {}).get("deleted"):
+                self._revs[row["id"]] = rev

@@ -108,3 +108,12 @@ def test_a_claim_held_too_long_to_start_safely_is_released_not_run(
     assert started == [(fresh.id, now - 1)]  # touched half a TTR after its claim
     doc = farm.hub.get(farm.db, old.id)
     assert doc["state"] == "ready" and doc["attempt"] == old.attempt - 1
+
+
+def test_the_session_check_learns_the_claims_majority_before_any_claim(
+    farm: Farm, tmp_path: Path
+) -> None:
+    engine = Engine(worker_config(farm, tmp_path))
+    assert farm.db not in engine.couch._majorities
+    assert engine.claim_loop._check_session()
+    assert farm.db in engine.couch._majorities  # not read in the first claim's way

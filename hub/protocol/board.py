@@ -42,7 +42,7 @@ REST_S = 10.0  # a worker that let an offer lapse gets none this long, or until 
 # due already, at once). A withdrawal the worker cannot act on wrongly (it claimed the
 # occurrence itself, or the offer lapsed) rides along with the next write, or goes out
 # after LAZY_WRITE_S at the latest.
-WRITE_AHEAD_S = 2.0
+WRITE_AHEAD_S = 3.0
 LAZY_WRITE_S = 30.0
 
 
