@@ -155,10 +155,21 @@ def race_once(
     accepted_202 = figures.by_status.get("202", 0)
     requests = figures.requests
     claimed = [occ for a in answers for occ in a["claimed"]]
+    # Lost races as the workers counted them, per document: a claim lost inside a
+    # _bulk_docs is a row with error "conflict" in a 201 answer, which the server's status
+    # counts cannot see. Couchfarm workers report ClaimStats; PiCaS workers do not.
+    stats = [a.get("stats") or {} for a in answers]
+    client_writes = sum(int(s.get("puts", 0)) for s in stats)
+    client_lost = sum(
+        int(s.get("conflicts", 0)) + int(s.get("refused", 0)) + int(s.get("abandoned", 0))
+        for s in stats
+    )
     locks = Counter(claimed)
     claims = len(claimed)
     puts = figures.by_method.get("PUT", 0)
     lost = figures.lost_races
+    if client_writes:
+        lost, puts = max(lost, client_lost), max(puts, client_writes)
     conflicts_409 = figures.by_status.get("409", 0)
     server.drop_db(db)
     return {
@@ -171,6 +182,8 @@ def race_once(
         "requests_per_claim": requests / claims if claims else None,
         "lost_races": lost,
         "http_409": conflicts_409,
+        "claim_writes": puts,
+        "client_lost_races": client_lost if client_writes else None,
         "http_202": accepted_202,
         "lost_per_claim": lost / claims if claims else None,
         "conflict_waste": lost / puts if puts else 0.0,

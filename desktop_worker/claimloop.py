@@ -1,7 +1,13 @@
 """The claim loop: while a slot is free and the engine may take work, claim.
 
 Claims come from the ready set (:mod:`desktop_worker.claim`: the hub's offers, which the
-board feed brings in, or the ``ready`` view). When nothing is claimable the loop sleeps
+board feed brings in, or the ``ready`` view). In a backlog (the view's last page was full)
+it claims ``claim_ahead`` more than its free slots in the same ``_bulk_docs`` and holds
+them, starting each as a slot frees: on CouchDB one validated write per claim was the
+claim's whole cost (docs/ARCHITECTURE.md decision 16). A held claim not started within
+``touch_at`` of its TTR, and every held claim when the engine stops, pauses or drains, is
+released (one ``_bulk_docs``), so holding never outlives a lease nor keeps work from others
+for long. When nothing is claimable the loop sleeps
 until the board feed, a finished run or a state change wakes it (``status.wake``), a
 staggered candidate's turn comes, the next offer's ``not_before`` passes, or
 ``poll_interval_s`` passes. Its first request checks the session (the credentials, and
@@ -14,7 +20,9 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from desktop_worker.claim import Claimer, ClaimStats
 from desktop_worker.config import WorkerConfig
@@ -23,11 +31,21 @@ from desktop_worker.heartbeat import Heartbeat
 from desktop_worker.log import log_event
 from desktop_worker.runs import RunSlots
 from desktop_worker.status import EngineStatus
+from hub.protocol import states
 from hub.protocol.couch import Couch, CouchError, Forbidden, Unauthorized, Unavailable
+from hub.protocol.model import Occurrence
 from hub.protocol.version import POLICY_DOC_ID, __version__, worker_too_old
 
 LOG_WARNING = logging.WARNING
 MAX_OFFLINE_WAIT_S = 15.0  # the back-off between tries while no server answers
+
+
+@dataclass
+class Held:
+    """A claim won ahead of a free slot: the lease, and when (monotonic) it was written."""
+
+    occ: Occurrence
+    leased_at: float
 
 
 class ClaimLoop:
@@ -60,8 +78,17 @@ class ClaimLoop:
         self.on_drained = on_drained
         self.version = version  # what the hub's minimum is held against
         self.claim_stats = ClaimStats()
+        self.monotonic: Callable[[], float] = time.monotonic
+        self.held: list[Held] = []  # claimed ahead in a backlog, in turn order
+        self.released_ahead = 0  # held claims handed back (stale, stop, pause)
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.release_held("worker stopping")
+
+    def _run(self) -> None:
         offline_wait = 1.0
         checked_session = False
         while not self.status.stopping.is_set():
@@ -84,11 +111,20 @@ class ClaimLoop:
                 self.status.wake.wait(self.config.poll_interval_s)
                 continue
             if not self.status.may_claim():
+                if self.held and not self._only_busy():
+                    self.release_held("worker paused or draining")
                 self.status.wake.wait(self.config.poll_interval_s)
                 continue
             free = self.config.slots - len(self.status.runs)
+            free -= self._start_held(free)
+            if free <= 0:
+                continue  # may_claim() said a slot was free: the held claims took them
+            # Claim ahead only when the last read was a full page (a backlog): then every
+            # slot stays busy anyway, and one _bulk_docs carries several claims. Offers and
+            # short queues are claimed as slots free, so turn order across workers holds.
+            ahead = self.config.claim_ahead if self.claimer.in_backlog() else 0
             try:
-                result = self.claimer.claim(free)
+                result = self.claimer.claim(free, ahead)
             except Unavailable as exc:
                 self.status.set_offline(exc)
                 self.status.wake.wait(offline_wait)
@@ -106,8 +142,12 @@ class ClaimLoop:
             self.status.set_offline(None)
             self.status.set_error("auth", None)
             self.claim_stats.add(result.stats)
-            for occ in result.won:
-                self.slots.start(occ)
+            now_mono = self.monotonic()
+            for index, occ in enumerate(result.won):
+                if index < free:
+                    self.slots.start(occ)
+                else:
+                    self.held.append(Held(occ, now_mono))
             if result.won:
                 continue
             if result.contended:
@@ -120,6 +160,54 @@ class ClaimLoop:
                 until = (result.next_not_before - self.couch.now()).total_seconds()
                 timeout = max(0.005, min(timeout, until + 0.005))
             self.status.wake.wait(timeout)
+
+    def _only_busy(self) -> bool:
+        """may_claim() is false only because every slot is running: keep what is held."""
+        with self.status.lock:
+            return (
+                not self.status.stopping.is_set()
+                and not self.status.draining
+                and not self.status.paused
+                and not self.status.errors
+            )
+
+    def _start_held(self, free: int) -> int:
+        """Start held claims in the free slots; release those too old to start safely (the
+        lease would run out before the run's first touch). Returns how many started."""
+        started = 0
+        stale: list[Held] = []
+        now_mono = self.monotonic()
+        while self.held and started < free:
+            held = self.held.pop(0)
+            if now_mono - held.leased_at >= held.occ.ttr * self.config.touch_at:
+                stale.append(held)
+                continue
+            self.slots.start(held.occ, leased_at=held.leased_at)
+            started += 1
+        if stale:
+            self._release(stale, "claimed ahead, not started within its lease")
+        return started
+
+    def release_held(self, why: str) -> None:
+        held, self.held = self.held, []
+        if held:
+            self._release(held, why)
+
+    def _release(self, held: list[Held], why: str) -> None:
+        """Hand held claims back (ready, the attempt given back) in one ``_bulk_docs``. A
+        release that fails leaves the lease to expire: the reaper requeues it."""
+        try:
+            now = self.couch.now()
+            docs = [states.release(h.occ, self.name, now, why).to_doc() for h in held]
+            rows = self.couch.bulk_docs(self.db, docs)
+        except (CouchError, states.InvalidTransition) as exc:
+            log_event("release_ahead_failed", LOG_WARNING, worker=self.name, count=len(held),
+                      error=str(exc))  # fmt: skip
+            return
+        released = sum(1 for row in rows if "rev" in row and not row.get("error"))
+        self.released_ahead += released
+        log_event("claims_released", worker=self.name, count=len(held), released=released,
+                  why=why)  # fmt: skip
 
     def _check_session(self) -> bool:
         """First request: checks the credentials and samples the server clock."""
@@ -144,6 +232,15 @@ class ClaimLoop:
             self.status.started_at = self.couch.now()
         fit = self._check_version()  # before the first heartbeat, so it shows the refusal
         self.heartbeat.wake.set()
+        try:
+            # A claim asks for a majority of copies (decision 14): learn it now, at start,
+            # not in the first claim's way (a db info read, once per database).
+            self.couch.majority(self.db)
+        except Unavailable as exc:
+            self.status.set_offline(exc)
+            return False
+        except CouchError as exc:  # the first claim asks again
+            log_event("majority_unknown", LOG_WARNING, worker=self.name, error=str(exc))
         return fit
 
     def _check_version(self) -> bool:

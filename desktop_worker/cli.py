@@ -56,6 +56,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="live database name (default farm)")
     p.add_argument("--spool", help="spool file (default: in the user data directory)")
     p.add_argument("--claim-k", type=int, help="pick at random among the first K ready rows")
+    p.add_argument(
+        "--claim-ahead",
+        type=int,
+        help="in a backlog, claim this many more than the free slots in one request (0: off)",
+    )
     p.add_argument("--ca-bundle", help="CA bundle for the hub's TLS certificate")
     p.add_argument(
         "--insecure", action="store_true", help="do not verify TLS certificates (testing only)"
@@ -82,6 +87,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "db": args.db,
         "spool_path": Path(args.spool) if args.spool else None,
         "claim_k": args.claim_k,
+        "claim_ahead": args.claim_ahead,
         "ca_bundle": args.ca_bundle,
         "verify_tls": False if args.insecure else None,
     }

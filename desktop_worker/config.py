@@ -32,6 +32,9 @@ PASSWORD_ENV = "COUCHFARM_WORKER_PASSWORD"
 # so K=10 costs the fewest requests per claim (2.06-2.38) while staying within the first ten
 # rows of turn order.
 DEFAULT_CLAIM_K = 10
+# Claims held ahead of free slots in a backlog (decision 16): on CouchDB 3.5 a _bulk_docs of
+# 8 claims costs the server about a third of 8 single claim PUTs (bench/claim_race.py).
+DEFAULT_CLAIM_AHEAD = 8
 
 
 class ConfigError(ValueError):
@@ -81,6 +84,10 @@ class WorkerConfig:
     touch_at: float = 0.5
     # Claiming: pick at random among the first K ready rows.
     claim_k: int = DEFAULT_CLAIM_K
+    # In a backlog (the ready view's page was full), claim this many more than the free
+    # slots in the same _bulk_docs and start them as slots free: one validated write then
+    # carries several claims (docs/ARCHITECTURE.md decision 16). 0: only what slots can start.
+    claim_ahead: int = DEFAULT_CLAIM_AHEAD
     # Waiting: poll the ready view this often when the _changes feed is broken.
     poll_interval_s: float = 30.0
     # Heartbeat: worker doc written at most this often.
@@ -156,6 +163,8 @@ class WorkerConfig:
             )
         if not 1 <= self.claim_k <= 100:
             problems.append(f"claim_k must be 1..100, got {self.claim_k}")
+        if not 0 <= self.claim_ahead <= 64:
+            problems.append(f"claim_ahead must be 0..64, got {self.claim_ahead}")
         if not 0.1 <= self.touch_at <= 0.9:
             problems.append(
                 f"touch_at must be a fraction of the TTR in 0.1..0.9, got {self.touch_at}"
@@ -322,6 +331,7 @@ def _check_types(config: WorkerConfig) -> None:
     for name in (
         "slots",
         "claim_k",
+        "claim_ahead",
         "memory_mb",
         "max_output_bytes",
         "cpu_cap_percent",

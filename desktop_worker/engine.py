@@ -136,8 +136,9 @@ class Engine:
         )
         self.delivery = Delivery(self.couch, config, self.status, spool)
         self.heartbeat = Heartbeat(
-            self.couch, config, self.status, self.heartbeat_keepalive_s, self.version
-        )
+            self.couch, config, self.status, self.heartbeat_keepalive_s, self.version,
+            keepalive_hint=lambda: self.ready_set.hub_keepalive_s,
+        )  # fmt: skip
         self.slots = RunSlots(
             self.couch, config, self.status, self.delivery, rng=self.rng, start_run=start_run
         )

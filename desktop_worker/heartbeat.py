@@ -2,7 +2,9 @@
 
 The hub's dispatcher offers work only to workers whose doc is fresh (decision 12), so the
 doc is written when the state the hub acts on changes (running, paused, draining,
-stopped), every ``keepalive_s`` as a keep-alive, and right after a failover (the hub
+stopped), every ``keepalive_s`` as a keep-alive (longer when the hub's beat asks for a
+longer one: a large fleet's keep-alives are stretched so that together they stay cheap,
+hub/protocol/board.py), and right after a failover (the hub
 there knows us only from our doc). Never more than one write per
 ``heartbeat_interval_s``; never per run (the hub sees leases on its feed).
 """
@@ -13,6 +15,7 @@ import logging
 import platform
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from desktop_worker.config import WorkerConfig
@@ -54,6 +57,7 @@ class Heartbeat:
         status: EngineStatus,
         keepalive_s: float,
         version: str = __version__,
+        keepalive_hint: Callable[[], float | None] | None = None,
     ) -> None:
         self.couch = couch
         self.config = config
@@ -61,6 +65,7 @@ class Heartbeat:
         self.name = config.name
         self.status = status
         self.keepalive_s = keepalive_s
+        self.keepalive_hint = keepalive_hint
         self.version = version
         self.wake = threading.Event()
         self.dirty = True
@@ -79,12 +84,13 @@ class Heartbeat:
         """At most one write per interval: sooner after a state change, else a keep-alive."""
         interval = self.config.heartbeat_interval_s
         while not self.status.stopping.is_set():
+            keepalive = self.period()
             since = time.monotonic() - self._last
             ready = self.status.started_at is not None
             # After a failover the hub there knows us only from our doc: say we are here
             # now, or its dispatcher offers us nothing until the next keep-alive.
             moved = ready and self._server not in ("", self.couch.active.url)
-            if moved or (ready and since >= interval and (self.dirty or since >= self.keepalive_s)):
+            if moved or (ready and since >= interval and (self.dirty or since >= keepalive)):
                 self.write()
                 continue
             if not ready:
@@ -92,9 +98,14 @@ class Heartbeat:
             elif since < interval:
                 wait = interval - since
             else:
-                wait = self.keepalive_s - since
+                wait = keepalive - since
             self.wake.wait(max(0.05, min(wait, 1.0)))  # 1 s: notice a failover soon
             self.wake.clear()
+
+    def period(self) -> float:
+        """The keep-alive period: ours, or the hub's when it asks for a longer one."""
+        hint = self.keepalive_hint() if self.keepalive_hint is not None else None
+        return max(self.keepalive_s, hint or 0.0)
 
     def worker_doc(self) -> dict[str, Any]:
         """The heartbeat's ``worker:{name}`` document, in ``WorkerDoc.to_doc()``'s shape.

@@ -77,6 +77,7 @@ class ReadySet:
         self.max_rank = max_rank
         self.capacity = capacity
         self.online_s = online_s
+        self.base_online_s = online_s
         self._lock = threading.Lock()
         self._docs: dict[str, _Known] = {}
         self._gone: dict[str, tuple[int, float]] = {}  # id -> (rev generation, when)
@@ -89,6 +90,9 @@ class ReadySet:
         self._offered: set[str] = set()
         self._beat_until = float("-inf")  # monotonic: a dispatcher beats until then
         self._overdue_s = 8.0
+        # The keep-alive period the hub's beat asks for (it grows with the fleet, see
+        # hub/protocol/board.py); None until a beat says so.
+        self.hub_keepalive_s: float | None = None
 
     # ------------------------------------------------------------ feed side
 
@@ -133,8 +137,15 @@ class ReadySet:
                 age = (server_now - from_wire(str(doc.get("at")))).total_seconds()
                 every = float(doc.get("every_s", 15.0))
                 self._overdue_s = float(doc.get("overdue_s", self._overdue_s))
+                keepalive = doc.get("keepalive_s")
+                online = doc.get("online_s")
             except (TypeError, ValueError):
                 return False
+            if isinstance(keepalive, int | float) and keepalive > 0:
+                self.hub_keepalive_s = float(keepalive)
+            if isinstance(online, int | float) and online > 0:
+                # Peers on the hub's keep-alive: online as long as the hub counts them.
+                self.online_s = max(self.base_online_s, float(online))
             with self._lock:
                 if is_left_beat(doc):  # the hub went to another server: no offers here
                     self._beat_until = float("-inf")
@@ -299,6 +310,26 @@ class ReadySet:
                 or now_mono >= self._beat_until
                 or now_mono - self._read_at.get(tube, float("-inf")) >= max(poll_s, SAFETY_READ_S)
             )
+
+    def keep_only(
+        self, tube: str, still_ready: set[str], horizon: str | None, now_mono: float
+    ) -> int:
+        """A read of which rows of ``tube`` are still ready (up to ``horizon``, the last
+        row's ``queue_at`` when the read was a full page): forget held rows it lacks that
+        were not offered to us. Returns how many were forgotten."""
+        with self._lock:
+            gone = [
+                occ_id
+                for occ_id, known in self._docs.items()
+                if not known.offered
+                and known.doc.get("tube") == tube
+                and occ_id not in still_ready
+                and (horizon is None or str(known.doc.get("queue_at", "")) <= horizon)
+            ]
+            for occ_id in gone:
+                self._forget_locked(occ_id, _generation(self._docs[occ_id].doc.get("_rev")),
+                                    now_mono)  # fmt: skip
+            return len(gone)
 
     def forget(self, occ_id: str, now_mono: float) -> None:
         """A claim of it lost: someone else has it, whatever the feed says yet."""

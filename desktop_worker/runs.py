@@ -126,9 +126,12 @@ class RunSlots:
         assert self._start_run is not None
         return self._limits, self._policy, self._start_run
 
-    def start(self, occ: Occurrence) -> None:
+    def start(self, occ: Occurrence, leased_at: float | None = None) -> None:
+        """``leased_at``: when (monotonic) the lease was written, for a claim held ahead
+        (claimloop.py): the first touch is due half a TTR after the claim, not the start."""
         assert occ.lease is not None
-        run = Run(occ=occ, leased_at=time.monotonic(), claimed_at=occ.lease.claimed_at)
+        when = time.monotonic() if leased_at is None else leased_at
+        run = Run(occ=occ, leased_at=when, claimed_at=occ.lease.claimed_at)
         with self.status.lock:
             self.status.runs[occ.id] = run
         self.status.refresh()

@@ -16,8 +16,12 @@ online workers, and writes *offers* into a small separate database, ``{db}_board
   and leave ready rows they were not offered to their owners (``OVERDUE_S``).
 
 The board is written in one ``_bulk_docs`` per dispatch, at most every ``min_gap_s``
-(the first after a quiet spell at once), so every worker's feed wakes a bounded number of
-times per second, not once per write to the live database.
+(the first after a quiet spell at once), and only when some offer must reach its worker
+(``WRITE_AHEAD_S`` before its ``not_before``; what is due already, at once), carrying
+every offer document that changed since the last write. Each write wakes every worker's
+feed, so its cost grows with the fleet: offers made ahead of their due time are gathered
+into few writes, and withdrawals nobody can act on wrongly (the worker claimed it itself,
+or let the offer lapse) wait for the next write (``LAZY_WRITE_S`` at the latest).
 
 Choosing the worker: in turn order (``queue_at``: priority, aging, fair share), each
 occurrence goes to the online worker of its tube and kind with a free slot that ranks
@@ -28,8 +32,9 @@ hold ``PREFETCH`` more, which it claims the moment a run ends (no round trip thr
 hub between two runs). Occurrences materialized ahead are offered up
 to ``lead_s`` before their ``not_before`` and claimed on time. An offer not claimed
 ``offer_s`` after ``not_before`` is withdrawn and given to the next worker; a worker that
-let it lapse with a slot free gets none for ``REST_S`` or until its heartbeat shows it
-alive again.
+let it lapse with a slot free gets none for ``REST_S``, doubled for each lapse in a row
+(a dead worker soon gets nothing, whatever its keep-alive period), until it claims or its
+heartbeat shows it alive again.
 
 Pure: :class:`Dispatcher` does no I/O; :class:`Board` writes the documents.
 """
@@ -40,20 +45,26 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hub.protocol.board import (
     BEAT_ID,
     BEAT_S,
+    KEEPALIVE_MAX_S,
+    KEEPALIVE_S,
+    LAZY_WRITE_S,
     LEAD_S,
     LEFT_FOR,
     OFFER_S,
+    ONLINE_FACTOR,
     ONLINE_S,
     OVERDUE_S,
     PREFETCH,
     REST_S,
+    WRITE_AHEAD_S,
     board_db,
+    keepalive_for,
     left_beat,
     offer_doc_id,
     str_items,
@@ -86,6 +97,7 @@ class Seat:
     leased: set[str] = field(default_factory=set)
     offers: dict[str, datetime] = field(default_factory=dict)  # occurrence -> lapses at
     lapsed_at: datetime | None = None  # let an offer lapse: none until it beats again
+    lapses: int = 0  # offers let lapse in a row (with a slot free): the rest doubles
 
     def free(self, prefetch: int = 0) -> int:
         return self.slots + prefetch - len(self.leased) - len(self.offers)
@@ -115,18 +127,48 @@ class Dispatcher:
         self._generation: dict[str, int] = {}
         self._offered_to: dict[str, str] = {}  # occurrence -> worker
         self._lessee: dict[str, str] = {}  # occurrence -> worker holding its lease
-        self._dirty: set[str] = set()
+        # worker -> when its offer doc must be written at the latest (None: a withdrawal
+        # that waits for the next write, LAZY_WRITE_S at most from when plan() first sees it)
+        self._dirty: dict[str, datetime | None] = {}
+        self._lazy_by: dict[str, datetime] = {}
         self.offered = 0
         self.lapsed = 0
+        self.write_ahead_s = WRITE_AHEAD_S
+        self.keepalive_s = KEEPALIVE_S  # what the beat asks of each worker now
+        self._announced: list[tuple[datetime, float]] = []  # (when, keep-alive) announced
+        self._min_online_s = online_s
 
     # ------------------------------------------------------------ what the hub sees
 
     def reset(self) -> None:
         """Forget everything (the hub moved to another server): reload, then observe."""
         self.__init__(  # type: ignore[misc]
-            offer_s=self.offer_s, lead_s=self.lead_s, online_s=self.online_s,
+            offer_s=self.offer_s, lead_s=self.lead_s, online_s=self._min_online_s,
             prefetch=self.prefetch,
         )  # fmt: skip
+
+    def keepalive(self, now: datetime) -> float:
+        """The keep-alive period to announce now (in the beat), from the fleet's size, and
+        the online window that follows: ONLINE_FACTOR times the longest period announced in
+        the last longest window, so a worker still on an older, longer period is not taken
+        for offline when the fleet shrinks."""
+        cutoff = now - timedelta(seconds=self.online_s)
+        online = sum(
+            1 for seat in self.seats.values()
+            if seat.last_seen is not None and seat.last_seen >= cutoff
+        )  # fmt: skip
+        self.keepalive_s = keepalive_for(online)
+        self.announce(self.keepalive_s, now)
+        return self.keepalive_s
+
+    def announce(self, keepalive_s: float, now: datetime) -> None:
+        """A keep-alive period workers were asked for (by this hub, or the one before it,
+        whose beat the hub finds on the board when it starts)."""
+        keep = now - timedelta(seconds=ONLINE_FACTOR * KEEPALIVE_MAX_S)
+        self._announced = [(at, k) for at, k in self._announced if at >= keep]
+        self._announced.append((now, keepalive_s))
+        longest = max(k for _, k in self._announced)
+        self.online_s = max(self._min_online_s, ONLINE_FACTOR * longest)
 
     def observe(self, doc: dict[str, Any] | None) -> None:
         """One document from the live database (a feed row's doc, or a view row's)."""
@@ -143,22 +185,26 @@ class Dispatcher:
             return  # an older copy (a view read racing the feed)
         self._generation[doc_id] = generation
         state = None if doc.get("_deleted") else doc.get("state")
+        worker = (doc.get("lease") or {}).get("worker") if state == "leased" else None
         if state == "ready":
             self.ready[doc_id] = doc
             holder = self._offered_to.get(doc_id)
-            if holder is not None:
-                self._dirty.add(holder)  # the offer must carry the new _rev
+            if holder is not None:  # the offer must carry the new _rev before it is tried
+                self._mark(holder, self._deadline(holder, doc_id))
         else:
             self.ready.pop(doc_id, None)
-            self._withdraw(doc_id)
+            # Its holder claimed it: the worker knows, the withdrawal can wait. Anyone else
+            # (another worker, a cancel): tell the holder before it would try it.
+            self._withdraw(doc_id, lazy=worker is not None and
+                           worker == self._offered_to.get(doc_id))  # fmt: skip
         lessee = self._lessee.pop(doc_id, None)
         if lessee is not None and lessee in self.seats:
             self.seats[lessee].leased.discard(doc_id)
-        if state == "leased":
-            worker = (doc.get("lease") or {}).get("worker")
-            if isinstance(worker, str):
-                self._lessee[doc_id] = worker
-                self._seat(worker).leased.add(doc_id)
+        if isinstance(worker, str):
+            self._lessee[doc_id] = worker
+            seat = self._seat(worker)
+            seat.leased.add(doc_id)
+            seat.lapses = 0  # it claims: alive
         if state in (None, "done", "failed", "cancelled", "missed", "skipped"):
             self._generation.pop(doc_id, None)  # it never comes back: keep memory flat
 
@@ -177,6 +223,7 @@ class Dispatcher:
             seat.last_seen = seen
         if seat.lapsed_at is not None and seat.last_seen and seat.last_seen > seat.lapsed_at:
             seat.lapsed_at = None
+            seat.lapses = 0
 
     def _seat(self, name: str) -> Seat:
         seat = self.seats.get(name)
@@ -184,11 +231,31 @@ class Dispatcher:
             seat = self.seats[name] = Seat(name)
         return seat
 
-    def _withdraw(self, occ_id: str) -> None:
-        holder = self._offered_to.pop(occ_id, None)
-        if holder is not None and holder in self.seats:
+    def _withdraw(self, occ_id: str, *, lazy: bool = False) -> None:
+        holder = self._offered_to.get(occ_id)
+        if holder is None:
+            return
+        deadline = None if lazy else self._deadline(holder, occ_id)
+        del self._offered_to[occ_id]
+        if holder in self.seats:
             self.seats[holder].offers.pop(occ_id, None)
-            self._dirty.add(holder)
+            self._mark(holder, deadline)
+
+    def _deadline(self, holder: str, occ_id: str) -> datetime:
+        """When the holder's doc must be on the board: before it would try the offer."""
+        seat = self.seats.get(holder)
+        lapses = seat.offers.get(occ_id) if seat is not None else None
+        if lapses is None:
+            return datetime.min.replace(tzinfo=UTC)  # at once
+        return lapses - timedelta(seconds=self.offer_s + self.write_ahead_s)
+
+    def _mark(self, worker: str, deadline: datetime | None) -> None:
+        """The worker's offer doc changed; write it by ``deadline`` (None: lazily)."""
+        current = self._dirty.get(worker)
+        if worker not in self._dirty or (
+            deadline is not None and (current is None or deadline < current)
+        ):
+            self._dirty[worker] = deadline
 
     # ------------------------------------------------------------ deciding
 
@@ -197,16 +264,21 @@ class Dispatcher:
         cutoff = now - timedelta(seconds=self.online_s)
         for seat in self.seats.values():
             online = seat.accepting and seat.last_seen is not None and seat.last_seen >= cutoff
+            lapsed_now = False
             for occ_id, lapses in list(seat.offers.items()):
                 if not online or lapses <= now:
                     if online:
                         self.lapsed += 1
                         log.info("event=offer_lapsed occ=%s worker=%s", occ_id, seat.name)
-                    self._withdraw(occ_id)
+                    self._withdraw(occ_id, lazy=True)  # the next holder's offer is urgent
                     if online and seat.free() > 0:
                         seat.lapsed_at = now  # a free slot, and it did not claim: rest
+                        lapsed_now = True
+            if lapsed_now:
+                seat.lapses += 1
         for seat in self.seats.values():
-            if seat.lapsed_at is not None and (now - seat.lapsed_at).total_seconds() >= REST_S:
+            rest = REST_S * 2 ** min(max(seat.lapses - 1, 0), 10)
+            if seat.lapsed_at is not None and (now - seat.lapsed_at).total_seconds() >= rest:
                 seat.lapsed_at = None
         open_seats = [
             seat
@@ -229,18 +301,29 @@ class Dispatcher:
                 not_before = _moment(doc.get("not_before")) or now
                 seat.offers[doc["_id"]] = max(now, not_before) + timedelta(seconds=self.offer_s)
                 self._offered_to[doc["_id"]] = seat.name
-                self._dirty.add(seat.name)
+                self._mark(seat.name, not_before - timedelta(seconds=self.write_ahead_s))
                 self.offered += 1
                 if seat.free(self.prefetch) <= 0:
                     open_seats.remove(seat)
                     if not open_seats:
                         break
+        for name, deadline in self._dirty.items():
+            if deadline is None and name not in self._lazy_by:
+                self._lazy_by[name] = now + timedelta(seconds=LAZY_WRITE_S)
+        due = [
+            self._lazy_by[name] if deadline is None else deadline
+            for name, deadline in self._dirty.items()
+        ]
+        if not due or min(due) > now:
+            return {}  # nothing must reach a worker yet: gather it into a later write
+        # One write wakes every feed however many docs it holds: send every change.
         changed = {
             name: [self.ready[i] for i in self.seats[name].offers if i in self.ready]
             for name in sorted(self._dirty)
             if name in self.seats
         }
         self._dirty.clear()
+        self._lazy_by.clear()
         return changed
 
     def _unoffered(self, horizon: datetime) -> Iterable[dict[str, Any]]:
@@ -257,7 +340,8 @@ class Dispatcher:
 
     def mark_dirty(self, workers: Iterable[str]) -> None:
         """These offer documents were not written: write them at the next plan."""
-        self._dirty.update(workers)
+        for worker in workers:
+            self._mark(worker, datetime.min.replace(tzinfo=UTC))
 
 
 class Board:
@@ -306,7 +390,25 @@ class Board:
 
         threading.Thread(target=write, name="board-leave", daemon=True).start()
 
-    def publish(self, offers: dict[str, list[dict[str, Any]]], now: datetime) -> list[str]:
+    def beat_due(self, now: datetime) -> bool:
+        return self._beat_at is None or (now - self._beat_at).total_seconds() >= BEAT_S
+
+    def last_keepalive(self) -> float | None:
+        """The keep-alive period the board's beat asks for now (a previous hub's), if any."""
+        try:
+            beat = self.couch.get_or_none(self.db, BEAT_ID)
+        except CouchError:
+            return None
+        value = (beat or {}).get("keepalive_s")
+        return float(value) if isinstance(value, int | float) and value > 0 else None
+
+    def publish(
+        self,
+        offers: dict[str, list[dict[str, Any]]],
+        now: datetime,
+        keepalive_s: float = KEEPALIVE_S,
+        online_s: float | None = None,
+    ) -> list[str]:
         """Write the changed offer docs (and the beat when due) in one request. Returns
         the workers whose doc could not be written (retry at the next plan)."""
         if self.couch.active.url != self._bound:  # another server: its revisions are its own
@@ -316,7 +418,7 @@ class Board:
             self._bound = self.couch.active.url
             self._beat_at = None
             # A note we left here earlier must give way at once to this beat.
-            self._learn_rev(BEAT_ID)
+            self._learn_revs([BEAT_ID])
         docs: list[dict[str, Any]] = [
             {"_id": offer_doc_id(worker), "type": "offer", "worker": worker, "at": to_wire(now),
              "offers": list(held)}
@@ -325,22 +427,41 @@ class Board:
         beat_due = self._beat_at is None or (now - self._beat_at).total_seconds() >= BEAT_S
         if beat_due:
             docs.append({"_id": BEAT_ID, "type": "beat", "at": to_wire(now), "every_s": BEAT_S,
-                         "overdue_s": OVERDUE_S})  # fmt: skip
+                         "overdue_s": OVERDUE_S, "keepalive_s": keepalive_s,
+                         "online_s": online_s or ONLINE_FACTOR * keepalive_s})  # fmt: skip
         if not docs:
             return []
+        failed, conflicted = self._write(docs, now)
+        if conflicted:
+            # A retried request whose first try landed, another hub, or a server we came
+            # back to: learn the revisions (one read) and write those docs again now, not
+            # at the next dispatch, or their offers reach their workers late.
+            self._learn_revs([doc["_id"] for doc in conflicted])
+            again, _ = self._write(conflicted, now)
+            failed = [w for w in failed if w not in {d.get("worker") for d in conflicted}]
+            failed += again
+        return failed
+
+    def _write(
+        self, docs: list[dict[str, Any]], now: datetime
+    ) -> tuple[list[str], list[dict[str, Any]]]:
+        """One ``_bulk_docs``: the workers whose offer doc failed, and the docs refused as
+        conflicts (to write again with the stored revision)."""
         for doc in docs:
+            doc.pop("_rev", None)
             if doc["_id"] in self._revs:
                 doc["_rev"] = self._revs[doc["_id"]]
         try:
             rows = self.couch.bulk_docs(self.db, docs)
         except NotFound as exc:
             self._missing(str(exc))
-            return list(offers)
+            return [d["worker"] for d in docs if d["type"] == "offer"], []
         except CouchError as exc:
             log.warning("event=board_write_failed error=%r", str(exc))
-            return list(offers)
+            return [d["worker"] for d in docs if d["type"] == "offer"], []
         self.writes += 1
         failed: list[str] = []
+        conflicted: list[dict[str, Any]] = []
         for doc, row in zip(docs, rows, strict=False):
             if "rev" in row and not row.get("error"):
                 self._revs[doc["_id"]] = row["rev"]
@@ -348,13 +469,13 @@ class Board:
                     self._beat_at = now
                 continue
             self._revs.pop(doc["_id"], None)
-            if row.get("error") == "conflict":  # another hub, or a server we came back to
-                self._learn_rev(doc["_id"])
+            if row.get("error") == "conflict":
+                conflicted.append(doc)
             else:
                 log.warning("event=board_write_refused doc=%s error=%r", doc["_id"], row)
             if doc["type"] == "offer":
                 failed.append(doc["worker"])
-        return failed
+        return failed, conflicted
 
     def _missing(self, error: str) -> None:
         """No board database on this server: create it if we can, else say so once (the
@@ -371,10 +492,12 @@ class Board:
                 "run `hub init` (or `hub recover`) with a server admin on that server",
             )  # fmt: skip
 
-    def _learn_rev(self, doc_id: str) -> None:
+    def _learn_revs(self, doc_ids: list[str]) -> None:
         try:
-            current = self.couch.get_or_none(self.db, doc_id)
+            rows = self.couch.all_docs(self.db, keys=doc_ids)
         except CouchError:
             return
-        if current is not None:
-            self._revs[doc_id] = current["_rev"]
+        for row in rows:
+            rev = (row.get("value") or {}).get("rev")
+            if isinstance(rev, str) and not (row.get("value") or {}).get("deleted"):
+                self._revs[row["id"]] = rev

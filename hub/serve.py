@@ -32,7 +32,7 @@ from hub.alerts import AlertSender, HealthTracker, missing_alerts, raise_alert
 from hub.dispatch import Board, Dispatcher
 from hub.materializer import Materializer, is_serial
 from hub.notify import SmtpSettings
-from hub.protocol.board import read_peers
+from hub.protocol.board import KEEPALIVE_MAX_S, ONLINE_FACTOR, read_peers
 from hub.protocol.couch import Couch, CouchError, StreamBrokeOff, redact_url
 from hub.protocol.model import Occurrence
 from hub.protocol.names import results_db
@@ -176,9 +176,15 @@ class Hub:
         ready = self.couch.view(db, "farm", "ready", include_docs=True,
                                 limit=self.config.dispatch_load)["rows"]  # fmt: skip
         leased = self.couch.view(db, "farm", "leases_by_expiry", include_docs=True)["rows"]
-        workers = read_peers(self.couch, db, self.dispatcher.online_s, self.now())
+        # Workers may be on a keep-alive as long as KEEPALIVE_MAX_S (a large fleet): read
+        # every one that may be online; the dispatcher's own window decides.
+        now = self.now()
+        workers = read_peers(self.couch, db, ONLINE_FACTOR * KEEPALIVE_MAX_S, now)
+        previous = self.board.last_keepalive()  # what the last beat asked the workers for
         with self._dispatch_lock:
             self.dispatcher.reset()
+            if previous is not None:
+                self.dispatcher.announce(previous, now)
             for doc in [*workers, *(row.get("doc") for row in [*ready, *leased])]:
                 self.dispatcher.observe(doc)
 
@@ -193,8 +199,11 @@ class Hub:
             self.dispatcher.paused_tubes = set(self.paused_tubes)
             before = self.dispatcher.offered
             offers = self.dispatcher.plan(now)
+            if self.board.beat_due(now):
+                self.dispatcher.keepalive(now)
+            keepalive, online = self.dispatcher.keepalive_s, self.dispatcher.online_s
         writes = self.board.writes
-        failed = self.board.publish(offers, now)
+        failed = self.board.publish(offers, now, keepalive, online)
         if self.board.writes != writes:
             self._board_written = time.monotonic()
         if failed:

@@ -24,7 +24,8 @@ from hub.materializer import (
     task_schedule,
 )
 from hub.protocol import kinds, states
-from hub.protocol.couch import Conflict, Couch, Forbidden, NotFound
+from hub.protocol.board import BEAT_ID, board_db
+from hub.protocol.couch import Conflict, Couch, CouchError, Forbidden, NotFound
 from hub.protocol.model import (
     MAX_REASON_CHARS,
     Occurrence,
@@ -626,6 +627,15 @@ class FarmService:
             counts.setdefault(task, {})[state] = row["value"]
         return counts
 
+    def online_seconds(self) -> float:
+        """How long after its last heartbeat a worker counts as online: what the hub's beat
+        says (its keep-alive grows with the fleet, hub/protocol/board.py), else 90 s."""
+        try:
+            beat = self.couch.get_or_none(board_db(self.db), BEAT_ID)
+        except CouchError:
+            beat = None
+        return max(ONLINE_SECONDS, _positive((beat or {}).get("online_s")) or 0.0)
+
     def stats(self) -> dict[str, Any]:
         """beanstalkd-style stats: by state, tube and client; workers online; throughput."""
         now = self.now()
@@ -645,7 +655,7 @@ class FarmService:
             self.db,
             "farm",
             "workers_by_last_seen",
-            startkey=to_wire(now - timedelta(seconds=ONLINE_SECONDS)),
+            startkey=to_wire(now - timedelta(seconds=self.online_seconds())),
         )["rows"]
         last_minute = self.couch.view(
             self.db,
@@ -672,6 +682,10 @@ class FarmService:
             ],
             "finished_last_minute": len(last_minute),
         }
+
+
+def _positive(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def due_of(occ_id: str) -> datetime:

@@ -67,6 +67,9 @@ class FakeCouch:
         if view == "workers_by_last_seen":
             return {"rows": []}
         ready = [r for r in self.view_rows if self.docs[r["id"]]["state"] == "ready"]
+        start = params.get("startkey") or []
+        if len(start) == 2:  # a page further down: rows from that key on
+            ready = [r for r in ready if r["key"] >= start]
         rows = ready[: params["limit"]]
         if not params.get("include_docs"):
             rows = [{"id": r["id"], "key": r["key"]} for r in rows]
@@ -348,3 +351,93 @@ def test_a_claim_a_cluster_took_on_fewer_copies_than_a_majority_is_abandoned_not
     assert result.stats.abandoned == 1 and result.stats.wins == slots - 1
     stored = couch.docs[docs[0]["_id"]]
     assert stored["state"] == "leased" and stored["lease"]["abandoned"] is True
+
+
+def test_claims_ahead_ride_in_the_first_batch_and_never_cost_a_request_of_their_own():
+    docs = [ready(n).to_doc() for n in range(10)]
+    couch = FakeCouch(docs)
+    result = claimer(couch, k=3).claim(1, ahead=3)
+    assert len(result.won) == 4 and couch.bulks == [[o.id for o in result.won]]
+    assert couch.puts == [o.id for o in result.won] and result.stats.batches == 1
+    # A batch that loses every row but one is not topped up with single PUTs for the
+    # claims ahead: one slot is free, one was won.
+    couch = FakeCouch(docs)
+    for doc in docs[1:4]:
+        couch.docs[doc["_id"]] = dict(doc, _rev="2-someone")
+    result = claimer(couch, k=3).claim(1, ahead=3)
+    assert [o.id for o in result.won] == [docs[0]["_id"]] or len(result.won) == 1
+    assert len(couch.bulks) == 1 and len(couch.puts) == 4  # the batch only
+    # A batch that loses every row falls back to single PUTs for the free slot only.
+    couch = FakeCouch(docs)
+    stale = {doc["_id"] for doc in docs[:6]}
+    for doc in docs[:6]:
+        couch.docs[doc["_id"]] = dict(doc, _rev="2-someone")
+    result = claimer(couch, k=10, rng=random.Random(3)).claim(1, ahead=3)
+    assert len(result.won) == 1 and len(couch.bulks) == 1
+    batch, singles = couch.puts[:4], couch.puts[4:]
+    assert batch == couch.bulks[0]
+    if any(i not in stale for i in batch):
+        assert singles == []
+    else:
+        assert singles[-1] == result.won[0].id and all(i in stale for i in singles[:-1])
+
+
+def test_a_worker_with_none_of_its_rows_left_on_a_page_reads_further_not_others_rows():
+    from desktop_worker import readyset as readyset_module
+    from desktop_worker.readyset import ReadySet
+
+    peers = ("w2", "w3")
+    couch = FakeCouch([ready(n).to_doc() for n in range(-100, 100)])  # all due
+    held = ReadySet("w1", ["default"])
+    held.feed_started()
+    held.set_peers([{"name": p, "state": "running", "last_seen": to_wire(NOW),
+                     "tubes": ["default"]} for p in peers])  # fmt: skip
+
+    def mine(occ_id: str) -> bool:
+        score = readyset_module._score(occ_id, "w1")
+        return all(readyset_module._score(occ_id, p) > score for p in peers)
+
+    c = claimer(couch, k=3, ready_set=held)
+    c.claim(1)  # first read (docs included): a full page, so a backlog from now on
+    limit = couch.view_params[-1]["limit"]
+    # Everything of w1's on the first page is taken (w1 was faster than its peers).
+    first_page = [r["id"] for r in couch.view_rows if couch.docs[r["id"]]["state"] == "ready"]
+    for occ_id in first_page[: 2 * limit]:  # so the page read next holds none of its rows
+        if mine(occ_id):
+            couch.docs[occ_id] = dict(couch.docs[occ_id], state="leased", _rev="2-w1")
+    held.feed_started()  # forget what it held
+    c._backlog["default"] = True
+    result = c.claim(1, ahead=3)
+    assert result.won and all(mine(o.id) for o in result.won)  # its own, further down
+    assert result.stats.conflicts == 0
+    assert any(len(p.get("startkey") or []) == 2 for p in couch.view_params)
+
+
+def test_without_a_dispatcher_rows_another_worker_went_first_on_are_checked_before_a_try():
+    from desktop_worker import readyset as readyset_module
+    from desktop_worker.readyset import ReadySet
+
+    couch = FakeCouch([ready(n).to_doc() for n in range(12)])  # less than a page
+    held = ReadySet("w1", ["default"])
+    held.feed_started()
+    held.set_peers([{"name": "w2", "state": "running", "last_seen": to_wire(NOW),
+                     "tubes": ["default"]}])  # fmt: skip
+    clock = [0.0]
+    c = claimer(couch, k=3, ready_set=held, monotonic=lambda: clock[0])
+    won = [o.id for o in c.claim(1).won]  # the first read: everything ready is held
+    theirs = [
+        d for d in couch.docs.values()
+        if readyset_module._score(d["_id"], "w2") < readyset_module._score(d["_id"], "w1")
+    ]  # fmt: skip
+    assert theirs and won
+    for doc in theirs:  # w2 took every row where it goes first (we hear nothing of it)
+        couch.docs[doc["_id"]] = dict(doc, state="leased", _rev="2-w2")
+    clock[0] = 5.0  # long past w2's turn: w1 may try its rows now
+    stats = []
+    for _ in range(20):
+        result = c.claim(1)
+        stats.append(result.stats)
+        won += [o.id for o in result.won]
+        clock[0] += 1.0
+    assert len(won) == 12 - len(theirs) and len(set(won)) == len(won)
+    assert sum(s.conflicts for s in stats) == 0  # a check instead of a lost race per row

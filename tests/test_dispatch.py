@@ -7,7 +7,7 @@ from typing import Any
 
 from hub import provision
 from hub.dispatch import Board, Dispatcher, rendezvous
-from hub.protocol.board import BEAT_ID, board_db, offer_doc_id
+from hub.protocol.board import BEAT_ID, LAZY_WRITE_S, WRITE_AHEAD_S, board_db, offer_doc_id
 from hub.protocol.couch import CouchError
 from hub.protocol.timefmt import to_wire
 
@@ -72,9 +72,50 @@ def test_a_claim_frees_the_offer_and_a_finish_frees_the_slot():
     d.observe(occ(2))
     assert offered(d.plan(NOW)) == {"w1": [occ(1)["_id"]]}
     d.observe(occ(1, state="leased", rev=2, lease="w1"))
-    assert offered(d.plan(NOW)) == {"w1": []}  # slot busy: occ 2 waits
+    # Slot busy: occ 2 waits. w1 claimed occ 1 itself, so its withdrawal is not worth a
+    # board write (each wakes every worker's feed): it waits for the next one.
+    assert d.plan(NOW) == {}
     d.observe(occ(1, state="done", rev=3))
     assert offered(d.plan(NOW)) == {"w1": [occ(2)["_id"]]}
+
+
+def test_a_withdrawal_nobody_acts_on_waits_for_the_next_write_or_lazy_write_s():
+    d = Dispatcher(prefetch=0)
+    d.observe(worker("w1", slots=1))
+    d.observe(occ(1))
+    d.plan(NOW)
+    d.observe(occ(1, state="leased", rev=2, lease="w1"))
+    assert d.plan(NOW + timedelta(seconds=1)) == {}
+    assert d.plan(NOW + timedelta(seconds=1 + LAZY_WRITE_S - 0.5)) == {}
+    assert offered(d.plan(NOW + timedelta(seconds=1 + LAZY_WRITE_S))) == {"w1": []}
+
+
+def test_an_offer_taken_by_someone_else_is_withdrawn_before_its_holder_would_try_it():
+    d = Dispatcher(prefetch=0)
+    d.observe(worker("w1", slots=1))
+    d.observe(worker("w2", slots=1))
+    soon = occ(1, not_before=NOW + timedelta(seconds=5))
+    d.observe(soon)
+    d.plan(NOW + timedelta(seconds=5))  # written (due within WRITE_AHEAD_S)
+    holder = next(iter(d._offered_to.values()))
+    other = "w2" if holder == "w1" else "w1"
+    d.observe(occ(1, state="leased", rev=2, lease=other, not_before=NOW + timedelta(seconds=5)))
+    assert offered(d.plan(NOW + timedelta(seconds=5))) == {holder: []}
+
+
+def test_offers_made_ahead_are_gathered_until_one_must_reach_its_worker():
+    d = Dispatcher(prefetch=0, lead_s=8.0)
+    for name in ("a", "b", "c"):
+        d.observe(worker(name, slots=2))
+    d.observe(occ(1, not_before=NOW + timedelta(seconds=5)))
+    assert d.plan(NOW) == {}  # offered, not written: due in 5 s
+    d.observe(occ(2, not_before=NOW + timedelta(seconds=6)))
+    assert d.plan(NOW + timedelta(seconds=1)) == {}
+    at = NOW + timedelta(seconds=5 - WRITE_AHEAD_S)
+    plan = offered(d.plan(at))  # the first must go out now: the second rides along
+    assert sorted(i for ids in plan.values() for i in ids) == [occ(1)["_id"], occ(2)["_id"]]
+    d.observe(occ(3))  # due already: at once
+    assert occ(3)["_id"] in [i for ids in offered(d.plan(at)).values() for i in ids]
 
 
 def test_a_busy_worker_holds_one_more_only_when_no_slot_is_free_anywhere():
@@ -146,7 +187,9 @@ def test_paused_tubes_far_future_and_exhausted_occurrences_are_not_offered():
     soon = occ(4, not_before=NOW + timedelta(seconds=5))
     d.observe(soon)
     d.paused_tubes = {"held"}
-    assert offered(d.plan(NOW)) == {"w1": [soon["_id"]]}  # ahead of its due time: fine
+    assert d.plan(NOW) == {}  # offered ahead of its due time, written WRITE_AHEAD_S before
+    at = NOW + timedelta(seconds=5 - WRITE_AHEAD_S)
+    assert offered(d.plan(at)) == {"w1": [soon["_id"]]}
     # ... and its offer lapses only offer_s after its not_before, not after the offer.
     assert d.plan(NOW + timedelta(seconds=6)) == {}
 
@@ -173,10 +216,15 @@ def test_the_board_holds_offers_and_beat_and_only_the_hub_writes_it(farm):
     assert farm.worker("w1").get(board_db(farm.db), BEAT_ID)["type"] == "beat"
     assert board.publish({"w1": []}, NOW) == []  # an update: the rev it keeps is right
     assert farm.hub.get(board_db(farm.db), offer_doc_id("w1"))["offers"] == []
-    # A second hub writing the same doc: a conflict, learned, and written at the next try.
+    # A second hub writing the same doc (or a retried request whose first try landed): a
+    # conflict, its revision learned and the doc written again at once, not a dispatch
+    # later (its offer would reach the worker late).
     other = Board(farm.hub, farm.db)
-    assert other.publish({"w1": [doc]}, NOW) == ["w1"]
-    assert other.publish({"w1": [doc]}, NOW) == []
+    writes = other.writes
+    assert other.publish({"w1": [doc, occ(2)]}, NOW) == []
+    stored = farm.hub.get(board_db(farm.db), offer_doc_id("w1"))
+    assert [o["_id"] for o in stored["offers"]] == [doc["_id"], occ(2)["_id"]]
+    assert other.writes == writes + 2
     try:
         farm.worker("w2").put(board_db(farm.db), {"_id": offer_doc_id("w2"), "type": "offer",
                                                   "worker": "w2", "offers": [doc]})  # fmt: skip
@@ -208,3 +256,44 @@ def test_a_missing_board_is_created_by_a_hub_that_can_or_named_once(farm, caplog
         assert farm.worker("w1").get(board_db(db), offer_doc_id("w1"))["offers"] == [doc]
     finally:
         farm.admin.delete_db(board_db(db))
+
+
+def test_a_worker_that_keeps_letting_offers_lapse_rests_twice_as_long_each_time():
+    d = Dispatcher(offer_s=2.0, prefetch=0)
+    d.observe(worker("dead"))
+    t = NOW
+    rests = []
+    for n in range(3):
+        d.observe(occ(10 + n, not_before=t))
+        assert offered(d.plan(t)) == {"dead": [occ(10 + n, not_before=t)["_id"]]}
+        t += timedelta(seconds=2.5)
+        d.plan(t)  # lapsed: withdrawn, and the worker rests
+        d.observe(occ(10 + n, state="cancelled", rev=2, not_before=NOW))  # out of the way
+        start = t
+        while d.seats["dead"].lapsed_at is not None:
+            t += timedelta(seconds=1)
+            d.plan(t)
+        rests.append((t - start).total_seconds())
+    assert rests == [10.0, 20.0, 40.0]
+    # A claim (it is alive after all) ends the doubling.
+    d.observe(occ(20, state="leased", rev=2, lease="dead"))
+    assert d.seats["dead"].lapses == 0
+
+
+def test_the_beat_stretches_the_keep_alive_with_the_fleet_and_the_online_window_follows():
+    from hub.protocol.board import KEEPALIVE_S, keepalive_for
+
+    d = Dispatcher()
+    for n in range(4):
+        d.observe(worker(f"w{n}"))
+    assert d.keepalive(NOW) == KEEPALIVE_S and d.online_s == 90.0
+    for n in range(4, 200):
+        d.observe(worker(f"w{n}"))
+    assert d.keepalive(NOW) == keepalive_for(200) == 400.0
+    assert d.online_s == 600.0  # 1.5 periods
+    # The fleet shrinks: workers still on the long period must not look offline at once.
+    for n in range(4, 200):
+        d.seats.pop(f"w{n}")
+    assert d.keepalive(NOW + timedelta(seconds=30)) == KEEPALIVE_S
+    assert d.online_s == 600.0
+    assert d.keepalive(NOW + timedelta(seconds=1000)) == KEEPALIVE_S and d.online_s == 90.0

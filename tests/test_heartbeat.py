@@ -57,3 +57,18 @@ def test_no_server_leaves_the_doc_dirty_and_the_engine_offline(farm: Farm, tmp_p
     beat = Heartbeat(nowhere, config, status, keepalive_s=60)
     assert not beat.write()
     assert beat.dirty and status.state == EngineState.OFFLINE
+
+
+def test_the_keep_alive_stretches_when_the_hub_asks_never_shrinks_below_its_own(
+    farm: Farm, tmp_path: Path
+) -> None:
+    config = worker_config(farm, tmp_path)
+    status = EngineStatus("w1", config.slots)
+    hint: list[float | None] = [None]
+    beat = Heartbeat(farm.worker("w1"), config, status, keepalive_s=60,
+                     keepalive_hint=lambda: hint[0])  # fmt: skip
+    assert beat.period() == 60
+    hint[0] = 400.0  # a fleet of 200: the hub's beat asks for 400 s
+    assert beat.period() == 400.0
+    hint[0] = 10.0
+    assert beat.period() == 60

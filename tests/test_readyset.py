@@ -336,3 +336,19 @@ def test_a_dispatcher_that_falls_silent_sends_the_worker_back_to_the_view():
     assert not ready.needs_read("default", 1.0, poll_s=30.0)  # offers will come
     silent = 3 * 15.0 + 1  # three beats missed
     assert ready.needs_read("default", silent, poll_s=30.0)
+
+
+def test_the_hubs_beat_sets_the_keep_alive_and_how_long_peers_count_as_online():
+    from datetime import UTC, datetime
+
+    from hub.protocol.timefmt import to_wire as wire
+
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    held = ReadySet("w1", ["default"])
+    assert held.hub_keepalive_s is None and held.online_s == 90.0
+    beat = {"_id": "hub:dispatcher", "type": "beat", "at": wire(now), "every_s": 15,
+            "overdue_s": 8, "keepalive_s": 400.0, "online_s": 600.0}  # fmt: skip
+    held.apply_board(beat, 0.0, now)
+    assert held.hub_keepalive_s == 400.0 and held.online_s == 600.0
+    held.apply_board({**beat, "keepalive_s": 60.0, "online_s": 30.0}, 1.0, now)
+    assert held.hub_keepalive_s == 60.0 and held.online_s == 90.0  # never below its own

@@ -151,6 +151,8 @@ def test_missing_things_are_named(tmp_path):
         ({"tubes": ["UPPER"]}, "tube 'UPPER'"),
         ({"slots": 0}, "slots must be 1..256"),
         ({"claim_k": 0}, "claim_k must be"),
+        ({"claim_ahead": -1}, "claim_ahead must be 0..64"),
+        ({"claim_ahead": 100}, "claim_ahead must be 0..64"),
         ({"touch_at": 0.95}, "touch_at"),
         ({"kinds": ["Not A Kind"]}, "kind 'Not A Kind'"),
         ({"slots": "two"}, "slots must be an integer"),

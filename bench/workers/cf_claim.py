@@ -7,8 +7,12 @@ Commands, one JSON object per line on stdin; one answer per command on stdout:
   ``{"ready": true}`` (client made, credentials checked, connection warm). With ``feed``, as
   the engine does: a worker doc, the ``claim_feed`` stream into a ready set, and claims
   from it (desktop_worker/feed.py, readyset.py); without, a ``ready`` view read per claim;
-- ``{"cmd": "go", "cap": SECONDS}`` -> claims one occurrence at a time until the ready view is
-  empty or the cap passes -> ``{"claimed": [ids], "t_end": epoch, "stats": {...}}``;
+- ``{"cmd": "go", "cap": SECONDS}`` -> claims as the engine's claim loop does for a worker
+  with one slot whose runs end at once: one occurrence per claim, and in a backlog (the
+  last read was a full page) one more plus ``claim_ahead`` (the worker's default, or
+  ``"ahead"`` from ``prepare``) in one ``_bulk_docs`` (desktop_worker/claimloop.py), until
+  the ready view is empty or the cap passes -> ``{"claimed": [ids], "t_end": epoch,
+  "stats": {...}}``;
 - ``{"cmd": "quit"}``.
 
 ``BENCH_COUCH_W`` / ``BENCH_COUCH_R`` in the environment (a cluster's quorum settings):
@@ -32,7 +36,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from desktop_worker.claim import Claimer, ClaimStats
-from desktop_worker.config import DEFAULT_CLAIM_K
+from desktop_worker.config import DEFAULT_CLAIM_AHEAD, DEFAULT_CLAIM_K
 from desktop_worker.feed import ClaimFeed
 from desktop_worker.readyset import ReadySet
 from hub.protocol.couch import Couch
@@ -96,6 +100,7 @@ def main() -> int:
     couch = Couch(url, name, Path(password_file).read_text().strip())
     with_quorum(couch, os.environ.get("BENCH_COUCH_W", ""), os.environ.get("BENCH_COUCH_R", ""))
     claimer: Claimer | None = None
+    ahead = DEFAULT_CLAIM_AHEAD
     feed_stop = threading.Event()
     for line in sys.stdin:
         command = json.loads(line)
@@ -117,8 +122,9 @@ def main() -> int:
                 rng=random.Random(command.get("seed")),
                 ready_set=ready,
             )
+            ahead = int(command.get("ahead", DEFAULT_CLAIM_AHEAD))
             couch.session()  # checks the password, samples the server clock, warms the socket
-            reply({"ready": True, "k": claimer.k})
+            reply({"ready": True, "k": claimer.k, "ahead": ahead})
         elif command["cmd"] == "go":
             assert claimer is not None
             deadline = time.monotonic() + float(command["cap"])
@@ -126,7 +132,7 @@ def main() -> int:
             stats = ClaimStats()
             empty = False
             while time.monotonic() < deadline:
-                result = claimer.claim(1)
+                result = claimer.claim(1, ahead if claimer.in_backlog() else 0)
                 stats.add(result.stats)
                 claimed.extend(occ.id for occ in result.won)
                 if not result.won and result.retry_in is not None:
