@@ -58,20 +58,25 @@ def connection(
     # Admin work with the server admin's pair set uses it, even where the hub user's
     # COUCHFARM_* settings are exported too (the demo prints both): the hub user may not
     # set roles. An explicit --user or --password-file still decides.
-    server_admin = admin and bool(env.get("COUCHDB_USER") and env.get("COUCHDB_PASSWORD"))
-    if server_admin and not user and not password_file:
-        return Connection(
-            [u.strip() for u in raw.split(",") if u.strip()],
-            env["COUCHDB_USER"],
-            env["COUCHDB_PASSWORD"],
-            db or env.get("COUCHFARM_DB") or "farm",
-        )
-    name = user or env.get("COUCHFARM_USER") or (env.get("COUCHDB_USER") if admin else None)
-    if password_file:
-        secret: str | None = read_password_file(password_file)
-    elif env.get("COUCHFARM_PASSWORD_FILE"):
-        secret = read_password_file(env["COUCHFARM_PASSWORD_FILE"])
+    server_admin = (
+        admin
+        and not user
+        and not password_file
+        and bool(env.get("COUCHDB_USER") and env.get("COUCHDB_PASSWORD"))
+    )
+    name: str | None
+    secret: str | None
+    if server_admin:
+        name, secret = env["COUCHDB_USER"], env["COUCHDB_PASSWORD"]
     else:
-        secret = env.get("COUCHFARM_PASSWORD") or (env.get("COUCHDB_PASSWORD") if admin else None)
+        name = user or env.get("COUCHFARM_USER") or (env.get("COUCHDB_USER") if admin else None)
+        if password_file:
+            secret = read_password_file(password_file)
+        elif env.get("COUCHFARM_PASSWORD_FILE"):
+            secret = read_password_file(env["COUCHFARM_PASSWORD_FILE"])
+        else:
+            secret = env.get("COUCHFARM_PASSWORD") or (
+                env.get("COUCHDB_PASSWORD") if admin else None
+            )
     urls = [u.strip() for u in raw.split(",") if u.strip()]
     return Connection(urls, name, secret, db or env.get("COUCHFARM_DB") or "farm")

@@ -17,18 +17,11 @@ from hub.protocol.couch import Couch
 MAX_SETTLE_PASSES = 5
 
 
-def copies(couch: Couch, db: str) -> int:
-    """How many copies each shard of ``db`` has: ``n`` on a cluster, 1 elsewhere."""
-    cluster = couch.db_info(db).get("cluster") or {}
-    n = cluster.get("n") if isinstance(cluster, dict) else None
-    return n if isinstance(n, int) and n > 0 else 1
-
-
 def converge(couch: Couch, db: str, doc_ids: Iterable[str] | None = None) -> None:
     """Read each document from every copy (``r=n``): where the copies disagree, CouchDB
     repairs them before it answers (fabric's read repair), so afterwards every copy holds
     every branch. ``doc_ids`` None: every document of ``db``."""
-    n = copies(couch, db)
+    n = couch.copies(db)
     if n <= 1:
         return
     if doc_ids is None:
@@ -57,5 +50,5 @@ def settle_tallies(couch: Couch, db: str) -> None:
     cluster a fold can also have been taken by too few copies and lost to a concurrent
     one without leaving a conflict behind, so there the pending batches are always
     folded; on one server a batch left pending is a bug the test must see."""
-    if settle(couch, db) or copies(couch, db) > 1:
+    if settle(couch, db) or couch.copies(db) > 1:
         archiver.recover_pending(couch, db, couch.now(), grace=timedelta(0))

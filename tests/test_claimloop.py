@@ -114,6 +114,6 @@ def test_the_session_check_learns_the_claims_majority_before_any_claim(
     farm: Farm, tmp_path: Path
 ) -> None:
     engine = Engine(worker_config(farm, tmp_path))
-    assert farm.db not in engine.couch._majorities
+    assert farm.db not in engine.couch._copies
     assert engine.claim_loop._check_session()
-    assert farm.db in engine.couch._majorities  # not read in the first claim's way
+    assert farm.db in engine.couch._copies  # not read in the first claim's way

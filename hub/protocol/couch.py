@@ -334,7 +334,7 @@ class Couch:
         self._active = 0
         self._left_primary_at = 0.0
         self._lock = threading.Lock()
-        self._majorities: dict[str, int] = {}
+        self._copies: dict[str, int] = {}
         self.requests_sent = 0
         self.failovers = 0
 
@@ -623,18 +623,22 @@ class Couch:
         reply = self.request("PUT", path, body=doc, params=self._write_params(params))
         return Written(rev=str(reply.body["rev"]), quorum=reply.status != 202)
 
-    def majority(self, db: str) -> int:
-        """A majority of the copies of ``db``'s shards: ``n // 2 + 1`` on a CouchDB cluster
-        (its db info names n), 1 on a single node or PouchDB Server. Read once per db."""
+    def copies(self, db: str) -> int:
+        """How many copies each shard of ``db`` has: ``n`` on a CouchDB cluster (its db
+        info names it), 1 on a single node or PouchDB Server. Read once per db."""
         with self._lock:
-            known = self._majorities.get(db)
+            known = self._copies.get(db)
         if known is None:
             cluster = self.db_info(db).get("cluster") or {}
-            copies = cluster.get("n") if isinstance(cluster, dict) else None
-            known = int(copies) // 2 + 1 if isinstance(copies, int) and copies > 0 else 1
+            n = cluster.get("n") if isinstance(cluster, dict) else None
+            known = n if isinstance(n, int) and n > 0 else 1
             with self._lock:
-                self._majorities[db] = known
+                self._copies[db] = known
         return known
+
+    def majority(self, db: str) -> int:
+        """A majority of the copies of ``db``'s shards: ``n // 2 + 1`` (1 off a cluster)."""
+        return self.copies(db) // 2 + 1
 
     def delete(self, db: str, doc_id: str, rev: str) -> str:
         # POUCHDB: DELETE without a rev deletes there (CouchDB: 409); we always send one.
