@@ -87,10 +87,23 @@ def is_clients_result(doc: dict[str, Any], client: str) -> bool:
     )
 
 
-def public_result(doc: dict[str, Any]) -> dict[str, Any]:
-    """What the client receives of a stored result: its fields, not CouchDB's."""
-    hidden = ("_rev", "type", "batch")
-    return {("id" if k == "_id" else k): v for k, v in doc.items() if k not in hidden}
+QUORUM_FIELDS = ("validation", "alternatives")
+
+
+def public_result(doc: dict[str, Any], *, alternatives: bool = False) -> dict[str, Any]:
+    """What the client receives of a stored result: its fields, not CouchDB's.
+
+    A quorum run's result (issue 18) is the canonical one in the usual fields, plus
+    ``validation`` (which worker's result is canonical and why, or ``inconclusive``);
+    ``alternatives`` (every worker's result, up to k of them) only when asked for, since
+    it multiplies the size of a page by k. A quorum-1 result comes out as it always did:
+    an empty quorum field is left out."""
+    hidden = {"_rev", "type", "batch"} | (set() if alternatives else {"alternatives"})
+    return {
+        ("id" if k == "_id" else k): v
+        for k, v in doc.items()
+        if k not in hidden and not (k in QUORUM_FIELDS and v is None)
+    }
 
 
 CHANGES_BATCH = 1000
@@ -98,7 +111,7 @@ CHANGES_BATCH = 1000
 
 
 def _read_month(
-    couch: Couch, month_db: str, client: str, since: str, room: int
+    couch: Couch, month_db: str, client: str, since: str, room: int, alternatives: bool = False
 ) -> tuple[list[dict[str, Any]], str, bool]:
     """Up to ``room`` of the client's results after ``since`` in one month's database:
     (results, the seq to resume from, whether more may follow). The change rows carry only
@@ -124,7 +137,7 @@ def _read_month(
         return [], position, more
     found = couch.all_docs(month_db, keys=picked, include_docs=True)
     results = [
-        public_result(row["doc"])
+        public_result(row["doc"], alternatives=alternatives)
         for row in found
         if row.get("doc") and is_clients_result(row["doc"], client)
     ]
@@ -140,11 +153,13 @@ def read_page(
     *,
     limit: int = 100,
     wait_s: float = 0.0,
+    alternatives: bool = False,
 ) -> dict[str, Any]:
     """The client's results after ``cursor`` (None: everything in the open months), at
     most ``limit``, in the order they were stored; with ``wait_s``, waits that long for one
     to arrive when there is none. Returns ``results``, ``next`` (the cursor to ask with
-    next) and ``more`` (there may be more right now: ask again at once)."""
+    next) and ``more`` (there may be more right now: ask again at once). With
+    ``alternatives``, a quorum run's result carries every worker's result too."""
     limit = max(1, min(limit, MAX_PAGE))
     deadline = time.monotonic() + max(0.0, min(wait_s, MAX_WAIT_S))
     months = open_months(now)
@@ -159,8 +174,9 @@ def read_page(
                 break
             try:
                 found, positions[month], month_more = _read_month(
-                    couch, _month_db(live_db, month), client, positions[month], room
-                )
+                    couch, _month_db(live_db, month), client, positions[month], room,
+                    alternatives,
+                )  # fmt: skip
             except NotFound:
                 continue  # no result has been archived in that month yet
             results += found

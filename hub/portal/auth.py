@@ -217,7 +217,9 @@ class ClientScope:
     def task_health(self, task: Task) -> dict[str, Any]:
         return self.service.task_health(self.client, task.slug)
 
-    def results_page(self, since: str | None, limit: int, wait_s: float) -> dict[str, Any]:
+    def results_page(
+        self, since: str | None, limit: int, wait_s: float, alternatives: bool = False
+    ) -> dict[str, Any]:
         """The client's own results after ``since`` (hub/results_feed.py; the feed asks
         the server for this client's rows only and checks each one again)."""
         from hub import results_feed
@@ -230,8 +232,9 @@ class ClientScope:
         else:
             cursor = None
         return results_feed.read_page(
-            couch, db, self.client, cursor, now, limit=limit, wait_s=wait_s
-        )
+            couch, db, self.client, cursor, now, limit=limit, wait_s=wait_s,
+            alternatives=alternatives,
+        )  # fmt: skip
 
     def link(self, path: str, **params: Any) -> str:
         """A local URL for this scope (an operator's keeps ``?client=``)."""

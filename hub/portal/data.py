@@ -18,13 +18,14 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hub import schedules
 from hub.archiver import TALLY_PREFIX
 from hub.materializer import task_schedule
+from hub.portal.quorum import RELIABILITY_PREFIX, quorum_view, reliability_rows
 from hub.protocol.couch import Couch, CouchError, NotFound
 from hub.protocol.model import FINAL_STATES, Task, occurrence_id
 from hub.protocol.names import is_results_db, results_db
@@ -37,7 +38,12 @@ SHOWN_STATES = ("ready", "leased", "done", "failed", "buried", "missed", "skippe
 ALL_STATES = (
     "scheduled", "ready", "leased", "done", "failed", "buried", "missed", "skipped", "cancelled"
 )  # fmt: skip
-RAN_STATUSES = ("ok", "error", "failed")  # outcomes of runs that actually ran
+# Outcomes of runs that actually ran. "inconclusive": a quorum run whose results did not
+# agree (issue 18): it ran, but gave the client no answer, so it counts against success.
+RAN_STATUSES = ("ok", "error", "failed", "inconclusive")
+# What the history's state filter offers beyond the states: a quorum run's final state,
+# and a done run's status.
+FILTER_STATES = (*ALL_STATES, "inconclusive", "ok", "error")
 PAGE = 500  # rows per view request when paging through a range
 MAX_MONTHS = 121
 FAR_FUTURE = "9999-12-31T23:59:59.999Z"
@@ -86,11 +92,12 @@ def row_from_live(doc: dict[str, Any]) -> dict[str, Any]:
     if state == "done":
         status = result.get("status")
     else:
-        status = state if state in FINAL_STATES or state == "buried" else None
+        final = state in FINAL_STATES or state in ("buried", "inconclusive")
+        status = state if final else None
     error = result.get("error") or doc.get("reason")
     if not error and errors and state in ("failed", "buried", "scheduled"):
         error = errors[-1].get("error")
-    return {
+    row = {
         "id": doc["_id"],
         "due_at": doc.get("due_at", ""),
         "state": state,
@@ -108,11 +115,12 @@ def row_from_live(doc: dict[str, Any]) -> dict[str, Any]:
         "output": result.get("output"),
         "source": "live",
     }
+    return with_quorum(row, doc)
 
 
 def row_from_archive(doc: dict[str, Any]) -> dict[str, Any]:
     """An archived result (``res:...``) as one history row."""
-    return {
+    row = {
         "id": doc.get("occurrence") or str(doc.get("_id", "")).removeprefix("res:"),
         "due_at": doc.get("due_at", ""),
         "state": doc.get("state", ""),
@@ -130,6 +138,20 @@ def row_from_archive(doc: dict[str, Any]) -> dict[str, Any]:
         "output": doc.get("output"),
         "source": "archive",
     }
+    return with_quorum(row, doc)
+
+
+def with_quorum(row: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
+    """The row with its quorum run (``quorum``: the k results, which is canonical and why;
+    hub/portal/quorum.py) when the document holds one; a quorum-1 row is left as it was."""
+    view = quorum_view(doc)
+    if view is None:
+        return row
+    if not row.get("worker"):
+        # Several workers hold a quorum run's slots, and none is the lease holder.
+        row["worker"] = view.canonical or ", ".join(s.worker for s in view.slots) or None
+    row["quorum"] = view.to_json()
+    return row
 
 
 def _last_worker(errors: list[dict[str, Any]] | None) -> str | None:
@@ -626,6 +648,19 @@ class PortalData:
 
     # ------------------------------------------------------------ ops
 
+    def reliability(self, limit: int = 1000) -> list[Any]:
+        """Every worker's ``hub:reliability:{worker}`` document (issue 18), in the ops
+        page's order (hub/portal/quorum.py ``reliability_rows``): one ``_all_docs`` key
+        range, so the cost follows the workers that ever ran a quorum run."""
+        try:
+            rows = self.couch.all_docs(
+                self.db, startkey=RELIABILITY_PREFIX, endkey=RELIABILITY_PREFIX + "\ufff0",
+                include_docs=True, limit=limit,
+            )  # fmt: skip
+        except NotFound:
+            return []
+        return reliability_rows([row["doc"] for row in rows if row.get("doc")])
+
     def ops(self) -> dict[str, Any]:
         stats = self.service.stats()
         now = self.service.now()
@@ -651,8 +686,13 @@ class PortalData:
             }
             for row in self._view(self.db, "buried", "farm", limit=200)
         ]
+        reliability = self.reliability()
+        quarantined = {row.worker for row in reliability if row.quarantined}
+        for worker in workers:
+            worker["quarantined"] = worker.get("name") in quarantined
         return {
             "at": stats["at"],
+            "reliability": [asdict(row) for row in reliability],
             "by_state": stats["by_state"],
             "by_tube": stats["by_tube"],
             "paused_tubes": stats["paused_tubes"],

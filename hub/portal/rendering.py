@@ -13,7 +13,8 @@ from fastapi.templating import Jinja2Templates
 from starlette.responses import Response
 
 from hub.portal import forms
-from hub.portal.data import ALL_STATES, SHOWN_STATES
+from hub.portal.data import ALL_STATES, FILTER_STATES, SHOWN_STATES
+from hub.portal.quorum import FLAG_SCORE, FLAG_STREAK
 from hub.portal.security import Principal
 from hub.protocol.timefmt import as_utc, from_wire
 
@@ -34,13 +35,14 @@ ARCHIVED_EXPLAINED = (
 def make_templates(title: str, refresh_seconds: int) -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals.update(
-        title=title, shown_states=SHOWN_STATES, all_states=ALL_STATES,
+        title=title, shown_states=SHOWN_STATES, all_states=ALL_STATES, filter_states=FILTER_STATES,
         explain=forms.EXPLAIN, refresh_seconds=refresh_seconds, live_explained=LIVE_EXPLAINED,
-        archived_explained=ARCHIVED_EXPLAINED,
+        archived_explained=ARCHIVED_EXPLAINED, flag_score=FLAG_SCORE, flag_streak=FLAG_STREAK,
     )  # fmt: skip
     templates.env.filters["when"] = when
     templates.env.filters["pct"] = pct
     templates.env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
+    templates.env.filters["compact"] = compact
     templates.env.filters["ms"] = ms
     templates.env.filters["num"] = num
     return templates
@@ -83,6 +85,11 @@ def when(value: str | None) -> str:
         return as_utc(from_wire(value)).strftime("%Y-%m-%d %H:%M:%S UTC")
     except ValueError:
         return str(value)
+
+
+def compact(value: Any) -> str:
+    """JSON on one line: a result's output in a list of several."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 def num(value: Any) -> str:

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hub import schedules
 from hub.portal import forms
 from hub.portal.auth import ClientScope, client_scope, principal, with_problems
-from hub.portal.data import ALL_STATES, PortalData, describe_schedule, next_due
+from hub.portal.data import FILTER_STATES, PortalData, describe_schedule, next_due
+from hub.portal.quorum import quorum_view
 from hub.portal.security import Principal
 from hub.portal.state import PortalState, portal_state
 from hub.protocol import kinds
@@ -154,7 +155,7 @@ def history_page(
     limit: int,
 ) -> dict[str, Any]:
     wanted = set(state or []) - {""}
-    unknown = wanted - set(ALL_STATES) - {"ok", "error"}
+    unknown = wanted - set(FILTER_STATES)
     if unknown:
         raise HTTPException(400, f"state: unknown {sorted(unknown)[0][:40]!r}")
     return data.history(
@@ -339,7 +340,11 @@ def api_occurrences(
 def api_occurrence(
     name: str, occ_id: str, scope: ClientScope = Depends(client_scope)
 ) -> dict[str, Any]:
-    return scope.occurrence(scope.task(name), occ_id)
+    found = scope.occurrence(scope.task(name), occ_id)
+    view = quorum_view(found.get("occurrence") or found.get("result") or {})
+    if view is not None:  # a quorum run: its k results, which is canonical and why
+        found["quorum"] = view.to_json()
+    return found
 
 
 @router.post("/tasks/{name}/occurrences/{occ_id}/cancel", summary="Cancel a queued run")
@@ -392,6 +397,11 @@ SINCE_QUERY = Query(
     description="the 'next' cursor of the previous page; 'now' for only what comes next; "
     "none: every result of this month and the previous one",
 )  # fmt: skip
+ALTERNATIVES_QUERY = Query(
+    False,
+    description="quorum runs: add every worker's result (alternatives) beside the canonical "
+    "one and its validation",
+)
 
 
 @router.get("/results", summary="Your results since a cursor, paged; long-polls when none")
@@ -400,10 +410,12 @@ def api_results(
     since: str | None = SINCE_QUERY,
     limit: int = Query(100, ge=1, le=500),
     wait: float = Query(0, ge=0, le=60, description="seconds to wait for a result if none"),
+    alternatives: bool = ALTERNATIVES_QUERY,
     state: PortalState = Depends(portal_state),
 ) -> dict[str, Any]:
+    wait = min(wait, state.settings.results_wait_cap_s)
     try:
-        return scope.results_page(since, limit, min(wait, state.settings.results_wait_cap_s))
+        return scope.results_page(since, limit, wait, alternatives)
     except CursorError as exc:
         raise with_problems(400, "bad cursor", [str(exc)]) from None
 
@@ -418,10 +430,11 @@ def api_results_stream(
     scope: ClientScope = Depends(client_scope),
     since: str | None = SINCE_QUERY,
     seconds: float = Query(300, ge=1, le=3600, description="end the stream after this long"),
+    alternatives: bool = ALTERNATIVES_QUERY,
     state: PortalState = Depends(portal_state),
 ) -> StreamingResponse:
     try:
-        first = scope.results_page(since, 500, 0)
+        first = scope.results_page(since, 500, 0, alternatives)
     except CursorError as exc:
         raise with_problems(400, "bad cursor", [str(exc)]) from None
     deadline = time.monotonic() + min(seconds, state.settings.results_stream_cap_s)
@@ -435,6 +448,7 @@ def api_results_stream(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            page = scope.results_page(page["next"], 500, 0 if page["more"] else min(remaining, 25))
+            wait = 0 if page["more"] else min(remaining, 25)
+            page = scope.results_page(page["next"], 500, wait, alternatives)
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")

@@ -1,4 +1,12 @@
-"""A task's runs in a time range as CSV or JSON lines, streamed a batch of rows at a time."""
+"""A task's runs in a time range as CSV or JSON lines, streamed a batch of rows at a time.
+
+A quorum run (issue 18) is exported as its canonical result in the usual columns, plus its
+validation (JSON lines: ``validation``, as stored; CSV: ``validation``, ``canonical``,
+``why``, ``agree``, ``disagree``, ``spot_check``) and, with ``?alternatives=1``, every
+worker's result (``alternatives``: a list of RunResults, in CSV as compact JSON). A
+quorum-1 task's export is unchanged: CSV gains the quorum columns only for a task whose
+``quorum`` is over 1 or when alternatives are asked for; a JSON line gains ``validation``
+only for a run that has one."""
 
 from __future__ import annotations
 
@@ -22,11 +30,21 @@ EXPORT_COLUMNS = (
     "duration_ms", "latency_ms", "error", "output",
 )  # fmt: skip
 
+QUORUM_COLUMNS = ("validation", "canonical", "why", "agree", "disagree", "spot_check")
+
 router = APIRouter(prefix="/api", dependencies=[Depends(client_scope)])
+ALTERNATIVES_QUERY = Query(
+    False, description="quorum runs: add every worker's result (alternatives) to each run"
+)
 
 
 def export(
-    scope: ClientScope, task: Task, since: str | None, until: str | None, fmt: str
+    scope: ClientScope,
+    task: Task,
+    since: str | None,
+    until: str | None,
+    fmt: str,
+    alternatives: bool = False,
 ) -> StreamingResponse:
     lo = parse_time(since, "since") or "1970-01-01T00:00:00.000Z"
     hi = parse_time(until, "until") or to_wire(scope.now() + timedelta(days=1))
@@ -34,7 +52,12 @@ def export(
     stamp = datetime.now().strftime("%Y%m%d")
     filename = f"{task.client}-{task.slug}-{stamp}.{fmt}"
     media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
-    body = csv_lines(rows) if fmt == "csv" else json_lines(rows)
+    if fmt == "csv":
+        # Read off the task, not the rows: CSV's header comes before the first row.
+        quorum = getattr(task, "quorum", 1) or 1
+        body = csv_lines(rows, quorum=quorum > 1 or alternatives, alternatives=alternatives)
+    else:
+        body = json_lines(rows, alternatives=alternatives)
     return StreamingResponse(
         body, media_type=media,
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
@@ -52,8 +75,9 @@ def api_csv(
     scope: ClientScope = Depends(client_scope),
     since: str | None = Query(None, max_length=40),
     until: str | None = Query(None, max_length=40),
+    alternatives: bool = ALTERNATIVES_QUERY,
 ) -> StreamingResponse:
-    return export(scope, scope.task(name), since, until, "csv")
+    return export(scope, scope.task(name), since, until, "csv", alternatives)
 
 
 @router.get(
@@ -67,24 +91,65 @@ def api_jsonl(
     scope: ClientScope = Depends(client_scope),
     since: str | None = Query(None, max_length=40),
     until: str | None = Query(None, max_length=40),
+    alternatives: bool = ALTERNATIVES_QUERY,
 ) -> StreamingResponse:
-    return export(scope, scope.task(name), since, until, "jsonl")
+    return export(scope, scope.task(name), since, until, "jsonl", alternatives)
 
 
-def _export_record(row: dict[str, Any]) -> dict[str, Any]:
-    return {column: row["id" if column == "occurrence" else column] for column in EXPORT_COLUMNS}
+def _export_record(row: dict[str, Any], alternatives: bool = False) -> dict[str, Any]:
+    record = {column: row["id" if column == "occurrence" else column] for column in EXPORT_COLUMNS}
+    quorum = row.get("quorum")
+    if quorum is not None:
+        if quorum.get("validation") is not None:
+            record["validation"] = quorum["validation"]
+        if alternatives:
+            record["alternatives"] = [
+                slot_result(slot) for slot in quorum.get("slots") or [] if slot.get("status")
+            ]
+    return record
 
 
-def csv_lines(rows: Iterator[dict[str, Any]], batch: int = 200) -> Iterator[str]:
-    """CSV text, a batch of rows at a time (output as compact JSON in its column)."""
+def slot_result(slot: dict[str, Any]) -> dict[str, Any]:
+    """A slot of a quorum view (hub/portal/quorum.py) back as the RunResult it holds (as
+    stored: a field without a value is left out)."""
+    fields = ("status", "worker", "attempt", "started_at", "finished_at", "output", "error")
+    return {name: slot[name] for name in fields if slot.get(name) is not None}
+
+
+def _quorum_cells(record: dict[str, Any]) -> dict[str, Any]:
+    validation = record.get("validation") or {}
+    return {
+        "validation": validation.get("outcome"),
+        "canonical": validation.get("canonical"),
+        "why": validation.get("why"),
+        "agree": " ".join(validation.get("agree") or []) or None,
+        "disagree": " ".join(validation.get("disagree") or []) or None,
+        "spot_check": None if not validation else bool(validation.get("spot_check")),
+    }
+
+
+def csv_lines(
+    rows: Iterator[dict[str, Any]],
+    batch: int = 200,
+    *,
+    quorum: bool = False,
+    alternatives: bool = False,
+) -> Iterator[str]:
+    """CSV text, a batch of rows at a time (output as compact JSON in its column); with
+    ``quorum``, the validation's columns; with ``alternatives``, every worker's result."""
+    columns = EXPORT_COLUMNS + (QUORUM_COLUMNS if quorum else ())
+    columns += ("alternatives",) if alternatives else ()
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(EXPORT_COLUMNS)
+    writer.writerow(columns)
     for count, row in enumerate(rows, 1):
-        record = _export_record(row)
-        output = record["output"]
-        record["output"] = "" if output is None else json.dumps(output, separators=(",", ":"))
-        writer.writerow(["" if record[c] is None else _csv_safe(record[c]) for c in EXPORT_COLUMNS])
+        record = _export_record(row, alternatives)
+        if quorum:
+            record |= _quorum_cells(record)
+        for name in ("output", "alternatives"):
+            value = record.get(name)
+            record[name] = "" if value is None else json.dumps(value, separators=(",", ":"))
+        writer.writerow(["" if record[c] is None else _csv_safe(record[c]) for c in columns])
         if count % batch == 0:
             yield buffer.getvalue()
             buffer.seek(0)
@@ -99,10 +164,12 @@ def _csv_safe(value: Any) -> Any:
     return value
 
 
-def json_lines(rows: Iterator[dict[str, Any]], batch: int = 200) -> Iterator[str]:
+def json_lines(
+    rows: Iterator[dict[str, Any]], batch: int = 200, *, alternatives: bool = False
+) -> Iterator[str]:
     chunk: list[str] = []
     for row in rows:
-        chunk.append(json.dumps(_export_record(row), separators=(",", ":")))
+        chunk.append(json.dumps(_export_record(row, alternatives), separators=(",", ":")))
         if len(chunk) == batch:
             yield "\n".join(chunk) + "\n"
             chunk = []
