@@ -31,6 +31,7 @@ from hub.protocol.model import Occurrence, Progress, WorkerDoc, worker_id
 from hub.protocol.names import results_db
 from hub.protocol.timefmt import to_wire
 from hub.service import ConflictError, FarmService
+from tests import quorum_docs
 
 CHROMIUM = os.environ.get("COUCHFARM_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
@@ -336,4 +337,62 @@ def test_a_client_backfills_a_gap_from_the_task_page(farm, service, portal, brow
     assert page.locator("#history tbody tr", has_text="scheduled").count() == 5
     page.click("#backfill-submit")
     expect(page.locator("#backfill-result")).to_contain_text("0 runs created, 5 already existed")
+    context.close()
+
+
+def test_quorum_runs_in_the_browser(farm, portal, browser):
+    """Issue 18: a quorum task's page with a 3-result canonical run and an inconclusive one,
+    each run's page, and the operators' list of workers by reliability."""
+    now = farm.now().replace(microsecond=0)
+    ids = quorum_docs.seed_quorum_task(farm, "acme", "vote", now)
+    quorum_docs.seed_reliability(farm, now)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status == 404 or
+            r.status >= 500 else None)  # fmt: skip
+    page.goto(f"{portal.url}/login")
+    page.fill("#username", "acme")
+    page.fill("#password", farm.passwords["acme"])
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{portal.url}/")
+
+    page.goto(f"{portal.url}/tasks/vote")
+    page.wait_for_selector("#plot svg")
+    canonical = page.locator(f'tr.quorum-row[data-occurrence="{ids["canonical"]}"]')
+    expect(canonical.locator(".quorum-outcome")).to_have_text("canonical: w1")
+    assert quorum_docs.WHY_CANONICAL in canonical.inner_text()
+    assert canonical.locator("tr.slot").count() == 3
+    expect(canonical.locator('tr.slot[data-worker="w3"]')).to_contain_text("disagrees")
+    inconclusive = page.locator(f'tr.quorum-row[data-occurrence="{ids["inconclusive"]}"]')
+    expect(inconclusive.locator(".quorum-outcome")).to_have_text("inconclusive")
+    assert inconclusive.locator("tr.slot").count() == 2
+    shot(page, "quorum-task")
+
+    page.goto(f"{portal.url}/tasks/vote/occurrences/{ids['canonical']}")
+    expect(page.locator("#quorum h2")).to_have_text("3 results of 3 (quorum run)")
+    assert page.locator("#quorum tr.slot").first.get_attribute("data-verdict") == "canonical"
+    shot(page, "quorum-run")
+    page.goto(f"{portal.url}/tasks/vote/occurrences/{ids['inconclusive']}")
+    expect(page.locator("#quorum .quorum-outcome")).to_have_text("inconclusive")
+    assert page.is_visible("#no-canonical")
+    shot(page, "quorum-inconclusive")
+    page.click("#logout")
+    page.wait_for_url("**/login")
+
+    page.fill("#username", "hub")
+    page.fill("#password", farm.passwords["hub"])
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{portal.url}/")
+    page.goto(f"{portal.url}/ops")
+    rows = page.locator("#reliability tbody tr")
+    assert [rows.nth(k).get_attribute("data-worker") for k in range(rows.count())] == [
+        "w3", "w5", "w4", "w2", "w1",
+    ]  # fmt: skip
+    expect(rows.first).to_contain_text("quarantined")
+    page.locator("#reliability-card").scroll_into_view_if_needed()
+    shot(page, "ops-reliability")
+    assert not errors, errors
     context.close()
