@@ -80,6 +80,18 @@ def test_an_inconclusive_view_keeps_every_result_and_calls_none_wrong():
     assert len(view.alternatives) == 2
 
 
+def test_a_result_accepted_alone_without_alternatives_shows_its_one_result():
+    validation = {"outcome": "accepted_alone", "canonical": "w1", "agree": ["w1"],
+                  "disagree": [], "why": "w1 is trusted"}  # fmt: skip
+    archived = {"_id": "res:x", "type": "result", "due_at": "2026-12-01T00:00:00.000Z",
+                **_run("w1", output={"n": 1}), "validation": validation}  # fmt: skip
+    view = quorum_view(archived)
+    assert view is not None and [(s.worker, s.verdict) for s in view.slots] == [("w1", "canonical")]
+    assert view.slots[0].output == {"n": 1} and view.slots[0].latency_ms == 1000
+    live = _occ(quorum=3, state="done", result=_run("w1"), validation=validation)
+    assert [s.worker for s in quorum_view(live).slots] == ["w1"]
+
+
 def test_the_view_of_runs_not_decided_and_of_broken_fields():
     slots = {"w1": {"worker": "w1", "state": "done", "result": _run("w1")},
              "w2": {"worker": "w2", "state": "leased", "progress": {"num": 1, "den": 2}},

@@ -158,6 +158,14 @@ def _slot(
     )  # fmt: skip
 
 
+RUN_FIELDS = ("status", "worker", "attempt", "started_at", "finished_at", "output", "error")
+
+
+def _flattened_run(doc: dict[str, Any]) -> dict[str, Any]:
+    """An archived result's own RunResult fields (the archiver copies them to the top)."""
+    return {name: doc[name] for name in RUN_FIELDS if doc.get(name) is not None}
+
+
 def quorum_view(doc: dict[str, Any]) -> QuorumView | None:
     """The quorum run held by a live occurrence or an archived result, or None for a
     quorum-1 one (no ``slots``, ``validation`` or ``alternatives``, quorum absent or 1)."""
@@ -188,9 +196,10 @@ def quorum_view(doc: dict[str, Any]) -> QuorumView | None:
             if isinstance(run, dict):
                 worker = _text(run.get("worker")) or "?"
                 slots.append(_slot(worker, "done", run, due_at, validation, {}))
-    elif validation is not None and isinstance(doc.get("result"), dict):
-        # Accepted alone with no alternatives kept: the one result is the canonical one.
-        run = doc["result"]
+    elif validation is not None and (isinstance(doc.get("result"), dict) or doc.get("worker")):
+        # Decided with no slots or alternatives kept (e.g. accepted alone): the one result
+        # is the canonical one, inside a live occurrence or flattened into an archived one.
+        run = doc["result"] if isinstance(doc.get("result"), dict) else _flattened_run(doc)
         worker = _text(run.get("worker")) or "?"
         slots.append(_slot(worker, "done", run, due_at, validation, {}))
     slots.sort(key=lambda s: (_VERDICT_ORDER.get(s.verdict, 3), s.worker))
