@@ -132,8 +132,8 @@ def seed_quorum_task(farm, client: str, slug: str, now: datetime) -> dict[str, A
     early = run_result("w1", due, start_s=0.5, took_ms=150, output=http(200, 150))
     w2 = slot(None, "w2", due, "leased")
     w2["progress"] = {"num": 1, "den": 2, "msg": "waiting for the response"}
-    collecting.update(
-        state="leased", attempt=1, quorum=3,
+    collecting.update(  # a quorum run stays ready while workers hold its slots
+        state="ready", attempt=1, quorum=3, quorum_deadline=to_wire(due + timedelta(minutes=3)),
         slots={"w1": slot(early, "w1", due), "w2": w2, "w4": slot(None, "w4", due, "leased")},
     )  # fmt: skip
     ids["collecting"] = collecting["_id"]

@@ -194,6 +194,9 @@ def test_the_task_page_lists_each_runs_results_and_verdict(acme, seeded):
     assert 'data-outcome="accepted_alone"' in rows[seeded["alone"]]
     collecting = rows[seeded["collecting"]]
     assert "waiting: 1 of 3 results in" in collecting and "waiting for the response" in collecting
+    # It is running although the occurrence itself is still ready (slots are leased).
+    running = page.text.split("<h2>Running now</h2>", 1)[1].split("</section>", 1)[0]
+    assert seeded["collecting"] in running and "1 of 3 results in" in running
     # The task's facts say its quorum settings (once the model has them: tests/quorum_docs).
     assert ('id="quorum-settings"' in page.text) is quorum_docs.model_has_quorum()
     # The history row of the inconclusive run says so in its state cell.

@@ -534,12 +534,24 @@ class PortalData:
         return {"occurrences": rows, "next_before": next_before}
 
     def running(self, task: Task) -> list[dict[str, Any]]:
-        """Leased occurrences of the task, with their progress."""
+        """Leased occurrences of the task, with their progress, and quorum runs some of
+        whose slots are leased."""
         rows = self._view(
             self.db, "active_by_task", "farm",
             startkey=[task.id], endkey=[task.id, {}], include_docs=True,
         )  # fmt: skip
-        return [row_from_live(r["doc"]) for r in rows if r.get("doc") and r["value"] == "leased"]
+        running = []
+        for r in rows:
+            if not r.get("doc"):
+                continue
+            if r["value"] == "leased":
+                running.append(row_from_live(r["doc"]))
+            elif r["value"] == "ready" and r["doc"].get("slots"):
+                # A quorum run stays ready while workers hold its slots (issue 18).
+                row = row_from_live(r["doc"])
+                if any(s["state"] == "leased" for s in row.get("quorum", {}).get("slots", [])):
+                    running.append(row)
+        return running
 
     def series(
         self, task: Task, since: datetime, until: datetime, buckets: int = 120

@@ -78,11 +78,17 @@ class QuorumView:
     disagree: list[str]
     slots: list[SlotView] = field(default_factory=list)
     validation: dict[str, Any] | None = None  # as stored, for the feed and the exports
+    deadline: str | None = None  # quorum_deadline: when the hub stops waiting for the k-th
 
     @property
     def results(self) -> int:
         """How many slots hold a result."""
         return sum(1 for slot in self.slots if slot.result is not None)
+
+    @property
+    def running(self) -> bool:
+        """A worker holds a slot now (the occurrence itself stays ``ready`` meanwhile)."""
+        return any(slot.state == "leased" for slot in self.slots)
 
     @property
     def alternatives(self) -> list[dict[str, Any]]:
@@ -207,8 +213,10 @@ def quorum_view(doc: dict[str, Any]) -> QuorumView | None:
     return QuorumView(
         quorum=quorum, outcome=_text(v.get("outcome")), canonical=_text(v.get("canonical")),
         why=_text(v.get("why")) or "", decided_at=_text(v.get("decided_at")),
-        spot_check=v.get("spot_check") is True, agree=_names(v.get("agree")),
-        disagree=_names(v.get("disagree")), slots=slots, validation=validation,
+        # The occurrence's own draw says so before the decision does.
+        spot_check=v.get("spot_check") is True or doc.get("spot_check") is True,
+        agree=_names(v.get("agree")), disagree=_names(v.get("disagree")), slots=slots,
+        validation=validation, deadline=_text(doc.get("quorum_deadline")),
     )  # fmt: skip
 
 
