@@ -340,3 +340,50 @@ def test_a_quorum_1_tasks_csv_is_unchanged(acme, service, seeded):
     service.add_task("acme", "single", {**quorum_docs.CHECK})
     header = acme.get("/api/tasks/single/results.csv").text.splitlines()[0]
     assert header.split(",") == list(EXPORT_COLUMNS)
+
+
+# ---------------------------------------------------------------- asking for a quorum
+
+
+def _block(html: str, name: str) -> str:
+    start = html.index(f'name="{name}"')
+    return html[start : html.find('<div class="field', start)]
+
+
+def test_the_form_asks_for_a_quorum_once_tasks_have_one(acme):
+    page = acme.get("/tasks/new", headers=HTML).text
+    assert ('id="f-quorum"' in page) is quorum_docs.model_has_quorum()
+    if not quorum_docs.model_has_quorum():
+        return  # the quorum core is not merged yet: nothing to ask for
+    form = {
+        "name": "voted", "kind": "http.check", "in:http.check:url": "https://example.org/",
+        "schedule_mode": "every", "schedule.every": "300", "schedule.tz": "UTC", "ttr": "60",
+        "quorum": "3", "quorum_timeout": "30", "quorum_on_timeout": "fail", "adaptive": "on",
+        "spot_check_rate": "0.25",
+    }  # fmt: skip
+    # A timeout shorter than the TTR: the service's problem, beside its field.
+    refused = acme.post("/tasks/new", data=form, headers=HTML)
+    assert refused.status_code == 400
+    assert 'data-for="quorum_timeout"' in _block(refused.text, "quorum_timeout")
+    done = acme.post("/tasks/new", data={**form, "quorum_timeout": "120"}, follow_redirects=False)
+    assert done.status_code == 303, done.text
+    task = acme.get("/api/tasks/voted").json()
+    assert (task["quorum"], task["quorum_timeout"], task["quorum_on_timeout"]) == (3, 120, "fail")
+    assert task["adaptive"] is True and task["spot_check_rate"] == 0.25
+    edit = acme.get("/tasks/voted/edit", headers=HTML).text
+    assert 'value="3"' in _block(edit, "quorum") and "checked" in _block(edit, "adaptive")
+    assert 'id="quorum-settings"' in acme.get("/tasks/voted", headers=HTML).text
+
+
+def test_the_api_takes_the_quorum_fields(acme):
+    body = {"name": "apivote", **quorum_docs.CHECK, "quorum": 3, "adaptive": False}
+    reply = acme.post("/api/tasks", json=body)
+    if quorum_docs.model_has_quorum():
+        assert reply.status_code == 201, reply.text
+        assert reply.json()["quorum"] == 3
+        changed = acme.patch("/api/tasks/apivote", json={"quorum": 5}).json()
+        assert changed["quorum"] == 5
+        bad = acme.patch("/api/tasks/apivote", json={"quorum": 9})
+        assert bad.status_code == 400 and bad.json()["problems"][0].startswith("quorum: ")
+    else:  # before the quorum core: refused, naming the field
+        assert reply.status_code == 400 and "quorum: unknown field" in reply.json()["problems"]

@@ -43,6 +43,15 @@ EXPLAIN = {
     "alert_after_failures": "Alert after this many failed runs in a row (then once more "
     "when a run succeeds again); empty: no alerts. Channels are set on the Alerts page.",
     "alert_channels": "Which of your alert channels to use; none ticked: every channel you set up.",
+    "quorum": "How many different workers run each occurrence (1 to 7). With 2 or more, the "
+    "hub keeps the result most of them agree with, and you see every worker's result.",
+    "quorum_timeout": "Seconds after a run's start time to wait for every result; empty: "
+    "3 times the TTR.",
+    "quorum_on_timeout": "When results are still missing then: decide with those in hand (a "
+    "strict majority of at least 2), or mark the run inconclusive.",
+    "adaptive": "A result from a worker with a long record of agreeing may be accepted "
+    "alone, except for random spot checks.",
+    "spot_check_rate": "The share of adaptive runs still run by the full quorum (0 to 1).",
     "exclusions": "Windows in which no run is due, one per line, in the time zone above: "
     "'02:00-03:30' every night, '23:00-01:00 sat,sun' on weekends (to before from crosses "
     "midnight), '2026-12-24T00:00 .. 2026-12-27T00:00' once; '# note' at the end. Runs "
@@ -55,6 +64,7 @@ MISFIRE_CHOICES = ("run_latest", "run_all", "skip")
 INT_FIELDS = ("priority", "ttr", "max_attempts", "misfire_grace", "retention_days")
 OPTIONAL_INT_FIELDS = ("max_runs", "pause_after_failures", "alert_after_failures")  # empty: none
 FLOAT_FIELDS = ("backoff.base", "backoff.factor", "backoff.max")
+QUORUM_ON_TIMEOUT_CHOICES = ("decide", "fail")
 LOCAL_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
 
 
@@ -270,7 +280,31 @@ def spec_from_form(form: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
     channels = [c for c in ALERT_CHANNELS if form.get(f"alert_channel.{c}") is not None]
     spec["alert_channels"] = channels or None  # none ticked: every channel set up
     spec["paused"] = form.get("paused") is not None
+    if "quorum" in form:  # the form shows the quorum fields (quorum_supported())
+        spec |= quorum_from_form(form)
     return spec, problems
+
+
+def quorum_supported() -> bool:
+    """Whether tasks have the quorum fields (issue 18): the form shows them only then."""
+    return "quorum" in Task.model_fields
+
+
+def quorum_from_form(form: Mapping[str, str]) -> dict[str, Any]:
+    """The quorum fields of a submitted form (empty quorum: 1; empty timeout: the default)."""
+    spec: dict[str, Any] = {}
+    raw = form.get("quorum", "").strip()
+    spec["quorum"] = _number(raw, True) if raw else 1
+    raw = form.get("quorum_timeout", "").strip()
+    spec["quorum_timeout"] = _number(raw, True) if raw else None
+    raw = form.get("quorum_on_timeout", "").strip()
+    if raw:
+        spec["quorum_on_timeout"] = raw
+    spec["adaptive"] = form.get("adaptive") is not None
+    raw = form.get("spot_check_rate", "").strip()
+    if raw:
+        spec["spot_check_rate"] = _number(raw, False)
+    return spec
 
 
 def form_from_task(task: Task) -> dict[str, str]:
@@ -304,6 +338,14 @@ def form_from_task(task: Task) -> dict[str, str]:
         values[f"alert_channel.{channel}"] = "on"
     if task.paused:
         values["paused"] = "on"
+    if quorum_supported():
+        values["quorum"] = str(getattr(task, "quorum", 1))
+        timeout = getattr(task, "quorum_timeout", None)
+        values["quorum_timeout"] = "" if timeout is None else str(timeout)
+        values["quorum_on_timeout"] = str(getattr(task, "quorum_on_timeout", "decide"))
+        if getattr(task, "adaptive", False):
+            values["adaptive"] = "on"
+        values["spot_check_rate"] = _plain(getattr(task, "spot_check_rate", 0.1))
     for item in input_fields(task.kind):
         if item.prop not in task.input:
             continue

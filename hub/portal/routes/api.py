@@ -62,6 +62,13 @@ class TaskFields(BaseModel):
     alert_channels: list[AlertChannel] | None = Field(
         None, description=forms.EXPLAIN["alert_channels"]
     )
+    quorum: int | None = Field(None, description=forms.EXPLAIN["quorum"])
+    quorum_timeout: int | None = Field(None, description=forms.EXPLAIN["quorum_timeout"])
+    quorum_on_timeout: Literal["decide", "fail"] | None = Field(
+        None, description=forms.EXPLAIN["quorum_on_timeout"]
+    )
+    adaptive: bool | None = Field(None, description=forms.EXPLAIN["adaptive"])
+    spot_check_rate: float | None = Field(None, description=forms.EXPLAIN["spot_check_rate"])
     misfire: Literal["run_all", "run_latest", "skip"] | None = None
     misfire_grace: int | None = Field(None, description=forms.EXPLAIN["misfire_grace"])
     retention_days: int | None = Field(None, description=forms.EXPLAIN["retention_days"])

@@ -39,7 +39,8 @@ DONE_MESSAGES = {
 FORM_FIELDS = frozenset(
     {"name", "kind", "schedule", "input", "priority", "tube", "ttr", "max_attempts", "overlap",
      "misfire", "misfire_grace", "retention_days", "paused", "backoff", "max_runs",
-     "pause_after_failures", "alert_after_failures", "alert_channels"}
+     "pause_after_failures", "alert_after_failures", "alert_channels", "quorum",
+     "quorum_timeout", "quorum_on_timeout", "adaptive", "spot_check_rate"}
     | {f"schedule.{p}" for p in ("every", "cron", "at", "start", "end", "tz", "jitter",
                                  "exclusions")}
     | {f"backoff.{p}" for p in ("base", "factor", "max")}
@@ -91,6 +92,8 @@ def form_page(
         task=task, values=values, kind=kind, fields=fields, errors=placed,
         general=general, overlap_choices=forms.OVERLAP_CHOICES,
         misfire_choices=forms.MISFIRE_CHOICES, status_code=status,
+        quorum_supported=forms.quorum_supported(),
+        quorum_on_timeout_choices=forms.QUORUM_ON_TIMEOUT_CHOICES,
         schemas=kinds.KIND_SCHEMAS,
     )  # fmt: skip
 
