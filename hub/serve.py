@@ -258,7 +258,10 @@ class Hub:
             return reaper.ReapReport()  # nothing can be due yet: no request
         self._last_full_reap = time.monotonic()
         self._promoting = set()
-        return reaper.reap(self.couch, self.config.db, now, may_promote=self.may_promote)
+        report = reaper.reap(self.couch, self.config.db, now, may_promote=self.may_promote)
+        # Conflicted ones are settled at the next reap (settle_again), then expire.
+        self.unsettled.update(report.conflicted)
+        return report
 
     def archive(self) -> archiver.ArchiveReport:
         cursors = self.materializer.cursors
