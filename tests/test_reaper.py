@@ -10,6 +10,7 @@ from typing import Any
 from hub import reaper, resolver
 from hub.protocol import states
 from hub.protocol.model import Backoff, Occurrence, State, Task
+from tests import cluster
 from tests.conftest import Farm
 from tests.test_hub import FakeClock, add_task, new_hub, recent_minute
 
@@ -75,9 +76,17 @@ def test_an_expired_lease_in_conflict_waits_for_the_resolver(farm: Farm) -> None
     report = reaper.reap(farm.hub, farm.db, later)
     assert report.conflicted == [ready.id] and report.expired == 0
     assert doc(farm, ready)["state"] == "leased"
-    resolver.resolve(farm.hub, farm.db, farm.hub.get(farm.db, ready.id, conflicts="true"))
-    report = reaper.reap(farm.hub, farm.db, later)
-    assert (report.expired, report.conflicted) == (1, [])
+    assert resolver.resolve(farm.hub, farm.db, farm.hub.get(farm.db, ready.id, conflicts="true"))
+    # On a cluster the view reads one copy of each shard: it may show the conflict for a
+    # pass more (the hub reaps again, as here); on one server the first pass expires it.
+    expired = 0
+    for _ in range(1 if farm.hub.copies(farm.db) == 1 else 5):
+        cluster.converge(farm.hub, farm.db, [ready.id])
+        report = reaper.reap(farm.hub, farm.db, later)
+        expired += report.expired
+        if not report.conflicted:
+            break
+    assert (expired, report.conflicted) == (1, [])
     assert doc(farm, ready)["state"] == "ready"
 
 
