@@ -125,6 +125,7 @@ class Dispatcher:
         self.seats: dict[str, Seat] = {}
         self.paused_tubes: set[str] = set()
         self._generation: dict[str, int] = {}
+        self._forked: set[str] = set()  # seen in conflict: its winner may step back (cluster)
         self._offered_to: dict[str, str] = {}  # occurrence -> worker
         self._lessee: dict[str, str] = {}  # occurrence -> worker holding its lease
         # worker -> when its offer doc must be written at the latest (None: a withdrawal
@@ -181,11 +182,27 @@ class Dispatcher:
         if not doc_id.startswith("occ:"):
             return
         generation = _generation(doc.get("_rev"))
-        if not doc.get("_deleted") and generation < self._generation.get(doc_id, 0):
+        if (
+            not doc.get("_deleted")
+            and generation < self._generation.get(doc_id, 0)
+            and doc_id not in self._forked
+        ):
             return  # an older copy (a view read racing the feed)
+        if doc.get("_conflicts"):
+            # Settling a conflict deletes the losing leaves, and the winner left may be of
+            # a lower generation than one seen here (a CouchDB cluster took two claims, and
+            # the abandoned one went a revision further): take its next copy as it comes.
+            # Dropped, the lost lease would stay on its worker's seat, which then looks
+            # busy and is offered nothing until the occurrence is archived (issue 21).
+            self._forked.add(doc_id)
+        else:
+            self._forked.discard(doc_id)
         self._generation[doc_id] = generation
         state = None if doc.get("_deleted") else doc.get("state")
-        worker = (doc.get("lease") or {}).get("worker") if state == "leased" else None
+        lease = doc.get("lease") or {}
+        # An abandoned claim (decision 14) holds nothing: its worker runs it not.
+        held = state == "leased" and not lease.get("abandoned")
+        worker = lease.get("worker") if held else None
         if state == "ready":
             self.ready[doc_id] = doc
             holder = self._offered_to.get(doc_id)
@@ -207,6 +224,7 @@ class Dispatcher:
             seat.lapses = 0  # it claims: alive
         if state in (None, "done", "failed", "cancelled", "missed", "skipped"):
             self._generation.pop(doc_id, None)  # it never comes back: keep memory flat
+            self._forked.discard(doc_id)
 
     def _observe_worker(self, doc: dict[str, Any]) -> None:
         name = doc.get("name")

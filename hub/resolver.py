@@ -59,6 +59,7 @@ __all__ = [
     "resolve",
     "result_order",
     "same_run",
+    "settle_again",
     "settle_users",
 ]
 
@@ -178,6 +179,10 @@ def resolve(
                 "event=resolve_incomplete doc=%s left=%s merge_lost=%s rows=%s", winner["_id"],
                 sorted(now.get("_conflicts", [])), merge_lost, failed,
             )  # fmt: skip
+    if complete and winner["_id"].startswith("res:"):
+        # Both creates of this result may have been counted (a cluster took both): the
+        # task's tally is recounted once no fold naming it is still to come.
+        complete = tallies.recount_after_result_conflict(couch, db, winner)
     for loser in candidates:
         if loser["_rev"] != winner["_rev"]:
             # A dropped result is named (worker, finish time) so it can be traced later.
@@ -195,8 +200,27 @@ def resolve(
     return Resolution(winner["_id"], winner["_rev"], losers, merged, complete)
 
 
-def resolve_all(couch: Couch, db: str, since: str = "0", batch: int = 500) -> tuple[int, str]:
-    """One pass over ``_changes`` since ``since``: settle every conflicted document."""
+def settle_again(couch: Couch, db: str, doc_id: str) -> bool:
+    """A document an earlier resolution left unsettled, read and settled again (a leaf a
+    cluster refused to delete, or a result whose tally must wait for a fold). True once
+    nothing is left to do."""
+    doc = couch.get_or_none(db, doc_id, conflicts="true")
+    if doc is None:
+        return True
+    if doc.get("_conflicts"):
+        settled = resolve(couch, db, doc)
+        return not (isinstance(settled, Resolution) and not settled.complete)
+    if doc_id.startswith("res:"):
+        return tallies.recount_after_result_conflict(couch, db, doc)
+    return True
+
+
+def resolve_all(
+    couch: Couch, db: str, since: str = "0", batch: int = 500, unsettled: set[str] | None = None
+) -> tuple[int, str]:
+    """One pass over ``_changes`` since ``since``: settle every conflicted document. The ids
+    of those a resolution left incomplete are added to ``unsettled`` (for
+    :func:`settle_again`)."""
     resolved = 0
     while True:
         results, last = couch.changes(
@@ -208,8 +232,12 @@ def resolve_all(couch: Couch, db: str, since: str = "0", batch: int = 500) -> tu
         )
         for row in results:
             doc = row.get("doc")
-            if doc and doc.get("_conflicts") and resolve(couch, db, doc):
-                resolved += 1
+            if doc and doc.get("_conflicts"):
+                settled = resolve(couch, db, doc)
+                resolved += settled is not None
+                incomplete = isinstance(settled, Resolution) and not settled.complete
+                if incomplete and unsettled is not None:
+                    unsettled.add(doc["_id"])
         if len(results) < batch or last == since:
             return resolved, last
         since = last

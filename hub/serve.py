@@ -104,6 +104,8 @@ class Hub:
         self._resolved_results_since: dict[str, str] = {}
         self.replication_health: replication.Health | None = None
         self.unsettled: set[str] = set()  # conflicted documents a resolution left behind
+        # The same in the results databases: (month db, document id).
+        self.unsettled_results: set[tuple[str, str]] = set()
         self.dispatcher = Dispatcher()
         self.board = Board(self.couch, self.config.db, on_missing=self._create_board)
         self._board_written = float("-inf")
@@ -256,7 +258,10 @@ class Hub:
             return reaper.ReapReport()  # nothing can be due yet: no request
         self._last_full_reap = time.monotonic()
         self._promoting = set()
-        return reaper.reap(self.couch, self.config.db, now, may_promote=self.may_promote)
+        report = reaper.reap(self.couch, self.config.db, now, may_promote=self.may_promote)
+        # Conflicted ones are settled at the next reap (settle_again), then expire.
+        self.unsettled.update(report.conflicted)
+        return report
 
     def archive(self) -> archiver.ArchiveReport:
         cursors = self.materializer.cursors
@@ -416,6 +421,13 @@ class Hub:
         those that need it: ``replication.restart_stalled``); settle conflicts in the
         monthly results databases, which the live feed does not cover."""
         if len(self.couch.servers) < 2:
+            try:
+                # A cluster's copies can take two creates of one result: settle them (the
+                # months have the live database's n; a single server reads nothing more).
+                if self.couch.copies(self.config.db) > 1:
+                    self.settle_results()
+            except CouchError as exc:
+                log.warning("event=resolve_failed error=%r", str(exc))
             return None
         primary, standby = self.couch.for_server(0), self.couch.for_server(1)
         for couch, side in ((primary, "primary"), (standby, "standby")):
@@ -439,15 +451,30 @@ class Hub:
                 log.warning("event=replication_restart_failed error=%r", str(exc))
         else:
             self.replication_health = replication.status(primary, standby, self.config.db)
+        self.settle_results()
+        return self.replication_health
+
+    def settle_results(self) -> None:
+        """Settle the conflicts in this month's results database, which the live feed does
+        not cover (replication, or a cluster whose copies took two creates of one result:
+        then that task's tally is recounted too, ``tallies.recount_after_result_conflict``).
+        What a resolution left incomplete is tried again at the next pass."""
+        for month, doc_id in sorted(self.unsettled_results):
+            try:
+                if resolver.settle_again(self.couch, month, doc_id):
+                    self.unsettled_results.discard((month, doc_id))
+            except CouchError as exc:
+                log.warning("event=resolve_failed db=%s doc=%s error=%r", month, doc_id, str(exc))
         month_db = results_db(self.config.db, self.now())
         since = self._resolved_results_since.get(month_db, "0")
+        left: set[str] = set()
         try:
             _n, self._resolved_results_since[month_db] = resolver.resolve_all(
-                self.couch, month_db, since
+                self.couch, month_db, since, unsettled=left
             )
         except CouchError as exc:
             log.warning("event=resolve_failed db=%s error=%r", month_db, str(exc))
-        return self.replication_health
+        self.unsettled_results |= {(month_db, doc_id) for doc_id in left}
 
     # ------------------------------------------------------------ running
 

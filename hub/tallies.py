@@ -408,6 +408,53 @@ def recount_tally(couch: Couch, db: str, task_id: str, *, dry_run: bool = False)
     return (report.tallies or [TallyChange(task_id, "unchanged", {}, {})])[0]
 
 
+def pending_batches_naming(tally: dict[str, Any] | None, occurrence: str) -> list[str]:
+    """The batches pending in ``tally`` that announced ``occurrence``."""
+    pending = (tally or {}).get("pending") or {}
+    return sorted(
+        batch
+        for batch, entry in pending.items()
+        if occurrence in ((entry or {}).get("occurrences") or [])
+    )
+
+
+def recount_after_result_conflict(couch: Couch, db: str, result: dict[str, Any]) -> bool:
+    """Make the tally exact again after a conflicted ``res:`` document was settled.
+
+    On a CouchDB cluster two hubs archiving the same occurrence at once can both create
+    ``res:{occ}`` (each create taken by different copies of the shard), so both batches
+    fold it and the tally counts one result twice. Once the resolver has kept one of
+    them the stored results are exact again, and so is a recount of that task's tally.
+    But a batch still pending that names the occurrence has a fold to come, which counts
+    the copy its writer created whatever the recount found; a recount now would be
+    undone. So this returns False (settle it again later) while such a batch is pending
+    (a dead writer's batch is folded by ``recover_pending``, which counts only results
+    that still carry its name), and True once the tally was recounted.
+    """
+    task = task_of_result(str(result.get("_id", "")))
+    if task is None:
+        return True
+    occurrence = str(result["_id"]).removeprefix("res:")
+    # On a cluster every copy is read (r = n): a fold one copy took must not be missed.
+    copies = couch.copies(db)
+    tally = couch.get_or_none(db, tally_id(task), **({"r": copies} if copies > 1 else {}))
+    waiting = pending_batches_naming(tally, occurrence)
+    if waiting:
+        log.info(
+            "event=tally_recount_deferred db=%s occ=%s task=%s pending=%s",
+            db, occurrence, task, waiting,
+        )  # fmt: skip
+        return False
+    change = recount_tally(couch, db, task)
+    if change.action != "unchanged":
+        log.warning(
+            "event=tally_recounted_after_result_conflict db=%s occ=%s task=%s before=%s "
+            "after=%s",
+            db, occurrence, task, change.before, change.after,
+        )  # fmt: skip
+    return True
+
+
 def resolve_tally(couch: Couch, db: str, doc: dict[str, Any]) -> TallyResolution | None:
     """Settle a conflicted ``tally:`` document (as read with ``conflicts=true``).
 
@@ -434,6 +481,8 @@ __all__ = [
     "RecountReport",
     "TallyChange",
     "TallyResolution",
+    "pending_batches_naming",
+    "recount_after_result_conflict",
     "recount_tallies",
     "recount_tally",
     "resolve_tally",

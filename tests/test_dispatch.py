@@ -150,6 +150,35 @@ def test_an_older_copy_does_not_bring_back_a_claimed_occurrence():
     assert d.plan(NOW) == {}
 
 
+def test_a_settled_conflict_frees_the_seat_of_the_claim_that_lost():
+    """A CouchDB cluster took two claims of one revision; w2's got a 202 and it marked its
+    branch abandoned, one revision further than w1's. The resolver keeps w1's and deletes
+    w2's: the winner the feed shows next is of a lower generation than the one seen, and
+    must still be taken, or w2's seat keeps a lease it does not hold and gets no offers."""
+    d = Dispatcher(prefetch=0)
+    d.observe(worker("w1", slots=1))
+    d.observe(worker("w2", slots=1))
+    d.observe(occ(1))
+    abandoned = occ(1, state="leased", rev=3, lease="w2")
+    abandoned["_conflicts"] = ["2-y"]
+    d.observe(abandoned)
+    d.observe(occ(1, state="leased", rev=2, lease="w1"))  # the winner once settled
+    d.observe(occ(2))
+    d.observe(occ(3))
+    assert offered(d.plan(NOW)) == {"w2": [occ(2)["_id"]]}
+
+
+def test_an_abandoned_claim_holds_no_slot():
+    d = Dispatcher(prefetch=0)
+    d.observe(worker("w1", slots=1))
+    d.observe(occ(1))
+    taken = occ(1, state="leased", rev=3, lease="w1")
+    taken["lease"]["abandoned"] = True
+    d.observe(taken)
+    d.observe(occ(2))
+    assert offered(d.plan(NOW)) == {"w1": [occ(2)["_id"]]}
+
+
 def test_an_offer_that_lapses_goes_to_another_worker_and_its_worker_rests():
     d = Dispatcher(offer_s=2.0, prefetch=0)
     d.observe(worker("w1"))

@@ -7,9 +7,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from hub import reaper
+from hub import reaper, resolver
 from hub.protocol import states
 from hub.protocol.model import Backoff, Occurrence, State, Task
+from tests import cluster
 from tests.conftest import Farm
 from tests.test_hub import FakeClock, add_task, new_hub, recent_minute
 
@@ -57,6 +58,36 @@ def test_an_expired_lease_goes_back_to_ready_and_a_running_one_is_left(farm: Far
     assert back["state"] == "ready" and back.get("lease") is None
     assert "lease expired" in back["errors"][-1]["error"]
     assert doc(farm, running)["state"] == "leased"  # its lease runs until +50 s
+
+
+def test_an_expired_lease_in_conflict_waits_for_the_resolver(farm: Farm) -> None:
+    """A cluster took two claims of one revision: expiring the branch CouchDB shows could
+    put back an occurrence the other branch finished. The reaper leaves it, names it, and
+    expires the winner once the conflict is settled."""
+    now = recent_minute(farm)
+    task = add_task(farm, "reap-conflict", FakeClock(now), ttr=30, max_attempts=3)
+    ready = ready_occurrence(farm, task, now - timedelta(minutes=2), now)
+    mine = claimed(farm, ready, now)
+    other = states.claim(ready, "w3", now).to_doc()
+    other["_rev"] = "2-" + ("0" if mine.rev and mine.rev[2] != "0" else "1") * 32
+    farm.admin.bulk_docs(farm.db, [other], new_edits=False)  # as a second copy took it
+    assert farm.hub.get(farm.db, ready.id, conflicts="true").get("_conflicts")
+    later = now + timedelta(seconds=31)
+    report = reaper.reap(farm.hub, farm.db, later)
+    assert report.conflicted == [ready.id] and report.expired == 0
+    assert doc(farm, ready)["state"] == "leased"
+    assert resolver.resolve(farm.hub, farm.db, farm.hub.get(farm.db, ready.id, conflicts="true"))
+    # On a cluster the view reads one copy of each shard: it may show the conflict for a
+    # pass more (the hub reaps again, as here); on one server the first pass expires it.
+    expired = 0
+    for _ in range(1 if farm.hub.copies(farm.db) == 1 else 5):
+        cluster.converge(farm.hub, farm.db, [ready.id])
+        report = reaper.reap(farm.hub, farm.db, later)
+        expired += report.expired
+        if not report.conflicted:
+            break
+    assert (expired, report.conflicted) == (1, [])
+    assert doc(farm, ready)["state"] == "ready"
 
 
 def test_an_expired_lease_on_the_last_attempt_is_buried(farm: Farm) -> None:

@@ -19,6 +19,7 @@ from hub import archiver, cli, provision, replication, resolver, tallies
 from hub.protocol.model import Task
 from hub.protocol.timefmt import from_wire
 from hub.service import build_task
+from tests import cluster
 from tests.test_archiver import EVERY, results, settle
 
 
@@ -334,6 +335,38 @@ def test_rebuilds_running_while_hubs_archive_leave_exact_tallies(farm, tasks, mo
         assert_exact(farm, month, task)
     again = tallies.recount_tallies(farm.hub, month)
     assert {t.action for t in again.tallies} == {"unchanged"}
+
+
+def test_a_result_two_batches_created_is_recounted_once_their_folds_are_done(farm, tasks, month):
+    """A cluster's copies can take two creates of one ``res:`` (one from each of two hubs
+    archiving it at once): both batches fold it and the tally counts it twice. Settling
+    that conflict recounts the tally, but only once no batch naming it is pending (its
+    fold would count it again after the recount)."""
+    acme = tasks[0]
+    now = farm.now()
+    start = now.replace(microsecond=0, second=0) - timedelta(days=7)
+    docs = results(acme, start, 3)
+    archiver.store_results(farm.hub, month, docs, now)  # batch A created all three
+    twin_of = docs[1]
+    batch = announce(farm, month, acme, [twin_of], now)  # batch B, whose create also landed
+    stored_rev = farm.hub.get(month, twin_of["_id"])["_rev"]
+    twin = {**twin_of, "batch": batch, "_rev": "1-" + ("0" if stored_rev[2] != "0" else "1") * 32}
+    farm.admin.bulk_docs(month, [twin], new_edits=False)  # as replication writes a branch
+    cluster.converge(farm.hub, month, [twin["_id"]])
+    doc = farm.hub.get(month, twin["_id"], conflicts="true")
+    assert doc.get("_conflicts"), "two creates of one result should be in conflict"
+
+    # B has not folded yet: the conflict is settled, the recount waits.
+    settled = resolver.resolve(farm.hub, month, doc)
+    assert isinstance(settled, resolver.Resolution) and not settled.complete
+    assert not resolver.settle_again(farm.hub, month, twin["_id"])
+    assert sum(truth(farm, month, acme)["counts"].values()) == 3
+    # B folds what its create returned: the result is counted a second time.
+    archiver.fold(farm.hub, month, batch, [twin], [archiver.tally_id(acme.id)])
+    assert sum(held(farm, month, acme)["counts"].values()) == 4
+    assert resolver.settle_again(farm.hub, month, twin["_id"])
+    assert farm.hub.get(month, archiver.tally_id(acme.id))["pending"] == {}
+    assert_exact(farm, month, acme)
 
 
 # ---------------------------------------------------------------- the command

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -199,7 +200,13 @@ def main() -> int:
     parser.add_argument("--password-file", required=True)
     parser.add_argument("--spool-dir", required=True)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # BENCH_WORKER_LOG=INFO: the engines' claim and lapse events, to diagnose a stall.
+    level = os.environ.get("BENCH_WORKER_LOG", "").strip().upper() or "WARNING"
+    logging.basicConfig(
+        level=getattr(logging, level, logging.WARNING),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(threadName)s %(name)s %(message)s",
+    )
     password = Path(args.password_file).read_text().strip()
     names = [n for n in args.names.split(",") if n]
     urls = [u for u in args.urls.split(",") if u] or [args.url] * len(names)
