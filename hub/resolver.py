@@ -48,7 +48,7 @@ from typing import Any
 
 from hub import tallies
 from hub.protocol import states
-from hub.protocol.couch import Couch
+from hub.protocol.couch import Conflict, Couch
 from hub.protocol.model import MAX_ERROR_HISTORY, Occurrence, State
 from hub.protocol.states import PROGRESS_RANK, finished_first, result_order, same_run
 
@@ -202,8 +202,8 @@ def resolve(
 
 def settle_again(couch: Couch, db: str, doc_id: str) -> bool:
     """A document an earlier resolution left unsettled, read and settled again (a leaf a
-    cluster refused to delete, or a result whose tally must wait for a fold). True once
-    nothing is left to do."""
+    cluster refused to delete, a result whose tally must wait for a fold, or a claim
+    abandoned with no other beside it). True once nothing is left to do."""
     doc = couch.get_or_none(db, doc_id, conflicts="true")
     if doc is None:
         return True
@@ -212,6 +212,41 @@ def settle_again(couch: Couch, db: str, doc_id: str) -> bool:
         return not (isinstance(settled, Resolution) and not settled.complete)
     if doc_id.startswith("res:"):
         return tallies.recount_after_result_conflict(couch, db, doc)
+    if is_lone_abandoned(doc):
+        return requeue_lone_abandoned(couch, db, doc_id)
+    return True
+
+
+def is_lone_abandoned(doc: dict[str, Any]) -> bool:
+    """A claim marked abandoned (decision 14) with no other branch beside it, as read."""
+    return (
+        doc.get("state") == State.LEASED.value
+        and bool((doc.get("lease") or {}).get("abandoned"))
+        and not doc.get("_conflicts")
+        and not doc.get("_deleted")
+    )
+
+
+def requeue_lone_abandoned(couch: Couch, db: str, doc_id: str) -> bool:
+    """An abandoned claim whose copies show no other claim: a cluster answered 202 with no
+    competing write (a copy was slow or down), so nobody runs the occurrence and only the
+    lease's expiry would bring it back. It is read from every copy first (``r=n``): a claim
+    that did reach a majority is then a conflict, which this settles instead. Returns
+    False only when the document must be looked at again (the requeue lost a race)."""
+    doc = couch.get_or_none(db, doc_id, conflicts="true", r=max(1, couch.copies(db)))
+    if doc is None:
+        return True
+    if doc.get("_conflicts"):
+        settled = resolve(couch, db, doc)
+        return not (isinstance(settled, Resolution) and not settled.complete)
+    if not is_lone_abandoned(doc):
+        return True
+    requeued = states.requeue_abandoned(Occurrence.from_doc(doc), couch.now()).to_doc()
+    try:
+        couch.put(db, {**requeued, "_rev": doc["_rev"]})
+    except Conflict:
+        return False  # it changed meanwhile: read again
+    log.info("event=abandoned_requeued occ=%s rev=%s", doc_id, doc["_rev"])
     return True
 
 
@@ -237,6 +272,11 @@ def resolve_all(
                 resolved += settled is not None
                 incomplete = isinstance(settled, Resolution) and not settled.complete
                 if incomplete and unsettled is not None:
+                    unsettled.add(doc["_id"])
+            elif doc and is_lone_abandoned(doc):
+                if requeue_lone_abandoned(couch, db, doc["_id"]):
+                    resolved += 1
+                elif unsettled is not None:
                     unsettled.add(doc["_id"])
         if len(results) < batch or last == since:
             return resolved, last

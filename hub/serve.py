@@ -103,7 +103,7 @@ class Hub:
         self._archived_until: str | None = None
         self._resolved_results_since: dict[str, str] = {}
         self.replication_health: replication.Health | None = None
-        self.unsettled: set[str] = set()  # conflicted documents a resolution left behind
+        self.unsettled: set[str] = set()  # to settle again at the next reap (settle_again)
         # The same in the results databases: (month db, document id).
         self.unsettled_results: set[tuple[str, str]] = set()
         self.dispatcher = Dispatcher()
@@ -384,15 +384,13 @@ class Hub:
             self.unsettled.discard(doc["_id"])
 
     def settle_again(self) -> int:
-        """Conflicts a resolution left behind (a cluster refused a deletion): the feed
-        shows a document again only when it changes, so they are read and settled here,
-        at every reap. Returns how many are still unsettled."""
+        """Conflicts a resolution left behind (a cluster refused a deletion), and claims
+        abandoned with no other claim seen: the feed shows a document again only when it
+        changes, so they are read and settled here, at every reap. Returns how many are
+        still unsettled."""
         for doc_id in sorted(self.unsettled):
-            doc = self.couch.get_or_none(self.config.db, doc_id, conflicts="true")
-            if doc is None or not doc.get("_conflicts"):
+            if resolver.settle_again(self.couch, self.config.db, doc_id):
                 self.unsettled.discard(doc_id)
-                continue
-            self._settle(doc)
         return len(self.unsettled)
 
     def _apply_followed(self, results: list[dict[str, Any]]) -> None:
@@ -409,6 +407,10 @@ class Hub:
                 if doc and doc.get("_conflicts"):
                     # Two servers (or cluster nodes) took different writes: settle it now.
                     self._settle(doc)
+                elif doc and resolver.is_lone_abandoned(doc):
+                    # A claim a cluster took on too few copies, and no other claim seen:
+                    # the next reap reads every copy and requeues it (or settles it).
+                    self.unsettled.add(doc["_id"])
                 self.materializer.apply_changes([row], self.now())
                 self.health.observe(doc)
                 self.alert_sender.observe(doc)

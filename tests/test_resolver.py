@@ -473,3 +473,55 @@ def test_abandon_only_by_the_holder_and_a_requeue_only_of_an_abandoned_claim():
     assert gone.lease.expires_at == occ.lease.expires_at  # the reaper's clock is unchanged
     back = states.requeue_abandoned(gone, now)
     assert back.state == "ready" and back.attempt == 0 and back.lease is None
+
+
+def test_a_claim_abandoned_with_no_other_claim_is_ready_again_at_the_next_reap(farm):
+    """A cluster can answer 202 to a claim no other write competed with (a copy slow or
+    down): the worker abandons it, nobody runs it, and without a conflict nothing but the
+    lease's expiry would bring it back. The hub's feed sees it, and its next reap reads
+    every copy and requeues it; `hub resolve` (resolve_all) does the same."""
+    from hub.serve import Hub, HubConfig
+
+    now = farm.now().replace(microsecond=0)
+    w1 = farm.worker("w1")
+
+    def abandoned_claim() -> str:
+        occ = states.materialize(
+            _task(f"lone{secrets.token_hex(3)}", now), now - timedelta(seconds=2), now
+        )
+        farm.hub.put(farm.db, occ.to_doc())
+        claimed = states.claim(Occurrence.from_doc(farm.hub.get(farm.db, occ.id)), "w1", w1.now())
+        claimed = claimed.model_copy(update={"rev": w1.put(farm.db, claimed.to_doc())})
+        w1.put(farm.db, states.abandon(claimed, "w1", w1.now()).to_doc())
+        return occ.id
+
+    def assert_requeued(occ_id: str) -> None:
+        stored = farm.hub.get(farm.db, occ_id)
+        assert stored["state"] == "ready" and stored.get("lease") is None
+        assert stored["attempt"] == 0 and stored["reason"] == "claim abandoned: requeued"
+
+    hub = Hub(farm.hub, HubConfig(db=farm.db))
+    hub.load()
+    by_hub = abandoned_claim()
+    for _ in range(50):  # the feed may hand the rows over in more than one call
+        hub.follow_once(wait=0.2)
+        if by_hub in hub.unsettled:
+            break
+    assert by_hub in hub.unsettled  # noted from the feed, not yet touched
+    assert farm.hub.get(farm.db, by_hub)["lease"]["abandoned"] is True
+    hub.reap()
+    assert_requeued(by_hub)
+    assert by_hub not in hub.unsettled
+
+    by_resolve_all = abandoned_claim()
+    resolved, _ = resolver.resolve_all(farm.hub, farm.db)
+    assert resolved >= 1  # the farm is shared: other tests' abandoned claims count too
+    assert_requeued(by_resolve_all)
+
+    # a claim that is not abandoned is never requeued
+    occ = states.materialize(_task(f"held{secrets.token_hex(3)}", now), now, now)
+    farm.hub.put(farm.db, occ.to_doc())
+    held = states.claim(Occurrence.from_doc(farm.hub.get(farm.db, occ.id)), "w1", w1.now())
+    w1.put(farm.db, held.to_doc())
+    assert resolver.requeue_lone_abandoned(farm.hub, farm.db, occ.id) is True
+    assert farm.hub.get(farm.db, occ.id)["state"] == "leased"
