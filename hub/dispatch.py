@@ -103,9 +103,23 @@ class Seat:
         return self.slots + prefetch - len(self.leased) - len(self.offers)
 
     def takes(self, doc: dict[str, Any]) -> bool:
-        return (not self.tubes or doc.get("tube") in self.tubes) and (
-            self.kinds is None or doc.get("kind") in self.kinds
+        return (
+            (not self.tubes or doc.get("tube") in self.tubes)
+            and (self.kinds is None or doc.get("kind") in self.kinds)
+            and self.name not in (doc.get("slots") or {})  # a quorum slot: one per worker
         )
+
+
+def quorum_full(doc: dict[str, Any]) -> bool:
+    """A quorum occurrence (hub/protocol/quorum.py) whose slots are all live: it stays
+    ready while it collects results, but nobody can claim it."""
+    quorum = doc.get("quorum")
+    if not isinstance(quorum, int) or quorum < 2:
+        return False
+    slots = doc.get("slots") or {}
+    live = sum(1 for s in slots.values() if isinstance(s, dict) and s.get("state") in
+               ("leased", "done", "error"))  # fmt: skip
+    return live >= quorum
 
 
 class Dispatcher:
@@ -186,10 +200,15 @@ class Dispatcher:
         self._generation[doc_id] = generation
         state = None if doc.get("_deleted") else doc.get("state")
         worker = (doc.get("lease") or {}).get("worker") if state == "leased" else None
-        if state == "ready":
+        if state == "ready" and quorum_full(doc):
+            self.ready.pop(doc_id, None)  # every slot of a quorum taken: nothing to offer
+            self._withdraw(doc_id, lazy=True)
+        elif state == "ready":
             self.ready[doc_id] = doc
             holder = self._offered_to.get(doc_id)
-            if holder is not None:  # the offer must carry the new _rev before it is tried
+            if holder is not None and holder in (doc.get("slots") or {}):
+                self._withdraw(doc_id, lazy=True)  # it took its slot: offer the next one
+            elif holder is not None:  # the offer must carry the new _rev before it is tried
                 self._mark(holder, self._deadline(holder, doc_id))
         else:
             self.ready.pop(doc_id, None)

@@ -1,0 +1,235 @@
+"""The validator: decides quorum occurrences and keeps the workers' reliability.
+
+A hub duty (docs/ARCHITECTURE.md decision 17). The live ``_changes`` feed hands it every
+quorum occurrence that changed (:meth:`Validator.observe`, no request); each pass
+(:meth:`Validator.run`):
+
+1. expires leased slots whose lease ran out and reads the quorum deadlines that passed
+   (the ``quorum_due`` view), only when the followed documents say one is due, or every
+   ``safety_s`` (changes it may have missed);
+2. decides each collecting occurrence that has something to decide
+   (:func:`hub.protocol.quorum.decide`): the canonical result (``done``), ``inconclusive``,
+   or a trusted worker's result accepted alone (adaptive replication);
+3. writes the decision with the ``_rev`` it read, and only when that write wins, updates
+   ``hub:reliability:{worker}`` for every worker whose result was compared.
+
+Two hubs are harmless: the decision is a function of the document and the hub time, the
+second write of it is a 409, and only the hub whose decision was stored counts the
+agreements. Cost: a hub that dies between the two writes loses that occurrence's
+reliability update (the decision itself stands).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from hub.protocol import quorum
+from hub.protocol.couch import Conflict, Couch, Forbidden
+from hub.protocol.model import (
+    RESULT_SLOT_STATES,
+    Occurrence,
+    Reliability,
+    State,
+    reliability_id,
+)
+from hub.protocol.timefmt import from_wire, to_wire
+
+log = logging.getLogger("couchfarm.validator")
+BATCH = 500
+RELIABILITY_ATTEMPTS = 10  # optimistic retries of one reliability update (409)
+COMPARATOR_GROUP = "couchfarm.comparators"
+
+
+@dataclass
+class ValidateReport:
+    decided: int = 0
+    canonical: int = 0
+    inconclusive: int = 0
+    accepted_alone: int = 0
+    slots_expired: int = 0
+    conflicts: int = 0
+    reliability_updates: int = 0
+
+
+@dataclass
+class Validator:
+    couch: Couch
+    db: str
+    trust: quorum.TrustPolicy = field(default_factory=quorum.TrustPolicy)
+    safety_s: float = 30.0  # read the due view at least this often (hub time)
+    pending: set[str] = field(default_factory=set)  # changed, with results to look at
+    next_due: datetime | None = None  # the earliest slot expiry or deadline followed
+    _last_scan: datetime | None = None
+
+    # ------------------------------------------------------------ feed
+
+    def observe(self, doc: dict[str, Any] | None) -> None:
+        """A document from the live feed: note a collecting quorum occurrence."""
+        if not isinstance(doc, dict) or doc.get("type") != "occurrence":
+            return
+        if doc.get("_deleted") or doc.get("state") != State.READY.value:
+            self.pending.discard(str(doc.get("_id")))
+            return
+        if not isinstance(doc.get("quorum"), int) or doc["quorum"] < 2:
+            return
+        slots = doc.get("slots") or {}
+        if any(isinstance(s, dict) and s.get("state") in RESULT_SLOT_STATES for s in slots.values()):
+            self.pending.add(str(doc["_id"]))
+        moments = [s.get("expires_at") for s in slots.values()
+                   if isinstance(s, dict) and s.get("state") == "leased"]  # fmt: skip
+        moments.append(doc.get("quorum_deadline"))
+        for moment in moments:
+            if isinstance(moment, str):
+                try:
+                    due = from_wire(moment)
+                except ValueError:
+                    continue
+                if self.next_due is None or due < self.next_due:
+                    self.next_due = due
+
+    # ------------------------------------------------------------ a pass
+
+    def run(self, now: datetime) -> ValidateReport:
+        report = ValidateReport()
+        to_decide = set(self.pending)
+        self.pending.clear()
+        scan = (
+            self._last_scan is None
+            or (now - self._last_scan).total_seconds() >= self.safety_s
+            or (self.next_due is not None and self.next_due <= now)
+        )
+        docs: dict[str, dict[str, Any]] = {}
+        if scan:
+            self._last_scan, self.next_due = now, None
+            rows = self.couch.view(
+                self.db, "farm", "quorum_due", endkey=to_wire(now), include_docs=True,
+                limit=BATCH,
+            )["rows"]  # fmt: skip
+            for row in rows:
+                if isinstance(row.get("doc"), dict):
+                    docs[row["id"]] = row["doc"]
+        missing = sorted(to_decide - set(docs))
+        if missing:
+            for row in self.couch.all_docs(self.db, keys=missing, include_docs=True):
+                if isinstance(row.get("doc"), dict):
+                    docs[row["doc"]["_id"]] = row["doc"]
+        for doc_id in sorted(docs):
+            try:
+                occ = Occurrence.from_doc(docs[doc_id])
+            except ValidationError as exc:
+                log.warning("event=quorum_malformed occ=%s error=%r", doc_id, str(exc)[:200])
+                continue
+            self._one(occ, now, report)
+        return report
+
+    def _one(self, occ: Occurrence, now: datetime, report: ValidateReport) -> None:
+        expired = quorum.expire_slots(occ, now)
+        if expired is not None:
+            written = self._put(expired, report)
+            if written is None:
+                self.pending.add(occ.id)  # moved meanwhile: look again next pass
+                return
+            report.slots_expired += sum(
+                1 for s in (occ.slots or {}).values()
+                if s.state == "leased" and from_wire(s.expires_at) <= now
+            )  # fmt: skip
+            log.info("event=slots_expired occ=%s", occ.id)
+            occ = written
+        reliability = self.reliability([s.worker for s in quorum.results_in(occ)])
+        decision = quorum.decide(occ, now, reliability=reliability, trust=self.trust)
+        if decision is None:
+            return
+        stored = self._put(decision.occurrence, report)
+        if stored is None:
+            self.pending.add(occ.id)
+            return
+        validation = decision.occurrence.validation
+        assert validation is not None
+        report.decided += 1
+        setattr(report, validation.outcome, getattr(report, validation.outcome) + 1)
+        log.info(
+            "event=quorum_decided occ=%s outcome=%s canonical=%s agree=%s disagree=%s why=%r",
+            occ.id, validation.outcome, validation.canonical, ",".join(decision.agree),
+            ",".join(decision.disagree), validation.why,
+        )  # fmt: skip
+        if decision.compared:
+            for worker in decision.agree:
+                report.reliability_updates += self.record(worker, True, now)
+            for worker in decision.disagree:
+                report.reliability_updates += self.record(worker, False, now)
+
+    def _put(self, occ: Occurrence, report: ValidateReport) -> Occurrence | None:
+        try:
+            rev = self.couch.put(self.db, occ.to_doc())
+        except (Conflict, Forbidden):
+            # POUCHDB: a write on a revision another hub already ended is checked by
+            # validate_doc_update first there ("a final state never changes": 403).
+            report.conflicts += 1
+            return None
+        return occ.model_copy(update={"rev": rev})
+
+    # ------------------------------------------------------------ reliability
+
+    def reliability(self, workers: Iterable[str]) -> dict[str, Reliability]:
+        names = sorted(set(workers))
+        if not names:
+            return {}
+        found: dict[str, Reliability] = {}
+        rows = self.couch.all_docs(self.db, keys=[reliability_id(n) for n in names],
+                                   include_docs=True)  # fmt: skip
+        for row in rows:
+            doc = row.get("doc")
+            if isinstance(doc, dict):
+                try:
+                    rel = Reliability.from_doc(doc)
+                except ValidationError:
+                    continue
+                found[rel.worker] = rel
+        return found
+
+    def record(self, worker: str, agreed: bool, now: datetime) -> int:
+        """One comparison for ``worker``, read-modify-write with ``_rev`` (two hubs deciding
+        different occurrences may update the same worker). 1 when written."""
+        for _ in range(RELIABILITY_ATTEMPTS):
+            current = self.reliability([worker]).get(worker)
+            updated = quorum.update_reliability(current, worker, agreed, now, self.trust)
+            try:
+                self.couch.put(self.db, updated.to_doc())
+            except (Conflict, Forbidden):
+                continue
+            if updated.quarantined and not (current and current.quarantined):
+                log.warning("event=worker_quarantined worker=%s disagree_streak=%d score=%.3f",
+                            worker, updated.disagree_streak, updated.score)  # fmt: skip
+            return 1
+        log.warning("event=reliability_contended worker=%s", worker)
+        return 0
+
+
+def load_plugin_comparators() -> list[str]:
+    """Comparators plugins declare in the ``couchfarm.comparators`` entry-point group
+    (name = kind, object = a function (RunResult, RunResult) -> bool). A broken plugin is
+    logged and skipped: its kind then compares outputs for equality."""
+    from importlib import metadata
+
+    loaded = []
+    try:
+        points = metadata.entry_points(group=COMPARATOR_GROUP)
+    except Exception as exc:  # a broken environment must not stop the hub
+        log.warning("event=comparators_unreadable error=%r", str(exc))
+        return loaded
+    for point in points:
+        try:
+            quorum.register_comparator(point.name, point.load())
+            loaded.append(point.name)
+        except Exception as exc:
+            log.warning("event=comparator_broken kind=%s error=%r", point.name, str(exc))
+    return loaded
+
+
+__all__ = ["ValidateReport", "Validator", "load_plugin_comparators"]
