@@ -55,6 +55,7 @@ class ValidateReport:
     slots_expired: int = 0
     conflicts: int = 0
     reliability_updates: int = 0
+    decided_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -64,8 +65,13 @@ class Validator:
     trust: quorum.TrustPolicy = field(default_factory=quorum.TrustPolicy)
     safety_s: float = 30.0  # read the due view at least this often (hub time)
     pending: set[str] = field(default_factory=set)  # changed, with results to look at
-    next_due: datetime | None = None  # the earliest slot expiry or deadline followed
+    # Collecting occurrences seen on the feed -> their earliest slot expiry or deadline.
+    due: dict[str, datetime] = field(default_factory=dict)
     _last_scan: datetime | None = None
+
+    @property
+    def next_due(self) -> datetime | None:
+        return min(self.due.values()) if self.due else None
 
     # ------------------------------------------------------------ feed
 
@@ -75,23 +81,26 @@ class Validator:
             return
         if doc.get("_deleted") or doc.get("state") != State.READY.value:
             self.pending.discard(str(doc.get("_id")))
+            self.due.pop(str(doc.get("_id")), None)
             return
         if not isinstance(doc.get("quorum"), int) or doc["quorum"] < 2:
             return
         slots = doc.get("slots") or {}
-        if any(isinstance(s, dict) and s.get("state") in RESULT_SLOT_STATES for s in slots.values()):
+        states = [s.get("state") for s in slots.values() if isinstance(s, dict)]
+        if any(state in RESULT_SLOT_STATES for state in states):
             self.pending.add(str(doc["_id"]))
         moments = [s.get("expires_at") for s in slots.values()
                    if isinstance(s, dict) and s.get("state") == "leased"]  # fmt: skip
         moments.append(doc.get("quorum_deadline"))
+        times = []
         for moment in moments:
             if isinstance(moment, str):
                 try:
-                    due = from_wire(moment)
+                    times.append(from_wire(moment))
                 except ValueError:
                     continue
-                if self.next_due is None or due < self.next_due:
-                    self.next_due = due
+        if times:
+            self.due[str(doc["_id"])] = min(times)
 
     # ------------------------------------------------------------ a pass
 
@@ -106,7 +115,9 @@ class Validator:
         )
         docs: dict[str, dict[str, Any]] = {}
         if scan:
-            self._last_scan, self.next_due = now, None
+            self._last_scan = now
+            for doc_id in [i for i, at in self.due.items() if at <= now]:
+                del self.due[doc_id]  # read below; what it still waits for comes back on the feed
             rows = self.couch.view(
                 self.db, "farm", "quorum_due", endkey=to_wire(now), include_docs=True,
                 limit=BATCH,
@@ -152,6 +163,7 @@ class Validator:
         validation = decision.occurrence.validation
         assert validation is not None
         report.decided += 1
+        report.decided_ids.append(occ.id)
         setattr(report, validation.outcome, getattr(report, validation.outcome) + 1)
         log.info(
             "event=quorum_decided occ=%s outcome=%s canonical=%s agree=%s disagree=%s why=%r",
@@ -217,7 +229,7 @@ def load_plugin_comparators() -> list[str]:
     logged and skipped: its kind then compares outputs for equality."""
     from importlib import metadata
 
-    loaded = []
+    loaded: list[str] = []
     try:
         points = metadata.entry_points(group=COMPARATOR_GROUP)
     except Exception as exc:  # a broken environment must not stop the hub

@@ -213,6 +213,7 @@ def test_quorum_timeout_decides_with_a_majority_in_hand_or_fails() -> None:
     one = run(occurrence(quorum=3), "w1", 1)
     alone = quorum.decide(one, at(90))
     assert alone is not None and alone.occurrence.state == State.INCONCLUSIVE
+    assert not alone.compared and not failed.compared and decided.compared
     split = run(run(occurrence(quorum=3), "w1", 1), "w2", 2)
     assert (quorum.decide(split, at(90)) or _never()).occurrence.state == State.INCONCLUSIVE
     nothing = quorum.decide(occurrence(quorum=3), at(90))

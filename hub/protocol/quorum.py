@@ -376,9 +376,12 @@ class Decision:
 
     @property
     def compared(self) -> bool:
-        """Did results meet each other? (An accepted-alone result did not: no score moves.)"""
+        """Does the decision say who was right? Only a canonical result does. An accepted-
+        alone result met no other; an inconclusive one names nobody wrong (an honest worker
+        paired with a liar at k = 2 must not lose trust for it, nor two that agreed but
+        timed out with ``quorum_on_timeout: fail``)."""
         return self.occurrence.validation is not None and (
-            self.occurrence.validation.outcome != "accepted_alone"
+            self.occurrence.validation.outcome == "canonical"
         )
 
 
@@ -446,13 +449,11 @@ def decide(
         return None
     names = [s.worker for s in results]
     rule = COMPARATOR_WHY.get(occ.kind, "equal output")
-    if len(results) < quorum:
-        if occ.quorum_on_timeout == "fail" or len(results) < 2:
-            why = (
-                f"quorum timed out with {len(results)} of {quorum} results"
-                + (" (quorum_on_timeout: fail)" if occ.quorum_on_timeout == "fail" else "")
-            )
-            return _final(occ, now, "inconclusive", None, [], names, why)
+    if len(results) < quorum and (occ.quorum_on_timeout == "fail" or len(results) < 2):
+        why = f"quorum timed out with {len(results)} of {quorum} results"
+        if occ.quorum_on_timeout == "fail":
+            why += " (quorum_on_timeout: fail)"
+        return _final(occ, now, "inconclusive", None, [], names, why)
     canonical, backers = _majority(occ.kind, results)
     if canonical is None:
         why = f"no strict majority of {len(results)} results agrees ({occ.kind}: {rule})"
@@ -547,5 +548,7 @@ def quarantined_names(docs: Iterable[Mapping[str, Any]]) -> frozenset[str]:
     """The quarantined workers among reliability documents (the worker skips quorum-1
     work while it is on this list)."""
     return frozenset(
-        str(d.get("worker")) for d in docs if d.get("type") == "reliability" and d.get("quarantined")
+        str(d.get("worker"))
+        for d in docs
+        if d.get("type") == "reliability" and d.get("quarantined")
     )
