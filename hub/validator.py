@@ -38,6 +38,7 @@ from hub.protocol.model import (
     State,
     reliability_id,
 )
+from hub.protocol.states import InvalidTransition
 from hub.protocol.timefmt import from_wire, to_wire
 
 log = logging.getLogger("couchfarm.validator")
@@ -55,6 +56,7 @@ class ValidateReport:
     slots_expired: int = 0
     conflicts: int = 0
     reliability_updates: int = 0
+    voided: int = 0  # quorum-1 results of quarantined workers put back to ready
     decided_ids: list[str] = field(default_factory=list)
 
 
@@ -68,6 +70,9 @@ class Validator:
     # Collecting occurrences seen on the feed -> their earliest slot expiry or deadline.
     due: dict[str, datetime] = field(default_factory=dict)
     _last_scan: datetime | None = None
+    # Quarantined workers (None: not read yet) and quorum-1 results of theirs to void.
+    quarantined: set[str] | None = None
+    voids: set[str] = field(default_factory=set)
 
     @property
     def next_due(self) -> datetime | None:
@@ -77,7 +82,18 @@ class Validator:
 
     def observe(self, doc: dict[str, Any] | None) -> None:
         """A document from the live feed: note a collecting quorum occurrence."""
+        if isinstance(doc, dict) and doc.get("type") == "reliability":
+            if self.quarantined is not None and isinstance(doc.get("worker"), str):
+                (self.quarantined.add if doc.get("quarantined") else self.quarantined.discard)(
+                    doc["worker"]
+                )
+            return
         if not isinstance(doc, dict) or doc.get("type") != "occurrence":
+            return
+        if doc.get("state") == State.DONE.value and not doc.get("quorum"):
+            worker = (doc.get("result") or {}).get("worker")
+            if self.quarantined and worker in self.quarantined:
+                self.voids.add(str(doc["_id"]))
             return
         if doc.get("_deleted") or doc.get("state") != State.READY.value:
             self.pending.discard(str(doc.get("_id")))
@@ -106,6 +122,13 @@ class Validator:
 
     def run(self, now: datetime) -> ValidateReport:
         report = ValidateReport()
+        if self.quarantined is None:
+            rows = self.couch.view(self.db, "farm", "reliability")["rows"]
+            self.quarantined = {
+                str(row["value"]["worker"]) for row in rows if row["value"].get("quarantined")
+            }
+        if self.voids:
+            self._void(now, report)
         to_decide = set(self.pending)
         self.pending.clear()
         scan = (
@@ -176,6 +199,27 @@ class Validator:
             for worker in decision.disagree:
                 report.reliability_updates += self.record(worker, False, now)
 
+    def _void(self, now: datetime, report: ValidateReport) -> None:
+        """Quorum-1 results of quarantined workers go back to ready: a worker whose
+        results disagreed with the majority again and again is trusted with no result
+        that nobody checks (it still takes quorum slots, where it is outvoted)."""
+        ids, self.voids = sorted(self.voids), set()
+        for row in self.couch.all_docs(self.db, keys=ids, include_docs=True):
+            doc = row.get("doc")
+            if not isinstance(doc, dict):
+                continue
+            try:
+                occ = Occurrence.from_doc(doc)
+                worker = occ.result.worker if occ.result else ""
+                if self.quarantined is None or worker not in self.quarantined:
+                    continue
+                voided = quorum.void_result(occ, now, f"{worker} is quarantined")
+            except (ValidationError, InvalidTransition):
+                continue
+            if self._put(voided, report) is not None:
+                report.voided += 1
+                log.warning("event=result_voided occ=%s worker=%s why=quarantined", occ.id, worker)
+
     def _put(self, occ: Occurrence, report: ValidateReport) -> Occurrence | None:
         try:
             rev = self.couch.put(self.db, occ.to_doc())
@@ -215,6 +259,8 @@ class Validator:
                 self.couch.put(self.db, updated.to_doc())
             except (Conflict, Forbidden):
                 continue
+            if updated.quarantined and self.quarantined is not None:
+                self.quarantined.add(worker)
             if updated.quarantined and not (current and current.quarantined):
                 log.warning("event=worker_quarantined worker=%s disagree_streak=%d score=%.3f",
                             worker, updated.disagree_streak, updated.score)  # fmt: skip

@@ -347,3 +347,32 @@ def test_a_liar_is_quarantined_after_a_disagree_streak(farm: Farm) -> None:
     assert not validator.reliability(["w1"])["w1"].quarantined
     rows = farm.admin.view(farm.db, "farm", "reliability")["rows"]
     assert any(row["value"]["worker"] == liar and row["value"]["quarantined"] for row in rows)
+
+
+def test_a_quarantined_workers_quorum_one_result_is_voided(farm: Farm) -> None:
+    liar = "w2"
+    _trust(farm, liar)  # (a reliability doc to flip)
+    doc = farm.admin.get(farm.db, reliability_id(liar))
+    farm.hub.put(farm.db, {**doc, "quarantined": True, "quarantined_at": to_wire(farm.now())})
+    occ = _occurrence(farm, _task(farm, quorum=1))
+    now = farm.now()
+    claimed = states.claim(occ, liar, now)
+    farm.worker(liar).put(farm.db, claimed.to_doc())
+    done = states.finish(_read(farm, occ.id), liar, farm.now(), started_at=now, output=1)
+    farm.worker(liar).put(farm.db, done.to_doc())
+    stored = _read(farm, occ.id)
+    # A worker may not void anyone's result, nor the hub without saying so.
+    voided = quorum.void_result(stored, farm.now(), f"{liar} is quarantined")
+    _refused(farm, "w1", voided.to_doc(), "")
+    with pytest.raises(CouchError, match="a final state never changes"):
+        farm.hub.put(farm.db, {**voided.to_doc(), "reason": "just because"})
+    validator = Validator(farm.hub, farm.db)
+    validator.run(farm.now())  # reads who is quarantined
+    validator.observe(farm.admin.get(farm.db, occ.id))
+    assert validator.run(farm.now()).voided == 1
+    again = _read(farm, occ.id)
+    assert again.state == State.READY and again.result is None and again.attempt == 0
+    assert again.reason == f"voided: {liar} is quarantined"
+    assert again.errors[-1].worker == liar and "result voided" in again.errors[-1].error
+    honest = states.claim(again, "w1", farm.now())
+    farm.worker("w1").put(farm.db, honest.to_doc())  # runs again, on someone else

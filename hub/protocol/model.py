@@ -360,6 +360,11 @@ class Task(DocModel):
         expected = task_id(self.client, self.slug)
         if self.id != expected:
             raise ValueError(f"_id must be {expected!r} for client {self.client!r} and slug")
+        if self.adaptive and self.quorum < 2:
+            raise ValueError(
+                "adaptive: replication needs quorum 2 or more (a trusted worker's result is "
+                "accepted alone; spot checks run the full quorum)"
+            )
         return self
 
     @field_validator("input")

@@ -498,6 +498,32 @@ def _final(
     return Decision(Occurrence.model_validate(data), agree, disagree)
 
 
+VOIDED_PREFIX = "voided: "
+
+
+def void_result(occ: Occurrence, now: datetime, why: str) -> Occurrence:
+    """A quorum-1 result of a quarantined worker, voided by the hub: ready again, the
+    attempt given back, the voided run kept in the error history. ``validate_doc_update``
+    lets farm_admin move done to ready only with a reason starting ``voided: ``."""
+    if occ.state != State.DONE or occ.result is None or occ.is_quorum:
+        raise InvalidTransition(occ, "void", "only a done quorum-1 occurrence")
+    from hub.protocol.model import MAX_ERROR_HISTORY, ErrorRecord
+
+    record = ErrorRecord(attempt=occ.result.attempt, at=to_wire(now), worker=occ.result.worker,
+                         error=clean_text(f"result voided: {why}", 2000))  # fmt: skip
+    errors = [*occ.errors, record]
+    if len(errors) > MAX_ERROR_HISTORY:
+        errors = [errors[0], *errors[-(MAX_ERROR_HISTORY - 1) :]]
+    data = occ.model_dump(by_alias=True, exclude_none=False)
+    data.update(
+        state=State.READY, result=None, lease=None, progress=None,
+        attempt=max(0, occ.attempt - 1), errors=[e.model_dump() for e in errors],
+        reason=clean_text(VOIDED_PREFIX + why, 500), not_before=to_wire(now),
+        updated_at=to_wire(now),
+    )  # fmt: skip
+    return Occurrence.model_validate(data)
+
+
 def alternatives(occ: Occurrence) -> list[RunResult]:
     """Every slot's result, canonical included, first finished first."""
     return [s.result for s in results_in(occ) if s.result is not None]
