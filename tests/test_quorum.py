@@ -289,3 +289,21 @@ def test_the_model_refuses_slots_on_a_quorum_one_occurrence() -> None:
         Occurrence.from_doc({**doc, "slots": {"w1": {"worker": "w1", "claimed_at": doc["due_at"],
                                                      "expires_at": doc["due_at"],
                                                      "state": "leased"}}})  # fmt: skip
+
+
+def test_task_submission_checks_the_quorum_fields() -> None:
+    from hub.service import ServiceError, build_task
+
+    spec: dict[str, Any] = {"kind": "demo.sleep", "input": {"ms": 1}, "schedule": {"every": 60}}
+    assert build_task("acme", "q", {**spec, "quorum": 3, "adaptive": True}, T0).quorum == 3
+    cases = {
+        "quorum: Input should be less than or equal to 7": {"quorum": 9},
+        "adaptive: replication needs quorum 2 or more": {"adaptive": True},
+        "quorum_timeout: only a task with quorum 2 or more uses it": {"quorum_timeout": 60},
+        "quorum_timeout: 5 s is shorter than ttr (60 s)": {"quorum": 2, "quorum_timeout": 5},
+        "spot_check_rate: Input should be less than or equal to 1": {"spot_check_rate": 2},
+    }
+    for expected, extra in cases.items():
+        with pytest.raises(ServiceError) as refusal:
+            build_task("acme", "q", {**spec, **extra}, T0)
+        assert any(expected in line for line in refusal.value.problems), refusal.value.problems
