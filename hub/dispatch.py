@@ -141,6 +141,7 @@ class Dispatcher:
         self._generation: dict[str, int] = {}
         self._offered_to: dict[str, str] = {}  # occurrence -> worker
         self._lessee: dict[str, str] = {}  # occurrence -> worker holding its lease
+        self._slot_holders: dict[str, set[str]] = {}  # quorum occurrence -> leased slots' workers
         # worker -> when its offer doc must be written at the latest (None: a withdrawal
         # that waits for the next write, LAZY_WRITE_S at most from when plan() first sees it)
         self._dirty: dict[str, datetime | None] = {}
@@ -224,8 +225,25 @@ class Dispatcher:
             seat = self._seat(worker)
             seat.leased.add(doc_id)
             seat.lapses = 0  # it claims: alive
-        if state in (None, "done", "failed", "cancelled", "missed", "skipped"):
+        self._observe_slots(doc_id, doc if state == "ready" else {})
+        if state in (None, "done", "failed", "cancelled", "missed", "skipped", "inconclusive"):
             self._generation.pop(doc_id, None)  # it never comes back: keep memory flat
+
+    def _observe_slots(self, doc_id: str, doc: dict[str, Any]) -> None:
+        """A running quorum slot (hub/protocol/quorum.py) takes its worker's slot as a
+        lease does, so the worker is not offered more than it can start."""
+        slots = doc.get("slots") or {}
+        holders = {
+            name for name, slot in slots.items()
+            if isinstance(slot, dict) and slot.get("state") == "leased"
+        }  # fmt: skip
+        for name in self._slot_holders.pop(doc_id, set()) - holders:
+            if name in self.seats:
+                self.seats[name].leased.discard(doc_id)
+        for name in holders:
+            self._seat(name).leased.add(doc_id)
+        if holders:
+            self._slot_holders[doc_id] = holders
 
     def _observe_worker(self, doc: dict[str, Any]) -> None:
         name = doc.get("name")
