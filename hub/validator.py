@@ -175,7 +175,9 @@ class Validator:
             )  # fmt: skip
             log.info("event=slots_expired occ=%s", occ.id)
             occ = written
-        reliability = self.reliability([s.worker for s in quorum.results_in(occ)])
+        reliability = {}
+        if occ.adaptive and not occ.spot_check:  # only adaptive replication asks who it is
+            reliability = self.reliability([s.worker for s in quorum.results_in(occ)])
         decision = quorum.decide(occ, now, reliability=reliability, trust=self.trust)
         if decision is None:
             return
