@@ -307,3 +307,31 @@ def test_task_submission_checks_the_quorum_fields() -> None:
         with pytest.raises(ServiceError) as refusal:
             build_task("acme", "q", {**spec, **extra}, T0)
         assert any(expected in line for line in refusal.value.problems), refusal.value.problems
+
+
+def test_the_claimer_skips_own_slots_full_quorums_and_when_quarantined_quorum_one() -> None:
+    from desktop_worker.claim import Claimer
+
+    claimer = Claimer(None, "farm", "w1", ["default"])  # type: ignore[arg-type]
+    plain = states.materialize(task(quorum=1), T0, T0)
+    open_q = states.materialize(task(quorum=2, slug="open", _id="task:acme:open"), T0, T0)
+    mine = quorum.claim_slot(
+        states.materialize(task(quorum=2, slug="mine", _id="task:acme:mine"), T0, T0), "w1", at(1)
+    )
+    full = states.materialize(task(quorum=2, slug="full", _id="task:acme:full"), T0, T0)
+    full = quorum.claim_slot(quorum.claim_slot(full, "w2", at(1)), "w3", at(1))
+    docs = [o.to_doc() for o in (plain, open_q, mine, full)]
+    ids = lambda got: [o.id for o in got[0]]  # noqa: E731
+    assert ids(claimer._claimable(docs, at(2))) == [plain.id, open_q.id]
+    claimer.quorum_only = True  # quarantined: only work that others check
+    assert ids(claimer._claimable(docs, at(2))) == [open_q.id]
+
+
+def test_tallies_count_inconclusive_as_a_status() -> None:
+    from hub.archiver import add_to_tally, empty_tally
+
+    tally = empty_tally("task:acme:ping", "acme")
+    add_to_tally(tally, {"status": "inconclusive", "due_at": to_wire(T0)})
+    add_to_tally(tally, {"status": "ok", "due_at": to_wire(T0), "duration_ms": 5})
+    assert tally["statuses"]["inconclusive"]["count"] == 1
+    assert tally["statuses"]["ok"]["count"] == 1
