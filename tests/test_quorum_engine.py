@@ -92,3 +92,60 @@ def test_three_engines_with_one_liar_keep_the_honest_result(farm: Farm, tmp_path
     rel = Validator(farm.hub, farm.db).reliability(["w1", "w3"])
     assert rel["w3"].quarantined and rel["w3"].disagree_streak >= 3
     assert rel["w3"].score < rel["w1"].score and not rel["w1"].quarantined
+
+
+def test_hub_dispatches_and_decides_quorum_runs_from_its_feed(farm: Farm, tmp_path) -> None:
+    """The hub as ``hub serve`` runs it (its feed, dispatcher and validate duty, no manual
+    feeding): offers go to workers without a slot, and every occurrence is decided."""
+    import threading
+
+    from hub.dispatch import Dispatcher
+    from hub.serve import Hub, HubConfig
+
+    tube = f"qh{secrets.token_hex(2)}"
+    hub = Hub(farm.hub, HubConfig(db=farm.db))
+    hub.dispatcher = Dispatcher(offer_s=10.0)  # a loaded test machine: no early lapses
+    hub.load()
+
+    def loop(duty: Any, every: float) -> None:
+        while not hub._stop.is_set():
+            try:
+                duty()
+            except Exception:  # a test server hiccup: go on, as hub serve does
+                pass
+            hub._stop.wait(every)
+
+    threads = [
+        threading.Thread(target=loop, args=(lambda: hub.follow_stream(max_s=2.0), 0.0)),
+        threading.Thread(target=loop, args=(hub.dispatch, 0.05)),
+        threading.Thread(target=loop, args=(hub.validate, 0.2)),
+    ]
+    for thread in threads:
+        thread.daemon = True
+        thread.start()
+    engines = []
+    try:
+        for name in ("w1", "w2"):
+            cfg = config_for(farm.server.url, name, farm.passwords[name], farm.db, tube,
+                             tmp_path, slots=1)  # fmt: skip
+            engines.append(Engine(cfg, feed_wait_s=2.0).start())
+        time.sleep(1.0)  # the hub sees both workers online before the work is due
+        ids = _seed(farm, tube, 3, quorum=2)
+        deadline = time.monotonic() + 90
+        while True:
+            rows = farm.admin.all_docs(farm.db, keys=ids, include_docs=True)
+            docs = {row["key"]: Occurrence.from_doc(row["doc"]) for row in rows}
+            if all(occ.is_final for occ in docs.values()):
+                break
+            assert time.monotonic() < deadline, {i: o.state for i, o in docs.items()}
+            time.sleep(0.3)
+    finally:
+        hub._stop.set()
+        for engine in engines:
+            engine.stop(timeout=10)
+        for thread in threads:
+            thread.join(5)
+    for occ in docs.values():
+        assert occ.state == State.DONE and occ.validation is not None, occ.id
+        assert occ.validation.agree == ["w1", "w2"] and occ.result is not None
+        assert occ.result.output == {"slept_ms": 20}
