@@ -98,7 +98,8 @@ class RunSlots:
             if run is None:
                 return None
             occ, progress, started = run.occ, run.progress, run.started_at
-        expires = from_wire(occ.lease.expires_at) if occ.lease is not None else None
+        lease = occ.lease or (occ.slots or {}).get(self.name)  # a quorum run: our slot
+        expires = from_wire(lease.expires_at) if lease is not None else None
         now = self.couch.now()
         return {
             "occ_id": occ_id,
