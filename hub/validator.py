@@ -103,7 +103,12 @@ class Validator:
             return
         slots = doc.get("slots") or {}
         states = [s.get("state") for s in slots.values() if isinstance(s, dict)]
-        if any(state in RESULT_SLOT_STATES for state in states):
+        results = sum(1 for state in states if state in RESULT_SLOT_STATES)
+        # Decidable now: k results in, or an adaptive run's first (a trusted worker's is
+        # accepted alone). Anything else waits for more results or for its deadline (the
+        # due scan): no read per result.
+        adaptive_alone = bool(doc.get("adaptive")) and not doc.get("spot_check")
+        if results >= doc["quorum"] or (results and adaptive_alone):
             self.pending.add(str(doc["_id"]))
         moments = [s.get("expires_at") for s in slots.values()
                    if isinstance(s, dict) and s.get("state") == "leased"]  # fmt: skip
@@ -196,10 +201,8 @@ class Validator:
             ",".join(decision.disagree), validation.why,
         )  # fmt: skip
         if decision.compared:
-            for worker in decision.agree:
-                report.reliability_updates += self.record(worker, True, now)
-            for worker in decision.disagree:
-                report.reliability_updates += self.record(worker, False, now)
+            verdicts = {w: True for w in decision.agree} | {w: False for w in decision.disagree}
+            report.reliability_updates += self.record_all(verdicts, now)
 
     def _void(self, now: datetime, report: ValidateReport) -> None:
         """Quorum-1 results of quarantined workers go back to ready: a worker whose
@@ -251,6 +254,32 @@ class Validator:
                 found[rel.worker] = rel
         return found
 
+    def record_all(self, verdicts: dict[str, bool], now: datetime) -> int:
+        """One decision's comparisons: every worker's reliability read in one request and
+        written in one ``_bulk_docs``; a worker whose write conflicted (another hub's
+        decision updated it meanwhile) is done again alone. Returns how many were written."""
+        current = self.reliability(verdicts)
+        updates = [
+            quorum.update_reliability(current.get(w), w, agreed, now, self.trust)
+            for w, agreed in sorted(verdicts.items())
+        ]
+        written = 0
+        rows = self.couch.bulk_docs(self.db, [u.to_doc() for u in updates])
+        for update, row in zip(updates, rows, strict=True):
+            if "rev" in row and not row.get("error"):
+                written += 1
+                self._noted(update, current.get(update.worker))
+            else:
+                written += self.record(update.worker, verdicts[update.worker], now)
+        return written
+
+    def _noted(self, updated: Reliability, before: Reliability | None) -> None:
+        if updated.quarantined and self.quarantined is not None:
+            self.quarantined.add(updated.worker)
+        if updated.quarantined and not (before and before.quarantined):
+            log.warning("event=worker_quarantined worker=%s disagree_streak=%d score=%.3f",
+                        updated.worker, updated.disagree_streak, updated.score)  # fmt: skip
+
     def record(self, worker: str, agreed: bool, now: datetime) -> int:
         """One comparison for ``worker``, read-modify-write with ``_rev`` (two hubs deciding
         different occurrences may update the same worker). 1 when written."""
@@ -261,11 +290,7 @@ class Validator:
                 self.couch.put(self.db, updated.to_doc())
             except (Conflict, Forbidden):
                 continue
-            if updated.quarantined and self.quarantined is not None:
-                self.quarantined.add(worker)
-            if updated.quarantined and not (current and current.quarantined):
-                log.warning("event=worker_quarantined worker=%s disagree_streak=%d score=%.3f",
-                            worker, updated.disagree_streak, updated.score)  # fmt: skip
+            self._noted(updated, current)
             return 1
         log.warning("event=reliability_contended worker=%s", worker)
         return 0

@@ -116,7 +116,7 @@ def test_a_worker_cannot_fill_two_slots_or_write_another_workers_slot(farm: Farm
     _refused(farm, "w1", {**doc, "state": "leased", "lease": lease}, "never leased as a whole")
 
     # Its slot expired (the hub's validator): the worker never takes a second one.
-    later = from_wire(mine.expires_at) + timedelta(seconds=1)
+    later = from_wire(mine.expires_at)  # (w2 claimed after w1: its slot runs on)
     expired = quorum.expire_slots(_read(farm, occ.id), later)
     assert expired is not None
     farm.hub.put(farm.db, expired.to_doc())
