@@ -698,6 +698,8 @@ def markdown(results: dict[str, Any]) -> str:
         ]
     if _ok(s.get("failover")):
         lines += failover_lines(s["failover"])
+    if _ok(s.get("quorum")):
+        lines += quorum_lines(s["quorum"])
     failed = [
         f"{name}: {sec.get('why')}"
         for name, sec in s.items()
@@ -706,3 +708,30 @@ def markdown(results: dict[str, Any]) -> str:
     if failed:
         lines += ["Not measured in this run: " + "; ".join(failed), ""]
     return "\n".join(lines)
+
+
+def quorum_lines(section: dict[str, Any]) -> list[str]:
+    """Quorum runs (bench/quorum.py): requests per run at k = 1 and k = 3."""
+    lines = [
+        "#### Quorum runs (bench/quorum.py)",
+        "",
+        str(section.get("setup", "")),
+        "",
+        "| k | occurrences | runs | worker requests / run | worker requests / occurrence "
+        "| validator requests / occurrence | lost | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in section.get("rows", []):
+        lines.append(
+            f"| {r['k']} | {r['occurrences']} | {r['runs']} | {r['worker_requests_per_run']} "
+            f"| {r['worker_requests_per_occurrence']} | {r['validator_requests_per_occurrence']} "
+            f"| {r['lost']} | {r['seconds']} |"
+        )
+    lines += [
+        "",
+        f"k = 3 against k = 1: {section.get('requests_per_run_ratio_k3_k1')} times the worker "
+        f"requests per run, {section.get('requests_per_occurrence_ratio_k3_k1')} times per "
+        "occurrence.",
+        "",
+    ]
+    return lines

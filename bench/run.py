@@ -50,6 +50,7 @@ from bench import (
     hub_capacity,
     latency,
     plots,
+    quorum,
     raw_write,
     report,
     server_costs,
@@ -81,6 +82,7 @@ ORDER = [
     "tray_idle",
     "portal_dashboard",
     "failover",
+    "quorum",
 ]
 
 
@@ -190,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "tray_idle": lambda: extras.tray_idle(server, scale),
         "portal_dashboard": lambda: extras.portal_dashboard(server, scale),
         "failover": lambda: failover.run(scale, workdir),
+        "quorum": lambda: quorum.run(server, scale, workdir),
     }
     if "e2e" in only and "raw_write" not in only:
         only.add("raw_write")  # the end-to-end figure is a share of this run's raw write rate

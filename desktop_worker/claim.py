@@ -29,10 +29,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from desktop_worker import slots
 from desktop_worker.config import DEFAULT_CLAIM_K
 from desktop_worker.log import log_event
 from desktop_worker.readyset import ReadySet
-from hub.protocol import states
+from hub.protocol import quorum, states
 from hub.protocol.board import read_peers
 from hub.protocol.couch import Conflict, Couch, CouchError, Forbidden, NotFound
 from hub.protocol.model import Occurrence, State
@@ -121,6 +122,9 @@ class Claimer:
         self._backlog: dict[str, bool] = {}  # the tube's last read was a full page
         self._peers_at = float("-inf")
         self._verified: dict[str, float] = {}  # tube -> when its held rows were last checked
+        # Quarantined by the hub's validator (hub:reliability:{name}): take only quorum
+        # slots, no work whose result would be accepted alone (the claim loop sets it).
+        self.quorum_only = False
 
     # ------------------------------------------------------------ public
 
@@ -370,6 +374,10 @@ class Claimer:
                 continue  # a malformed doc is the hub's problem; never lock it
             if occ.attempt >= occ.max_attempts:
                 continue
+            if occ.is_quorum and quorum.may_claim_slot(occ, self.worker, now) is not None:
+                continue  # our slot is taken already (one per worker), or all of them are
+            if self.quorum_only and not occ.is_quorum:
+                continue  # quarantined: only fully replicated work (decision 17)
             not_before = from_wire(occ.not_before)
             if not_before > now:
                 if next_not_before is None or not_before < next_not_before:
@@ -382,6 +390,9 @@ class Claimer:
         self, candidates: list[Occurrence], need: int, stats: ClaimStats, extra: int = 0
     ) -> list[Occurrence]:
         won: list[Occurrence] = []
+        slotted = [occ for occ in candidates if occ.is_quorum]  # quorum runs: desktop_worker.slots
+        if slotted:
+            candidates = [occ for occ in candidates if not occ.is_quorum]
         if need + extra > 1 and len(candidates) > 1:
             # Several free slots (or claims ahead): one _bulk_docs carries a claim per doc,
             # each with its own _rev, so each is still won or lost by the revision check
@@ -398,6 +409,18 @@ class Claimer:
                 self.ready_set.forget(occ.id, self.monotonic())  # ours now, or someone's
             if leased is not None:
                 won.append(leased)
+        for occ in slotted:
+            if len(won) >= need:
+                break
+            stats.puts += 1
+            taken = slots.claim(self.couch, self.db, occ, self.worker)
+            if self.ready_set is not None:
+                self.ready_set.forget(occ.id, self.monotonic())
+            if taken is None:
+                stats.conflicts += 1
+                continue
+            stats.wins += 1
+            won.append(taken)
         return won
 
     def _claim_many(self, batch: list[Occurrence], stats: ClaimStats) -> list[Occurrence]:

@@ -33,11 +33,14 @@ from desktop_worker.runs import RunSlots
 from desktop_worker.status import EngineStatus
 from hub.protocol import states
 from hub.protocol.couch import Couch, CouchError, Forbidden, Unauthorized, Unavailable
-from hub.protocol.model import Occurrence
+from hub.protocol.model import Occurrence, reliability_id
 from hub.protocol.version import POLICY_DOC_ID, __version__, worker_too_old
 
 LOG_WARNING = logging.WARNING
 MAX_OFFLINE_WAIT_S = 15.0  # the back-off between tries while no server answers
+# How often the worker reads its own reliability (hub:reliability:{name}): quarantined by
+# the hub's validator, it takes only quorum slots (decision 17). One GET per 5 minutes.
+QUARANTINE_CHECK_S = 300.0
 
 
 @dataclass
@@ -80,6 +83,7 @@ class ClaimLoop:
         self.claim_stats = ClaimStats()
         self.monotonic: Callable[[], float] = time.monotonic
         self.held: list[Held] = []  # claimed ahead in a backlog, in turn order
+        self._quarantine_read = float("-inf")
         self.released_ahead = 0  # held claims handed back (stale, stop, pause)
 
     def run(self) -> None:
@@ -124,6 +128,7 @@ class ClaimLoop:
             # short queues are claimed as slots free, so turn order across workers holds.
             ahead = self.config.claim_ahead if self.claimer.in_backlog() else 0
             try:
+                self._check_quarantine()
                 result = self.claimer.claim(free, ahead)
             except Unavailable as exc:
                 self.status.set_offline(exc)
@@ -160,6 +165,20 @@ class ClaimLoop:
                 until = (result.next_not_before - self.couch.now()).total_seconds()
                 timeout = max(0.005, min(timeout, until + 0.005))
             self.status.wake.wait(timeout)
+
+    def _check_quarantine(self) -> None:
+        """Read our reliability now and then: a quarantined worker (its results disagreed
+        with the majority again and again) takes only fully replicated quorum slots."""
+        if self.monotonic() - self._quarantine_read < QUARANTINE_CHECK_S:
+            return
+        self._quarantine_read = self.monotonic()
+        doc = self.couch.get_or_none(self.db, reliability_id(self.name)) or {}
+        quarantined = bool(doc.get("quarantined"))
+        if quarantined != self.claimer.quorum_only:
+            means = "only quorum slots are claimed" if quarantined else "all work is claimed"
+            log_event("worker_quarantine", LOG_WARNING if quarantined else logging.INFO,
+                      worker=self.name, quarantined=quarantined, means=means)  # fmt: skip
+        self.claimer.quorum_only = quarantined
 
     def _only_busy(self) -> bool:
         """may_claim() is false only because every slot is running: keep what is held."""

@@ -17,6 +17,9 @@ import threading
 import time
 from typing import Any
 
+from pydantic import ValidationError
+
+from desktop_worker import slots
 from desktop_worker.config import WorkerConfig
 from desktop_worker.confirm import Confirmer, archived_result
 from desktop_worker.log import log_event
@@ -133,6 +136,10 @@ class Delivery:
         """Count a final write's fate in the totals; return the word for it."""
         if status == "ok":
             state = doc.get("state")
+            if slots.is_slot_doc(doc):  # a quorum slot's result: the run is done
+                self.status.count("done")
+                log_event("result_stored", occ=doc["_id"], state="slot", worker=self.name)
+                return "done"
             if state == State.DONE.value:
                 self.status.count("done")
                 word = "done"
@@ -168,6 +175,8 @@ class Delivery:
         the result keeps the times the run really started and finished.
         """
         occ_id = str(doc["_id"])
+        if slots.is_slot_doc(doc):
+            return self._put_slot(doc)
         for try_no in range(2):
             doc = {**doc, "updated_at": to_wire(self.couch.now())}  # same key order
             try:
@@ -221,6 +230,26 @@ class Delivery:
                 log_event("finish_error", LOG_WARNING, occ=occ_id, error=str(exc))
                 return "offline", None
         return "lost", None
+
+    def _put_slot(self, doc: dict[str, Any]) -> tuple[str, int | None]:
+        """A quorum slot's result (desktop_worker/slots.py): re-applied onto the current
+        document on a conflict; lost only when our slot is gone or the quorum decided."""
+        try:
+            mine = Occurrence.from_doc({**doc, "updated_at": to_wire(self.couch.now())})
+            status, _ = slots.write_slot(self.couch, self.db, mine, self.name, self.couch.now)
+        except Unavailable as exc:
+            self.status.set_offline(exc)
+            return "offline", None
+        except (BadRequest, Unauthorized, ValidationError) as exc:
+            log_event("finish_refused", LOG_WARNING, occ=doc["_id"], error=str(exc))
+            return "rejected", None
+        except CouchError as exc:
+            log_event("finish_error", LOG_WARNING, occ=doc["_id"], error=str(exc))
+            return "offline", None
+        if status != "ok":
+            return "lost", None
+        self.status.set_offline(None)
+        return "ok", self._active_index()
 
     def _active_index(self) -> int:
         active = self.couch.active

@@ -22,11 +22,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from desktop_worker import slots
 from desktop_worker.config import WorkerConfig
 from desktop_worker.delivery import Delivery
 from desktop_worker.log import log_event
 from desktop_worker.status import EngineStatus
-from hub.protocol import states
+from hub.protocol import quorum, states
 from hub.protocol.couch import Conflict, Couch, CouchError, Forbidden, NotFound, Unavailable
 from hub.protocol.model import Backoff, Occurrence, Progress, State
 from hub.protocol.timefmt import from_wire
@@ -97,7 +98,8 @@ class RunSlots:
             if run is None:
                 return None
             occ, progress, started = run.occ, run.progress, run.started_at
-        expires = from_wire(occ.lease.expires_at) if occ.lease is not None else None
+        lease = occ.lease or (occ.slots or {}).get(self.name)  # a quorum run: our slot
+        expires = from_wire(lease.expires_at) if lease is not None else None
         now = self.couch.now()
         return {
             "occ_id": occ_id,
@@ -129,9 +131,12 @@ class RunSlots:
     def start(self, occ: Occurrence, leased_at: float | None = None) -> None:
         """``leased_at``: when (monotonic) the lease was written, for a claim held ahead
         (claimloop.py): the first touch is due half a TTR after the claim, not the start."""
-        assert occ.lease is not None
+        slot = (occ.slots or {}).get(self.name)  # a quorum run: our slot is the lease
+        lease = occ.lease or slot
+        assert lease is not None
         when = time.monotonic() if leased_at is None else leased_at
-        run = Run(occ=occ, leased_at=when, claimed_at=occ.lease.claimed_at)
+        claimed_at = lease.claimed_at
+        run = Run(occ=occ, leased_at=when, claimed_at=claimed_at)
         with self.status.lock:
             self.status.runs[occ.id] = run
         self.status.refresh()
@@ -206,6 +211,8 @@ class RunSlots:
         if run.progress is not None:
             num, den, msg = run.progress
             progress = Progress(num=max(0.0, num), den=max(0.0, den), msg=msg[:200])
+        if occ.is_quorum:
+            return self._touch_slot(run, progress)
         try:
             touched = states.touch(occ, self.name, self.couch.now(), progress)
         except (states.InvalidTransition, ValidationError) as exc:
@@ -239,8 +246,56 @@ class RunSlots:
         log_event("lease_touched", occ=occ.id, expires=touched.lease.expires_at)
         return "ok"
 
+    def _touch_slot(self, run: Run, progress: Progress | None) -> str:
+        """A quorum slot's touch (desktop_worker/slots.py): a 409 is another worker's slot
+        write, re-applied; only a slot that is gone is a lost lease."""
+        sent = time.monotonic()
+        try:
+            touched = quorum.touch_slot(run.occ, self.name, self.couch.now(), progress)
+            verdict, stored = slots.write_slot(self.couch, self.db, touched, self.name,
+                                               self.couch.now)  # fmt: skip
+        except (states.InvalidTransition, ValidationError) as exc:
+            log_event("touch_invalid", LOG_WARNING, occ=run.occ.id, error=str(exc))
+            return "lost"
+        except Unavailable as exc:
+            self.status.set_offline(exc)
+            return "offline"
+        except CouchError as exc:
+            log_event("touch_error", LOG_WARNING, occ=run.occ.id, error=str(exc))
+            return "offline"
+        if verdict != "ok" or stored is None:
+            log_event("lease_lost", LOG_WARNING, occ=run.occ.id, at="touch", slot=True)
+            return "lost"
+        self.status.set_offline(None)
+        run.occ, run.leased_at = stored, sent
+        log_event("slot_touched", occ=run.occ.id)
+        return "ok"
+
+    def _finish_slot(self, run: Run, outcome: Any) -> str:
+        """A quorum slot's result (ok or error: both are results the validator compares),
+        delivered through the spool like any finishing write."""
+        occ = run.occ
+        assert run.started_at is not None
+        error = None if outcome.status == "ok" else str(outcome.error or "the run failed")
+        try:
+            final = quorum.finish_slot(occ, self.name, self.couch.now(),
+                                       started_at=run.started_at,
+                                       output=outcome.output, error=error)  # fmt: skip
+        except ValidationError as exc:
+            refused = f"the output was refused: {exc.errors()[0]['msg']}"
+            final = quorum.finish_slot(occ, self.name, self.couch.now(),
+                                       started_at=run.started_at, error=refused)  # fmt: skip
+        except states.InvalidTransition as exc:
+            log_event("slot_finish_invalid", LOG_WARNING, occ=occ.id, error=str(exc))
+            return "lost"
+        log_event("run_outcome", occ=occ.id, outcome=outcome.status, next_state="slot",
+                  duration_s=float(getattr(outcome, "duration_s", 0.0) or 0.0))  # fmt: skip
+        return self.delivery.deliver(final.to_doc(), "slot", occ, run.claimed_at)
+
     def _finish(self, run: Run, outcome: Any) -> str:
         occ = run.occ
+        if occ.is_quorum:
+            return self._finish_slot(run, outcome)
         now = self.couch.now()
         assert run.started_at is not None
         if outcome.status == "ok":
@@ -285,6 +340,15 @@ class RunSlots:
     def _release(self, run: Run) -> str:
         """A run we cancelled (stop): hand the lease back so another worker may run it."""
         occ = run.occ
+        if occ.is_quorum:  # void our slot: someone else may take one, we never again
+            try:
+                voided = quorum.release_slot(occ, self.name, self.couch.now())
+                slots.write_slot(self.couch, self.db, voided, self.name, self.couch.now)
+            except (CouchError, states.InvalidTransition) as exc:
+                log_event("release_failed", occ=occ.id, error=str(exc))
+                return "cancelled"
+            log_event("lease_released", occ=occ.id, slot=True)
+            return "released"
         try:
             why = run.cancel_reason or "worker stopped"
             released = states.release(occ, self.name, self.couch.now(), why)

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from hub.protocol import quorum
 from hub.protocol.couch import Couch, CouchError, NotFound
 from hub.protocol.model import Occurrence, Result, State, result_id
 from hub.protocol.names import is_results_db, results_db
@@ -93,6 +94,9 @@ def to_result(occ: Occurrence) -> Result:
         errors=occ.errors,
         duration_ms=duration,
         latency_ms=latency,
+        # Quorum runs: the decision, and every slot's result (canonical included).
+        validation=occ.validation,
+        alternatives=quorum.alternatives(occ) if occ.is_quorum and occ.slots else None,
     )
 
 

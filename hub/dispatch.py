@@ -103,9 +103,23 @@ class Seat:
         return self.slots + prefetch - len(self.leased) - len(self.offers)
 
     def takes(self, doc: dict[str, Any]) -> bool:
-        return (not self.tubes or doc.get("tube") in self.tubes) and (
-            self.kinds is None or doc.get("kind") in self.kinds
+        return (
+            (not self.tubes or doc.get("tube") in self.tubes)
+            and (self.kinds is None or doc.get("kind") in self.kinds)
+            and self.name not in (doc.get("slots") or {})  # a quorum slot: one per worker
         )
+
+
+def quorum_full(doc: dict[str, Any]) -> bool:
+    """A quorum occurrence (hub/protocol/quorum.py) whose slots are all live: it stays
+    ready while it collects results, but nobody can claim it."""
+    quorum = doc.get("quorum")
+    if not isinstance(quorum, int) or quorum < 2:
+        return False
+    slots = doc.get("slots") or {}
+    live = sum(1 for s in slots.values() if isinstance(s, dict) and s.get("state") in
+               ("leased", "done", "error"))  # fmt: skip
+    return live >= quorum
 
 
 class Dispatcher:
@@ -128,6 +142,7 @@ class Dispatcher:
         self._forked: set[str] = set()  # seen in conflict: its winner may step back (cluster)
         self._offered_to: dict[str, str] = {}  # occurrence -> worker
         self._lessee: dict[str, str] = {}  # occurrence -> worker holding its lease
+        self._slot_holders: dict[str, set[str]] = {}  # quorum occurrence -> leased slots' workers
         # worker -> when its offer doc must be written at the latest (None: a withdrawal
         # that waits for the next write, LAZY_WRITE_S at most from when plan() first sees it)
         self._dirty: dict[str, datetime | None] = {}
@@ -203,10 +218,15 @@ class Dispatcher:
         # An abandoned claim (decision 14) holds nothing: its worker runs it not.
         held = state == "leased" and not lease.get("abandoned")
         worker = lease.get("worker") if held else None
-        if state == "ready":
+        if state == "ready" and quorum_full(doc):
+            self.ready.pop(doc_id, None)  # every slot of a quorum taken: nothing to offer
+            self._withdraw(doc_id, lazy=True)
+        elif state == "ready":
             self.ready[doc_id] = doc
             holder = self._offered_to.get(doc_id)
-            if holder is not None:  # the offer must carry the new _rev before it is tried
+            if holder is not None and holder in (doc.get("slots") or {}):
+                self._withdraw(doc_id, lazy=True)  # it took its slot: offer the next one
+            elif holder is not None:  # the offer must carry the new _rev before it is tried
                 self._mark(holder, self._deadline(holder, doc_id))
         else:
             self.ready.pop(doc_id, None)
@@ -222,9 +242,26 @@ class Dispatcher:
             seat = self._seat(worker)
             seat.leased.add(doc_id)
             seat.lapses = 0  # it claims: alive
-        if state in (None, "done", "failed", "cancelled", "missed", "skipped"):
+        self._observe_slots(doc_id, doc if state == "ready" else {})
+        if state in (None, "done", "failed", "cancelled", "missed", "skipped", "inconclusive"):
             self._generation.pop(doc_id, None)  # it never comes back: keep memory flat
             self._forked.discard(doc_id)
+
+    def _observe_slots(self, doc_id: str, doc: dict[str, Any]) -> None:
+        """A running quorum slot (hub/protocol/quorum.py) takes its worker's slot as a
+        lease does, so the worker is not offered more than it can start."""
+        slots = doc.get("slots") or {}
+        holders = {
+            name for name, slot in slots.items()
+            if isinstance(slot, dict) and slot.get("state") == "leased"
+        }  # fmt: skip
+        for name in self._slot_holders.pop(doc_id, set()) - holders:
+            if name in self.seats:
+                self.seats[name].leased.discard(doc_id)
+        for name in holders:
+            self._seat(name).leased.add(doc_id)
+        if holders:
+            self._slot_holders[doc_id] = holders
 
     def _observe_worker(self, doc: dict[str, Any]) -> None:
         name = doc.get("name")

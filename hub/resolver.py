@@ -4,12 +4,13 @@ Replication between a primary and a standby that both took writes (or a CouchDB 
 accepting two claims under quorum) leaves documents with several leaf revisions. CouchDB
 picks a winner deterministically, but not by our rules, so the hub settles each one:
 
-- occurrence: one total order of the states (``states.PROGRESS_RANK``): done > failed >
-  cancelled > skipped > missed > buried > leased > ready > scheduled; between two leases
-  the later claim wins; between two results the first finished wins; the error histories
-  are merged. So the hub's own policies (skip, miss, coalesce) never overrule a run that
-  ended on the other server, and the worker's spool applies the same rule when it puts an
-  acknowledged run back over a survivor's ending (``states.restore``).
+- occurrence: one total order of the states (``states.PROGRESS_RANK``): done >
+  inconclusive (a quorum that did not agree) > failed > cancelled > skipped > missed >
+  buried > leased > ready > scheduled; between two leases the later claim wins; between
+  two results the first finished wins; the error histories are merged. So the hub's own
+  policies (skip, miss, coalesce) never overrule a run that ended on the other server,
+  and the worker's spool applies the same rule when it puts an acknowledged run back
+  over a survivor's ending (``states.restore``).
 - result (``res:``): the first finished wins; the others are logged.
 
 "First finished" is one total order, :func:`result_order`: ``finished_at`` (hub time),

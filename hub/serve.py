@@ -7,6 +7,7 @@ clock and ``hub serve`` drives them with APScheduler and the server's clock):
 - follow: keep the materializer's schedule current from ``_changes`` (a thread);
 - reap: expired leases back to ready or buried, due retries promoted (every 2 s);
 - archive: finished occurrences to the month's results database (every 30 s);
+- validate: quorum occurrences decided, silent slots expired (every 0.5 s; hub/validator.py);
 - retention: drop expired months, create the next month's database (hourly, needs a
   server-admin connection; without one it logs what it could not do). With a standby it
   does both on both servers, and adds or removes those months' replications.
@@ -36,8 +37,10 @@ from hub.protocol.board import KEEPALIVE_MAX_S, ONLINE_FACTOR, read_peers
 from hub.protocol.couch import Couch, CouchError, StreamBrokeOff, redact_url
 from hub.protocol.model import Occurrence
 from hub.protocol.names import results_db
+from hub.protocol.quorum import TrustPolicy
 from hub.protocol.timefmt import to_wire
 from hub.service import TUBES_DOC
+from hub.validator import ValidateReport, Validator, load_plugin_comparators
 
 log = logging.getLogger("couchfarm.hub")
 
@@ -75,6 +78,10 @@ class HubConfig:
     smtp: SmtpSettings | None = None
     alerts_allow_private: bool = False
     alerts_every: float = 1.0
+    # Quorum runs (hub/validator.py): how often collecting occurrences are decided, and
+    # who is trusted alone (adaptive replication) or quarantined.
+    validate_every: float = 0.5
+    trust: TrustPolicy = field(default_factory=TrustPolicy)
 
 
 @dataclass
@@ -111,6 +118,7 @@ class Hub:
         self._board_written = float("-inf")
         self._dispatch_lock = threading.Lock()
         self.health = HealthTracker(self.couch, self.config.db)  # hub/alerts.py
+        self.validator = Validator(self.couch, self.config.db, trust=self.config.trust)
         self.alert_sender = AlertSender(
             self.couch,
             self.config.db,
@@ -263,6 +271,10 @@ class Hub:
         self.unsettled.update(report.conflicted)
         return report
 
+    def validate(self) -> ValidateReport:
+        """Quorum runs: expire silent slots, decide what is complete or timed out."""
+        return self.validator.run(self.now())
+
     def archive(self) -> archiver.ArchiveReport:
         cursors = self.materializer.cursors
 
@@ -414,6 +426,7 @@ class Hub:
                 self.materializer.apply_changes([row], self.now())
                 self.health.observe(doc)
                 self.alert_sender.observe(doc)
+                self.validator.observe(doc)
             except Exception as exc:  # one bad document must not stop the hub following
                 log.warning("event=follow_row_failed doc=%s error=%r", row.get("id"), str(exc))
 
@@ -498,6 +511,14 @@ class Hub:
         )
         scheduler.add_job(
             self._guard(self.reap), "interval", seconds=self.config.reap_every, id="reap", **common
+        )
+        load_plugin_comparators()
+        scheduler.add_job(
+            self._guard(self.validate),
+            "interval",
+            seconds=self.config.validate_every,
+            id="validate",
+            **common,
         )
         if self.config.dispatch_every is not None:
             scheduler.add_job(

@@ -114,6 +114,11 @@ TASK_FIELDS = {
     "max_runs",
     "alert_after_failures",
     "alert_channels",
+    "quorum",
+    "quorum_timeout",
+    "quorum_on_timeout",
+    "adaptive",
+    "spot_check_rate",
 }
 
 
@@ -155,9 +160,23 @@ def build_task(
     else:
         problems += _max_runs_problems(task, now, created_at or now)
     problems += kinds.validate_input(task.kind, task.input)
+    problems += _quorum_problems(task)
     if problems:
         raise ServiceError(problems)
     return task
+
+
+def _quorum_problems(task: Task) -> list[str]:
+    """A quorum must be able to finish: its timeout leaves each slot at least one TTR."""
+    if task.quorum <= 1:
+        extra = [f for f in ("quorum_timeout", "adaptive") if getattr(task, f) not in (None, False)]
+        return [f"{f}: only a task with quorum 2 or more uses it" for f in extra]
+    if task.quorum_timeout is not None and task.quorum_timeout < task.ttr:
+        return [
+            f"quorum_timeout: {task.quorum_timeout} s is shorter than ttr ({task.ttr} s): "
+            "no slot could finish before the quorum times out"
+        ]
+    return []
 
 
 def _max_runs_problems(task: Task, now: datetime, created_at: datetime) -> list[str]:

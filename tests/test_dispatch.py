@@ -326,3 +326,28 @@ def test_the_beat_stretches_the_keep_alive_with_the_fleet_and_the_online_window_
     assert d.keepalive(NOW + timedelta(seconds=30)) == KEEPALIVE_S
     assert d.online_s == 600.0
     assert d.keepalive(NOW + timedelta(seconds=1000)) == KEEPALIVE_S and d.online_s == 90.0
+
+
+def test_a_quorum_occurrence_is_offered_to_each_worker_without_a_slot_in_turn():
+    """Decision 17: the hub offers a collecting quorum occurrence to a worker that has no
+    slot of it yet; a worker running a slot counts it as a lease; a full quorum is off."""
+    d = Dispatcher(prefetch=0)
+    for name in ("w1", "w2", "w3"):
+        d.observe(worker(name, slots=1))
+    base = {**occ(1), "quorum": 2, "slots": {}}
+    d.observe(base)
+    [first] = offered(d.plan(NOW))
+    slot = {"worker": first, "state": "leased", "claimed_at": to_wire(NOW),
+            "expires_at": to_wire(NOW + timedelta(seconds=60))}  # fmt: skip
+    d.observe({**base, "_rev": "2-x", "slots": {first: slot}})
+    plan = offered(d.plan(NOW + timedelta(seconds=1)))
+    second = [w for w, ids in plan.items() if ids]
+    assert len(second) == 1 and second[0] != first  # the next worker, never the first again
+    assert d.seats[first].free() == 0  # its running slot takes its one run slot
+    full = {first: slot, second[0]: {**slot, "worker": second[0]}}
+    d.observe({**base, "_rev": "3-x", "slots": full})
+    assert base["_id"] not in d.ready
+    assert all(not ids for ids in offered(d.plan(NOW + timedelta(seconds=2))).values())
+    done = {name: {**s, "state": "done"} for name, s in full.items()}
+    d.observe({**base, "_rev": "4-x", "slots": done})
+    assert d.seats[first].free() == 1  # a slot with its result frees the worker

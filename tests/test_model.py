@@ -501,6 +501,10 @@ def test_occurrence_is_final_matches_final_states(state: State) -> None:
         extra["lease"] = lease_doc()
     if state is State.DONE:
         extra["result"] = result_doc()
+    if state is State.INCONCLUSIVE:
+        extra.update(quorum=2, slots={}, validation={
+            "outcome": "inconclusive", "why": "no results", "decided_at": "2026-12-01T00:05:00.000Z"
+        })  # fmt: skip
     occ = Occurrence.model_validate(occ_doc(state=state.value, **extra))
     assert occ.is_final == (state in FINAL_STATES)
 
@@ -817,7 +821,7 @@ def test_worker_tube_names_agree_with_the_task_tube_rule() -> None:
 
 
 def test_model_by_type_maps_each_type_to_its_model() -> None:
-    assert set(MODEL_BY_TYPE) == {"task", "occurrence", "result", "worker"}
+    assert set(MODEL_BY_TYPE) == {"task", "occurrence", "result", "worker", "reliability"}
     for name, model in MODEL_BY_TYPE.items():
         assert model.model_fields["type"].default == name
 

@@ -94,6 +94,20 @@ def leased(worker: str = "w1", **task_over: Any) -> Occurrence:
     return claim(ready(**task_over), worker, after(1))
 
 
+def inconclusive() -> Occurrence:
+    """A quorum of two whose results disagree (hub.protocol.quorum)."""
+    from hub.protocol import quorum
+
+    task = make_task(quorum=2)
+    occ = materialize(task, T0, T0)
+    for worker, output in (("w1", 1), ("w2", 2)):
+        occ = quorum.claim_slot(occ, worker, after(1))
+        occ = quorum.finish_slot(occ, worker, after(2), started_at=after(1), output=output)
+    decision = quorum.decide(occ, after(3))
+    assert decision is not None
+    return decision.occurrence
+
+
 def in_state(state: State) -> Occurrence:
     """A realistic occurrence in ``state``, built only with the state functions."""
     builders: dict[State, Callable[[], Occurrence]] = {
@@ -108,6 +122,7 @@ def in_state(state: State) -> Occurrence:
         State.MISSED: lambda: miss(ready(), after(1), "hub was down"),
         State.SKIPPED: lambda: skip(ready(), after(1), "previous run still going"),
         State.CANCELLED: lambda: cancel(ready(), after(1), "client said so"),
+        State.INCONCLUSIVE: inconclusive,
     }
     occ = builders[state]()
     assert occ.state is state

@@ -28,8 +28,8 @@ function (newDoc, oldDoc, userCtx, secObj) {
   var KIND = /^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$/;
   var TUBE = /^[a-z0-9][a-z0-9_.-]{0,63}$/;
   var STATES = ['scheduled', 'ready', 'leased', 'done', 'failed', 'buried', 'missed',
-                'skipped', 'cancelled'];
-  var FINAL = ['done', 'failed', 'missed', 'skipped', 'cancelled'];
+                'skipped', 'cancelled', 'inconclusive'];
+  var FINAL = ['done', 'failed', 'missed', 'skipped', 'cancelled', 'inconclusive'];
   var MAX_ERRORS = 20;
   var id = newDoc._id;
 
@@ -98,6 +98,8 @@ function (newDoc, oldDoc, userCtx, secObj) {
 
   var prefix = id.split(':')[0];
   var expectedType = {task: 'task', occ: 'occurrence', worker: 'worker', hub: 'hub'}[prefix];
+  // A worker's reliability (quorum runs, hub/protocol/quorum.py) is a hub document too.
+  if (id.indexOf('hub:reliability:') === 0) { expectedType = 'reliability'; }
   check(expectedType !== undefined,
           'unknown document id ' + JSON.stringify(id.substring(0, 60)) +
           ': ids start with task:, occ:, worker: or hub:');
@@ -108,7 +110,7 @@ function (newDoc, oldDoc, userCtx, secObj) {
   }
 
   // ------------------------------------------------------------ hub metadata
-  if (expectedType === 'hub') {
+  if (expectedType === 'hub' || expectedType === 'reliability') {
     check(isAdmin, 'only farm_admin may write hub documents');
     return;
   }
@@ -180,6 +182,20 @@ function (newDoc, oldDoc, userCtx, secObj) {
     check(time(o.lease.expires_at) && time(o.lease.claimed_at),
             'lease.claimed_at and lease.expires_at must be hub times');
   }
+  var QUORUM = isInt(o.quorum, 2, 7);
+  check(o.quorum === undefined || o.quorum === null || QUORUM, 'occurrence.quorum must be 2..7');
+  check(QUORUM || ((o.slots === undefined || o.slots === null) &&
+                   (o.validation === undefined || o.validation === null)),
+        'slots and validation belong to quorum occurrences (quorum 2..7)');
+  if (QUORUM) {
+    check(isObject(o.slots), 'occurrence.slots must be an object keyed by worker name');
+    check(o.state !== 'leased', 'a quorum occurrence is never leased as a whole; its slots are');
+    check(o.state !== 'inconclusive' || (isObject(o.validation) &&
+            o.validation.outcome === 'inconclusive'),
+          'an inconclusive occurrence carries validation.outcome inconclusive');
+  } else {
+    check(o.state !== 'inconclusive', 'only a quorum occurrence can be inconclusive');
+  }
   var done = o.state === 'done';
   check(done === isObject(o.result), 'a result is present exactly when the state is done');
   if (done) {
@@ -190,7 +206,11 @@ function (newDoc, oldDoc, userCtx, secObj) {
   }
 
   if (isAdmin) {
-    if (oldDoc && !oldDoc._deleted && FINAL.indexOf(oldDoc.state) !== -1) {
+    // The one exception: the hub voids the result of a quarantined worker on quorum-1 work
+    // (hub/validator.py, hub/protocol/quorum.py void_result): done back to ready.
+    var voided = oldDoc && oldDoc.state === 'done' && o.state === 'ready' &&
+                 isString(o.reason) && o.reason.indexOf('voided: ') === 0 && !QUORUM;
+    if (oldDoc && !oldDoc._deleted && FINAL.indexOf(oldDoc.state) !== -1 && !voided) {
       check(oldDoc.state === o.state,
               'occurrence ' + id + ' ended ' + oldDoc.state + '; a final state never changes');
     }
@@ -216,9 +236,89 @@ function (newDoc, oldDoc, userCtx, secObj) {
   function nearNow(t) { return Math.abs(Date.parse(t) - serverNow) <= CLOCK_SLACK; }
   check(time(o.updated_at) && nearNow(o.updated_at),
         'occurrence.updated_at must be hub time (the server says ' + new Date(serverNow).toISOString() + ')');
+  // Quorum runs (hub/protocol/quorum.py): a worker writes only its own slot.
+  if (isInt(oldDoc.quorum, 2, 7)) { return slotMove(); }
+  check(!QUORUM, 'a worker cannot make occurrence ' + id + ' a quorum occurrence');
+  check(same(o.slots, oldDoc.slots) && same(o.validation, oldDoc.validation),
+        'a worker cannot change occurrence.slots or occurrence.validation');
   if (o.state === 'leased') {
     check(Date.parse(o.lease.expires_at) <= serverNow + o.ttr * 1000 + CLOCK_SLACK,
           'lease.expires_at may be at most one ttr (' + o.ttr + ' s) after now');
+  }
+
+  function slotMove() {
+    // k workers share one document: each may (a) add the slot keyed by its own name when it
+    // has none (an expired or void slot of its own still counts: never a second one) and
+    // fewer than quorum are live, or (b) change its own leased slot (touch, progress,
+    // finish with its result, void it), and nothing else in the document.
+    var LIVE = ['leased', 'done', 'error'];
+    var key, old = oldDoc.slots || {}, now = o.slots || {}, live = 0;
+    check(oldDoc.state === 'ready',
+          'occurrence ' + id + ' is ' + oldDoc.state + '; its quorum is decided');
+    for (key in o) {
+      if (o.hasOwnProperty(key) && key.charAt(0) !== '_' && key !== 'slots' &&
+          key !== 'updated_at') {
+        check(same(o[key], oldDoc[key]),
+              'a worker may change only its own slot of ' + id + ', not occurrence.' + key);
+      }
+    }
+    for (key in oldDoc) {
+      if (oldDoc.hasOwnProperty(key) && key.charAt(0) !== '_' && !o.hasOwnProperty(key)) {
+        deny('a worker may change only its own slot of ' + id + ', not remove occurrence.' + key);
+      }
+    }
+    for (key in old) {
+      if (old.hasOwnProperty(key)) {
+        if (LIVE.indexOf(old[key].state) !== -1) { live += 1; }
+        if (key !== name) {
+          check(now.hasOwnProperty(key) && same(now[key], old[key]),
+                'worker ' + name + ' may not change the slot of ' + key + ' in ' + id);
+        }
+      }
+    }
+    for (key in now) {
+      if (now.hasOwnProperty(key) && key !== name) {
+        check(old.hasOwnProperty(key),
+              'worker ' + name + ' may not add a slot for ' + key + ' in ' + id);
+      }
+    }
+    var mine = now[name], had = old[name];
+    check(isObject(mine), 'worker ' + name + ' may not remove its slot of ' + id);
+    check(mine.worker === name, 'slot ' + name + ' must name worker ' + name);
+    check(time(mine.claimed_at) && time(mine.expires_at),
+          'slot.claimed_at and slot.expires_at must be hub times');
+    check(Date.parse(mine.expires_at) <= serverNow + o.ttr * 1000 + CLOCK_SLACK,
+          'slot.expires_at may be at most one ttr (' + o.ttr + ' s) after now');
+    if (!had) {  // claim a slot
+      check(live < o.quorum, 'all ' + o.quorum + ' slots of ' + id + ' are taken');
+      check(mine.state === 'leased', 'a new slot must be leased');
+      check(!mine.result, 'a new slot carries no result');
+      check(nearNow(mine.claimed_at), 'slot.claimed_at must be hub time');
+      check(Date.parse(mine.claimed_at) >= Date.parse(oldDoc.not_before) - 1000,
+            'occurrence ' + id + ' may not start before ' + oldDoc.not_before);
+      return;
+    }
+    check(had.state === 'leased',
+          'worker ' + name + ' already has a slot of ' + id + ' (' + had.state +
+          '); one slot per worker, ever');
+    check(mine.claimed_at === had.claimed_at, 'a slot cannot change its claimed_at');
+    if (mine.state === 'leased' || mine.state === 'void') {  // touch, release
+      check(!mine.result, 'only a finished slot carries a result');
+      return;
+    }
+    check(mine.state === 'done' || mine.state === 'error',
+          'a worker moves its slot only to leased, done, error or void, not ' + mine.state);
+    var res = mine.result;
+    check(isObject(res), 'a finished slot carries its result');
+    check(res.worker === name, 'slot result.worker must be ' + name);
+    check(res.status === (mine.state === 'done' ? 'ok' : 'error'),
+          'a ' + mine.state + ' slot carries a result with status ' +
+          (mine.state === 'done' ? 'ok' : 'error'));
+    check(res.attempt === oldDoc.attempt + 1, 'slot result.attempt must be ' + (oldDoc.attempt + 1));
+    check(time(res.started_at) && time(res.finished_at) && res.started_at <= res.finished_at,
+          'slot result.started_at and finished_at must be hub times, in order');
+    check(Date.parse(res.finished_at) <= serverNow + CLOCK_SLACK,
+          'slot result.finished_at must be hub time, not in the future');
   }
 
   if (oldDoc.state === 'ready') {

@@ -33,6 +33,7 @@ DEFAULT_PRIORITY = 1024
 MAX_INPUT_BYTES = 16 * 1024
 MAX_OUTPUT_BYTES = 64 * 1024
 MAX_ERROR_HISTORY = 20
+MAX_QUORUM = 7
 # Lengths (in characters) of the text fields that hold text from outside: a worker's or a
 # handler's error and progress message, a reason given by a person or the hub.
 MAX_REASON_CHARS = 500
@@ -52,9 +53,15 @@ class State(StrEnum):
     MISSED = "missed"  # fell due while nobody could run it (misfire policy)
     SKIPPED = "skipped"  # not started because the previous run was still going (overlap)
     CANCELLED = "cancelled"  # stopped by a client, an operator or the replace policy
+    # A quorum run (quorum > 1) whose results did not agree (no strict majority), or whose
+    # quorum timed out: every slot's result is kept for the client (docs/ARCHITECTURE.md
+    # decision 17).
+    INCONCLUSIVE = "inconclusive"
 
 
-FINAL_STATES = frozenset({State.DONE, State.FAILED, State.MISSED, State.SKIPPED, State.CANCELLED})
+FINAL_STATES = frozenset(
+    {State.DONE, State.FAILED, State.MISSED, State.SKIPPED, State.CANCELLED, State.INCONCLUSIVE}
+)
 ACTIVE_STATES = frozenset({State.SCHEDULED, State.READY, State.LEASED})
 
 
@@ -324,6 +331,17 @@ class Task(DocModel):
     alert_channels: tuple[AlertChannel, ...] | None = Field(default=None, max_length=2)
     paused_reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS)
     paused_at: str | None = Field(default=None, pattern=WIRE_TIME_PATTERN)
+    # Quorum runs (decision 17): k distinct workers run each occurrence and the hub's
+    # validator keeps the result a strict majority agrees with.
+    quorum: int = Field(default=1, ge=1, le=MAX_QUORUM)
+    # Seconds after the occurrence's not_before to wait for the k-th result; None: 3 x ttr.
+    quorum_timeout: int | None = Field(default=None, ge=1, le=7 * 86400)
+    # At the timeout: "decide" with the results in hand (a strict majority of at least 2),
+    # else (or with "fail") the occurrence ends inconclusive.
+    quorum_on_timeout: Literal["decide", "fail"] = "decide"
+    # A trusted worker's result may be accepted alone, but for spot checks at this rate.
+    adaptive: bool = False
+    spot_check_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     created_at: str = Field(pattern=WIRE_TIME_PATTERN)
     updated_at: str = Field(pattern=WIRE_TIME_PATTERN)
 
@@ -342,6 +360,11 @@ class Task(DocModel):
         expected = task_id(self.client, self.slug)
         if self.id != expected:
             raise ValueError(f"_id must be {expected!r} for client {self.client!r} and slug")
+        if self.adaptive and self.quorum < 2:
+            raise ValueError(
+                "adaptive: replication needs quorum 2 or more (a trusted worker's result is "
+                "accepted alone; spot checks run the full quorum)"
+            )
         return self
 
     @field_validator("input")
@@ -411,6 +434,48 @@ class RunResult(BaseModel):
         return value
 
 
+SlotState = Literal["leased", "done", "error", "expired", "void"]
+# Slots that count toward the quorum: running or with a result. An expired or void slot no
+# longer counts, but stays, so its worker can never take a second slot of the occurrence.
+LIVE_SLOT_STATES = frozenset({"leased", "done", "error"})
+RESULT_SLOT_STATES = frozenset({"done", "error"})
+
+
+class Slot(BaseModel):
+    """One worker's part in a quorum occurrence, keyed by the worker's name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    worker: str = Field(pattern=NAME_PATTERN)
+    claimed_at: str = Field(pattern=WIRE_TIME_PATTERN)
+    expires_at: str = Field(pattern=WIRE_TIME_PATTERN)
+    state: SlotState
+    result: RunResult | None = None
+    progress: Progress | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Slot:
+        if (self.state in RESULT_SLOT_STATES) != (self.result is not None):
+            raise ValueError("a slot carries a result exactly when its state is done or error")
+        if self.result is not None and self.result.worker != self.worker:
+            raise ValueError(f"slot result of {self.result.worker} in {self.worker}'s slot")
+        return self
+
+
+class Validation(BaseModel):
+    """The hub validator's decision on a quorum occurrence (hub.protocol.quorum.decide)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    outcome: Literal["canonical", "inconclusive", "accepted_alone"]
+    canonical: str | None = Field(default=None, pattern=NAME_PATTERN)
+    agree: list[str] = Field(default_factory=list)
+    disagree: list[str] = Field(default_factory=list)
+    why: str = Field(max_length=MAX_REASON_CHARS)
+    decided_at: str = Field(pattern=WIRE_TIME_PATTERN)
+    spot_check: bool = False
+
+
 class Occurrence(DocModel):
     type: Literal["occurrence"] = "occurrence"
     task: str
@@ -432,6 +497,16 @@ class Occurrence(DocModel):
     errors: list[ErrorRecord] = Field(default_factory=list)
     result: RunResult | None = None
     reason: OutsideText | None = Field(default=None, max_length=MAX_REASON_CHARS)
+    # Quorum runs only (quorum > 1; absent otherwise, so quorum-1 documents are unchanged).
+    quorum: int | None = Field(default=None, ge=2, le=MAX_QUORUM)
+    slots: dict[str, Slot] | None = None
+    validation: Validation | None = None
+    # When the validator stops waiting for the k-th result, and what it then does; adaptive
+    # replication's per-occurrence draw (spot_check: fully replicated even so).
+    quorum_deadline: str | None = Field(default=None, pattern=WIRE_TIME_PATTERN)
+    quorum_on_timeout: Literal["decide", "fail"] | None = None
+    adaptive: bool | None = None
+    spot_check: bool | None = None
     created_at: str = Field(pattern=WIRE_TIME_PATTERN)
     updated_at: str = Field(pattern=WIRE_TIME_PATTERN)
 
@@ -458,7 +533,20 @@ class Occurrence(DocModel):
             raise ValueError("only a done occurrence carries a result")
         if self.attempt > self.max_attempts and self.state in (State.READY, State.LEASED):
             raise ValueError("attempt is past max_attempts but the occurrence is still live")
+        if self.quorum is None and (self.slots or self.validation is not None):
+            raise ValueError("slots and validation belong to quorum occurrences (quorum > 1)")
+        if self.state == State.INCONCLUSIVE and (
+            self.validation is None or self.validation.outcome != "inconclusive"
+        ):
+            raise ValueError("an inconclusive occurrence carries validation.outcome inconclusive")
+        for name, slot in (self.slots or {}).items():
+            if slot.worker != name:
+                raise ValueError(f"slot {name!r} names worker {slot.worker!r}")
         return self
+
+    @property
+    def is_quorum(self) -> bool:
+        return (self.quorum or 1) > 1
 
     @property
     def is_final(self) -> bool:
@@ -482,12 +570,17 @@ class Result(DocModel):
     worker: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
-    status: Literal["ok", "error", "failed", "buried", "missed", "skipped", "cancelled"]
+    status: Literal[
+        "ok", "error", "failed", "buried", "missed", "skipped", "cancelled", "inconclusive"
+    ]
     output: Any = None
     error: str | None = None
     errors: list[ErrorRecord] = Field(default_factory=list)
     duration_ms: int | None = None
     latency_ms: int | None = None
+    # Quorum runs: the validator's decision, and every slot's result (canonical included).
+    validation: Validation | None = None
+    alternatives: list[RunResult] | None = None
 
     @model_validator(mode="after")
     def _id_matches(self) -> Result:
@@ -531,6 +624,38 @@ class WorkerDoc(DocModel):
         return self
 
 
+# ---------------------------------------------------------------- reliability
+
+
+def reliability_id(worker: str) -> str:
+    return f"hub:reliability:{worker}"
+
+
+def reliability_score(agree: int, disagree: int) -> float:
+    """Laplace's rule of succession: a new worker starts at 0.5 and earns trust slowly."""
+    return (agree + 1) / (agree + disagree + 2)
+
+
+class Reliability(DocModel):
+    """``hub:reliability:{worker}``: a worker's agreement history, kept by the validator."""
+
+    type: Literal["reliability"] = "reliability"
+    worker: str = Field(pattern=NAME_PATTERN)
+    agree: int = Field(default=0, ge=0)
+    disagree: int = Field(default=0, ge=0)
+    disagree_streak: int = Field(default=0, ge=0)
+    score: float = Field(default=0.5, ge=0.0, le=1.0)
+    quarantined: bool = False
+    quarantined_at: str | None = Field(default=None, pattern=WIRE_TIME_PATTERN)
+    updated_at: str = Field(pattern=WIRE_TIME_PATTERN)
+
+    @model_validator(mode="after")
+    def _id_matches(self) -> Reliability:
+        if self.id != reliability_id(self.worker):
+            raise ValueError(f"_id must be {reliability_id(self.worker)!r}")
+        return self
+
+
 # ---------------------------------------------------------------- helpers
 
 
@@ -557,4 +682,5 @@ MODEL_BY_TYPE: dict[str, type[DocModel]] = {
     "occurrence": Occurrence,
     "result": Result,
     "worker": WorkerDoc,
+    "reliability": Reliability,
 }

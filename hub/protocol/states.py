@@ -107,7 +107,7 @@ def materialize(
     if state not in (State.READY, State.SCHEDULED, State.MISSED, State.SKIPPED):
         raise ValueError(f"an occurrence cannot be born {state}")
     stamp = to_wire(now)
-    return Occurrence(
+    occ = Occurrence(
         _id=occurrence_id(task.id, due),
         task=task.id,
         client=task.client,
@@ -125,6 +125,11 @@ def materialize(
         created_at=stamp,
         updated_at=stamp,
     )
+    if task.quorum > 1:  # k workers run it (decision 17); quorum-1 documents are unchanged
+        from hub.protocol.quorum import with_quorum  # (quorum builds on this module)
+
+        return with_quorum(occ, task)
+    return occ
 
 
 # ---------------------------------------------------------------- worker operations
@@ -134,6 +139,8 @@ def claim(occ: Occurrence, worker: str, now: datetime) -> Occurrence:
     _require(occ, "claim", {State.READY})
     if occ.attempt >= occ.max_attempts:
         raise InvalidTransition(occ, "claim", "no attempts left")
+    if occ.is_quorum:  # k workers share it: hub.protocol.quorum.claim_slot
+        raise InvalidTransition(occ, "claim", f"a quorum of {occ.quorum}: claim a slot")
     return _with(
         occ,
         now,
@@ -385,6 +392,10 @@ def is_final(state: State) -> bool:
 # beats the hub's own policies (skipped by overlap, then missed by misfire or coalescing);
 # any end beats an active state. Within one state: first finished (done), the later claim
 # (leased), then the later edit, then CouchDB's own winner (hub.resolver).
+# Inconclusive (a quorum whose results did not agree, or timed out) sits just below done:
+# runs happened and their results are kept, so it beats every end without a result; but a
+# canonical result beats it (one hub decided at the k-th result while another, its copy
+# behind, timed out with fewer), because the client asked for an answer and one exists.
 PROGRESS_RANK: dict[State, int] = {
     State.SCHEDULED: 0,
     State.READY: 1,
@@ -394,7 +405,8 @@ PROGRESS_RANK: dict[State, int] = {
     State.SKIPPED: 5,
     State.CANCELLED: 6,
     State.FAILED: 7,
-    State.DONE: 8,
+    State.INCONCLUSIVE: 8,
+    State.DONE: 9,
 }
 
 

@@ -3,7 +3,8 @@
 function (doc) {
   if (doc.type === 'occurrence' &&
       (doc.state === 'done' || doc.state === 'failed' || doc.state === 'missed' ||
-       doc.state === 'skipped' || doc.state === 'cancelled')) {
+       doc.state === 'skipped' || doc.state === 'cancelled' ||
+       doc.state === 'inconclusive')) {
     emit(doc.updated_at, null);
   }
 }

@@ -8,7 +8,7 @@ function (doc) {
     if (doc.state === 'done' && doc.result) {
       status = doc.result.status;
     } else if (doc.state === 'failed' || doc.state === 'missed' || doc.state === 'skipped' ||
-               doc.state === 'cancelled') {
+               doc.state === 'cancelled' || doc.state === 'inconclusive') {
       status = doc.state;
     }
     if (status) {

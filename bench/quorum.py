@@ -1,0 +1,176 @@
+"""Quorum runs: what a run costs at k = 1 and k = 3 (issue 18, ARCHITECTURE decision 17).
+
+For each k: a fresh farm database with N ready ``demo.sleep`` occurrences (ms 0) of one
+task with ``quorum: k``; three worker engines (in-process, the engine's own code, polling
+the ``ready`` view: no dispatcher) run them; the hub's validator (:class:`hub.validator.
+Validator`, fed as its feed would feed it) decides each. Reports, per completed run (a
+quorum-1 occurrence, or one slot of a quorum occurrence) and per occurrence:
+
+- the workers' requests (claims, slot re-applies after a sibling's write, touches, results,
+  view reads; their session checks and heartbeats included);
+- the validator's requests (decisions, reliability updates, the reads they need; not the
+  bench's own polling, which stands in for the hub's ``_changes`` stream);
+- lost slot races (a slot write re-applied on a newer revision).
+
+"Quorum multiplies work by k and nothing else": requests per run should be about equal
+at k = 1 and k = 3, requests per occurrence about k times.
+
+    .venv/bin/python -m bench.run --only quorum
+    .venv/bin/python bench/quorum.py                  # alone, PouchDB Server it starts
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import BenchServer, Scale, Section, add_users, log, scale_from_env
+from desktop_worker.config import WorkerConfig
+from desktop_worker.engine import Engine
+from hub import provision
+from hub.protocol import states
+from hub.protocol.couch import Couch
+from hub.protocol.model import Occurrence, Task, task_id
+from hub.protocol.names import ADMIN_ROLE, WORKER_ROLE
+from hub.protocol.timefmt import to_wire
+from hub.validator import Validator
+
+WORKERS = ("bq0", "bq1", "bq2")
+HUB = "bqhub"
+
+
+def _seed(admin: Couch, db: str, k: int, n: int) -> list[str]:
+    now = admin.now().replace(microsecond=0)
+    task = Task(
+        _id=task_id("bench", f"q{k}"), client="bench", slug=f"q{k}", kind="demo.sleep",
+        input={"ms": 0}, schedule={"every": 60}, ttr=60, quorum=k,
+        created_at=to_wire(now), updated_at=to_wire(now),
+    )  # fmt: skip
+    admin.put(db, task.to_doc())
+    docs = [
+        states.materialize(task, now - timedelta(minutes=i + 1), now, not_before=now).to_doc()
+        for i in range(n)
+    ]
+    for start in range(0, len(docs), 500):
+        admin.bulk_docs(db, docs[start : start + 500])
+    return [doc["_id"] for doc in docs]
+
+
+def measure(server: BenchServer, workdir: Path, k: int, n: int, timeout_s: float) -> dict[str, Any]:
+    admin = server.admin
+    db = f"bench_quorum_k{k}_{secrets.token_hex(3)}"
+    provision.init(admin, db, now=admin.now(), hub_user="")
+    passwords = add_users(admin, WORKERS, WORKER_ROLE, workdir / "passwords")
+    passwords |= add_users(admin, [HUB], ADMIN_ROLE, workdir / "passwords")
+    ids = _seed(admin, db, k, n)
+    hub = Couch([server.url], user=HUB, password=passwords[HUB].read_text())
+    validator = Validator(hub, db)
+    engines = []
+    for name in WORKERS:
+        config = WorkerConfig(
+            hub_urls=[server.url], name=name, password=passwords[name].read_text(), db=db,
+            tubes=["default"], slots=2, poll_interval_s=0.5,
+            spool_path=workdir / f"spool-{name}-{db}.sqlite3",
+        )  # fmt: skip
+        engines.append(Engine(config, feed_wait_s=2.0))
+    began = time.monotonic()
+    for engine in engines:
+        engine.start()
+    validator_requests = 0
+    final = 0
+    seen: dict[str, Any] = {}
+    try:
+        while time.monotonic() - began < timeout_s:
+            rows = admin.all_docs(db, keys=ids, include_docs=True)
+            ended = [row.get("doc", {}).get("state") in ("done", "inconclusive") for row in rows]
+            final = sum(ended)
+            if final == len(ids):
+                break
+            for row in rows:  # as the hub's feed would: each new revision once
+                doc = row.get("doc") or {}
+                if seen.get(row["key"]) != doc.get("_rev"):
+                    seen[row["key"]] = doc.get("_rev")
+                    validator.observe(doc)
+            before = hub.requests_sent
+            validator.run(hub.now())
+            validator_requests += hub.requests_sent - before
+            time.sleep(0.2)
+        elapsed = time.monotonic() - began
+        worker_requests = sum(e.couch.requests_sent for e in engines)
+        runs = sum(e.totals["done"] + e.totals["failed"] for e in engines)
+        lost = sum(e.totals["lost"] for e in engines)
+    finally:
+        for engine in engines:
+            engine.stop(timeout=10)
+    rows = admin.all_docs(db, keys=ids, include_docs=True)
+    docs = [Occurrence.from_doc(row["doc"]) for row in rows]
+    slot_workers = [len(occ.slots or {}) for occ in docs if occ.is_quorum]
+    admin.delete_db(db)
+    return {
+        "k": k,
+        "occurrences": n,
+        "final": final,
+        "runs": runs,
+        "lost": lost,
+        "seconds": round(elapsed, 2),
+        "worker_requests": worker_requests,
+        "validator_requests": validator_requests,
+        "worker_requests_per_run": round(worker_requests / max(1, runs), 2),
+        "worker_requests_per_occurrence": round(worker_requests / max(1, n), 2),
+        "validator_requests_per_occurrence": round(validator_requests / max(1, n), 2),
+        "slots_per_occurrence": round(sum(slot_workers) / max(1, len(slot_workers)), 2),
+    }
+
+
+def run(server: BenchServer, scale: Scale, workdir: Path) -> Section:
+    n = 30 if scale.name == "small" else 200
+    section = Section(
+        "quorum",
+        f"{server.kind}; {n} occurrences of demo.sleep (ms 0) per k; 3 in-process engines "
+        "(2 slots each, polling the ready view, no dispatcher); the hub's validator in process",
+    )
+    began = time.monotonic()
+    rows = []
+    for k in (1, 3):
+        log(f"quorum k={k}: {n} occurrences")
+        rows.append(measure(server, workdir, k, n, timeout_s=120.0))
+    section.data["rows"] = rows
+    one, three = rows
+    section.data["requests_per_run_ratio_k3_k1"] = round(
+        three["worker_requests_per_run"] / max(0.01, one["worker_requests_per_run"]), 2
+    )
+    section.data["requests_per_occurrence_ratio_k3_k1"] = round(
+        three["worker_requests_per_occurrence"] / max(0.01, one["worker_requests_per_occurrence"]),
+        2,
+    )
+    section.seconds = time.monotonic() - began
+    if any(r["final"] != r["occurrences"] for r in rows):
+        section.status, section.why = "failed", "not every occurrence ended in time"
+    return section
+
+
+def main() -> int:
+    import json
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="couchfarm-bench-quorum-"))
+    server = BenchServer(workdir).start()
+    try:
+        section = run(server, scale_from_env(), workdir)
+    finally:
+        server.stop()
+    from bench.report import quorum_lines
+
+    print(json.dumps(section.to_json(), indent=2))
+    print("\n".join(quorum_lines(section.to_json())))
+    return 0 if section.status == "ok" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
