@@ -44,6 +44,11 @@ from hub.validator import ValidateReport, Validator, load_plugin_comparators
 
 log = logging.getLogger("couchfarm.hub")
 
+# How long a claim abandoned with no other claim beside it waits before it is requeued: a
+# cluster's copies exchange a write within milliseconds, so by then a winning claim some
+# copy holds has reached every copy and shows as a conflict (decision 14).
+ABANDONED_GRACE_S = 10.0
+
 
 @dataclass
 class HubConfig:
@@ -111,6 +116,8 @@ class Hub:
         self._resolved_results_since: dict[str, str] = {}
         self.replication_health: replication.Health | None = None
         self.unsettled: set[str] = set()  # to settle again at the next reap (settle_again)
+        # claims abandoned with no other claim seen -> when the feed first showed them
+        self._lone_abandoned: dict[str, float] = {}
         # The same in the results databases: (month db, document id).
         self.unsettled_results: set[tuple[str, str]] = set()
         self.dispatcher = Dispatcher()
@@ -255,6 +262,8 @@ class Hub:
     def reap(self) -> reaper.ReapReport:
         if self.unsettled:
             self.settle_again()
+        if self._lone_abandoned:
+            self.requeue_abandoned()
         now = self.now()
         due = self.materializer.next_reap_due()
         if (
@@ -396,14 +405,24 @@ class Hub:
             self.unsettled.discard(doc["_id"])
 
     def settle_again(self) -> int:
-        """Conflicts a resolution left behind (a cluster refused a deletion), and claims
-        abandoned with no other claim seen: the feed shows a document again only when it
-        changes, so they are read and settled here, at every reap. Returns how many are
-        still unsettled."""
+        """Conflicts a resolution left behind (a cluster refused a deletion): the feed
+        shows a document again only when it changes, so they are read and settled here,
+        at every reap. Returns how many are still unsettled."""
         for doc_id in sorted(self.unsettled):
             if resolver.settle_again(self.couch, self.config.db, doc_id):
                 self.unsettled.discard(doc_id)
         return len(self.unsettled)
+
+    def requeue_abandoned(self) -> int:
+        """Claims abandoned with no other claim seen, once ABANDONED_GRACE_S old: read from
+        every copy and requeued, or settled if a winning claim shows up (a reap before that
+        could put back an occurrence whose winning claim some copy has not shown yet, and
+        it would run twice). Returns how many are still waiting."""
+        ripe = time.monotonic() - ABANDONED_GRACE_S
+        for doc_id, seen in sorted(self._lone_abandoned.items()):
+            if seen <= ripe and resolver.requeue_lone_abandoned(self.couch, self.config.db, doc_id):
+                del self._lone_abandoned[doc_id]
+        return len(self._lone_abandoned)
 
     def _apply_followed(self, results: list[dict[str, Any]]) -> None:
         for row in results:
@@ -420,9 +439,10 @@ class Hub:
                     # Two servers (or cluster nodes) took different writes: settle it now.
                     self._settle(doc)
                 elif doc and resolver.is_lone_abandoned(doc):
-                    # A claim a cluster took on too few copies, and no other claim seen:
-                    # the next reap reads every copy and requeues it (or settles it).
-                    self.unsettled.add(doc["_id"])
+                    # A claim a cluster took on too few copies, and no other claim seen.
+                    self._lone_abandoned.setdefault(doc["_id"], time.monotonic())
+                elif doc:
+                    self._lone_abandoned.pop(doc["_id"], None)
                 self.materializer.apply_changes([row], self.now())
                 self.health.observe(doc)
                 self.alert_sender.observe(doc)
