@@ -50,7 +50,12 @@ PEERS_REFRESH_S = 10.0  # without a dispatcher, who is online is read again this
 
 @dataclass
 class ClaimStats:
-    view_reads: int = 0
+    view_reads: int = 0  # every read: pages, doc fetches and peer lists (the kinds below)
+    id_pages: int = 0  # ready view pages read without docs (a backlog)
+    doc_pages: int = 0  # ready view pages read with include_docs
+    doc_fetches: int = 0  # _all_docs by keys: the docs of this worker's own rows
+    peer_reads: int = 0  # who is online (workers_by_last_seen)
+    rows_read: int = 0  # rows in those answers (ids, docs, peers): the client's parsing work
     puts: int = 0  # claim writes (documents), single or in a batch
     batches: int = 0  # _bulk_docs requests carrying claims
     wins: int = 0
@@ -211,7 +216,9 @@ class Claimer:
             include_docs=True,
         )
         stats.view_reads += 1
+        stats.doc_pages += 1
         rows = body.get("rows", [])
+        stats.rows_read += len(rows)
         docs = [row["doc"] for row in rows if isinstance(row.get("doc"), dict)]
         now = self.couch.now()
         if ready is not None:
@@ -244,7 +251,9 @@ class Claimer:
             self.db, "farm", "ready", startkey=[tube], endkey=[tube, {}], limit=limit
         )
         stats.view_reads += 1
+        stats.id_pages += 1
         rows = [row for row in body.get("rows", []) if isinstance(row.get("id"), str)]
+        stats.rows_read += len(rows)
         horizon = None
         if len(rows) >= limit and isinstance(rows[-1].get("key"), list):
             horizon = str(rows[-1]["key"][-1])
@@ -258,8 +267,11 @@ class Claimer:
         if self.monotonic() - self._peers_at < PEERS_REFRESH_S:
             return
         self._peers_at = self.monotonic()
-        self.ready_set.set_peers(read_peers(self.couch, self.db, self.ready_set.online_s))
+        peers = read_peers(self.couch, self.db, self.ready_set.online_s)
+        self.ready_set.set_peers(peers)
         stats.view_reads += 1
+        stats.peer_reads += 1
+        stats.rows_read += len(peers)
 
     def _read_backlog(
         self, tube: str, need: int, first: int, limit: int, stats: ClaimStats
@@ -276,7 +288,9 @@ class Claimer:
             self.db, "farm", "ready", startkey=[tube], endkey=[tube, {}], limit=limit
         )
         stats.view_reads += 1
+        stats.id_pages += 1
         rows = [row for row in body.get("rows", []) if isinstance(row.get("id"), str)]
+        stats.rows_read += len(rows)
         full_page = len(rows) >= limit
         now = self.couch.now()
         ranked = ready.rank_ids(tube, [row["id"] for row in rows], now)
@@ -291,8 +305,10 @@ class Claimer:
             body = self.couch.view(self.db, "farm", "ready", startkey=[tube, rows[-1]["key"][-1]],
                                    endkey=[tube, {}], limit=limit)  # fmt: skip
             stats.view_reads += 1
+            stats.id_pages += 1
             deeper += 1
             page = [row for row in body.get("rows", []) if isinstance(row.get("id"), str)]
+            stats.rows_read += len(page)
             more = len(page) >= limit  # (the backlog stays a backlog: the first page was full)
             fresh = [row for row in page if row["id"] not in seen]
             if not fresh:
@@ -307,6 +323,8 @@ class Claimer:
         order = {row["id"]: n for n, row in enumerate(rows)}
         fetched = self.couch.all_docs(self.db, keys=wanted, include_docs=True) if wanted else []
         stats.view_reads += 1
+        stats.doc_fetches += 1 if wanted else 0
+        stats.rows_read += len(fetched)
         docs = sorted(
             (row["doc"] for row in fetched if isinstance(row.get("doc"), dict)),
             key=lambda doc: order.get(doc.get("_id"), len(order)),
