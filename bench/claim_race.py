@@ -100,6 +100,7 @@ def prepare_couchfarm(server: BenchServer, db: str, count: int) -> None:
     # The workers read who is online too (ranking backlog rows): on PouchDB Server every
     # view has its own index, built at its first query, which must not fall in the clock.
     admin.view(db, "farm", "workers_by_last_seen", limit=0)
+    admin.view(db, "farm", "ready_buckets", limit=0)  # the backlog's pages (claim.py)
 
 
 def prepare_picas(server: BenchServer, db: str, count: int) -> None:
