@@ -141,6 +141,10 @@ class Claimer:
         # (tube, bucket, skip) pages found with no row to claim now: not read again until
         # the next peer refresh (new work in a backlog queues behind what is there anyway).
         self._empty_buckets: set[tuple[str, int, int]] = set()
+        # Buckets that gave a full page in this backlog, and until when (monotonic) a
+        # tube's backlog counts as too shallow for buckets (see _read_buckets).
+        self._deep_buckets: set[tuple[str, int]] = set()
+        self._shallow_until: dict[str, float] = {}
 
     # ------------------------------------------------------------ public
 
@@ -242,6 +246,8 @@ class Claimer:
         now = self.couch.now()
         if ready is not None:
             full_page = self._backlog[tube] = len(rows) >= limit
+            if not full_page:  # the backlog, if any, is over: its buckets' depths too
+                self._deep_buckets = {key for key in self._deep_buckets if key[0] != tube}
             if full_page and not ready.dispatched(self.monotonic()):
                 # A backlog: this page's rows are every worker's alike, most of them in
                 # other workers' buckets; claim from our own buckets instead.
@@ -310,6 +316,8 @@ class Claimer:
         holds. None when nothing claimable was found: the caller reads the ready view."""
         ready = self.ready_set
         assert ready is not None
+        if self.monotonic() < self._shallow_until.get(tube, float("-inf")):
+            return None
         now = self.couch.now()
         peers = tuple(sorted(ready.online_peers(tube, now)))
         order = self._bucket_orders.get((tube, peers))
@@ -339,6 +347,16 @@ class Claimer:
             docs = [row["doc"] for row in rows if isinstance(row.get("doc"), dict)]
             now = self.couch.now()
             due = self._claimable(docs, now)[0]
+            if len(rows) >= ROWS_PER_BUCKET:
+                self._deep_buckets.add((tube, bucket))
+            elif rows and not skip and (tube, bucket) not in self._deep_buckets:
+                # A short first page of one of our buckets (an empty one is just done): the
+                # backlog is shallower than 64 pages, and a read per bucket would bring a
+                # row or two. The ready
+                # view's pages serve it better (decision 16) for a peer-refresh period.
+                self._shallow_until[tube] = self.monotonic() + PEERS_REFRESH_S
+                if not due:
+                    return None
             if len(rows) < ROWS_PER_BUCKET or not due:
                 # Drained once these are claimed (or nothing in it is due yet): skip it.
                 self._empty_buckets.add((tube, bucket, skip))

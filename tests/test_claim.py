@@ -373,6 +373,16 @@ def test_a_worker_whose_buckets_are_empty_takes_over_rows_past_the_owners_page()
     assert first.stats.stolen_pages >= 1
 
 
+def test_a_backlog_shallower_than_a_page_per_bucket_is_read_by_the_ready_views_pages():
+    couch = FakeCouch([ready(n).to_doc() for n in range(40)])  # a page (20) is full
+    c = backlog_claimer(couch, "w1", [])
+    first = c.claim(1, ahead=4)  # a bucket page of a row or two: too shallow for buckets
+    assert first.won and first.stats.bucket_pages >= 1
+    second = c.claim(1, ahead=4)
+    assert len(second.won) == 5 and second.stats.bucket_pages == 0  # a page of ids, held
+    assert second.stats.id_pages == 1
+
+
 def test_ready_buckets_drained_fall_back_to_the_ready_view_and_end_the_backlog():
     couch = FakeCouch([ready(n).to_doc() for n in range(100)])  # more than a page of 36
     clock = [0.0]
