@@ -100,6 +100,7 @@ def prepare_couchfarm(server: BenchServer, db: str, count: int) -> None:
     # The workers read who is online too (ranking backlog rows): on PouchDB Server every
     # view has its own index, built at its first query, which must not fall in the clock.
     admin.view(db, "farm", "workers_by_last_seen", limit=0)
+    admin.view(db, "farm", "ready_buckets", limit=0)  # the backlog's pages (claim.py)
 
 
 def prepare_picas(server: BenchServer, db: str, count: int) -> None:
@@ -166,6 +167,14 @@ def race_once(
     )
     locks = Counter(claimed)
     claims = len(claimed)
+    # Where a claim's requests and the workers' time went, summed over the workers (their
+    # own counts, load-independent: see desktop_worker.claim.ClaimStats).
+    totals: Counter[str] = Counter()
+    for s in stats:
+        totals.update({key: int(value) for key, value in s.items()})
+    per_claim = {key: value / claims for key, value in totals.items()} if claims else {}
+    worker_wall = sum(float(a.get("wall_s", 0.0)) for a in answers)
+    worker_slept = sum(float(a.get("slept_s", 0.0)) for a in answers)
     puts = figures.by_method.get("PUT", 0)
     lost = figures.lost_races
     if client_writes:
@@ -191,6 +200,9 @@ def race_once(
         if claims and server_cpu is not None
         else None,
         "client_cpu_ms_per_claim": 1000 * client_cpu / claims if claims else None,
+        "client_counts": dict(totals),
+        "client_counts_per_claim": per_claim,
+        "client_slept_share": worker_slept / worker_wall if worker_wall else None,
         "double_claimed_items": sum(1 for n in locks.values() if n > 1),
         "double_claim_rate": sum(1 for n in locks.values() if n > 1) / len(locks) if locks else 0.0,
         "drained": all(a.get("empty") for a in answers),
@@ -310,7 +322,15 @@ def run(server: BenchServer, scale: Scale, workdir: Path) -> Section:
                         f"waste {result['conflict_waste']:.1%}, "
                         f"doubles {result['double_claimed_items']}, "
                         f"202s {result['http_202']}, "
-                        f"{result['claims']} claims of {result['distinct_items']} items"
+                        f"{result['claims']} claims of {result['distinct_items']} items, "
+                        f"server {result['server_cpu_ms_per_claim'] or 0:.2f} / client "
+                        f"{result['client_cpu_ms_per_claim'] or 0:.2f} ms CPU per claim, "
+                        f"slept {result['client_slept_share'] or 0:.0%}, per claim "
+                        + ", ".join(
+                            f"{key} {value:.3f}"
+                            for key, value in result["client_counts_per_claim"].items()
+                            if value
+                        )
                     )
         finally:
             for pool in pools.values():

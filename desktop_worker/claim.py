@@ -35,6 +35,7 @@ from desktop_worker.log import log_event
 from desktop_worker.readyset import ReadySet
 from hub.protocol import quorum, states
 from hub.protocol.board import read_peers
+from hub.protocol.buckets import bucket_order
 from hub.protocol.couch import Conflict, Couch, CouchError, Forbidden, NotFound
 from hub.protocol.model import Occurrence, State
 from hub.protocol.timefmt import from_wire, to_wire
@@ -47,11 +48,25 @@ ROWS_PER_WORKER = 16
 # further for its own before it tries other workers' rows (see _read_backlog).
 DEEPER_PAGES = 3
 PEERS_REFRESH_S = 10.0  # without a dispatcher, who is online is read again this often
+# In a backlog without a dispatcher, a worker reads its own ready buckets (the
+# ready_buckets view, hub/protocol/buckets.py) this many rows at a time: a batch of the
+# default 1 + 8 ahead, and most of the next. It does not grow with the number of workers.
+ROWS_PER_BUCKET = 16
+# A worker whose own buckets are all empty tries this many of other workers' buckets (past
+# the rows their owner holds) before it reads a page of the ready view.
+STEAL_TRIES = 3
 
 
 @dataclass
 class ClaimStats:
-    view_reads: int = 0
+    view_reads: int = 0  # every read: pages, doc fetches and peer lists (the kinds below)
+    id_pages: int = 0  # ready view pages read without docs (a backlog)
+    bucket_pages: int = 0  # pages of a ready bucket, with docs (a backlog, no dispatcher)
+    stolen_pages: int = 0  # of those, pages of another worker's bucket
+    doc_pages: int = 0  # ready view pages read with include_docs
+    doc_fetches: int = 0  # _all_docs by keys: the docs of this worker's own rows
+    peer_reads: int = 0  # who is online (workers_by_last_seen)
+    rows_read: int = 0  # rows in those answers (ids, docs, peers): the client's parsing work
     puts: int = 0  # claim writes (documents), single or in a batch
     batches: int = 0  # _bulk_docs requests carrying claims
     wins: int = 0
@@ -125,6 +140,15 @@ class Claimer:
         # Quarantined by the hub's validator (hub:reliability:{name}): take only quorum
         # slots, no work whose result would be accepted alone (the claim loop sets it).
         self.quorum_only = False
+        self._bucket_orders: dict[tuple[str, tuple[str, ...]], tuple[list[int], list[int]]] = {}
+        self._bucket_turn: dict[str, int] = {}
+        # (tube, bucket, skip) pages found with no row to claim now: not read again until
+        # the next peer refresh (new work in a backlog queues behind what is there anyway).
+        self._empty_buckets: set[tuple[str, int, int]] = set()
+        # Buckets that gave a full page in this backlog, and until when (monotonic) a
+        # tube's backlog counts as too shallow for buckets (see _read_buckets).
+        self._deep_buckets: set[tuple[str, int]] = set()
+        self._shallow_until: dict[str, float] = {}
 
     # ------------------------------------------------------------ public
 
@@ -204,6 +228,10 @@ class Claimer:
         if ready is not None and not ready.dispatched(self.monotonic()):
             self._refresh_peers(stats)
         if ready is not None and self._backlog.get(tube):
+            if not ready.dispatched(self.monotonic()):
+                from_buckets = self._read_buckets(tube, first, stats)
+                if from_buckets is not None:
+                    return from_buckets
             return self._read_backlog(tube, need, first, limit, stats)
         body = self.couch.view(
             self.db,
@@ -215,11 +243,21 @@ class Claimer:
             include_docs=True,
         )
         stats.view_reads += 1
+        stats.doc_pages += 1
         rows = body.get("rows", [])
+        stats.rows_read += len(rows)
         docs = [row["doc"] for row in rows if isinstance(row.get("doc"), dict)]
         now = self.couch.now()
         if ready is not None:
             full_page = self._backlog[tube] = len(rows) >= limit
+            if not full_page:  # the backlog, if any, is over: its buckets' depths too
+                self._deep_buckets = {key for key in self._deep_buckets if key[0] != tube}
+            if full_page and not ready.dispatched(self.monotonic()):
+                # A backlog: this page's rows are every worker's alike, most of them in
+                # other workers' buckets; claim from our own buckets instead.
+                from_buckets = self._read_buckets(tube, first, stats)
+                if from_buckets is not None:
+                    return from_buckets
             return self._from_page(tube, docs, full_page, first, now, epoch)
         occs, next_not_before = self._claimable(docs, now)
         chosen = occs[:first]
@@ -248,7 +286,9 @@ class Claimer:
             self.db, "farm", "ready", startkey=[tube], endkey=[tube, {}], limit=limit
         )
         stats.view_reads += 1
+        stats.id_pages += 1
         rows = [row for row in body.get("rows", []) if isinstance(row.get("id"), str)]
+        stats.rows_read += len(rows)
         horizon = None
         if len(rows) >= limit and isinstance(rows[-1].get("key"), list):
             horizon = str(rows[-1]["key"][-1])
@@ -262,8 +302,77 @@ class Claimer:
         if self.monotonic() - self._peers_at < PEERS_REFRESH_S:
             return
         self._peers_at = self.monotonic()
-        self.ready_set.set_peers(read_peers(self.couch, self.db, self.ready_set.online_s))
+        self._empty_buckets.clear()
+        peers = read_peers(self.couch, self.db, self.ready_set.online_s)
+        self.ready_set.set_peers(peers)
         stats.view_reads += 1
+        stats.peer_reads += 1
+        stats.rows_read += len(peers)
+
+    def _read_buckets(
+        self, tube: str, first: int, stats: ClaimStats
+    ) -> tuple[list[Occurrence], datetime | None, float | None] | None:
+        """A backlog with no dispatcher: read a page of one of this worker's own ready
+        buckets (round robin, each in turn order), hold it and claim from it. Every row read
+        is this worker's to claim, so a claim costs the same reads at 1 or 16 workers (a page
+        of the ready view, 16 rows per online worker, held about 1 in W). A worker whose own
+        buckets are empty takes over rows of others' buckets, past the page their owner
+        holds. None when nothing claimable was found: the caller reads the ready view."""
+        ready = self.ready_set
+        assert ready is not None
+        if self.monotonic() < self._shallow_until.get(tube, float("-inf")):
+            return None
+        now = self.couch.now()
+        peers = tuple(sorted(ready.online_peers(tube, now)))
+        order = self._bucket_orders.get((tube, peers))
+        if order is None:
+            if len(self._bucket_orders) > 8:
+                self._bucket_orders.clear()
+            order = self._bucket_orders[(tube, peers)] = bucket_order(tube, self.worker, peers)
+        own, others = order
+        turn = self._bucket_turn.get(tube, 0)
+        self._bucket_turn[tube] = turn + 1
+        if own:
+            own = own[turn % len(own) :] + own[: turn % len(own)]
+        pages = [(bucket, 0) for bucket in own if (tube, bucket, 0) not in self._empty_buckets]
+        steals = [(b, ROWS_PER_BUCKET) for b in others if (tube, b, ROWS_PER_BUCKET)
+                  not in self._empty_buckets]  # fmt: skip
+        # Own buckets found empty are not read again before the next peer refresh, so a
+        # worker reads each at most once more than it has rows (at the end of a backlog).
+        for bucket, skip in pages + steals[:STEAL_TRIES]:
+            body = self.couch.view(self.db, "farm", "ready_buckets", startkey=[tube, bucket],
+                                   endkey=[tube, bucket, {}], limit=ROWS_PER_BUCKET, skip=skip,
+                                   include_docs=True)  # fmt: skip
+            stats.view_reads += 1
+            stats.bucket_pages += 1
+            stats.stolen_pages += 1 if skip else 0
+            rows = body.get("rows", [])
+            stats.rows_read += len(rows)
+            docs = [row["doc"] for row in rows if isinstance(row.get("doc"), dict)]
+            now = self.couch.now()
+            due = self._claimable(docs, now)[0]
+            if len(rows) >= ROWS_PER_BUCKET:
+                self._deep_buckets.add((tube, bucket))
+            elif rows and not skip and (tube, bucket) not in self._deep_buckets:
+                # A short first page of one of our buckets (an empty one is just done): the
+                # backlog is shallower than 64 pages, and a read per bucket would bring a
+                # row or two. The ready
+                # view's pages serve it better (decision 16) for a peer-refresh period.
+                self._shallow_until[tube] = self.monotonic() + PEERS_REFRESH_S
+                if not due:
+                    return None
+            if len(rows) < ROWS_PER_BUCKET or not due:
+                # Drained once these are claimed (or nothing in it is due yet): skip it.
+                self._empty_buckets.add((tube, bucket, skip))
+            if not due:
+                continue
+            now_mono = self.monotonic()
+            ready.hold(tube, docs, now_mono)
+            held, wait = ready.candidates(tube, now, now_mono, first)
+            occs = self._claimable_held(held, now, now_mono)
+            if occs or wait is not None:
+                return occs, ready.next_not_before(tube, now), wait
+        return None
 
     def _read_backlog(
         self, tube: str, need: int, first: int, limit: int, stats: ClaimStats
@@ -280,7 +389,9 @@ class Claimer:
             self.db, "farm", "ready", startkey=[tube], endkey=[tube, {}], limit=limit
         )
         stats.view_reads += 1
+        stats.id_pages += 1
         rows = [row for row in body.get("rows", []) if isinstance(row.get("id"), str)]
+        stats.rows_read += len(rows)
         full_page = len(rows) >= limit
         now = self.couch.now()
         ranked = ready.rank_ids(tube, [row["id"] for row in rows], now)
@@ -295,8 +406,10 @@ class Claimer:
             body = self.couch.view(self.db, "farm", "ready", startkey=[tube, rows[-1]["key"][-1]],
                                    endkey=[tube, {}], limit=limit)  # fmt: skip
             stats.view_reads += 1
+            stats.id_pages += 1
             deeper += 1
             page = [row for row in body.get("rows", []) if isinstance(row.get("id"), str)]
+            stats.rows_read += len(page)
             more = len(page) >= limit  # (the backlog stays a backlog: the first page was full)
             fresh = [row for row in page if row["id"] not in seen]
             if not fresh:
@@ -311,6 +424,8 @@ class Claimer:
         order = {row["id"]: n for n, row in enumerate(rows)}
         fetched = self.couch.all_docs(self.db, keys=wanted, include_docs=True) if wanted else []
         stats.view_reads += 1
+        stats.doc_fetches += 1 if wanted else 0
+        stats.rows_read += len(fetched)
         docs = sorted(
             (row["doc"] for row in fetched if isinstance(row.get("doc"), dict)),
             key=lambda doc: order.get(doc.get("_id"), len(order)),

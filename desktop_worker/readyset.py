@@ -290,6 +290,25 @@ class ReadySet:
             self._trim()
             return fresh
 
+    def hold(self, tube: str, docs: list[dict[str, Any]], now_mono: float) -> None:
+        """The docs of a page of this worker's own ready buckets (claim.py): all of them are
+        its own share of the backlog, held to claim in turn order without reading again.
+        They may lie past the horizon of the last ``ready`` page (each bucket runs in turn
+        order on its own), so the horizon goes; a later page of ``ready`` sets it again."""
+        with self._lock:
+            self._read_at[tube] = now_mono
+            self._complete[tube] = False
+            self._horizon[tube] = None
+            for doc in docs:
+                occ_id = doc.get("_id")
+                if (
+                    isinstance(occ_id, str)
+                    and self._claimable(doc)
+                    and not self._shadowed(occ_id, _generation(doc.get("_rev")))
+                ):
+                    self._docs[occ_id] = _Known(doc, float("-inf"))
+            self._trim()
+
     def _ranked(
         self, docs: list[dict[str, Any]], peers: list[str]
     ) -> list[tuple[int, int, dict[str, Any]]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import secrets
 import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from desktop_worker.claim import Claimer
 from hub import provision
 from hub.protocol import states
+from hub.protocol.buckets import READY_BUCKETS, bucket_order, ready_bucket
 from hub.protocol.couch import Conflict, Couch, Forbidden, NotFound, Written
 from hub.protocol.model import Occurrence, Task, task_id
 from hub.protocol.names import WORKER_ROLE
@@ -67,6 +69,15 @@ class FakeCouch:
         if view == "workers_by_last_seen":
             return {"rows": []}
         ready = [r for r in self.view_rows if self.docs[r["id"]]["state"] == "ready"]
+        if view == "ready_buckets":  # as design_docs/farm/views/ready_buckets/map.js keys it
+            tube, bucket = params["startkey"]
+            rows = sorted(
+                ({"id": r["id"], "key": [tube, ready_bucket(r["id"]), r["key"][1]], "doc":
+                  self.docs[r["id"]]} for r in ready if ready_bucket(r["id"]) == bucket),
+                key=lambda r: r["key"],
+            )  # fmt: skip
+            skip = params.get("skip", 0)
+            return {"rows": rows[skip : skip + params["limit"]]}
         start = params.get("startkey") or []
         if len(start) == 2:  # a page further down: rows from that key on
             ready = [r for r in ready if r["key"] >= start]
@@ -256,6 +267,7 @@ def test_in_a_backlog_a_worker_reads_ids_and_fetches_only_its_own_rows():
     c = claimer(couch, k=3, ready_set=held)
     first = c.claim(1)  # the first read: docs included; a full page, so a backlog
     assert len(first.won) == 1 and couch.view_params[-1].get("include_docs")
+    no_buckets(c)  # (the ready buckets, read first, are tested below)
     reads = len(couch.view_params)
     won = [occ.id for occ in first.won]
     for _ in range(3):
@@ -268,6 +280,122 @@ def test_in_a_backlog_a_worker_reads_ids_and_fetches_only_its_own_rows():
             mine = readyset_module._score(occ_id, "w1")
             assert all(readyset_module._score(occ_id, p) > mine for p in ("w2", "w3"))
     assert len(couch.fetched) <= 2  # own rows held: no read per claim
+
+
+def no_buckets(c: Claimer, tube: str = "default") -> None:
+    c._empty_buckets.update((tube, b, skip) for b in range(READY_BUCKETS) for skip in (0, 16))
+
+
+def running(*names: str) -> list[dict[str, Any]]:
+    return [{"name": n, "state": "running", "last_seen": to_wire(NOW), "tubes": ["default"]}
+            for n in names]  # fmt: skip
+
+
+def backlog_claimer(couch: FakeCouch, name: str, peers: list[str], **kwargs: Any) -> Claimer:
+    from desktop_worker.readyset import ReadySet
+
+    held = ReadySet(name, ["default"])
+    held.feed_started()
+    held.set_peers(running(*peers))
+    return Claimer(couch, "farm", name, ["default"], k=3, rng=random.Random(name),  # type: ignore[arg-type]
+                   sleep=lambda s: None, ready_set=held, **kwargs)  # fmt: skip
+
+
+def test_bucket_owners_split_every_bucket_once_and_evenly():
+    for count in (1, 3, 16, 100):
+        names = [f"w{i}" for i in range(count)]
+        owned = {name: bucket_order("default", name, names) for name in names}
+        buckets = [b for own, _ in owned.values() for b in own]
+        assert sorted(buckets) == list(range(READY_BUCKETS))  # each owned by one worker
+        sizes = [len(own) for own, _ in owned.values()]
+        assert max(sizes) <= -(-READY_BUCKETS // count)
+        for own, others in owned.values():
+            assert sorted(own + others) == list(range(READY_BUCKETS))
+    # Another tube: other owners (a worker is not the first for every tube's bucket 0).
+    names = [f"w{i}" for i in range(16)]
+    by_tube = {t: [bucket_order(t, n, names)[0] for n in names] for t in ("a", "b")}
+    assert by_tube["a"] != by_tube["b"]
+
+
+def test_ready_bucket_is_the_views_hash():
+    # The same figures node gives for the view's JavaScript (FNV-1a over UTF-16 units).
+    assert ready_bucket("occ:task:acme:t:20261201T000100Z") == 49
+    assert ready_bucket("a") == 32 and ready_bucket("") == 25
+    assert ready_bucket("\u00e9\U0001f600x") == 5  # a surrogate pair: two code units
+
+
+@pytest.mark.parametrize("workers", [2, 4, 16])
+def test_in_a_backlog_a_worker_reads_only_its_own_buckets_whatever_the_fleet(workers):
+    names = [f"w{i}" for i in range(1, workers + 1)]
+    couch = FakeCouch([ready(n).to_doc() for n in range(-3000, 100)])  # all due
+    c = backlog_claimer(couch, "w1", names[1:])
+    own, _ = bucket_order("default", "w1", names)
+    c.claim(1)  # the first read (the ready view, docs included): a full page, a backlog
+    couch.view_params.clear()
+    before = len(couch.puts)
+    won: list[str] = []
+    stats = []
+    for _ in range(12):  # (fewer claims than its own buckets hold at 16 workers)
+        result = c.claim(1, ahead=8)
+        won += [o.id for o in result.won]
+        stats.append(result.stats)
+    assert len(won) >= 12 and len(set(won)) == len(won)
+    assert all(ready_bucket(i) in own for i in won)  # only its own buckets
+    pages = [p for p in couch.view_params if isinstance(p["startkey"], list)]  # (not peers)
+    assert all(p["startkey"][1] in own and not p.get("skip") for p in pages)
+    rows = sum(s.rows_read for s in stats)
+    assert sum(s.bucket_pages for s in stats) == len(pages)
+    assert rows <= 2 * len(won)  # what it reads is what it claims, at 2 or 16 workers
+    assert len(couch.puts) - before == len(won)  # no lost race
+    assert sum(s.batches for s in stats) <= len(won) / 8 + 1
+
+
+def test_a_worker_whose_buckets_are_empty_takes_over_rows_past_the_owners_page():
+    names = ["w1", "w2", "w3", "w4"]
+    couch = FakeCouch([ready(n).to_doc() for n in range(-1500, 100)])
+    own, others = bucket_order("default", "w1", names)
+    for occ_id, doc in couch.docs.items():  # w1 was fast: its buckets are done
+        if ready_bucket(occ_id) in own:
+            couch.docs[occ_id] = dict(doc, state="leased", _rev="2-w1")
+    heads = {}  # each bucket's first rows: what its owner reads and holds
+    for b in others:
+        rows = couch.view(
+            "farm", "farm", "ready_buckets", startkey=["default", b], limit=16, skip=0
+        )["rows"]
+        heads[b] = {r["id"] for r in rows}
+    c = backlog_claimer(couch, "w1", names[1:])
+    first = c.claim(1)  # the first read: a full page, then a page of another's bucket
+    result = c.claim(1, ahead=8)
+    won = first.won + result.won
+    assert len(won) >= 2 and first.stats.conflicts == result.stats.conflicts == 0
+    assert all(ready_bucket(o.id) not in own for o in won)
+    assert not any(o.id in heads[ready_bucket(o.id)] for o in won)
+    assert first.stats.stolen_pages >= 1
+
+
+def test_a_backlog_shallower_than_a_page_per_bucket_is_read_by_the_ready_views_pages():
+    couch = FakeCouch([ready(n).to_doc() for n in range(40)])  # a page (20) is full
+    c = backlog_claimer(couch, "w1", [])
+    first = c.claim(1, ahead=4)  # a bucket page of a row or two: too shallow for buckets
+    assert first.won and first.stats.bucket_pages >= 1
+    second = c.claim(1, ahead=4)
+    assert len(second.won) == 5 and second.stats.bucket_pages == 0  # a page of ids, held
+    assert second.stats.id_pages == 1
+
+
+def test_ready_buckets_drained_fall_back_to_the_ready_view_and_end_the_backlog():
+    couch = FakeCouch([ready(n).to_doc() for n in range(100)])  # more than a page of 36
+    clock = [0.0]
+    c = backlog_claimer(couch, "w1", ["w2"], monotonic=lambda: clock[0])
+    won: list[str] = []
+    for _ in range(200):  # w2 never comes: w1 takes its rows too, after their turn
+        result = c.claim(1, ahead=8)
+        won += [o.id for o in result.won]
+        clock[0] += 1.0
+        if len(won) == len(couch.docs):
+            break
+    assert sorted(won) == sorted(couch.docs)
+    assert not c.in_backlog()  # the ready view's page was no longer full
 
 
 def test_empty_tube_is_not_contended():
@@ -327,6 +455,65 @@ def test_claim_race_leases_each_occurrence_exactly_once(farm):
         for occ_id in ids:
             assert stored[occ_id]["state"] == "leased"
             assert stored[occ_id]["lease"]["worker"] == name and stored[occ_id]["attempt"] == 1
+
+
+def test_ready_buckets_race_leases_each_occurrence_once_with_few_lost_races(farm):
+    """A backlog with no hub: workers with ready sets claim from their own buckets (the
+    ready_buckets view, keyed as hub.protocol.buckets computes), 9 per _bulk_docs."""
+    from desktop_worker.readyset import ReadySet
+
+    racers = [f"bucket{i}" for i in range(4)]
+    secret = {name: secrets.token_urlsafe(12) for name in racers}
+    for name in racers:
+        provision.add_user(farm.admin, name, [WORKER_ROLE], secret[name], replace=True)
+    now = farm.now().replace(microsecond=0)
+    t = task("buckets", tube="buckets")
+    farm.hub.put(farm.db, t.to_doc())
+    docs = [states.materialize(t, now - timedelta(minutes=n + 1), now).to_doc() for n in range(300)]
+    assert all("error" not in row for row in farm.hub.bulk_docs(farm.db, docs))
+    rows = farm.hub.view(farm.db, "farm", "ready_buckets", startkey=["buckets"],
+                         endkey=["buckets", {}])["rows"]  # fmt: skip
+    assert sorted(r["id"] for r in rows) == sorted(d["_id"] for d in docs)
+    assert all(r["key"][1] == ready_bucket(r["id"]) for r in rows)  # the view's hash
+    peers = [{"name": n, "state": "running", "last_seen": to_wire(now), "tubes": ["buckets"]}
+             for n in racers]  # fmt: skip
+    won: dict[str, list[str]] = {name: [] for name in racers}
+    stats = {name: [] for name in racers}
+    barrier = threading.Barrier(len(racers))
+
+    def race(name: str) -> None:
+        couch = Couch(farm.server.url, name, secret[name])
+        held = ReadySet(name, ["buckets"])
+        held.feed_started()
+        held.set_peers(peers)
+        c = Claimer(couch, farm.db, name, ["buckets"], k=3, rng=random.Random(name),
+                    ready_set=held)  # fmt: skip
+        c._peers_at = float("inf")  # the peers above, not read from worker docs
+        barrier.wait()
+        for _ in range(400):
+            result = c.claim(1, 8 if c.in_backlog() else 0)
+            won[name].extend(o.id for o in result.won)
+            stats[name].append(result.stats)
+            if not result.won and result.retry_in is not None:
+                time.sleep(result.retry_in)
+            elif not result.won and not result.contended and result.candidates == 0:
+                return
+
+    threads = [threading.Thread(target=race, args=(name,)) for name in racers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    claimed = [occ for ids in won.values() for occ in ids]
+    cluster.settle(farm.hub, farm.db, [d["_id"] for d in docs])
+    on_cluster = farm.hub.majority(farm.db) > 1
+    if not on_cluster:
+        assert sorted(claimed) == sorted(d["_id"] for d in docs)  # all, none twice
+    assert len(claimed) == len(set(claimed))
+    every = [s for name in racers for s in stats[name]]
+    writes = sum(s.puts for s in every)
+    assert sum(s.bucket_pages for s in every) > 0
+    assert sum(s.lost_races for s in every) <= 0.15 * writes  # the issue's target
 
 
 def test_future_not_before_is_left_alone_on_the_server(farm):
@@ -407,6 +594,7 @@ def test_a_worker_with_none_of_its_rows_left_on_a_page_reads_further_not_others_
             couch.docs[occ_id] = dict(couch.docs[occ_id], state="leased", _rev="2-w1")
     held.feed_started()  # forget what it held
     c._backlog["default"] = True
+    no_buckets(c)  # every ready bucket found empty: the ready view's pages are next
     result = c.claim(1, ahead=3)
     assert result.won and all(mine(o.id) for o in result.won)  # its own, further down
     assert result.stats.conflicts == 0

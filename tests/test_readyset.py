@@ -352,3 +352,20 @@ def test_the_hubs_beat_sets_the_keep_alive_and_how_long_peers_count_as_online():
     assert held.hub_keepalive_s == 400.0 and held.online_s == 600.0
     held.apply_board({**beat, "keepalive_s": 60.0, "online_s": 30.0}, 1.0, now)
     assert held.hub_keepalive_s == 60.0 and held.online_s == 90.0  # never below its own
+
+
+def test_a_page_of_its_own_bucket_is_held_whole_past_the_last_pages_horizon():
+    ready = polling()
+    for name in ("w2", "w3"):
+        ready.apply(worker(name), now_mono=0.0)
+    ready.refill("default", [occ(1), occ(2)], full_page=True, now_mono=1.0, server_now=NOW)
+    # A bucket is in turn order on its own: its rows may come after the ready page's last.
+    bucket = [occ(n) for n in (3, 40, 90)]
+    seen_leased = occ(90) | {"_rev": "2-x", "state": "leased"}
+    ready.apply(seen_leased, now_mono=1.5)  # claimed meanwhile, as the feed or a lost race said
+    ready.hold("default", [*bucket, occ(7, tube="other")], now_mono=2.0)
+    held, wait = ready.candidates("default", NOW, 2.1, k=10)
+    # Every row of it, whoever ranks first on it by id (the bucket is this worker's share),
+    # in turn order; not the one known taken, nor another tube's.
+    assert ids(held)[-2:] == ids(bucket[:2]) and wait is None
+    assert ready.needs_read("default", 2.1, poll_s=300)  # held rows are no complete view

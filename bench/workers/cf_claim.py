@@ -102,6 +102,12 @@ def main() -> int:
     claimer: Claimer | None = None
     ahead = DEFAULT_CLAIM_AHEAD
     feed_stop = threading.Event()
+    slept = [0.0]  # seconds this worker waited (turns, back-off) during the last "go"
+
+    def sleep(seconds: float) -> None:
+        slept[0] += max(seconds, 0.0)
+        time.sleep(seconds)
+
     for line in sys.stdin:
         command = json.loads(line)
         if command["cmd"] == "quit":
@@ -121,6 +127,7 @@ def main() -> int:
                 k=int(command.get("k") or DEFAULT_CLAIM_K),
                 rng=random.Random(command.get("seed")),
                 ready_set=ready,
+                sleep=sleep,
             )
             ahead = int(command.get("ahead", DEFAULT_CLAIM_AHEAD))
             couch.session()  # checks the password, samples the server clock, warms the socket
@@ -131,18 +138,28 @@ def main() -> int:
             claimed: list[str] = []
             stats = ClaimStats()
             empty = False
+            slept[0] = 0.0
+            cpu0, wall0 = time.process_time(), time.monotonic()
             while time.monotonic() < deadline:
                 result = claimer.claim(1, ahead if claimer.in_backlog() else 0)
                 stats.add(result.stats)
                 claimed.extend(occ.id for occ in result.won)
                 if not result.won and result.retry_in is not None:
-                    time.sleep(result.retry_in)  # held rows are other workers' turn first
+                    sleep(result.retry_in)  # held rows are other workers' turn first
                     continue
                 if not result.won and result.candidates == 0 and not result.contended:
                     empty = True
                     break
             reply(
-                {"claimed": claimed, "t_end": time.time(), "empty": empty, "stats": asdict(stats)}
+                {
+                    "claimed": claimed,
+                    "t_end": time.time(),
+                    "empty": empty,
+                    "stats": asdict(stats),
+                    "slept_s": slept[0],
+                    "cpu_s": time.process_time() - cpu0,
+                    "wall_s": time.monotonic() - wall0,
+                }
             )
     return 0
 
