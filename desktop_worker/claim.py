@@ -282,17 +282,26 @@ class Claimer:
         if all(rank == 0 for rank, _ in ready.rank_ids(tube, [o.id for o in occs], now)):
             return False
         self._verified[tube] = now_mono
+        rows = self._id_page(tube, limit, stats)
+        horizon = None
+        if len(rows) >= limit and isinstance(rows[-1].get("key"), list):
+            horizon = str(rows[-1]["key"][-1])
+        return ready.keep_only(tube, {row["id"] for row in rows}, horizon, now_mono) > 0
+
+    def _id_page(
+        self, tube: str, limit: int, stats: ClaimStats, after: Any = None
+    ) -> list[dict[str, Any]]:
+        """One page of the tube's ``ready`` rows, ids and keys only (from queue_at ``after``
+        on, when given), counted in ``stats``."""
+        start = [tube] if after is None else [tube, after]
         body = self.couch.view(
-            self.db, "farm", "ready", startkey=[tube], endkey=[tube, {}], limit=limit
+            self.db, "farm", "ready", startkey=start, endkey=[tube, {}], limit=limit
         )
         stats.view_reads += 1
         stats.id_pages += 1
         rows = [row for row in body.get("rows", []) if isinstance(row.get("id"), str)]
         stats.rows_read += len(rows)
-        horizon = None
-        if len(rows) >= limit and isinstance(rows[-1].get("key"), list):
-            horizon = str(rows[-1]["key"][-1])
-        return ready.keep_only(tube, {row["id"] for row in rows}, horizon, now_mono) > 0
+        return rows
 
     def _refresh_peers(self, stats: ClaimStats) -> None:
         """Workers that came online since the feed started rank too, or two workers would
@@ -385,13 +394,7 @@ class Claimer:
         ready = self.ready_set
         assert ready is not None
         epoch = ready.epoch
-        body = self.couch.view(
-            self.db, "farm", "ready", startkey=[tube], endkey=[tube, {}], limit=limit
-        )
-        stats.view_reads += 1
-        stats.id_pages += 1
-        rows = [row for row in body.get("rows", []) if isinstance(row.get("id"), str)]
-        stats.rows_read += len(rows)
+        rows = self._id_page(tube, limit, stats)
         full_page = len(rows) >= limit
         now = self.couch.now()
         ranked = ready.rank_ids(tube, [row["id"] for row in rows], now)
@@ -403,13 +406,8 @@ class Claimer:
             # time (2,461 lost PUTs in 12,476 claim writes, CouchDB, 16 workers). Our own
             # rows further down are ours alone; the turn order slips by at most a few pages.
             seen = {row["id"] for row in rows}
-            body = self.couch.view(self.db, "farm", "ready", startkey=[tube, rows[-1]["key"][-1]],
-                                   endkey=[tube, {}], limit=limit)  # fmt: skip
-            stats.view_reads += 1
-            stats.id_pages += 1
+            page = self._id_page(tube, limit, stats, after=rows[-1]["key"][-1])
             deeper += 1
-            page = [row for row in body.get("rows", []) if isinstance(row.get("id"), str)]
-            stats.rows_read += len(page)
             more = len(page) >= limit  # (the backlog stays a backlog: the first page was full)
             fresh = [row for row in page if row["id"] not in seen]
             if not fresh:
