@@ -201,6 +201,12 @@ def resolve(
     return Resolution(winner["_id"], winner["_rev"], losers, merged, complete)
 
 
+def _settled(couch: Couch, db: str, doc: dict[str, Any]) -> bool:
+    """Settle a conflicted document; False when the resolution left something behind."""
+    settled = resolve(couch, db, doc)
+    return not (isinstance(settled, Resolution) and not settled.complete)
+
+
 def settle_again(couch: Couch, db: str, doc_id: str) -> bool:
     """A document an earlier resolution left unsettled, read and settled again (a leaf a
     cluster refused to delete, a result whose tally must wait for a fold, or a claim
@@ -209,8 +215,7 @@ def settle_again(couch: Couch, db: str, doc_id: str) -> bool:
     if doc is None:
         return True
     if doc.get("_conflicts"):
-        settled = resolve(couch, db, doc)
-        return not (isinstance(settled, Resolution) and not settled.complete)
+        return _settled(couch, db, doc)
     if doc_id.startswith("res:"):
         return tallies.recount_after_result_conflict(couch, db, doc)
     if is_lone_abandoned(doc):
@@ -238,8 +243,7 @@ def requeue_lone_abandoned(couch: Couch, db: str, doc_id: str) -> bool:
     if doc is None:
         return True
     if doc.get("_conflicts"):
-        settled = resolve(couch, db, doc)
-        return not (isinstance(settled, Resolution) and not settled.complete)
+        return _settled(couch, db, doc)
     if not is_lone_abandoned(doc):
         return True
     requeued = states.requeue_abandoned(Occurrence.from_doc(doc), couch.now()).to_doc()
