@@ -1,4 +1,4 @@
-"""Quorum runs: what a run costs at k = 1 and k = 3 (issue 18, ARCHITECTURE decision 17).
+"""Quorum runs: what a run costs at k = 1 and k = 3 (issue 18, docs/DECISIONS.md decision 17).
 
 For each k: a fresh farm database with N ready ``demo.sleep`` occurrences (ms 0) of one
 task with ``quorum: k``; three worker engines (in-process, the engine's own code, polling

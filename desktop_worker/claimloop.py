@@ -4,7 +4,7 @@ Claims come from the ready set (:mod:`desktop_worker.claim`: the hub's offers, w
 board feed brings in, or the ``ready`` view). In a backlog (the view's last page was full)
 it claims ``claim_ahead`` more than its free slots in the same ``_bulk_docs`` and holds
 them, starting each as a slot frees: on CouchDB one validated write per claim was the
-claim's whole cost (docs/ARCHITECTURE.md decision 16). A held claim not started within
+claim's whole cost (docs/DECISIONS.md decision 16). A held claim not started within
 ``touch_at`` of its TTR, and every held claim when the engine stops, pauses or drains, is
 released (one ``_bulk_docs``), so holding never outlives a lease nor keeps work from others
 for long. When nothing is claimable the loop sleeps

@@ -86,7 +86,7 @@ class WorkerConfig:
     claim_k: int = DEFAULT_CLAIM_K
     # In a backlog (the ready view's page was full), claim this many more than the free
     # slots in the same _bulk_docs and start them as slots free: one validated write then
-    # carries several claims (docs/ARCHITECTURE.md decision 16). 0: only what slots can start.
+    # carries several claims (docs/DECISIONS.md decision 16). 0: only what slots can start.
     claim_ahead: int = DEFAULT_CLAIM_AHEAD
     # Waiting: poll the ready view this often when the _changes feed is broken.
     poll_interval_s: float = 30.0

@@ -381,7 +381,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print(f"workers online: {len(stats['workers_online'])}")
     if stats["workers_online"]:
         # Runs in progress come from the leases: a worker writes its own doc only when its
-        # state changes and every 60 s (ARCHITECTURE decision 12), so its "current" lags.
+        # state changes and every 60 s (docs/DECISIONS.md decision 12), so its "current" lags.
         leases = Counter(
             row["value"]
             for row in service.couch.view(service.db, "farm", "leases_by_expiry")["rows"]

@@ -1,4 +1,4 @@
-"""The hub offers each ready occurrence to one worker (decision 12 in docs/ARCHITECTURE.md).
+"""The hub offers each ready occurrence to one worker (docs/DECISIONS.md decision 12).
 
 Why: on CouchDB 3 every continuous ``_changes`` feed on a database costs the server
 0.3 to 0.6 ms of CPU for *every write* to that database, whatever its filter (``_doc_ids``,

@@ -1,6 +1,6 @@
 """The validator: decides quorum occurrences and keeps the workers' reliability.
 
-A hub duty (docs/ARCHITECTURE.md decision 17). The live ``_changes`` feed hands it every
+A hub duty (docs/DECISIONS.md decision 17). The live ``_changes`` feed hands it every
 quorum occurrence that changed (:meth:`Validator.observe`, no request); each pass
 (:meth:`Validator.run`):
 

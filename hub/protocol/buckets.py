@@ -1,5 +1,5 @@
 """Ready buckets: the ready set split by a hash of the occurrence id, each bucket owned by
-one online worker (docs/ARCHITECTURE.md decision 18).
+one online worker (docs/DECISIONS.md decision 18).
 
 The ``ready_buckets`` view (design_docs/farm/views/ready_buckets/map.js) is keyed
 ``[tube, bucket, queue_at]``. In a backlog with no dispatcher, a worker reads pages of the

@@ -54,7 +54,7 @@ class State(StrEnum):
     SKIPPED = "skipped"  # not started because the previous run was still going (overlap)
     CANCELLED = "cancelled"  # stopped by a client, an operator or the replace policy
     # A quorum run (quorum > 1) whose results did not agree (no strict majority), or whose
-    # quorum timed out: every slot's result is kept for the client (docs/ARCHITECTURE.md
+    # quorum timed out: every slot's result is kept for the client (docs/DECISIONS.md
     # decision 17).
     INCONCLUSIVE = "inconclusive"
 

@@ -1,6 +1,6 @@
 """Quorum runs as pure functions: slots, their expiry, comparators and the decision.
 
-No I/O and no clock reads (docs/ARCHITECTURE.md decision 17). A task with ``quorum: k``
+No I/O and no clock reads (docs/DECISIONS.md decision 17). A task with ``quorum: k``
 (k > 1) materializes occurrences that k distinct workers run. Every worker's part is a
 *slot* in the one occurrence document, keyed by its name, so ``validate_doc_update`` sees
 all of them in the write it checks: a worker may add its own slot (never a second one,

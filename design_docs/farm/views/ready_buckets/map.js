@@ -1,7 +1,7 @@
 // Claimable occurrences per tube, split into 64 buckets by a hash of the id, each bucket in
 // turn order: key [tube, bucket, queue_at]. In a backlog with no dispatcher each worker
 // reads only the buckets it owns (rendezvous over the online workers), so what it reads
-// per claim does not grow with the number of workers (docs/ARCHITECTURE.md decision 18).
+// per claim does not grow with the number of workers (docs/DECISIONS.md decision 18).
 // The hash is FNV-1a over the id's UTF-16 code units, folded; hub/protocol/buckets.py
 // computes the same one. ES5 only (the multiply is spelled as shifts to stay exact).
 // A quorum occurrence is listed while fewer than quorum of its slots are live, as in `ready`.
