@@ -135,9 +135,8 @@ def test_two_copies_collecting_slots_are_merged_into_their_union(split, password
     from desktop_worker import slots
 
     w3 = Couch(primary.url, "w3", passwords["w3"])
-    done = quorum.finish_slot(
-        w3_leased, "w3", w3.now(), started_at=w3.now(), output={"slept_ms": 1}
-    )
+    now = w3.now()
+    done = quorum.finish_slot(w3_leased, "w3", now, started_at=now, output={"slept_ms": 1})
     status, stored = slots.write_slot(w3, db, done, "w3", w3.now)
     assert status == "ok" and stored is not None
     assert _slot_states(p.hub.get(db, occ.id)) == {"w1": "done", "w2": "done", "w3": "done"}
