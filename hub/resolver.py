@@ -38,8 +38,8 @@ all copies pick the same leaf.
 
 The chosen leaf is kept (plus one revision on top of it when error histories or quorum
 slots had to be merged) and every other leaf is deleted, so every copy converges to the
-same document. Nothing is rewritten onto another branch, so ``validate_doc_update``'s "a final state
-never changes" holds even for the resolver.
+same document. Nothing is rewritten onto another branch, so ``validate_doc_update``'s "a
+final state never changes" holds even for the resolver.
 
 On a cluster this is what makes the claim protocol safe: if two workers' claims were
 both accepted, the later claim is kept, the other worker's lease branch is deleted, and
@@ -171,7 +171,7 @@ def resolve(
             requeued = states.requeue_abandoned(Occurrence.from_doc(kept), couch.now()).to_doc()
             writes.append({**requeued, "_rev": winner["_rev"]})
             merged = True
-        elif history != winner.get("errors", []) or slots != winner.get("slots", slots):
+        elif history != winner.get("errors", []) or _slots_grew(winner, slots):
             writes.append(kept)
             merged = True
     losers = [c["_rev"] for c in candidates if c["_rev"] != winner["_rev"]]
@@ -195,7 +195,8 @@ def resolve(
                 "event=resolve_incomplete doc=%s left=%s merge_lost=%s rows=%s", winner["_id"],
                 sorted(now.get("_conflicts", [])), merge_lost, failed,
             )  # fmt: skip
-    if merged and slots is not None and slots != winner.get("slots"):
+    if merged and _slots_grew(winner, slots):
+        assert slots is not None
         _log_slot_merge(winner, candidates, slots, complete)
     if complete and winner["_id"].startswith("res:"):
         # Both creates of this result may have been counted (a cluster took both): the
@@ -218,8 +219,13 @@ def resolve(
     return Resolution(winner["_id"], winner["_rev"], losers, merged, complete)
 
 
+def _slots_grew(winner: dict[str, Any], slots: dict[str, Any] | None) -> bool:
+    """Did the merge of the leaves' slots change the kept leaf's (None: not a quorum)?"""
+    return slots is not None and slots != (winner.get("slots") or {})
+
+
 def _log_slot_merge(
-    winner: dict[str, Any], candidates: list[dict[str, Any]], slots: dict[str, Any], landed: bool
+    winner: dict[str, Any], candidates: list[dict[str, Any]], slots: dict[str, Any], complete: bool
 ) -> None:
     """One line per merge: which workers' slots came from a losing leaf (and as what)."""
     kept_slots = winner.get("slots") or {}
@@ -227,8 +233,8 @@ def _log_slot_merge(
     states_now = {n: slots[n].get("state") if isinstance(slots[n], dict) else "?" for n in taken}
     log.info(
         "event=slots_merged doc=%s kept=%s state=%s from_other_copies=%s slots=%d leaves=%d "
-        "landed=%s", winner["_id"], winner["_rev"], winner.get("state"),
-        ",".join(f"{n}:{s}" for n, s in states_now.items()), len(slots), len(candidates), landed,
+        "complete=%s", winner["_id"], winner["_rev"], winner.get("state"),
+        ",".join(f"{n}:{s}" for n, s in states_now.items()), len(slots), len(candidates), complete,
     )  # fmt: skip
 
 
