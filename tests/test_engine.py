@@ -263,6 +263,10 @@ def test_a_new_occurrence_is_claimed_from_the_feed_without_reading_the_view(
     engine, rec = make_engine("w1", "nofeedread", poll_interval_s=30)
     rec.wait("state_changed", state="idle")
     wait_for(lambda: engine.claim_stats.view_reads >= 1 and engine.ready_set.live, timeout=10)
+    # The hub's beat reached the engine's board feed: from here on it waits for offers. (On a
+    # loaded server the beat can come after the first read, and the engine rightly reads the
+    # view at its next wake-up until then.)
+    wait_for(lambda: engine.ready_set.dispatched(time.monotonic()), timeout=30)
     time.sleep(0.5)
     reads = engine.claim_stats.view_reads
     ids = seed(farm.hub, farm.db, "nofeedread", "nofeedread", 3, ms=10)
