@@ -39,6 +39,12 @@ def _claim_by(worker: str) -> Callable[[dict[str, Doc], Any], Doc]:
     return build
 
 
+def _other_second(occ_id: str) -> str:
+    """A second of the same minute that is not ``occ_id``'s: a new occurrence's id, never
+    the existing one (that would be a 409 before validate_doc_update is asked)."""
+    return "58" if occ_id.endswith("59Z") else "59"
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -153,9 +159,9 @@ ROLE_MATRIX = [
         "w1",
         lambda w, now: _with(
             w["ready"],
-            _id=w["ready"]["_id"][:-3] + "59Z",
+            _id=w["ready"]["_id"][:-3] + _other_second(w["ready"]["_id"]) + "Z",
             _rev=None,
-            due_at=w["ready"]["due_at"][:17] + "59.000Z",
+            due_at=w["ready"]["due_at"][:17] + _other_second(w["ready"]["_id"]) + ".000Z",
         ),
         "workers cannot create occurrences",
     ),
