@@ -297,9 +297,12 @@ def test_cpu_cap_holds_a_cpu_bound_run_to_its_share(tmp_path: Path) -> None:
     free, capped = finished(free_handle, 30), finished(handle, 30)
     assert free.status == "ok" and capped.status == "ok", (free.error, capped.error)
     free_cpu, capped_cpu = free.output["cpu_s"], capped.output["cpu_s"]
-    # 10 % of 2 s is 0.2 s; uncapped it gets up to 2 s, and even on a 2-core machine
-    # under a load of 6 it got 0.5 s. The margins leave room for that.
-    assert capped_cpu < 0.6 * free_cpu, (capped_cpu, free_cpu)
+    # 10 % of 2 s is 0.2 s; uncapped it gets up to 2 s, and on a 2-core machine under a
+    # load of 6 it got 0.5 s. Under a load of 28 the free run itself got only 0.32 s: no
+    # more than the cap allows, so the two cannot be told apart by their CPU, only by the
+    # throttle's pauses (below).
+    if free_cpu >= 0.4:
+        assert capped_cpu < 0.6 * free_cpu, (capped_cpu, free_cpu)
     assert capped_cpu < 0.5, capped_cpu
     assert handle.throttle is not None and handle.throttle.suspended_s > 1.0
 
