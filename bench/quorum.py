@@ -24,18 +24,28 @@ from __future__ import annotations
 import secrets
 import sys
 import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BenchServer, Scale, Section, add_users, log, scale_from_env
+from bench.common import (
+    BenchServer,
+    LogLine,
+    Scale,
+    Section,
+    add_users,
+    endpoint,
+    log,
+    scale_from_env,
+)
 from desktop_worker.config import WorkerConfig
 from desktop_worker.engine import Engine
 from hub import provision
 from hub.protocol import states
-from hub.protocol.couch import Couch
+from hub.protocol.couch import Couch, CouchError
 from hub.protocol.model import Occurrence, Task, task_id
 from hub.protocol.names import ADMIN_ROLE, WORKER_ROLE
 from hub.protocol.timefmt import to_wire
@@ -43,6 +53,35 @@ from hub.validator import Validator
 
 WORKERS = ("bq0", "bq1", "bq2")
 HUB = "bqhub"
+
+
+class RequestProfile:
+    """Every request a client sends, by what it did (``PUT occ doc -> 409``): the profile
+    of a run's cost, counted at the client so it reads the same on PouchDB Server and
+    CouchDB. It wraps the client's one sending method; the bench's own clients are not
+    wrapped."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def attach(self, couch: Couch) -> None:
+        send = couch._send_once
+
+        def counted(server: Any, method: str, path: str, params: Any, *rest: Any) -> Any:
+            query = "&".join(f"{k}={v}" for k, v in (params or {}).items())
+            label = endpoint(LogLine(0, method, f"{path}?{query}", 0))
+            try:
+                response = send(server, method, path, params, *rest)
+            except CouchError as exc:
+                self.counts[f"{label} -> {exc.status or 'error'}"] += 1
+                raise
+            self.counts[label] += 1
+            return response
+
+        couch._send_once = counted  # type: ignore[method-assign]
+
+    def per(self, n: int) -> dict[str, float]:
+        return {label: round(c / max(1, n), 2) for label, c in self.counts.most_common()}
 
 
 def _seed(admin: Couch, db: str, k: int, n: int) -> list[str]:
@@ -71,6 +110,8 @@ def measure(server: BenchServer, workdir: Path, k: int, n: int, timeout_s: float
     ids = _seed(admin, db, k, n)
     hub = Couch([server.url], user=HUB, password=passwords[HUB].read_text())
     validator = Validator(hub, db)
+    worker_profile, validator_profile = RequestProfile(), RequestProfile()
+    validator_profile.attach(hub)
     engines = []
     for name in WORKERS:
         config = WorkerConfig(
@@ -79,6 +120,8 @@ def measure(server: BenchServer, workdir: Path, k: int, n: int, timeout_s: float
             spool_path=workdir / f"spool-{name}-{db}.sqlite3",
         )  # fmt: skip
         engines.append(Engine(config, feed_wait_s=2.0))
+        worker_profile.attach(engines[-1].couch)
+    cpu_before = server.cpu_seconds()
     began = time.monotonic()
     for engine in engines:
         engine.start()
@@ -105,6 +148,9 @@ def measure(server: BenchServer, workdir: Path, k: int, n: int, timeout_s: float
         worker_requests = sum(e.couch.requests_sent for e in engines)
         runs = sum(e.totals["done"] + e.totals["failed"] for e in engines)
         lost = sum(e.totals["lost"] for e in engines)
+        # The server's CPU (CouchDB: beam.smp and its couchjs), the bench's polling
+        # included: it is the same at k = 1 and k = 3, so read the difference.
+        server_cpu_s = server.cpu_seconds() - cpu_before
     finally:
         for engine in engines:
             engine.stop(timeout=10)
@@ -124,7 +170,11 @@ def measure(server: BenchServer, workdir: Path, k: int, n: int, timeout_s: float
         "worker_requests_per_run": round(worker_requests / max(1, runs), 2),
         "worker_requests_per_occurrence": round(worker_requests / max(1, n), 2),
         "validator_requests_per_occurrence": round(validator_requests / max(1, n), 2),
+        "server_cpu_ms_per_run": round(1000 * server_cpu_s / max(1, runs), 1),
         "slots_per_occurrence": round(sum(slot_workers) / max(1, len(slot_workers)), 2),
+        # What the requests were: per completed run (workers), per occurrence (validator).
+        "worker_profile_per_run": worker_profile.per(runs),
+        "validator_profile_per_occurrence": validator_profile.per(n),
     }
 
 

@@ -147,6 +147,59 @@ def test_a_slot_result_must_be_the_workers_own_and_well_formed(farm: Farm) -> No
     _refused(farm, "w1", {**rewrite, "_rev": after.rev}, "already has a slot")
 
 
+def _update_refused(
+    farm: Farm, worker: str, occ_id: str, slot: dict[str, Any], reason: str
+) -> None:
+    """A slot write through the update function is refused with ``reason``, unchanged."""
+    before = farm.admin.get(farm.db, occ_id)
+    body = {"slot": slot, "updated_at": to_wire(farm.now())}
+    with pytest.raises(CouchError) as refusal:
+        farm.worker(worker, retries=0).update(farm.db, "farm", "slot", occ_id, body)
+    assert refusal.value.status == 403, refusal.value
+    assert reason in refusal.value.reason, refusal.value.reason
+    assert farm.admin.get(farm.db, occ_id) == before
+
+
+def test_the_slot_update_function_is_held_to_the_same_rules(farm: Farm) -> None:
+    """``_design/farm/_update/slot`` puts the caller's slot onto the current revision in one
+    request (desktop_worker/slots.py); its save is checked by validate_doc_update as the
+    caller, on PouchDB Server too (hub/pouchdb_fixes.js): same refusals as a PUT."""
+    occ = _occurrence(farm, _task(farm, quorum=2))
+    now = farm.now()
+    w1 = (quorum.claim_slot(occ, "w1", now).slots or {})["w1"].model_dump(exclude_none=True)
+    first = farm.worker("w1").update(farm.db, "farm", "slot", occ.id,
+                                     {"slot": w1, "updated_at": to_wire(now)})  # fmt: skip
+    # w2 claims on the revision it saw before w1's claim: no conflict, no re-read.
+    w2 = (quorum.claim_slot(occ, "w2", farm.now()).slots or {})["w2"].model_dump(exclude_none=True)
+    second = farm.worker("w2").update(farm.db, "farm", "slot", occ.id,
+                                      {"slot": w2, "updated_at": to_wire(farm.now())})  # fmt: skip
+    stored = _read(farm, occ.id)
+    assert stored.rev == second != first
+    assert sorted(stored.slots or {}) == ["w1", "w2"]
+    assert (stored.slots or {})["w1"].model_dump(exclude_none=True) == w1
+
+    # The full quorum, a second claim, a slot naming another worker, a changed claimed_at.
+    w3 = {**w1, "worker": "w3", "claimed_at": to_wire(farm.now())}
+    _update_refused(farm, "w3", occ.id, w3, "all 2 slots of")
+    _update_refused(farm, "w1", occ.id, {**w1, "worker": "w2"}, "must name worker w1")
+    moved = {**w1, "claimed_at": to_wire(farm.now() + timedelta(seconds=1))}
+    _update_refused(farm, "w1", occ.id, moved, "cannot change its claimed_at")
+    # w1's result through the function, then any rewrite of it: one slot, ever.
+    done = quorum.finish_slot(stored, "w1", farm.now(), started_at=now, output={"slept_ms": 1})
+    result = (done.slots or {})["w1"].model_dump(exclude_none=True)
+    farm.worker("w1").update(farm.db, "farm", "slot", occ.id,
+                             {"slot": result, "updated_at": to_wire(farm.now())})  # fmt: skip
+    _update_refused(farm, "w1", occ.id, {**result, "result": {**result["result"], "output": 2}},
+                    "already has a slot")  # fmt: skip
+    # A quorum-1 occurrence has no slots to write.
+    single = _occurrence(farm, _task(farm, quorum=1))
+    _update_refused(farm, "w1", single.id, w1, "not a quorum occurrence")
+    body = {"slot": w1, "updated_at": to_wire(farm.now())}
+    with pytest.raises(CouchError) as missing:
+        farm.worker("w1", retries=0).update(farm.db, "farm", "slot", "occ:nope", body)
+    assert missing.value.status == 404
+
+
 def test_quorum_one_occurrences_keep_their_rules(farm: Farm) -> None:
     task = _task(farm, quorum=1)
     occ = _occurrence(farm, task)
