@@ -25,6 +25,7 @@ import secrets
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from bench.common import (
 from desktop_worker.config import WorkerConfig
 from desktop_worker.engine import Engine
 from hub import provision
-from hub.protocol import states
+from hub.protocol import quorum, states
 from hub.protocol.couch import Couch, CouchError
 from hub.protocol.model import Occurrence, Task, task_id
 from hub.protocol.names import ADMIN_ROLE, WORKER_ROLE
@@ -178,6 +179,76 @@ def measure(server: BenchServer, workdir: Path, k: int, n: int, timeout_s: float
     }
 
 
+def slot_write_cost(server: BenchServer, workdir: Path, n: int) -> dict[str, Any]:
+    """What one slot write costs the server, by way of writing it: ``n`` touches of one
+    worker's slot, one after another (no contention, so each figure is one kind of request
+    alone): a PUT with the current revision (a slot write that races nobody), a call of
+    the ``slot`` update function (every slot write now), and the two extra requests a raced
+    PUT cost before: the PUT with a stale revision (409; 403 on PouchDB Server) and the GET
+    after it. Server CPU (CouchDB: beam.smp and couchjs) and client wall time per request."""
+    admin = server.admin
+    db = f"bench_slotcost_{secrets.token_hex(3)}"
+    provision.init(admin, db, now=admin.now(), hub_user="")
+    name = "bqs0"
+    password = add_users(admin, [name], WORKER_ROLE, workdir / "passwords")[name].read_text()
+    worker = Couch([server.url], user=name, password=password, retries=0)
+    [occ_id] = _seed(admin, db, 3, 1)
+    occ = quorum.claim_slot(Occurrence.from_doc(admin.get(db, occ_id)), name, worker.now())
+    occ = occ.model_copy(update={"rev": worker.put(db, occ.to_doc())})
+    stale = occ.rev
+
+    def touch() -> Occurrence:
+        return quorum.touch_slot(occ, name, worker.now())
+
+    def measure_one(label: str, op: Callable[[], None]) -> tuple[str, dict[str, float]]:
+        worker.get(db, occ_id)  # warm: the connection, the server's caches
+        cpu, began = server.cpu_seconds(), time.perf_counter()
+        for _ in range(n):
+            op()
+        wall, cpu = time.perf_counter() - began, server.cpu_seconds() - cpu
+        return label, {
+            "server_cpu_ms": round(1000 * cpu / n, 2),
+            "wall_ms": round(1000 * wall / n, 2),
+        }
+
+    def put_current() -> None:
+        nonlocal occ
+        occ = occ.model_copy(update={"rev": worker.put(db, touch().to_doc())})
+
+    def update_function() -> None:
+        nonlocal occ
+        mine = touch()
+        slot = (mine.slots or {})[name].model_dump(exclude_none=True, mode="json")
+        rev = worker.update(
+            db, "farm", "slot", occ_id, {"slot": slot, "updated_at": mine.updated_at}
+        )
+        occ = mine.model_copy(update={"rev": rev})
+
+    def put_stale() -> None:
+        try:
+            worker.put(db, {**touch().to_doc(), "_rev": stale})
+        except CouchError:
+            return
+        raise AssertionError("a PUT with a stale revision was taken")
+
+    def get() -> None:
+        worker.get(db, occ_id)
+
+    try:
+        rows = dict(
+            measure_one(label, op)
+            for label, op in (
+                ("put_current_rev", put_current),
+                ("update_function", update_function),
+                ("put_stale_rev_refused", put_stale),
+                ("get", get),
+            )
+        )
+    finally:
+        admin.delete_db(db)
+    return {"n": n, **rows}
+
+
 def run(server: BenchServer, scale: Scale, workdir: Path) -> Section:
     n = 30 if scale.name == "small" else 200
     section = Section(
@@ -191,6 +262,10 @@ def run(server: BenchServer, scale: Scale, workdir: Path) -> Section:
         log(f"quorum k={k}: {n} occurrences")
         rows.append(measure(server, workdir, k, n, timeout_s=120.0))
     section.data["rows"] = rows
+    log("quorum: what one slot write costs the server")
+    section.data["slot_write_cost"] = slot_write_cost(
+        server, workdir, n=100 if scale.name == "small" else 400
+    )
     one, three = rows
     section.data["requests_per_run_ratio_k3_k1"] = round(
         three["worker_requests_per_run"] / max(0.01, one["worker_requests_per_run"]), 2
