@@ -94,9 +94,10 @@ def write_slot(
 
 
 def _no_update_function(exc: NotFound) -> bool:
-    """A 404 from the server for the design document's function, not for the occurrence
-    (slot.js answers ``no occurrence ...`` for that)."""
-    return "update function" in exc.reason or "missing function" in exc.reason
+    """A 404 for the design document's function, not for the occurrence (slot.js answers
+    ``no occurrence ...`` for that). CouchDB 3.5.0 says ``missing json key: updates`` (or
+    ``: slot``), PouchDB Server ``missing update function slot on design doc ...``."""
+    return exc.reason.startswith("missing json key") or "update function" in exc.reason
 
 
 def _after_refusal(

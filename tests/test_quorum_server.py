@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from hub import archiver
+from desktop_worker import slots
+from hub import archiver, designdocs
 from hub.protocol import quorum, states
 from hub.protocol.couch import CouchError
 from hub.protocol.model import (
@@ -198,6 +199,24 @@ def test_the_slot_update_function_is_held_to_the_same_rules(farm: Farm) -> None:
     with pytest.raises(CouchError) as missing:
         farm.worker("w1", retries=0).update(farm.db, "farm", "slot", "occ:nope", body)
     assert missing.value.status == 404
+
+
+def test_a_server_without_the_slot_function_gets_the_put_of_before(farm: Farm) -> None:
+    """A hub not yet upgraded (its design document has no ``updates``): the worker's slot
+    writes fall back to PUT, and on a conflict GET and PUT again, on both servers."""
+    occ = _occurrence(farm, _task(farm, quorum=2))
+    ddoc = farm.admin.get(farm.db, "_design/farm")
+    farm.admin.put(farm.db, {k: v for k, v in ddoc.items() if k != "updates"})
+    try:
+        for worker in ("w1", "w2"):  # both from the revision read before either claimed
+            verdict, stored = slots.write_slot(farm.worker(worker), farm.db,
+                                               quorum.claim_slot(occ, worker, farm.now()),
+                                               worker, farm.now)  # fmt: skip
+            assert verdict == "ok" and stored is not None
+        assert sorted(_read(farm, occ.id).slots or {}) == ["w1", "w2"]
+    finally:
+        designdocs.push(farm.admin, farm.db, "farm")
+    assert "slot" in farm.admin.get(farm.db, "_design/farm")["updates"]
 
 
 def test_quorum_one_occurrences_keep_their_rules(farm: Farm) -> None:

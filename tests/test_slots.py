@@ -13,6 +13,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import pytest
+
 from desktop_worker import slots
 from hub.protocol import quorum
 from hub.protocol.couch import Conflict, Forbidden, NotFound
@@ -24,9 +26,9 @@ from tests.test_quorum import at, occurrence
 class FakeServer:
     """One occurrence document; ``script`` lists answers to give before applying calls."""
 
-    def __init__(self, doc: dict[str, Any], *, has_function: bool = True) -> None:
+    def __init__(self, doc: dict[str, Any], *, missing: str = "") -> None:
         self.doc = {**doc, "_rev": "1-a"}
-        self.has_function = has_function
+        self.missing = missing  # the server's 404 reason when it has no such function
         self.script: list[Exception] = []
         self.calls: list[str] = []
         self.clock = at(2)
@@ -41,8 +43,8 @@ class FakeServer:
 
     def update(self, db: str, ddoc: str, function: str, doc_id: str, body: dict[str, Any]) -> str:
         self.calls.append("update")
-        if not self.has_function:
-            raise NotFound("missing", reason="missing update function slot on design doc")
+        if self.missing:
+            raise NotFound("missing", reason=self.missing)
         if self.script:
             raise self.script.pop(0)
         slot = body["slot"]
@@ -124,9 +126,14 @@ def test_a_gone_occurrence_is_lost() -> None:
     assert _write(server, quorum.claim_slot(occurrence(), "w1", at(2)), "w1") == ("lost", None)
 
 
-def test_without_the_update_function_the_put_get_put_of_before() -> None:
+@pytest.mark.parametrize(
+    "missing",
+    ["missing json key: updates", "missing json key: slot",  # CouchDB 3.5.0
+     "missing update function slot on design doc _design/farm"],  # PouchDB Server
+)  # fmt: skip
+def test_without_the_update_function_the_put_get_put_of_before(missing: str) -> None:
     seen = occurrence().model_copy(update={"rev": "1-a"})  # the revision the server holds
-    server = FakeServer(seen.to_doc(), has_function=False)
+    server = FakeServer(seen.to_doc(), missing=missing)
     assert _write(server, quorum.claim_slot(seen, "w1", at(2)), "w1")[0] == "ok"
     assert server.calls == ["update", "put"]
     server.calls.clear()
