@@ -723,7 +723,8 @@ def quorum_lines(section: dict[str, Any]) -> list[str]:
     ]
     for r in section.get("rows", []):
         lines.append(
-            f"| {r['k']} | {r['occurrences']} | {r['runs']} | {r['worker_requests_per_run']} "
+            f"| {r['k']}{' (dispatcher)' if r.get('dispatcher') else ''} | {r['occurrences']} "
+            f"| {r['runs']} | {r['worker_requests_per_run']} "
             f"| {r['worker_requests_per_occurrence']} | {r['validator_requests_per_occurrence']} "
             f"| {r.get('server_cpu_ms_per_run', '')} | {r['lost']} | {r['seconds']} |"
         )
@@ -731,7 +732,8 @@ def quorum_lines(section: dict[str, Any]) -> list[str]:
         profile = r.get("worker_profile_per_run") or {}
         if profile:
             kinds = ", ".join(f"{label} {n}" for label, n in profile.items())
-            lines.append(f"\nk = {r['k']}, worker requests per run by kind: {kinds}")
+            how = " with the dispatcher" if r.get("dispatcher") else ""
+            lines.append(f"\nk = {r['k']}{how}, worker requests per run by kind: {kinds}")
     cost = section.get("slot_write_cost") or {}
     if cost:
         lines += [
