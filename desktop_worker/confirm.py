@@ -27,6 +27,15 @@ until it sees it on the *other* server of its list (the standby). Each pass of
   applied. Logged at ERROR as ``result_not_restored`` with the run's identity, then
   dropped from the spool. Nothing else drops an acknowledged result.
 
+A quorum slot's result (decision 17) waits the same way (:meth:`Confirmer.slot_verdict`):
+it is confirmed when the other server's copy carries this run in our slot, or an archived
+decision lists it (canonical or an alternative). The copy is decided without it: while we
+are still on the server that took it, wait (replication or the resolver's slot merge may
+bring it); once we left that server, the decision stands (``result_superseded``). Not
+decided and we left: ``_rescue_slot`` finishes our own slot there with the run's own times
+(taking a slot first when our claim never replicated); a slot of ours there that expired or
+was voided cannot take it (``result_not_restored``). Only our own slot is ever written.
+
 After a rescue or a replacement the entry counts as uploaded to the server it was written
 to, and waits to be seen on the next one (the rebuilt primary, after ``hub recover``).
 """
@@ -37,18 +46,27 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from desktop_worker import slots
 from desktop_worker.log import log_event
 from desktop_worker.spool import Entry, Spool, SpoolError
-from hub.protocol import states
+from hub.protocol import quorum, states
 from hub.protocol.couch import Conflict, Couch, CouchError, Forbidden
-from hub.protocol.model import Occurrence, State, result_id
+from hub.protocol.model import Occurrence, RunResult, State, result_id
 from hub.protocol.names import results_db
-from hub.protocol.states import finished_first, same_run
+from hub.protocol.states import InvalidTransition, finished_first, same_run
 from hub.protocol.timefmt import from_wire, to_wire
 
 Emit = Callable[..., None]
 WAIT = "wait"
 CONFIRMED = "confirmed"
+SLOT_OP = "slot"  # the spool's op for a quorum slot's result (desktop_worker/runs.py)
+
+
+def own_slot_result(doc: Any, worker: str) -> dict[str, Any] | None:
+    """The result in ``worker``'s slot of a spooled quorum occurrence, if it has one."""
+    slot = ((doc.get("slots") or {}) if isinstance(doc, dict) else {}).get(worker)
+    result = slot.get("result") if isinstance(slot, dict) else None
+    return result if isinstance(result, dict) else None
 
 
 def archived_result(couch: Couch, db: str, occ_id: str, doc: dict[str, Any]) -> dict | None:
@@ -119,6 +137,8 @@ class Confirmer:
 
     def verdict(self, other: Couch, index: int, entry: Entry, doc: Any) -> str:
         """``confirmed``, ``wait``, or why the entry leaves the spool without confirmation."""
+        if entry.op == SLOT_OP:
+            return self.slot_verdict(other, index, entry, doc)
         ours = entry.doc.get("result") if isinstance(entry.doc, dict) else None
         if entry.op != "finish" or not isinstance(ours, dict):
             return CONFIRMED  # only finished results wait for confirmation
@@ -139,6 +159,87 @@ class Confirmer:
             # Archived (5 minutes after it ended): the results database is the hub's alone.
             return self._not_restored(entry, ours, f"the survivor archived it {found.get('state')}")
         return self._not_restored(entry, ours, "the survivor archived a later result")
+
+    # ------------------------------------------------------------ one quorum slot
+
+    def slot_verdict(self, other: Couch, index: int, entry: Entry, doc: Any) -> str:
+        """A quorum slot's result (decision 17, "Failover"): kept until the other server's
+        copy carries this run in our slot, or an archived decision lists it; re-applied
+        there (our own slot only) when we left the server that took it."""
+        ours = own_slot_result(entry.doc, self.name)
+        if ours is None:
+            return CONFIRMED  # no result in our slot: nothing to keep
+        if isinstance(doc, dict) and not doc.get("_deleted"):
+            there = (doc.get("slots") or {}).get(self.name)
+            if isinstance(there, dict) and same_run(there.get("result"), ours):
+                return CONFIRMED
+            left = self.left_server(entry.uploaded_to, index)
+            if doc.get("state") != State.READY.value:
+                # Decided (or ended) without our run. While we are still on the server that
+                # took it, that copy may yet bring it (replication, the resolver's merge of
+                # the two copies' slots); once we left it, the decision stands.
+                return self._slot_superseded(entry, ours, doc) if left else WAIT
+            return self._rescue_slot(other, index, entry, ours, doc) if left else WAIT
+        found = archived_result(other, self.db, entry.occ_id, entry.doc)
+        if not found:
+            return WAIT  # not replicated (or not materialized on the survivor) yet
+        runs = [found, *(found.get("alternatives") or [])]
+        if any(isinstance(run, dict) and same_run(run, ours) for run in runs):
+            return CONFIRMED
+        return self._slot_superseded(entry, ours, found)
+
+    def _rescue_slot(
+        self, other: Couch, index: int, entry: Entry, ours: dict, doc: dict[str, Any]
+    ) -> str:
+        """Put our slot's result on the survivor, which never got it: finish our own slot
+        there when our claim replicated, or take a slot first when it did not (a new claim:
+        ``validate_doc_update`` lets a worker add only a leased slot), then finish it with
+        the run's own times and output. A slot of ours there that expired or was voided can
+        no longer take it (one slot per worker, ever): logged, dropped."""
+        try:
+            current = Occurrence.from_doc(doc)
+            run = RunResult.model_validate(ours)
+            if self.name not in (current.slots or {}):
+                if quorum.may_claim_slot(current, self.name, other.now()) is not None:
+                    return WAIT  # full (a slot may expire) or not yet due: look again
+                claimed = slots.claim(other, self.db, current, self.name)
+                if claimed is None:
+                    return WAIT
+                current = claimed
+            have = (current.slots or {})[self.name]
+            if have.state != "leased":
+                return self._not_restored(entry, ours, f"our slot there is {have.state}")
+            mine = quorum.restore_own_result(current, self.name, run, other.now())
+            status, stored = slots.write_slot(other, self.db, mine, self.name, other.now)
+        except (CouchError, ValueError, InvalidTransition) as exc:
+            log_event("result_rescue_failed", logging.WARNING, occ=entry.occ_id, slot=True,
+                      error=str(exc))  # fmt: skip
+            return WAIT
+        if status != "ok" or stored is None:
+            return WAIT  # our slot moved meanwhile (expired, decided): the next pass says so
+        log_event("result_rescued", occ=entry.occ_id, server=other.active.label, slot=True,
+                  attempt=run.attempt, finished_at=run.finished_at)  # fmt: skip
+        self._moved_to(entry, index, stored.to_doc())
+        return WAIT  # confirmed once the next server has it
+
+    def _slot_superseded(self, entry: Entry, ours: dict, decided: dict[str, Any]) -> str:
+        """The other copy was decided without our slot's result: a decision is final (the
+        VDU refuses any slot write on it), so ours is dropped, named in the log."""
+        validation = decided.get("validation") or {}
+        why = (
+            f"the quorum was decided without this run ({decided.get('state')}, "
+            f"{validation.get('outcome') or 'no validation'})"
+        )
+        log_event(
+            "result_superseded",
+            logging.WARNING,
+            occ=entry.occ_id,
+            slot=True,
+            why=why,
+            our_finished_at=ours.get("finished_at"),
+            canonical=validation.get("canonical"),
+        )
+        return why
 
     def left_server(self, uploaded_to: int | None, other_index: int) -> bool:
         """We failed over away from the server that took the upload, to ``other_index``."""

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from desktop_worker import slots
 from desktop_worker.config import WorkerConfig
-from desktop_worker.confirm import Confirmer, archived_result
+from desktop_worker.confirm import SLOT_OP, Confirmer, archived_result
 from desktop_worker.log import log_event
 from desktop_worker.spool import Spool, SpoolError
 from desktop_worker.status import EngineStatus
@@ -117,7 +117,9 @@ class Delivery:
                     if status == "offline":
                         self.spool.note_failure(entry.seq, "no server answered")
                         break
-                    if status == "ok" and entry.op == "finish" and self.config.has_standby:
+                    # A quorum slot's result waits for the standby too (decision 17).
+                    held = entry.op in ("finish", SLOT_OP)
+                    if status == "ok" and held and self.config.has_standby:
                         self.spool.mark_uploaded(entry.seq, server_index or 0)
                     else:
                         self.spool.delete(entry.seq)

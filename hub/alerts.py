@@ -517,9 +517,16 @@ class AlertSender:
             return 0
         claimed = claim_alert(doc, self.hub_name, now, self._channels(doc))
         try:
-            claimed["_rev"] = self.couch.put(self.db, claimed)
+            written = self.couch.put_counted(self.db, claimed, w=self.couch.majority(self.db))
         except Conflict:
             return 0  # another hub claimed it first: its change comes on the feed
+        claimed["_rev"] = written.rev
+        if not written.quorum:
+            # A cluster took this claim on fewer copies than a majority (202): a concurrent
+            # claim of the same revision may hold the majority and send. Sending as well
+            # could deliver twice; holding back delays the alert to CLAIM_S at worst.
+            log.warning("event=alert_claim_unsure alert=%s", alert)
+            return 0
         outcomes = self._send(claimed, now)
         settled = settle_alert(claimed, outcomes, now)
         try:

@@ -11,6 +11,13 @@ picks a winner deterministically, but not by our rules, so the hub settles each 
   policies (skip, miss, coalesce) never overrule a run that ended on the other server,
   and the worker's spool applies the same rule when it puts an acknowledged run back
   over a survivor's ending (``states.restore``).
+- quorum occurrence (decision 17): the leaf is kept by the same order, and written again
+  with the *union* of every leaf's slots, one per worker, the one further along where two
+  copies hold one worker's slot (``quorum.merged_slots``: a result > a live lease > an
+  expired or void slot). A copy that was decided keeps its decision and the slots it
+  compared; the other copy's results are added beside them, not re-validated. So no slot
+  is lost to a failover: the worker that ran it keeps it, and is never refused "one slot
+  per worker, ever" for a slot that only the losing leaf held.
 - result (``res:``): the first finished wins; the others are logged.
 
 "First finished" is one total order, :func:`result_order`: ``finished_at`` (hub time),
@@ -29,10 +36,10 @@ done result only with one that comes first in this order.
 Every tie falls to CouchDB's own winner order (revision number, then revision hash), so
 all copies pick the same leaf.
 
-The chosen leaf is kept (plus one revision on top of it when error histories had to be
-merged) and every other leaf is deleted, so every copy converges to the same document.
-Nothing is rewritten onto another branch, so ``validate_doc_update``'s "a final state
-never changes" holds even for the resolver.
+The chosen leaf is kept (plus one revision on top of it when error histories or quorum
+slots had to be merged) and every other leaf is deleted, so every copy converges to the
+same document. Nothing is rewritten onto another branch, so ``validate_doc_update``'s "a
+final state never changes" holds even for the resolver.
 
 On a cluster this is what makes the claim protocol safe: if two workers' claims were
 both accepted, the later claim is kept, the other worker's lease branch is deleted, and
@@ -48,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub import tallies
-from hub.protocol import states
+from hub.protocol import quorum, states
 from hub.protocol.couch import Conflict, Couch
 from hub.protocol.model import MAX_ERROR_HISTORY, Occurrence, State
 from hub.protocol.states import PROGRESS_RANK, finished_first, result_order, same_run
@@ -151,15 +158,20 @@ def resolve(
     winner = choose(candidates)
     writes: list[dict[str, Any]] = []
     merged = False
+    slots: dict[str, Any] | None = None
     if winner["_id"].startswith("occ:"):
         history = merged_errors(candidates)
         kept = {**winner, "errors": history}
+        # A quorum occurrence: every copy's slots, not only the kept leaf's (decision 17).
+        slots = quorum.merged_slots(winner, candidates)
+        if slots is not None:
+            kept["slots"] = slots
         if (winner.get("lease") or {}).get("abandoned"):
             # Every claim of this revision was abandoned: nobody runs it, so it is ready again.
             requeued = states.requeue_abandoned(Occurrence.from_doc(kept), couch.now()).to_doc()
             writes.append({**requeued, "_rev": winner["_rev"]})
             merged = True
-        elif history != winner.get("errors", []):
+        elif history != winner.get("errors", []) or _slots_grew(winner, slots):
             writes.append(kept)
             merged = True
     losers = [c["_rev"] for c in candidates if c["_rev"] != winner["_rev"]]
@@ -172,7 +184,10 @@ def resolve(
         # deletion of that same leaf. What counts is what is left: any branch still in
         # conflict, or a merged error history that did not land (the next pass retries).
         now = couch.get_or_none(db, winner["_id"], conflicts="true") or {}
-        merge_lost = merged and now.get("errors") != writes[0]["errors"]
+        merge_lost = merged and (
+            now.get("errors") != writes[0]["errors"]
+            or (slots is not None and now.get("slots") != writes[0].get("slots"))
+        )
         if now.get("_conflicts") or merge_lost:
             complete = False
             merged = merged and not merge_lost
@@ -180,6 +195,9 @@ def resolve(
                 "event=resolve_incomplete doc=%s left=%s merge_lost=%s rows=%s", winner["_id"],
                 sorted(now.get("_conflicts", [])), merge_lost, failed,
             )  # fmt: skip
+    if merged and _slots_grew(winner, slots):
+        assert slots is not None
+        _log_slot_merge(winner, candidates, slots, complete)
     if complete and winner["_id"].startswith("res:"):
         # Both creates of this result may have been counted (a cluster took both): the
         # task's tally is recounted once no fold naming it is still to come.
@@ -199,6 +217,25 @@ def resolve(
                 dropped.get("finished_at"),
             )
     return Resolution(winner["_id"], winner["_rev"], losers, merged, complete)
+
+
+def _slots_grew(winner: dict[str, Any], slots: dict[str, Any] | None) -> bool:
+    """Did the merge of the leaves' slots change the kept leaf's (None: not a quorum)?"""
+    return slots is not None and slots != (winner.get("slots") or {})
+
+
+def _log_slot_merge(
+    winner: dict[str, Any], candidates: list[dict[str, Any]], slots: dict[str, Any], complete: bool
+) -> None:
+    """One line per merge: which workers' slots came from a losing leaf (and as what)."""
+    kept_slots = winner.get("slots") or {}
+    taken = sorted(name for name, slot in slots.items() if kept_slots.get(name) != slot)
+    states_now = {n: slots[n].get("state") if isinstance(slots[n], dict) else "?" for n in taken}
+    log.info(
+        "event=slots_merged doc=%s kept=%s state=%s from_other_copies=%s slots=%d leaves=%d "
+        "complete=%s", winner["_id"], winner["_rev"], winner.get("state"),
+        ",".join(f"{n}:{s}" for n, s in states_now.items()), len(slots), len(candidates), complete,
+    )  # fmt: skip
 
 
 def _settled(couch: Couch, db: str, doc: dict[str, Any]) -> bool:

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from desktop_worker.confirm import CONFIRMED, WAIT, Confirmer, archived_result
+from desktop_worker.confirm import CONFIRMED, SLOT_OP, WAIT, Confirmer, archived_result
 from desktop_worker.spool import Entry, Spool
 from hub import provision
 from hub.archiver import to_result
-from hub.protocol import states
+from hub.protocol import quorum, states
 from hub.protocol.couch import Couch
 from hub.protocol.model import Occurrence, Task, result_id, task_id
 from hub.protocol.names import results_db
@@ -138,6 +138,58 @@ def test_with_a_single_server_there_is_nothing_to_confirm_against(tmp_path: Path
     couch = Couch(_offline_pair()[:1], "w1", "pw", retries=0)
     assert Confirmer(couch, "farm", "w1", spool, lambda *a, **k: None).run() is False
     assert spool.counts()["uploaded"] == 1 and couch.requests_sent == 0
+
+
+def _quorum_run(slug: str) -> tuple[Occurrence, dict[str, Any]]:
+    """A quorum-2 occurrence, and w1's finished slot of it (as w1's spool holds it)."""
+    occ = _ready(slug)
+    occ = Occurrence.from_doc({**occ.to_doc(), "quorum": 2, "slots": {}})
+    start = from_wire(occ.due_at) + timedelta(seconds=10)
+    claimed = quorum.claim_slot(occ, "w1", start)
+    done = quorum.finish_slot(claimed, "w1", start + timedelta(seconds=5), started_at=start,
+                              output={"ok": 1})  # fmt: skip
+    return claimed, done.to_doc()
+
+
+def test_a_slot_result_waits_until_the_other_copy_carries_it_in_our_slot(tmp_path: Path) -> None:
+    """Decisions from the documents alone (no request): the other server's copy with our
+    run in our slot (renumbered or not) confirms it; our lease there, or no slot, waits
+    while we are on the server that took it; a slot without a result needs nothing."""
+    confirmer = _confirmer(tmp_path, _offline_pair(), active=0)
+    other = confirmer.couch.for_server(1)
+    claimed, ours = _quorum_run("slotwait")
+    entry = _entry(tmp_path, ours, op=SLOT_OP)
+    assert confirmer.verdict(other, 1, entry, ours) == CONFIRMED
+    slot = ours["slots"]["w1"]
+    renumbered = {**ours, "slots": {"w1": {**slot, "result": {**slot["result"], "attempt": 2}}}}
+    assert confirmer.verdict(other, 1, entry, renumbered) == CONFIRMED
+    for there in (claimed.to_doc(), _ready("slotwait").to_doc() | {"quorum": 2, "slots": {}}):
+        assert confirmer.verdict(other, 1, entry, there) == WAIT
+    assert confirmer.verdict(other, 1, _entry(tmp_path, claimed.to_doc(), op=SLOT_OP),
+                             None) == CONFIRMED  # fmt: skip
+    assert other.requests_sent == 0
+
+
+def test_a_decision_without_our_slot_waits_on_the_same_server_and_stands_after_a_failover(
+    tmp_path: Path,
+) -> None:
+    claimed, ours = _quorum_run("slotdecided")
+    theirs = quorum.claim_slot(Occurrence.from_doc({**claimed.to_doc(), "slots": {}}), "w2", DUE)
+    theirs = quorum.claim_slot(theirs, "w3", DUE)
+    for name in ("w2", "w3"):
+        theirs = quorum.finish_slot(theirs, name, DUE + timedelta(seconds=3), started_at=DUE,
+                                    output={"ok": 1})  # fmt: skip
+    decision = quorum.decide(theirs, DUE + timedelta(seconds=4))
+    assert decision is not None
+    decided = decision.occurrence.to_doc()
+    entry = _entry(tmp_path, ours, op=SLOT_OP, uploaded_to=0)
+    staying = _confirmer(tmp_path, _offline_pair(), active=0)
+    assert staying.verdict(staying.couch.for_server(1), 1, entry, decided) == WAIT
+    moved = _confirmer(tmp_path, _offline_pair(), active=1)
+    why = moved.verdict(moved.couch.for_server(1), 1, entry, decided)
+    assert why == "the quorum was decided without this run (done, canonical)"
+    with_ours = {**decided, "slots": {**decided["slots"], "w1": ours["slots"]["w1"]}}
+    assert moved.verdict(moved.couch.for_server(1), 1, entry, with_ours) == CONFIRMED
 
 
 # ------------------------------------------------------------------ archived, on a real server

@@ -81,6 +81,9 @@ def test_wrong_admin_password_gives_a_clear_error(couch_server, monkeypatch, cap
     monkeypatch.setenv("COUCHFARM_URL", couch_server.url)
     monkeypatch.setenv("COUCHFARM_USER", couch_server.admin_user)
     monkeypatch.setenv("COUCHFARM_PASSWORD", "wrong")
+    # init asks for a server admin: COUCHDB_* wins where set (a suite run on a real CouchDB).
+    monkeypatch.setenv("COUCHDB_USER", couch_server.admin_user)
+    monkeypatch.setenv("COUCHDB_PASSWORD", "wrong")
     assert cli.main(["init", "--db", "farm_never"]) == 1
     err = capsys.readouterr().err
     assert "401" in err and "wrong user name or password" in err

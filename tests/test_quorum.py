@@ -359,3 +359,120 @@ def test_tallies_count_inconclusive_as_a_status() -> None:
     add_to_tally(tally, {"status": "ok", "due_at": to_wire(T0), "duration_ms": 5})
     assert tally["statuses"]["inconclusive"]["count"] == 1
     assert tally["statuses"]["ok"]["count"] == 1
+
+
+# ---------------------------------------------------------------- two copies merged
+
+
+def _slot_variants() -> list[Any]:
+    """Every kind of copy of w1's slot two servers may hold, as wire dicts: claims, touches,
+    an expiry, a void, results of two runs (a rescue's re-claim), an error, equal finish
+    times, and something that is not a slot at all."""
+    claimed = quorum.claim_slot(occurrence(), "w1", at(1))
+    leased = claimed.to_doc()["slots"]["w1"]
+    touched = quorum.touch_slot(claimed, "w1", at(10)).to_doc()["slots"]["w1"]
+    expired = {**leased, "state": "expired"}
+    void = quorum.release_slot(claimed, "w1", at(2)).to_doc()["slots"]["w1"]
+    done5 = quorum.finish_slot(claimed, "w1", at(5), started_at=at(1), output=1)
+    done5_slot = done5.to_doc()["slots"]["w1"]
+    reclaimed = quorum.claim_slot(occurrence(), "w1", at(3))
+    done7 = quorum.finish_slot(reclaimed, "w1", at(7), started_at=at(3), output=1)
+    error6 = quorum.finish_slot(claimed, "w1", at(6), started_at=at(1), error="boom")
+    other_output = {**done5_slot, "result": {**done5_slot["result"], "output": 2}}
+    return [leased, touched, expired, void, done5_slot, done7.to_doc()["slots"]["w1"],
+            error6.to_doc()["slots"]["w1"], other_output, "not a slot"]  # fmt: skip
+
+
+def test_slot_order_result_beats_lease_beats_expired_and_void() -> None:
+    leased, touched, expired, void, done5, done7, error6, other_output, junk = _slot_variants()
+    assert quorum.further_along(leased, done5) is done5
+    assert quorum.further_along(error6, touched) is error6  # an error is a result too
+    assert quorum.further_along(expired, leased) is leased
+    assert quorum.further_along(void, touched) is touched
+    assert quorum.further_along(junk, void) is void
+    assert quorum.further_along(leased, touched) is touched  # the later touch
+    # Two runs of one worker (a rescue claimed again): the first finished, as everywhere.
+    assert quorum.further_along(done7, done5) is done5
+    assert quorum.further_along(error6, done7) is error6
+    # Same finish, same worker, other bytes: still one answer, whichever comes first.
+    assert quorum.further_along(done5, other_output) == quorum.further_along(other_output, done5)
+
+
+def test_slot_order_is_total_so_the_merge_is_commutative_associative_idempotent() -> None:
+    """Property-style over every pair and triple of the variants (deterministic, no
+    Hypothesis): the pick never depends on the order the copies come in."""
+    variants = _slot_variants()
+    for a in variants:
+        assert quorum.further_along(a, a) == a
+        for b in variants:
+            ab, ba = quorum.further_along(a, b), quorum.further_along(b, a)
+            assert ab == ba, (a, b)
+            assert ab in (a, b)
+            if a != b:
+                assert quorum.slot_order(a) != quorum.slot_order(b)  # no ties: total
+            for c in variants:
+                left = quorum.further_along(quorum.further_along(a, b), c)
+                right = quorum.further_along(a, quorum.further_along(b, c))
+                assert left == right, (a, b, c)
+
+
+def test_merge_slots_is_the_union_keyed_by_worker_whatever_the_order() -> None:
+    import itertools
+
+    leased, touched, expired, _void, done5, done7, _error6, _other, _junk = _slot_variants()
+    w2 = {**leased, "worker": "w2"}
+    w3 = {**done5, "worker": "w3", "result": {**done5["result"], "worker": "w3"}}
+    w2_touched = {**touched, "worker": "w2"}
+    copies = [{"w1": leased, "w2": w2}, {"w1": done7, "w3": w3}, {"w1": expired},
+              {"w1": done5, "w2": {**w2, "state": "expired"}}, {}, {"w2": w2_touched}]  # fmt: skip
+    expected = quorum.merge_slots(*copies)
+    assert list(expected) == ["w1", "w2", "w3"]  # sorted: the same bytes on every copy
+    assert expected["w1"] == done5 and expected["w3"] == w3
+    assert expected["w2"] == w2_touched  # the live, later-touched lease
+    for order in itertools.permutations(copies):
+        assert quorum.merge_slots(*order) == expected
+        assert list(quorum.merge_slots(*order)) == list(expected)
+    assert quorum.merge_slots(expected, expected) == expected  # idempotent
+    assert quorum.merge_slots(quorum.merge_slots(*copies[:3]), *copies[3:]) == expected
+    assert quorum.merge_slots(None, {}) == {}
+
+
+def test_a_decided_copy_keeps_its_decision_and_the_slots_it_compared() -> None:
+    base = occurrence(quorum=2)
+    collecting = run(run(base, "w1", 1, 5), "w2", 1, 6)
+    decision = quorum.decide(collecting, at(9))
+    assert decision is not None
+    decided = decision.occurrence.to_doc()
+    # The other server: w2's slot there ran again (a rescue's claim) and finished first;
+    # w3 filled a place there, with a result nobody compared yet.
+    other = run(run(base, "w2", 1, 4), "w3", 2, 4).to_doc()
+    slots = quorum.merged_slots(decided, [decided, other])
+    assert slots is not None and list(slots) == ["w1", "w2", "w3"]
+    assert slots["w2"] == decided["slots"]["w2"]  # compared by the decision: as it saw it
+    assert slots["w3"] == other["slots"]["w3"]  # added for the record, not re-validated
+    # Collecting on both: the plain union, the first finished for w2.
+    assert quorum.merged_slots(collecting.to_doc(), [collecting.to_doc(), other]) == (
+        quorum.merge_slots(collecting.to_doc()["slots"], other["slots"])
+    )
+    plain = states.materialize(task(quorum=1), T0, T0).to_doc()
+    assert quorum.merged_slots(plain, [plain]) is None  # quorum 1: nothing to merge
+
+
+def test_a_slot_result_is_restored_only_onto_the_own_leased_slot() -> None:
+    primary = quorum.finish_slot(quorum.claim_slot(occurrence(), "w1", at(1)), "w1", at(5),
+                                 started_at=at(1), output={"slept_ms": 1})  # fmt: skip
+    ours = (primary.slots or {})["w1"].result
+    assert ours is not None
+    # The survivor took our claim again later (a new claimed_at), in a later round.
+    survivor = quorum.claim_slot(occurrence().model_copy(update={"attempt": 1}), "w1", at(20))
+    restored = quorum.restore_own_result(survivor, "w1", ours, at(21))
+    slot = (restored.slots or {})["w1"]
+    assert slot.state == "done" and slot.claimed_at == to_wire(at(20))
+    assert slot.result is not None and slot.result.attempt == 2  # this copy's round
+    assert (slot.result.started_at, slot.result.finished_at) == (ours.started_at, ours.finished_at)
+    expired = quorum.expire_slots(survivor, at(60))
+    assert expired is not None
+    with pytest.raises(states.InvalidTransition, match="expired"):
+        quorum.restore_own_result(expired, "w1", ours, at(61))
+    with pytest.raises(states.InvalidTransition, match="a run of w1"):
+        quorum.restore_own_result(quorum.claim_slot(survivor, "w2", at(20)), "w2", ours, at(21))

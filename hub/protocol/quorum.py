@@ -23,6 +23,7 @@ slot moved", not "my lease is gone".
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -247,6 +248,28 @@ def apply_own_slot(current: Occurrence, mine: Occurrence, worker: str, now: date
     return _with_slots(current, now, slots)
 
 
+def restore_own_result(
+    current: Occurrence, worker: str, result: RunResult, now: datetime
+) -> Occurrence:
+    """After a failover: our run's result, acknowledged by the server we left and never
+    replicated, put onto our own *leased* slot of the survivor's copy (decision 17,
+    "Failover"). The run keeps its own start, finish and output ("first finished" still sees
+    when it ran); only the attempt is this copy's round. Raises InvalidTransition when the
+    slot there is not ours to finish (expired, void, decided: ``validate_doc_update`` allows
+    a worker one slot per occurrence, ever)."""
+    slot = _own(current, worker, "restore the slot result of")
+    if result.worker != worker:
+        raise InvalidTransition(current, "restore the slot result of", f"a run of {result.worker}")
+    slots = slots_of(current)
+    slots[worker] = slot.model_copy(
+        update={
+            "state": "done" if result.status == "ok" else "error",
+            "result": result.model_copy(update={"attempt": round_attempt(current)}),
+        }
+    )
+    return _with_slots(current, now, slots)
+
+
 # ---------------------------------------------------------------- hub moves
 
 
@@ -268,6 +291,92 @@ def expire_slots(occ: Occurrence, now: datetime) -> Occurrence | None:
 def next_slot_expiry(occ: Occurrence) -> datetime | None:
     leased = [from_wire(s.expires_at) for s in slots_of(occ).values() if s.state == "leased"]
     return min(leased) if leased else None
+
+
+# ---------------------------------------------------------------- merging two copies
+#
+# Two servers' copies of one occurrence (a primary and a standby after a failover, two
+# copies on a cluster) may each have taken slot writes. The resolver keeps one leaf by
+# its usual order (hub/resolver.py ``choose``) and writes on it the *union* of every
+# copy's slots, one per worker: a slot that is further along wins. This works on the wire
+# documents (plain dicts), as the resolver does, so a slot the model would refuse is still
+# merged, not dropped.
+
+_RESULT_TIER, _LEASE_TIER, _ENDED_TIER, _MALFORMED_TIER = 2, 1, 0, -1
+
+
+def _descending(key: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+    # Larger must mean "first finished": every character negated. The trailing 1 (above any
+    # negated character) keeps a prefix first: "w1" before "w10".
+    return tuple((*(-ord(ch) for ch in part), 1) for part in key)
+
+
+def slot_order(slot: Any) -> tuple[int, tuple[Any, ...], str]:
+    """The sort key of "further along" between two copies of one worker's slot; the larger
+    wins. A total order on wire slots:
+
+    1. a finished slot with its result (done, error) > a live lease > an expired or void
+       slot (> anything that is not a slot object at all);
+    2. two results: the first finished (``states.result_order``, as for every result);
+       two leases, or two ended slots: the later ``expires_at`` (the later touch), then the
+       later ``claimed_at``;
+    3. then the slot's canonical JSON, so two different slots never tie: the merge is
+       commutative, associative and idempotent, and every copy merges to the same bytes.
+    """
+    text = json.dumps(slot, sort_keys=True, separators=(",", ":"), default=str)
+    if not isinstance(slot, Mapping):
+        return (_MALFORMED_TIER, (), text)
+    result = slot.get("result")
+    if slot.get("state") in RESULT_SLOT_STATES and isinstance(result, Mapping):
+        return (_RESULT_TIER, _descending(result_order(dict(result))), text)
+    times = (str(slot.get("expires_at") or ""), str(slot.get("claimed_at") or ""))
+    return (_LEASE_TIER if slot.get("state") == "leased" else _ENDED_TIER, times, text)
+
+
+def further_along(a: Any, b: Any) -> Any:
+    """The copy of one worker's slot that :func:`slot_order` puts first (either, if equal)."""
+    return a if slot_order(a) >= slot_order(b) else b
+
+
+def merge_slots(*copies: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The union of several copies' ``slots``, keyed by worker; a worker present in more
+    than one keeps its slot that is further along. Keys come out sorted, so the merged
+    document is the same bytes whatever order the copies are given in."""
+    merged: dict[str, Any] = {}
+    for slots in copies:
+        for name, slot in (slots or {}).items():
+            merged[name] = slot if name not in merged else further_along(merged[name], slot)
+    return {name: merged[name] for name in sorted(merged)}
+
+
+def merged_slots(
+    winner: Mapping[str, Any], copies: Iterable[Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """The ``slots`` the resolver writes on the kept leaf ``winner`` of a conflicted
+    quorum occurrence: the union of every copy's slots (:func:`merge_slots`). None: not a
+    quorum occurrence (nothing to merge).
+
+    When the kept leaf is decided (it carries ``validation``: done or inconclusive), the
+    decision stays, and the slots it compared (canonical, agree, disagree) stay exactly as
+    it saw them, so ``result`` and ``validation`` keep matching their slots. Every other
+    copy's results are added beside them, not re-validated: a decision is final (clients
+    may have read it from the results feed, and the reliability scores counted it once,
+    by the hub whose decision write won), so a late result is kept for the record (the
+    archiver lists every slot's result as an ``alternative``) but changes no verdict.
+    """
+    k = winner.get("quorum")
+    if not isinstance(k, int) or k < 2:
+        return None
+    slots = merge_slots(*(c.get("slots") for c in copies if isinstance(c.get("slots"), Mapping)))
+    validation = winner.get("validation")
+    decided = winner.get("slots")
+    if isinstance(validation, Mapping) and isinstance(decided, Mapping):
+        named = [validation.get("canonical"), *(validation.get("agree") or []),
+                 *(validation.get("disagree") or [])]  # fmt: skip
+        for name in named:
+            if isinstance(name, str) and name in decided:
+                slots[name] = decided[name]
+    return slots
 
 
 # ---------------------------------------------------------------- comparators
