@@ -261,6 +261,9 @@ def endpoint(line: LogLine) -> str:
     rest = parts[1:]
     if rest[0] == "_design" and len(rest) >= 4 and rest[2] == "_view":
         return f"{prefix}{method} view {rest[3]}"
+    if rest[0] == "_design" and len(rest) >= 4 and rest[2] == "_update":
+        kind = rest[4].split(":", 1)[0] if len(rest) >= 5 else "?"
+        return f"{prefix}{method} update {rest[3]} ({kind} doc)"
     if rest[0] == "_design":
         return f"{prefix}{method} design doc"
     if rest[0] == "_changes":

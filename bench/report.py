@@ -718,15 +718,34 @@ def quorum_lines(section: dict[str, Any]) -> list[str]:
         str(section.get("setup", "")),
         "",
         "| k | occurrences | runs | worker requests / run | worker requests / occurrence "
-        "| validator requests / occurrence | lost | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| validator requests / occurrence | server CPU ms / run | lost | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in section.get("rows", []):
         lines.append(
-            f"| {r['k']} | {r['occurrences']} | {r['runs']} | {r['worker_requests_per_run']} "
+            f"| {r['k']}{' (dispatcher)' if r.get('dispatcher') else ''} | {r['occurrences']} "
+            f"| {r['runs']} | {r['worker_requests_per_run']} "
             f"| {r['worker_requests_per_occurrence']} | {r['validator_requests_per_occurrence']} "
-            f"| {r['lost']} | {r['seconds']} |"
+            f"| {r.get('server_cpu_ms_per_run', '')} | {r['lost']} | {r['seconds']} |"
         )
+    for r in section.get("rows", []):
+        profile = r.get("worker_profile_per_run") or {}
+        if profile:
+            kinds = ", ".join(f"{label} {n}" for label, n in profile.items())
+            how = " with the dispatcher" if r.get("dispatcher") else ""
+            lines.append(f"\nk = {r['k']}{how}, worker requests per run by kind: {kinds}")
+    cost = section.get("slot_write_cost") or {}
+    if cost:
+        lines += [
+            "",
+            f"One slot write, {cost.get('n')} in a row (server CPU and wall time per request):",
+            "",
+            "| request | server CPU ms | wall ms |",
+            "|---|---|---|",
+        ]
+        for label, figures in cost.items():
+            if isinstance(figures, dict):
+                lines.append(f"| {label} | {figures['server_cpu_ms']} | {figures['wall_ms']} |")
     lines += [
         "",
         f"k = 3 against k = 1: {section.get('requests_per_run_ratio_k3_k1')} times the worker "

@@ -4,8 +4,10 @@ and what follows from them (pause on failure; alerts build on the same counts).
 Which ends count (docs/SCHEDULES.md, "Pause on failure"):
 
 * a **failure**: ``done`` with ``result.status == "error"`` (the run ran and reported an
-  error, e.g. a check that found its target down), ``failed`` (a permanent error) and
-  ``buried`` (every attempt used up);
+  error, e.g. a check that found its target down), ``failed`` (a permanent error),
+  ``buried`` (every attempt used up) and ``inconclusive`` (a quorum run, decision 17, whose
+  results did not agree, or too few came in: the runs happened and the farm has no answer
+  to give; the client must hear about it as about an error);
 * a **success**: ``done`` with status ``ok``;
 * **neither** (the streak is left as it is): ``missed``, ``skipped``, ``cancelled`` (no run
   happened, or a person or a policy stopped it) and a failed attempt that will be retried
@@ -43,6 +45,9 @@ def health_id(task_id: str) -> str:
     return f"{HEALTH_PREFIX}{task_id}"
 
 
+FAILED_ENDS = ("failed", "buried", "inconclusive")
+
+
 def outcome_of(doc: dict[str, Any]) -> Outcome | None:
     """What an occurrence's current state says about its run (see the module's docstring)."""
     if doc.get("type") != "occurrence" or doc.get("_deleted"):
@@ -51,9 +56,18 @@ def outcome_of(doc: dict[str, Any]) -> Outcome | None:
     if state == "done":
         result = doc.get("result") or {}
         return "failure" if result.get("status") == "error" else "ok"
-    if state in ("failed", "buried"):
+    if state in FAILED_ENDS:
         return "failure"
     return None
+
+
+def end_of(doc: dict[str, Any]) -> str:
+    """How a counted run ended, for the alert: ``ok``, ``error`` (done with an error),
+    ``failed``, ``buried`` or ``inconclusive``."""
+    state = str(doc.get("state", ""))
+    if state == "done":
+        return "error" if (doc.get("result") or {}).get("status") == "error" else "ok"
+    return state
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,7 @@ class Health:
     last_due: str = ""  # due time of the newest run counted
     last_occurrence: str = ""
     last_outcome: str = ""
+    last_end: str = ""  # how it ended (end_of): an alert says "inconclusive" apart from "error"
     updated_at: str = ""
     failing: bool = False  # an ok -> failing alert was raised and no success came since
     alert_seq: int = 0  # transitions raised so far: the next alert's id (alert_id)
@@ -84,7 +99,7 @@ class Health:
 
 
 def advance(
-    health: Health, occ_id: str, due_at: str, outcome: Outcome, now: datetime
+    health: Health, occ_id: str, due_at: str, outcome: Outcome, now: datetime, end: str = ""
 ) -> Health | None:
     """The counts after one run's outcome, or None when nothing changes (already counted,
     an older run than the newest counted, or a success on a healthy task)."""
@@ -109,6 +124,7 @@ def advance(
         last_due=due_at,
         last_occurrence=occ_id,
         last_outcome=outcome,
+        last_end=end,
         updated_at=to_wire(now),
     )
 
@@ -207,7 +223,9 @@ class HealthTracker:
         for _ in range(5):
             with self._lock:
                 known, rev = self.cache.get(task_id, (Health(task_id, client), None))
-            updated = advance(known, str(doc["_id"]), str(doc.get("due_at", "")), outcome, now)
+            updated = advance(
+                known, str(doc["_id"]), str(doc.get("due_at", "")), outcome, now, end_of(doc)
+            )
             if updated is None:
                 return None
             updated = with_transition(updated, alert_after)
@@ -321,6 +339,7 @@ def new_alert(health: Health, now: datetime) -> dict[str, Any]:
         "seq": health.alert_seq,
         "transition": transition,
         "streak": health.streak,
+        "end": health.last_end,
         "occurrence": health.last_occurrence,
         "due_at": health.last_due,
         "created_at": stamp,
@@ -399,6 +418,11 @@ def alert_message(doc: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
             f"Task {name} has failed {doc['streak']} runs in a row; the latest is "
             f"{doc['occurrence']} (due {doc['due_at']}).\n"
         )
+        if doc.get("end") == "inconclusive":
+            text += (
+                "It was inconclusive: the workers' results did not agree (or too few came "
+                "in), so there is no answer for it; every result is kept with it.\n"
+            )
     else:
         subject = f"[couchfarm] {name} recovered"
         text = f"Task {name} ran successfully again: {doc['occurrence']} (due {doc['due_at']}).\n"
@@ -409,6 +433,7 @@ def alert_message(doc: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
         "task": task,
         "client": doc["client"],
         "streak": doc["streak"],
+        "end": doc.get("end") or None,
         "occurrence": doc["occurrence"],
         "due_at": doc["due_at"],
         "at": doc["created_at"],

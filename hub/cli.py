@@ -533,6 +533,73 @@ def cmd_occurrence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reliability_lines(name: str, doc: dict[str, object] | None) -> list[str]:
+    if doc is None:
+        return [f"worker        {name}", "reliability   none yet (no quorum result of it compared)"]
+    lines = [
+        f"worker        {name}",
+        f"score         {float(str(doc.get('score', 0.5))):.3f} "
+        f"({doc.get('agree', 0)} agree, {doc.get('disagree', 0)} disagree, "
+        f"disagree streak {doc.get('disagree_streak', 0)})",
+    ]
+    if doc.get("quarantined"):
+        lines.append(f"quarantined   yes, since {doc.get('quarantined_at') or '?'}")
+    else:
+        lines.append("quarantined   no")
+    lifts = doc.get("lifts")
+    for lift in lifts if isinstance(lifts, list) else []:
+        if isinstance(lift, dict):
+            why = f": {lift['reason']}" if lift.get("reason") else ""
+            lines.append(
+                f"lifted        {lift.get('at')} by {lift.get('by')} "
+                f"(as {lift.get('user') or '?'}; quarantined since "
+                f"{lift.get('quarantined_at') or '?'}){why}"
+            )
+    lines.append(f"updated       {doc.get('updated_at')}")
+    return lines
+
+
+def cmd_worker_reliability(args: argparse.Namespace) -> int:
+    from hub.service import ServiceError
+
+    try:
+        found = _service(args).worker_reliability(args.name)
+    except ServiceError as exc:
+        print(f"hub: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(found["reliability"])
+    else:
+        print("\n".join(_reliability_lines(args.name, found["reliability"])))
+    return 0
+
+
+def cmd_worker_lift(args: argparse.Namespace) -> int:
+    import getpass
+
+    from hub.service import ServiceError
+
+    by = args.by
+    if not by:
+        try:
+            by = getpass.getuser()
+        except (KeyError, OSError):  # no login name (a container without a passwd entry)
+            by = "unknown"
+    try:
+        doc, lifted = _service(args).lift_quarantine(args.name, by, args.reason)
+    except ServiceError as exc:
+        print(f"hub: {exc}", file=sys.stderr)
+        return 2
+    if lifted:
+        print(f"{args.name}: quarantine lifted by {by}; it may take quorum-1 work again")
+    else:
+        lifts = doc.get("lifts") or []
+        last = lifts[-1] if isinstance(lifts, list) and lifts else None
+        since = f" (last lifted {last.get('at')} by {last.get('by')})" if last else ""
+        print(f"{args.name}: not quarantined; nothing to lift{since}")
+    return 0
+
+
 def cmd_tube(args: argparse.Namespace) -> int:
     _service(args).set_tube_paused(args.tube, args.action == "pause")
     print(f"tube {args.tube}: {args.action}d")
@@ -678,9 +745,12 @@ def _add_setup_commands(sub: Subcommands) -> None:
         ("worker", lambda n: [WORKER_ROLE], "worker"),
         ("client", lambda n: [CLIENT_ROLE_PREFIX + n], "client"),
     ):
-        group = sub.add_parser(noun, help=f"manage {noun} accounts").add_subparsers(
+        text = {"worker": "manage worker accounts; show and lift a worker's quarantine"}
+        group = sub.add_parser(noun, help=text.get(noun, f"manage {noun} accounts")).add_subparsers(
             dest="action", required=True
         )
+        if noun == "worker":
+            _add_worker_reliability_commands(group)
         p = group.add_parser("add", help=f"create a {noun} user")
         _connection_args(p)
         p.add_argument("name", help=f"the {noun}'s user name")
@@ -688,6 +758,28 @@ def _add_setup_commands(sub: Subcommands) -> None:
         p.add_argument("--password-from", help="read the password from this file")
         p.add_argument("--reset", action="store_true", help="set a new password if it exists")
         p.set_defaults(func=_cmd_add_user(role_of, what))
+
+
+def _add_worker_reliability_commands(group: Subcommands) -> None:
+    """`hub worker reliability` and `hub worker lift-quarantine` (decision 17)."""
+    p = group.add_parser(
+        "reliability",
+        help="a worker's reliability: agreements, disagreements, score, quarantine, lifts",
+    )
+    _connection_args(p)
+    p.add_argument("name", help="the worker's user name")
+    p.add_argument("--json", action="store_true", help="the reliability document as JSON")
+    p.set_defaults(func=cmd_worker_reliability)
+    p = group.add_parser(
+        "lift-quarantine",
+        help="let a quarantined worker take work nobody checks again (recorded in its "
+        "reliability document; lifting twice changes nothing)",
+    )
+    _connection_args(p)
+    p.add_argument("name", help="the worker's user name")
+    p.add_argument("--by", help="who lifts it, recorded with the lift (default: your login name)")
+    p.add_argument("--reason", help="why, recorded with the lift")
+    p.set_defaults(func=cmd_worker_lift)
 
 
 def _add_serve_command(sub: Subcommands) -> None:

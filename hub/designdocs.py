@@ -2,8 +2,9 @@
 
 Layout: ``design_docs/<name>/validate_doc_update.js`` and
 ``design_docs/<name>/views/<view>/map.js`` (+ optional ``reduce.js``) and
-``design_docs/<name>/filters/<filter>.js`` become ``_design/<name>``. Ops read the same
-text in Fauxton.
+``design_docs/<name>/filters/<filter>.js`` and ``design_docs/<name>/updates/<function>.js``
+(update functions: ``_design/farm/_update/slot``, decision 17) become ``_design/<name>``.
+Ops read the same text in Fauxton.
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ def load(name: str, root: Path = DESIGN_ROOT) -> dict[str, Any]:
     }
     if filters:
         doc["filters"] = filters
+    updates = {
+        path.stem: function_source(path.read_text())
+        for path in sorted((folder / "updates").glob("*.js"))
+    }
+    if updates:
+        doc["updates"] = updates
     return doc
 
 
@@ -82,7 +89,7 @@ def _parts(doc: dict[str, Any]) -> dict[str, Any]:
     for key, value in doc.items():
         if key.startswith("_"):
             continue
-        if key in ("views", "filters"):
+        if key in ("views", "filters", "updates"):
             for part, funcs in value.items():
                 parts[f"{key}.{part}"] = funcs
         else:

@@ -28,7 +28,10 @@ SCRATCH_DIR = REPO_ROOT / "var"
 SERVER_SCRIPT = REPO_ROOT / "node_modules" / "pouchdb-server" / "bin" / "pouchdb-server"
 # Source fixes preloaded into the server; each is described in the file itself.
 FIXES_SCRIPT = Path(__file__).resolve().parent / "pouchdb_fixes.js"
-FIXES_APPLIED = b"couchfarm pouchdb_fixes: applied pouchdb-validation"
+FIXES_APPLIED = (
+    b"couchfarm pouchdb_fixes: applied pouchdb-validation",
+    b"couchfarm pouchdb_fixes: applied pouchdb-update",
+)
 
 
 class DevServerError(RuntimeError):
@@ -125,13 +128,15 @@ class DevServer:
         while True:
             with out_path.open("rb") as out:
                 out.seek(out_from)
-                if FIXES_APPLIED in out.read():
+                said = out.read()
+                if all(marker in said for marker in FIXES_APPLIED):
                     return
             if time.monotonic() > deadline:
                 self.stop()
                 raise DevServerError(
                     f"PouchDB Server started without its fixes ({FIXES_SCRIPT.name} never "
-                    f"patched pouchdb-validation; see {out_path}): is node_modules the "
+                    f"patched pouchdb-validation and pouchdb-update; see {out_path}): is "
+                    "node_modules the "
                     "version pinned in package.json?"
                 )
             time.sleep(0.1)

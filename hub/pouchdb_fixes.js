@@ -42,6 +42,23 @@ const FIXES = [
       '  if (own === undefined) { delete doc._revisions; } else { doc._revisions = own; }\n' +
       '}\n',
   },
+  {
+    // pouchdb-update saves what an update function returns with `db.put(doc)` and no
+    // options, so pouchdb-validation runs validate_doc_update with its default user
+    // context, the admin-party `{name: null, roles: ['_admin']}`, which every
+    // validate_doc_update lets through: any member could write anything an update function
+    // returns. CouchDB checks that save as the user who called the function. The quorum
+    // slot writes go through `_design/farm/_update/slot` (decision 17): validate them as
+    // the caller, as CouchDB does.
+    file: path.join('pouchdb-update', 'lib', 'index.js'),
+    edits: [
+      [
+        '        savePromise = db[methodName](result[0]).then(function (resp) {\n',
+        '        savePromise = db[methodName](result[0], {userCtx: req.userCtx, secObj: req.secObj})\n' +
+          '          .then(function (resp) {\n',
+      ],
+    ],
+  },
 ];
 
 const originalCompile = Module.prototype._compile;

@@ -23,19 +23,23 @@ from hub.materializer import (
     FAIR_QUANTUM_SECONDS,
     task_schedule,
 )
-from hub.protocol import kinds, states
+from hub.protocol import kinds, quorum, states
 from hub.protocol.board import BEAT_ID, board_db
 from hub.protocol.couch import Conflict, Couch, CouchError, Forbidden, NotFound
 from hub.protocol.model import (
     MAX_REASON_CHARS,
+    NAME_PATTERN,
     Occurrence,
+    Reliability,
     State,
     Task,
     clean_text,
     describe_validation_error,
     occurrence_id,
+    reliability_id,
     split_occurrence_id,
     task_id,
+    worker_id,
 )
 from hub.protocol.names import results_db
 from hub.protocol.timefmt import from_wire, to_wire
@@ -628,6 +632,58 @@ class FarmService:
             except Conflict:
                 continue
         raise ConflictError(f"tube {tube!r} kept changing; try again")
+
+    # ------------------------------------------------------------ workers
+
+    def worker_reliability(self, name: str) -> dict[str, Any]:
+        """A worker's reliability (``hub:reliability:{name}``, kept by the validator) and
+        its worker doc. ``reliability`` is None for a worker none of whose quorum results
+        was compared yet; a name with neither document is an error."""
+        if not re.fullmatch(NAME_PATTERN, name or ""):
+            raise ServiceError(
+                f"worker: {name!r} is not a worker name (lowercase letters, digits, _ and -, "
+                "up to 40, starting with a letter or digit)"
+            )
+        rows = self.couch.all_docs(
+            self.db, keys=[reliability_id(name), worker_id(name)], include_docs=True
+        )
+        reliability, worker = (row.get("doc") for row in rows)
+        if reliability is None and worker is None:
+            raise NotFoundError(
+                f"worker: no worker named {name!r} in {self.db} (neither {worker_id(name)} "
+                f"nor {reliability_id(name)} exists); `hub stats` lists the workers online"
+            )
+        return {"worker": name, "reliability": reliability, "worker_doc": worker}
+
+    def lift_quarantine(
+        self, name: str, by: str, reason: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Lift ``name``'s quarantine (hub.protocol.quorum.lift_quarantine): recorded in the
+        reliability document (who, when, what was lifted). Returns (the reliability
+        document, whether this call lifted it): a worker that is not quarantined is left as
+        it is, so a second lift writes nothing. A write that lost to the validator's (a
+        comparison meanwhile) is done again on the new revision."""
+        for _ in range(5):
+            found = self.worker_reliability(name)
+            doc = found["reliability"]
+            if doc is None:
+                return {"worker": name, "quarantined": False}, False
+            try:
+                current = Reliability.from_doc(doc)
+            except ValidationError as exc:
+                raise ServiceError(f"{reliability_id(name)} is malformed: {exc}") from None
+            lifted = quorum.lift_quarantine(
+                current, self.now(), by=by, user=self.couch.user, reason=reason
+            )
+            if lifted is None:
+                return doc, False
+            try:
+                rev = self.couch.put(self.db, lifted.to_doc())
+            except (Conflict, Forbidden):
+                continue
+            log.warning("event=quarantine_lifted worker=%s by=%s", name, by)
+            return {**lifted.to_doc(), "_rev": rev}, True
+        raise ConflictError(f"{reliability_id(name)} kept changing; try again")
 
     # ------------------------------------------------------------ stats
 

@@ -13,6 +13,12 @@ quorum occurrence that changed (:meth:`Validator.observe`, no request); each pas
 3. writes the decision with the ``_rev`` it read, and only when that write wins, updates
    ``hub:reliability:{worker}`` for every worker whose result was compared.
 
+Requests (decision 17, "Cost"): the document to decide is the one the feed brought (its
+``_rev`` guards the decision write; a 409 drops it, and the next pass reads the current
+one), and each worker's reliability is the revision last seen on the feed or written here
+(a stale one makes its write a conflict, then read and written again): a decision costs
+its own write and one ``_bulk_docs`` of reliability updates.
+
 Two hubs are harmless: the decision is a function of the document and the hub time, the
 second write of it is a 409, and only the hub whose decision was stored counts the
 agreements. Cost: a hub that dies between the two writes loses that occurrence's
@@ -73,6 +79,11 @@ class Validator:
     # Quarantined workers (None: not read yet) and quorum-1 results of theirs to void.
     quarantined: set[str] | None = None
     voids: set[str] = field(default_factory=set)
+    # The newest revision the feed brought of each pending occurrence: decided from it, no
+    # read (dropped once used; a decision write it makes stale is a 409, then read).
+    seen: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Each worker's reliability as last seen on the feed or written by this validator.
+    reliabilities: dict[str, Reliability] = field(default_factory=dict)
 
     @property
     def next_due(self) -> datetime | None:
@@ -83,6 +94,7 @@ class Validator:
     def observe(self, doc: dict[str, Any] | None) -> None:
         """A document from the live feed: note a collecting quorum occurrence."""
         if isinstance(doc, dict) and doc.get("type") == "reliability":
+            self._remember(doc)
             if self.quarantined is not None and isinstance(doc.get("worker"), str):
                 (self.quarantined.add if doc.get("quarantined") else self.quarantined.discard)(
                     doc["worker"]
@@ -98,6 +110,7 @@ class Validator:
         if doc.get("_deleted") or doc.get("state") != State.READY.value:
             self.pending.discard(str(doc.get("_id")))
             self.due.pop(str(doc.get("_id")), None)
+            self.seen.pop(str(doc.get("_id")), None)
             return
         if not isinstance(doc.get("quorum"), int) or doc["quorum"] < 2:
             return
@@ -110,6 +123,7 @@ class Validator:
         adaptive_alone = bool(doc.get("adaptive")) and not doc.get("spot_check")
         if results >= doc["quorum"] or (results and adaptive_alone):
             self.pending.add(str(doc["_id"]))
+            self.seen[str(doc["_id"])] = doc
         moments = [s.get("expires_at") for s in slots.values()
                    if isinstance(s, dict) and s.get("state") == "leased"]  # fmt: skip
         moments.append(doc.get("quorum_deadline"))
@@ -153,11 +167,17 @@ class Validator:
             for row in rows:
                 if isinstance(row.get("doc"), dict):
                     docs[row["id"]] = row["doc"]
+        for doc_id in to_decide - set(docs):
+            fed = self.seen.pop(doc_id, None)
+            if fed is not None:
+                docs[doc_id] = fed
         missing = sorted(to_decide - set(docs))
         if missing:
             for row in self.couch.all_docs(self.db, keys=missing, include_docs=True):
                 if isinstance(row.get("doc"), dict):
                     docs[row["doc"]["_id"]] = row["doc"]
+        for doc_id in docs:
+            self.seen.pop(doc_id, None)  # the decision write is checked against this revision
         for doc_id in sorted(docs):
             try:
                 occ = Occurrence.from_doc(docs[doc_id])
@@ -254,11 +274,26 @@ class Validator:
                 found[rel.worker] = rel
         return found
 
+    def _remember(self, doc: dict[str, Any]) -> None:
+        """A reliability document from the feed (or our own write): keep the newest."""
+        try:
+            rel = Reliability.from_doc(doc)
+        except ValidationError:
+            return
+        known = self.reliabilities.get(rel.worker)
+        if known is None or _generation(rel.rev) >= _generation(known.rev):
+            self.reliabilities[rel.worker] = rel
+
     def record_all(self, verdicts: dict[str, bool], now: datetime) -> int:
-        """One decision's comparisons: every worker's reliability read in one request and
-        written in one ``_bulk_docs``; a worker whose write conflicted (another hub's
-        decision updated it meanwhile) is done again alone. Returns how many were written."""
-        current = self.reliability(verdicts)
+        """One decision's comparisons: every worker's reliability as last seen (the feed,
+        our own writes; the others read in one request), written in one ``_bulk_docs``; a
+        worker whose write conflicted (another hub's decision updated it meanwhile, or the
+        feed had not brought it yet) is read and done again alone. Returns how many were
+        written."""
+        current = {w: self.reliabilities[w] for w in verdicts if w in self.reliabilities}
+        unknown = [w for w in verdicts if w not in current]
+        if unknown:
+            current |= self.reliability(unknown)
         updates = [
             quorum.update_reliability(current.get(w), w, agreed, now, self.trust)
             for w, agreed in sorted(verdicts.items())
@@ -268,6 +303,7 @@ class Validator:
         for update, row in zip(updates, rows, strict=True):
             if "rev" in row and not row.get("error"):
                 written += 1
+                self._remember({**update.to_doc(), "_rev": row["rev"]})
                 self._noted(update, current.get(update.worker))
             else:
                 written += self.record(update.worker, verdicts[update.worker], now)
@@ -287,13 +323,20 @@ class Validator:
             current = self.reliability([worker]).get(worker)
             updated = quorum.update_reliability(current, worker, agreed, now, self.trust)
             try:
-                self.couch.put(self.db, updated.to_doc())
+                rev = self.couch.put(self.db, updated.to_doc())
             except (Conflict, Forbidden):
                 continue
+            self._remember({**updated.to_doc(), "_rev": rev})
             self._noted(updated, current)
             return 1
         log.warning("event=reliability_contended worker=%s", worker)
         return 0
+
+
+def _generation(rev: str | None) -> int:
+    """The number before the dash of a ``_rev`` (0 for none)."""
+    head = (rev or "0").split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
 
 
 def load_plugin_comparators() -> list[str]:

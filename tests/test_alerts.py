@@ -6,8 +6,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hub.alerts import Health, advance, health_id, outcome_of, pause_reason
-from hub.protocol import states
+from hub.alerts import (
+    Health,
+    advance,
+    alert_id,
+    alert_message,
+    end_of,
+    health_id,
+    outcome_of,
+    pause_reason,
+)
+from hub.protocol import quorum, states
 from hub.protocol.model import Occurrence, Task
 from hub.service import FarmService
 from tests.test_hub import FakeClock, add_task, new_hub, occurrences, recent_minute
@@ -27,7 +36,8 @@ def run(state: str, status: str | None = None) -> dict:
 @pytest.mark.parametrize(
     ("state", "status", "expected"),
     [("done", "ok", "ok"), ("done", "error", "failure"), ("failed", None, "failure"),
-     ("buried", None, "failure"), ("missed", None, None), ("skipped", None, None),
+     ("buried", None, "failure"), ("inconclusive", None, "failure"),
+     ("missed", None, None), ("skipped", None, None),
      ("cancelled", None, None), ("scheduled", None, None), ("leased", None, None)],
 )  # fmt: skip
 def test_which_ends_count(state, status, expected):
@@ -49,6 +59,16 @@ def test_consecutive_failures_count_once_each_and_a_success_resets():
     # A buried run kicked and then done counts again as the success it became.
     kicked = advance(second, "occ:2", "2026-12-01T00:02:00.000Z", "ok", T0)
     assert kicked is not None and kicked.streak == 0
+
+
+def test_an_inconclusive_run_is_a_failure_the_alert_names():
+    """A quorum run whose results disagree ended, and the farm has no answer: it breaks a
+    healthy streak like an error, and the alert says it was inconclusive."""
+    assert end_of(run("inconclusive")) == "inconclusive"
+    assert (end_of(run("done", "error")), end_of(run("done", "ok"))) == ("error", "ok")
+    health = Health("task:acme:ping", "acme")
+    first = advance(health, "occ:1", "2026-12-01T00:01:00.000Z", "failure", T0, "inconclusive")
+    assert first is not None and first.streak == 1 and first.last_end == "inconclusive"
 
 
 def test_pause_reason_needs_the_limit_and_an_unpaused_task():
@@ -143,3 +163,30 @@ def test_a_second_hub_does_not_count_a_run_twice(farm):
     other.follow_once(wait=5)
     other.watch_health()
     assert farm.admin.get(farm.db, health_id(task.id))["streak"] == 1
+
+
+def test_an_inconclusive_quorum_run_raises_the_alert_and_counts_toward_the_pause(farm):
+    clock = FakeClock(recent_minute(farm) + timedelta(seconds=0.1))
+    task = add_task(farm, "disagree", clock, quorum=2, alert_after_failures=1,
+                    pause_after_failures=2, overlap="allow", schedule={"every": 30})  # fmt: skip
+    hub = new_hub(farm, clock)
+    clock.advance(seconds=30)
+    hub.materialize()
+    occ = Occurrence.from_doc(occurrences(farm, task)[-1])
+    for worker, slept in (("w1", 1), ("w2", 2)):  # two results that disagree
+        occ = quorum.claim_slot(occ, worker, clock.now)
+        occ = quorum.finish_slot(occ, worker, clock.now, started_at=clock.now,
+                                 output={"slept_ms": slept})  # fmt: skip
+    decision = quorum.decide(occ, clock.now)
+    assert decision is not None and decision.occurrence.state.value == "inconclusive"
+    farm.hub.put(farm.db, decision.occurrence.to_doc())
+    hub.follow_once(wait=5)
+    hub.watch_health()
+    health = farm.admin.get(farm.db, health_id(task.id))
+    assert (health["streak"], health["last_end"], health["failing"]) == (1, "inconclusive", True)
+    alert = farm.admin.get(farm.db, alert_id(task.id, 1))
+    assert alert["transition"] == "failing" and alert["end"] == "inconclusive"
+    _subject, text, payload = alert_message(alert)
+    assert payload["event"] == "task.failing" and payload["end"] == "inconclusive"
+    assert "inconclusive" in text and "did not agree" in text
+    assert not FarmService(farm.hub, farm.db).get_task("acme", "disagree").paused  # 1 of 2

@@ -23,12 +23,16 @@ def _load_with_fixes(module: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_the_pinned_validation_plugin_loads_with_the_fix():
-    pinned = REPO_ROOT / "node_modules" / "pouchdb-validation" / "lib" / "index.js"
+@pytest.mark.parametrize(
+    ("plugin", "marker"),
+    [("pouchdb-validation", FIXES_APPLIED[0]), ("pouchdb-update", FIXES_APPLIED[1])],
+)
+def test_the_pinned_plugins_load_with_their_fix(plugin: str, marker: bytes) -> None:
+    pinned = REPO_ROOT / "node_modules" / plugin / "lib" / "index.js"
     run = _load_with_fixes(pinned)
     assert run.returncode == 0, run.stderr
     # The line hub/devserver.py waits for, then the module itself.
-    assert run.stdout.encode().startswith(FIXES_APPLIED), run.stdout
+    assert run.stdout.encode().startswith(marker), run.stdout
     assert run.stdout.endswith("object")
 
 

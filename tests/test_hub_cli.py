@@ -200,3 +200,61 @@ def test_task_add_takes_max_runs_exclusions_and_alerts(farm, as_hub, capsys):
     assert "--exclude: schedule.exclusions: line 1" in capsys.readouterr().err
     assert cli.main([*_add("zero", "acme"), "--max-runs", "0"]) == 2
     assert "max_runs" in capsys.readouterr().err
+
+
+def _quarantine(farm, worker: str) -> None:
+    from hub.protocol import quorum
+    from hub.protocol.model import reliability_id
+
+    rel = None
+    for _ in range(3):
+        rel = quorum.update_reliability(rel, worker, False, farm.now())
+    assert rel is not None and rel.quarantined
+    current = farm.hub.get_or_none(farm.db, reliability_id(worker))
+    doc = rel.to_doc() | ({"_rev": current["_rev"]} if current else {})
+    farm.hub.put(farm.db, doc)
+
+
+def test_worker_lift_quarantine_is_recorded_and_idempotent(farm, as_hub, capsys):
+    """`hub worker lift-quarantine` replaces a hand edit of hub:reliability:{worker}: the
+    lift is recorded (who, as which CouchDB user, when), a second lift writes nothing."""
+    _quarantine(farm, "w3")
+    assert cli.main(["worker", "reliability", "w3"]) == 0
+    shown = capsys.readouterr().out
+    assert "quarantined   yes, since" in shown and "disagree streak 3" in shown, shown
+    argv = ["worker", "lift-quarantine", "w3", "--by", "alice", "--reason", "clock fixed"]
+    assert cli.main(argv) == 0
+    assert "w3: quarantine lifted by alice" in capsys.readouterr().out
+    doc = farm.admin.get(farm.db, "hub:reliability:w3")
+    assert doc["quarantined"] is False and doc["disagree_streak"] == 0
+    assert "quarantined_at" not in doc and doc["disagree"] == 3
+    [lift] = doc["lifts"]
+    assert (lift["by"], lift["user"], lift["reason"]) == ("alice", "hub", "clock fixed")
+    assert lift["quarantined_at"] and lift["at"] >= lift["quarantined_at"]
+    assert cli.main(["worker", "lift-quarantine", "w3"]) == 0  # again: nothing to do
+    assert "not quarantined; nothing to lift (last lifted" in capsys.readouterr().out
+    assert farm.admin.get(farm.db, "hub:reliability:w3")["_rev"] == doc["_rev"]
+    assert cli.main(["worker", "reliability", "w3"]) == 0
+    shown = capsys.readouterr().out
+    assert "quarantined   no" in shown and "by alice (as hub;" in shown, shown
+    assert cli.main(["worker", "reliability", "--json", "w3"]) == 0
+    assert '"lifts"' in capsys.readouterr().out
+
+
+def test_worker_commands_name_an_unknown_worker(farm, as_hub, capsys):
+    assert cli.main(["worker", "lift-quarantine", "nobody-here"]) == 2
+    err = capsys.readouterr().err
+    assert "no worker named 'nobody-here'" in err and "hub:reliability:nobody-here" in err, err
+    assert cli.main(["worker", "reliability", "Not A Name"]) == 2
+    assert "is not a worker name" in capsys.readouterr().err
+    # A known worker (its worker doc) that was never compared: nothing to show or lift.
+    stamp = farm.now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    farm.worker("w2").put(farm.db, {"_id": "worker:w2", "type": "worker", "name": "w2",
+                                    "state": "running", "version": "0.1.0", "current": [],
+                                    "last_seen": stamp, "slots": 1, "tubes": ["default"],
+                                    "kinds": ["demo.sleep"]})  # fmt: skip
+    assert cli.main(["worker", "reliability", "w2"]) == 0
+    assert "none yet" in capsys.readouterr().out
+    assert cli.main(["worker", "lift-quarantine", "w2"]) == 0
+    assert "not quarantined; nothing to lift" in capsys.readouterr().out
+    assert farm.admin.get_or_none(farm.db, "hub:reliability:w2") is None

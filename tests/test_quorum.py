@@ -258,6 +258,30 @@ def test_reliability_score_streak_and_quarantine() -> None:
     assert rel.quarantined and rel.quarantined_at == to_wire(at(3)) and rel.disagree_streak == 0
 
 
+def test_lifting_a_quarantine_is_recorded_kept_and_idempotent() -> None:
+    rel = None
+    for n in range(4):
+        rel = quorum.update_reliability(rel, "w2", n == 0, at(n))
+    assert rel is not None and rel.quarantined and rel.disagree_streak == 3
+    lifted = quorum.lift_quarantine(rel, at(10), by="alice", user="hub", reason="fixed its clock")
+    assert lifted is not None and not lifted.quarantined and lifted.quarantined_at is None
+    assert lifted.disagree_streak == 0 and (lifted.agree, lifted.disagree) == (1, 3)
+    [lift] = lifted.lifts
+    assert (lift.by, lift.user, lift.at) == ("alice", "hub", to_wire(at(10)))
+    assert lift.quarantined_at == to_wire(at(3)) and lift.disagree_streak == 3
+    assert lift.reason == "fixed its clock"
+    assert quorum.lift_quarantine(lifted, at(11), by="bob") is None  # nothing to lift
+    # The validator's next updates keep the record; a new streak quarantines it again.
+    again = lifted
+    for n in range(3):
+        again = quorum.update_reliability(again, "w2", False, at(20 + n))
+        assert again.lifts == lifted.lifts
+        assert again.quarantined is (n == 2)
+    twice = quorum.lift_quarantine(again, at(30), by="bob")
+    assert twice is not None and [x.by for x in twice.lifts] == ["alice", "bob"]
+    assert Reliability.from_doc(twice.to_doc()) == twice
+
+
 def test_spot_check_draw_is_deterministic_and_at_the_rate() -> None:
     """10,000 ids, rate 0.1: the count of spot checks within 5 standard deviations of a
     Binomial(10,000, 0.1) (a wrong draw, e.g. always or never, is far outside)."""

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from hub import archiver
+from desktop_worker import slots
+from hub import archiver, designdocs
 from hub.protocol import quorum, states
 from hub.protocol.couch import CouchError
 from hub.protocol.model import (
@@ -145,6 +146,77 @@ def test_a_slot_result_must_be_the_workers_own_and_well_formed(farm: Farm) -> No
     after = _read(farm, occ.id)
     rewrite = quorum.finish_slot(claimed, "w1", now, started_at=now, output=2).to_doc()
     _refused(farm, "w1", {**rewrite, "_rev": after.rev}, "already has a slot")
+
+
+def _update_refused(
+    farm: Farm, worker: str, occ_id: str, slot: dict[str, Any], reason: str
+) -> None:
+    """A slot write through the update function is refused with ``reason``, unchanged."""
+    before = farm.admin.get(farm.db, occ_id)
+    body = {"slot": slot, "updated_at": to_wire(farm.now())}
+    with pytest.raises(CouchError) as refusal:
+        farm.worker(worker, retries=0).update(farm.db, "farm", "slot", occ_id, body)
+    assert refusal.value.status == 403, refusal.value
+    assert reason in refusal.value.reason, refusal.value.reason
+    assert farm.admin.get(farm.db, occ_id) == before
+
+
+def test_the_slot_update_function_is_held_to_the_same_rules(farm: Farm) -> None:
+    """``_design/farm/_update/slot`` puts the caller's slot onto the current revision in one
+    request (desktop_worker/slots.py); its save is checked by validate_doc_update as the
+    caller, on PouchDB Server too (hub/pouchdb_fixes.js): same refusals as a PUT."""
+    occ = _occurrence(farm, _task(farm, quorum=2))
+    now = farm.now()
+    w1 = (quorum.claim_slot(occ, "w1", now).slots or {})["w1"].model_dump(exclude_none=True)
+    first = farm.worker("w1").update(farm.db, "farm", "slot", occ.id,
+                                     {"slot": w1, "updated_at": to_wire(now)})  # fmt: skip
+    # w2 claims on the revision it saw before w1's claim: no conflict, no re-read.
+    w2 = (quorum.claim_slot(occ, "w2", farm.now()).slots or {})["w2"].model_dump(exclude_none=True)
+    second = farm.worker("w2").update(farm.db, "farm", "slot", occ.id,
+                                      {"slot": w2, "updated_at": to_wire(farm.now())})  # fmt: skip
+    stored = _read(farm, occ.id)
+    assert stored.rev == second != first
+    assert sorted(stored.slots or {}) == ["w1", "w2"]
+    assert (stored.slots or {})["w1"].model_dump(exclude_none=True) == w1
+
+    # The full quorum, a second claim, a slot naming another worker, a changed claimed_at.
+    w3 = {**w1, "worker": "w3", "claimed_at": to_wire(farm.now())}
+    _update_refused(farm, "w3", occ.id, w3, "all 2 slots of")
+    _update_refused(farm, "w1", occ.id, {**w1, "worker": "w2"}, "must name worker w1")
+    moved = {**w1, "claimed_at": to_wire(farm.now() + timedelta(seconds=1))}
+    _update_refused(farm, "w1", occ.id, moved, "cannot change its claimed_at")
+    # w1's result through the function, then any rewrite of it: one slot, ever.
+    done = quorum.finish_slot(stored, "w1", farm.now(), started_at=now, output={"slept_ms": 1})
+    result = (done.slots or {})["w1"].model_dump(exclude_none=True)
+    farm.worker("w1").update(farm.db, "farm", "slot", occ.id,
+                             {"slot": result, "updated_at": to_wire(farm.now())})  # fmt: skip
+    _update_refused(farm, "w1", occ.id, {**result, "result": {**result["result"], "output": 2}},
+                    "already has a slot")  # fmt: skip
+    # A quorum-1 occurrence has no slots to write.
+    single = _occurrence(farm, _task(farm, quorum=1))
+    _update_refused(farm, "w1", single.id, w1, "not a quorum occurrence")
+    body = {"slot": w1, "updated_at": to_wire(farm.now())}
+    with pytest.raises(CouchError) as missing:
+        farm.worker("w1", retries=0).update(farm.db, "farm", "slot", "occ:nope", body)
+    assert missing.value.status == 404
+
+
+def test_a_server_without_the_slot_function_gets_the_put_of_before(farm: Farm) -> None:
+    """A hub not yet upgraded (its design document has no ``updates``): the worker's slot
+    writes fall back to PUT, and on a conflict GET and PUT again, on both servers."""
+    occ = _occurrence(farm, _task(farm, quorum=2))
+    ddoc = farm.admin.get(farm.db, "_design/farm")
+    farm.admin.put(farm.db, {k: v for k, v in ddoc.items() if k != "updates"})
+    try:
+        for worker in ("w1", "w2"):  # both from the revision read before either claimed
+            verdict, stored = slots.write_slot(farm.worker(worker), farm.db,
+                                               quorum.claim_slot(occ, worker, farm.now()),
+                                               worker, farm.now)  # fmt: skip
+            assert verdict == "ok" and stored is not None
+        assert sorted(_read(farm, occ.id).slots or {}) == ["w1", "w2"]
+    finally:
+        designdocs.push(farm.admin, farm.db, "farm")
+    assert "slot" in farm.admin.get(farm.db, "_design/farm")["updates"]
 
 
 def test_quorum_one_occurrences_keep_their_rules(farm: Farm) -> None:

@@ -623,6 +623,26 @@ class Couch:
         reply = self.request("PUT", path, body=doc, params=self._write_params(params))
         return Written(rev=str(reply.body["rev"]), quorum=reply.status != 202)
 
+    def update(self, db: str, ddoc: str, function: str, doc_id: str, body: dict[str, Any]) -> str:
+        """Call the update function ``_design/{ddoc}/_update/{function}/{doc_id}`` with a
+        JSON body: the server applies it to the current revision and saves the result as
+        the caller (``validate_doc_update`` included), in one request. Returns the new rev.
+        A save that lost to a concurrent write is a 409 (``Conflict``) like a PUT's."""
+        path = f"/{quote(db, safe='')}/_design/{quote(ddoc, safe='')}/_update/" + (
+            f"{quote(function, safe='')}/{quote(doc_id, safe='')}"
+        )
+        reply = self.request("PUT", path, body=body, params=self._write_params())
+        rev = next(
+            (v for k, v in reply.headers.items() if k.lower() == "x-couch-update-newrev"), ""
+        )
+        if not rev:
+            raise CouchError(
+                f"PUT {path}: the update function saved nothing (no X-Couch-Update-NewRev)",
+                status=reply.status,
+                error="bad_reply",
+            )
+        return str(rev).strip()
+
     def copies(self, db: str) -> int:
         """How many copies each shard of ``db`` has: ``n`` on a CouchDB cluster (its db
         info names it), 1 on a single node or PouchDB Server. Read once per db."""

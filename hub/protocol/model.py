@@ -636,6 +636,23 @@ def reliability_score(agree: int, disagree: int) -> float:
     return (agree + 1) / (agree + disagree + 2)
 
 
+MAX_LIFTS = 10  # the quarantine lifts a reliability document remembers, newest last
+
+
+class QuarantineLift(BaseModel):
+    """An operator lifted a worker's quarantine (``hub worker lift-quarantine``): who (the
+    person named, and the CouchDB user that wrote it), when (hub time), what was lifted."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    by: str = Field(min_length=1, max_length=100)
+    user: str | None = Field(default=None, max_length=100)
+    at: str = Field(pattern=WIRE_TIME_PATTERN)
+    quarantined_at: str | None = Field(default=None, pattern=WIRE_TIME_PATTERN)
+    disagree_streak: int = Field(default=0, ge=0)
+    reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS)
+
+
 class Reliability(DocModel):
     """``hub:reliability:{worker}``: a worker's agreement history, kept by the validator."""
 
@@ -648,6 +665,7 @@ class Reliability(DocModel):
     quarantined: bool = False
     quarantined_at: str | None = Field(default=None, pattern=WIRE_TIME_PATTERN)
     updated_at: str = Field(pattern=WIRE_TIME_PATTERN)
+    lifts: list[QuarantineLift] = Field(default_factory=list, max_length=MAX_LIFTS)
 
     @model_validator(mode="after")
     def _id_matches(self) -> Reliability:

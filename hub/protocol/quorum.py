@@ -32,9 +32,11 @@ from typing import Any
 
 from hub.protocol.model import (
     LIVE_SLOT_STATES,
+    MAX_LIFTS,
     RESULT_SLOT_STATES,
     Occurrence,
     Progress,
+    QuarantineLift,
     Reliability,
     RunResult,
     Slot,
@@ -670,7 +672,41 @@ def update_reliability(
         quarantined=quarantined,
         quarantined_at=since,
         updated_at=to_wire(now),
+        lifts=list(current.lifts) if current else [],  # an operator's record stays
     )
+
+
+def lift_quarantine(
+    current: Reliability,
+    now: datetime,
+    *,
+    by: str,
+    user: str | None = None,
+    reason: str | None = None,
+) -> Reliability | None:
+    """An operator lifts ``current``'s quarantine: not quarantined, the disagree streak
+    reset (the next disagreement must not quarantine it again at once), the agreement
+    history kept (so its score still shows what it did), the lift recorded. None when it
+    is not quarantined: nothing to lift, nothing to write (lifting twice is harmless)."""
+    if not current.quarantined:
+        return None
+    lift = QuarantineLift(
+        by=clean_text(by, 100) or "unknown",
+        user=user,
+        at=to_wire(now),
+        quarantined_at=current.quarantined_at,
+        disagree_streak=current.disagree_streak,
+        reason=clean_text(reason, 500) if reason else None,
+    )
+    data = current.model_dump(by_alias=True, exclude_none=False)
+    data.update(
+        quarantined=False,
+        quarantined_at=None,
+        disagree_streak=0,
+        lifts=[x.model_dump() for x in [*current.lifts, lift][-MAX_LIFTS:]],
+        updated_at=to_wire(now),
+    )
+    return Reliability.model_validate(data)
 
 
 def binomial_bounds(n: int, p: float, sigmas: float = 5.0) -> tuple[float, float]:
