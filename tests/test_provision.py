@@ -84,10 +84,11 @@ def test_wrong_admin_password_gives_a_clear_error(couch_server, monkeypatch, cap
     # init asks for a server admin: COUCHDB_* wins where set (a suite run on a real CouchDB).
     monkeypatch.setenv("COUCHDB_USER", couch_server.admin_user)
     monkeypatch.setenv("COUCHDB_PASSWORD", "wrong")
-    assert cli.main(["init", "--db", "farm_never"]) == 1
+    never = f"farm_never_{secrets.token_hex(3)}"
+    assert cli.main(["init", "--db", never]) == 1
     err = capsys.readouterr().err
     assert "401" in err and "wrong user name or password" in err
-    assert "farm_never" not in couch_server.admin().all_dbs()
+    assert never not in couch_server.admin().all_dbs()
 
 
 def test_missing_url_names_the_setting(monkeypatch, capsys):
