@@ -37,7 +37,7 @@ from hub.protocol.model import (
     split_occurrence_id,
     task_id,
 )
-from hub.protocol.names import results_db
+from hub.protocol.names import CLAIM_DDOC, results_db
 from hub.protocol.timefmt import from_wire, to_wire
 
 log = logging.getLogger("couchfarm.service")
@@ -672,7 +672,7 @@ class FarmService:
                 by_state[state] = by_state.get(state, 0) + n
         online = self.couch.view(
             self.db,
-            "farm",
+            CLAIM_DDOC,
             "workers_by_last_seen",
             startkey=to_wire(now - timedelta(seconds=self.online_seconds())),
         )["rows"]
