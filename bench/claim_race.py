@@ -23,8 +23,9 @@ copies took with 202 Accepted, also when the other copies refused it as a confli
 claims of one item through two coordinators can both succeed; each run also counts the 202
 answers. Overrides for such runs: ``BENCH_RACE_ITEMS``, ``BENCH_RACE_WORKERS`` (e.g.
 ``3,12``), ``BENCH_RACE_CAP_S``, ``BENCH_RACE_REPS``, ``BENCH_RACE_PICAS_CYCLE=0`` (skip
-the PiCaS cycle), and ``BENCH_COUCH_W``/``BENCH_COUCH_R`` (Couchfarm workers send
-``?w=``/``?r=`` on their writes/document reads: bench/workers/cf_claim.py).
+the PiCaS cycle), ``BENCH_RACE_AHEAD`` (Couchfarm's claims ahead per batch), and
+``BENCH_COUCH_W``/``BENCH_COUCH_R`` (Couchfarm workers send ``?w=``/``?r=`` on their
+writes/document reads: bench/workers/cf_claim.py).
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ def prepare_picas(server: BenchServer, db: str, count: int) -> None:
 # Couchfarm claims as its engine does: from the claim feed's ready set, taking turns by
 # rendezvous rank (desktop_worker/readyset.py). BENCH_CLAIM_FEED=0: one view read per claim.
 FEED = os.environ.get("BENCH_CLAIM_FEED", "1") != "0"
+# BENCH_RACE_AHEAD=N: Couchfarm workers claim N ahead in a backlog instead of the worker's
+# default (desktop_worker.config.DEFAULT_CLAIM_AHEAD), to measure the batch size.
+AHEAD = int(os.environ["BENCH_RACE_AHEAD"]) if os.environ.get("BENCH_RACE_AHEAD") else None
 
 
 def race_once(
@@ -144,9 +148,10 @@ def race_once(
     else:
         prepare_picas(server, db, count)
     for index, worker in enumerate(workers):
-        worker.send(
-            {"cmd": "prepare", "db": db, "k": None, "seed": index, "mode": mode, "feed": FEED}
-        )
+        prepare = {"cmd": "prepare", "db": db, "k": None, "seed": index, "mode": mode, "feed": FEED}
+        if AHEAD is not None:
+            prepare["ahead"] = AHEAD
+        worker.send(prepare)
     readies = [worker.recv(60) for worker in workers]
     k = readies[0].get("k")
     start = server.mark(settle=0.3)
