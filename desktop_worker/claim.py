@@ -43,15 +43,15 @@ from hub.protocol.timefmt import from_wire, to_wire
 
 # Backlog page size per online worker: a worker holds the page's rows where it ranks first
 # (readyset.py), about this many, and claims them in batches of 1 + claim_ahead
-# (claimloop.py): 16 serves two batches of the default 8 ahead per view read.
+# (claimloop.py): 16 serves one batch of the default 15 ahead per view read.
 ROWS_PER_WORKER = 16
 # A worker with none of its own rows left on a backlog page reads up to this many pages
 # further for its own before it tries other workers' rows (see _read_backlog).
 DEEPER_PAGES = 3
 PEERS_REFRESH_S = 10.0  # without a dispatcher, who is online is read again this often
 # In a backlog without a dispatcher, a worker reads its own ready buckets (the
-# ready_buckets view, hub/protocol/buckets.py) this many rows at a time: a batch of the
-# default 1 + 8 ahead, and most of the next. It does not grow with the number of workers.
+# ready_buckets view, hub/protocol/buckets.py) this many rows at a time: one batch of the
+# default 1 + 15 ahead. It does not grow with the number of workers.
 ROWS_PER_BUCKET = 16
 # A worker whose own buckets are all empty tries this many of other workers' buckets (past
 # the rows their owner holds) before it reads a page of the ready view.
