@@ -23,8 +23,9 @@ copies took with 202 Accepted, also when the other copies refused it as a confli
 claims of one item through two coordinators can both succeed; each run also counts the 202
 answers. Overrides for such runs: ``BENCH_RACE_ITEMS``, ``BENCH_RACE_WORKERS`` (e.g.
 ``3,12``), ``BENCH_RACE_CAP_S``, ``BENCH_RACE_REPS``, ``BENCH_RACE_PICAS_CYCLE=0`` (skip
-the PiCaS cycle), and ``BENCH_COUCH_W``/``BENCH_COUCH_R`` (Couchfarm workers send
-``?w=``/``?r=`` on their writes/document reads: bench/workers/cf_claim.py).
+the PiCaS cycle), ``BENCH_RACE_AHEAD`` (Couchfarm's claims ahead per batch), and
+``BENCH_COUCH_W``/``BENCH_COUCH_R`` (Couchfarm workers send ``?w=``/``?r=`` on their
+writes/document reads: bench/workers/cf_claim.py).
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ from bench.common import (
     summary,
     wait_for,
 )
-from hub import provision
-from hub.protocol.names import WORKER_ROLE
+from hub import designdocs, provision
+from hub.protocol.names import CLAIM_DDOC, WORKER_ROLE
 
 TODO_VIEW = (
     "function (doc) {\n"
@@ -93,14 +94,20 @@ def prepare_couchfarm(server: BenchServer, db: str, count: int) -> None:
     # Build the index before the clock. On a cluster a view reads one copy of each shard,
     # which may not hold the bulk write yet (it was acknowledged by 2 of 3): wait for all.
     wait_for(
-        lambda: admin.view(db, "farm", "ready", limit=0).get("total_rows", 0) >= count,
+        lambda: admin.view(db, CLAIM_DDOC, "ready", limit=0).get("total_rows", 0) >= count,
         120,
         "the ready view to hold every item",
     )
     # The workers read who is online too (ranking backlog rows): on PouchDB Server every
     # view has its own index, built at its first query, which must not fall in the clock.
-    admin.view(db, "farm", "workers_by_last_seen", limit=0)
-    admin.view(db, "farm", "ready_buckets", limit=0)  # the backlog's pages (claim.py)
+    admin.view(db, CLAIM_DDOC, "workers_by_last_seen", limit=0)
+    admin.view(db, CLAIM_DDOC, "ready_buckets", limit=0)  # the backlog's pages (claim.py)
+    # On CouchDB the hub's views (_design/farm, one index) too, as a running hub keeps them
+    # current: ken, CouchDB's background indexer, would otherwise build that index from
+    # scratch in the clock. (PouchDB Server indexes each view at its first query: none of
+    # them is queried in a race.)
+    if server.kind == "couchdb":
+        admin.view(db, designdocs.FARM_DDOC, "leases_by_expiry", limit=0)
 
 
 def prepare_picas(server: BenchServer, db: str, count: int) -> None:
@@ -122,6 +129,9 @@ def prepare_picas(server: BenchServer, db: str, count: int) -> None:
 # Couchfarm claims as its engine does: from the claim feed's ready set, taking turns by
 # rendezvous rank (desktop_worker/readyset.py). BENCH_CLAIM_FEED=0: one view read per claim.
 FEED = os.environ.get("BENCH_CLAIM_FEED", "1") != "0"
+# BENCH_RACE_AHEAD=N: Couchfarm workers claim N ahead in a backlog instead of the worker's
+# default (desktop_worker.config.DEFAULT_CLAIM_AHEAD), to measure the batch size.
+AHEAD = int(os.environ["BENCH_RACE_AHEAD"]) if os.environ.get("BENCH_RACE_AHEAD") else None
 
 
 def race_once(
@@ -138,9 +148,10 @@ def race_once(
     else:
         prepare_picas(server, db, count)
     for index, worker in enumerate(workers):
-        worker.send(
-            {"cmd": "prepare", "db": db, "k": None, "seed": index, "mode": mode, "feed": FEED}
-        )
+        prepare = {"cmd": "prepare", "db": db, "k": None, "seed": index, "mode": mode, "feed": FEED}
+        if AHEAD is not None:
+            prepare["ahead"] = AHEAD
+        worker.send(prepare)
     readies = [worker.recv(60) for worker in workers]
     k = readies[0].get("k")
     start = server.mark(settle=0.3)

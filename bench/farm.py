@@ -31,7 +31,7 @@ from bench.common import (
 )
 from hub import provision
 from hub.protocol.model import worker_id
-from hub.protocol.names import ADMIN_ROLE, WORKER_ROLE
+from hub.protocol.names import ADMIN_ROLE, CLAIM_DDOC, WORKER_ROLE
 
 WORKER_NAMES = [f"w-{i}" for i in range(32)]
 HUB_USER = "hub-bench"
@@ -174,7 +174,7 @@ class Farm:
 
     def count_ready(self) -> int:
         """Ready occurrences: ``total_rows`` of the ready view, which workers keep indexed."""
-        body = self.server.admin.view(self.db, "farm", "ready", limit=0)
+        body = self.server.admin.view(self.db, CLAIM_DDOC, "ready", limit=0)
         return int(body.get("total_rows", 0))
 
     # ------------------------------------------------------------ work

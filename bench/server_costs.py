@@ -32,7 +32,7 @@ from bench.common import (
 from hub import provision
 from hub.protocol import states
 from hub.protocol.model import Occurrence
-from hub.protocol.names import WORKER_ROLE
+from hub.protocol.names import CLAIM_DDOC, WORKER_ROLE
 
 
 def run(server: BenchServer, scale: Scale, workdir: Path) -> Section:
@@ -54,7 +54,7 @@ def run(server: BenchServer, scale: Scale, workdir: Path) -> Section:
     worker.auth = ("w-cost", worker_pw["w-cost"].read_text())
     anonymous = requests.Session()
     costs: dict[str, list[float]] = {}
-    view = f"{url}/{db}/_design/farm/_view/ready"
+    view = f"{url}/{db}/_design/{CLAIM_DDOC}/_view/ready"
     view_params = {
         "limit": 9,
         "include_docs": "true",

@@ -1,7 +1,7 @@
 """The claim protocol: optimistic locking on the ``_rev`` a ready row was seen with.
 
 1. Take the hub's offers (readyset.py: doc and ``_rev`` from the board feed), or read
-   ``_design/farm/_view/ready`` for a tube with ``include_docs`` (key ``[tube, queue_at]``),
+   ``_design/claim/_view/ready`` for a tube with ``include_docs`` (key ``[tube, queue_at]``),
    a few rows more than K.
 2. Drop rows that are not claimable *as seen*: not ``ready`` any more, ``not_before``
    after hub time, a kind this worker does not run, no attempts left.
@@ -38,19 +38,20 @@ from hub.protocol.board import read_peers
 from hub.protocol.buckets import bucket_order
 from hub.protocol.couch import Conflict, Couch, CouchError, Forbidden, NotFound
 from hub.protocol.model import Occurrence, State
+from hub.protocol.names import CLAIM_DDOC
 from hub.protocol.timefmt import from_wire, to_wire
 
 # Backlog page size per online worker: a worker holds the page's rows where it ranks first
 # (readyset.py), about this many, and claims them in batches of 1 + claim_ahead
-# (claimloop.py): 16 serves two batches of the default 8 ahead per view read.
+# (claimloop.py): 16 serves one batch of the default 15 ahead per view read.
 ROWS_PER_WORKER = 16
 # A worker with none of its own rows left on a backlog page reads up to this many pages
 # further for its own before it tries other workers' rows (see _read_backlog).
 DEEPER_PAGES = 3
 PEERS_REFRESH_S = 10.0  # without a dispatcher, who is online is read again this often
 # In a backlog without a dispatcher, a worker reads its own ready buckets (the
-# ready_buckets view, hub/protocol/buckets.py) this many rows at a time: a batch of the
-# default 1 + 8 ahead, and most of the next. It does not grow with the number of workers.
+# ready_buckets view, hub/protocol/buckets.py) this many rows at a time: one batch of the
+# default 1 + 15 ahead. It does not grow with the number of workers.
 ROWS_PER_BUCKET = 16
 # A worker whose own buckets are all empty tries this many of other workers' buckets (past
 # the rows their owner holds) before it reads a page of the ready view.
@@ -235,7 +236,7 @@ class Claimer:
             return self._read_backlog(tube, need, first, limit, stats)
         body = self.couch.view(
             self.db,
-            "farm",
+            CLAIM_DDOC,
             "ready",
             startkey=[tube],
             endkey=[tube, {}],
@@ -295,7 +296,7 @@ class Claimer:
         on, when given), counted in ``stats``."""
         start = [tube] if after is None else [tube, after]
         body = self.couch.view(
-            self.db, "farm", "ready", startkey=start, endkey=[tube, {}], limit=limit
+            self.db, CLAIM_DDOC, "ready", startkey=start, endkey=[tube, {}], limit=limit
         )
         stats.view_reads += 1
         stats.id_pages += 1
@@ -349,7 +350,7 @@ class Claimer:
         # Own buckets found empty are not read again before the next peer refresh, so a
         # worker reads each at most once more than it has rows (at the end of a backlog).
         for bucket, skip in pages + steals[:STEAL_TRIES]:
-            body = self.couch.view(self.db, "farm", "ready_buckets", startkey=[tube, bucket],
+            body = self.couch.view(self.db, CLAIM_DDOC, "ready_buckets", startkey=[tube, bucket],
                                    endkey=[tube, bucket, {}], limit=ROWS_PER_BUCKET, skip=skip,
                                    include_docs=True)  # fmt: skip
             stats.view_reads += 1

@@ -33,8 +33,10 @@ PASSWORD_ENV = "COUCHFARM_WORKER_PASSWORD"
 # rows of turn order.
 DEFAULT_CLAIM_K = 10
 # Claims held ahead of free slots in a backlog (decision 16): on CouchDB 3.5 a _bulk_docs of
-# 8 claims costs the server about a third of 8 single claim PUTs (bench/claim_race.py).
-DEFAULT_CLAIM_AHEAD = 8
+# 8 claims costs the server about a third of 8 single claim PUTs (bench/claim_race.py). 15:
+# one slot plus 15 is a whole page of a ready bucket (claim.ROWS_PER_BUCKET) in one
+# _bulk_docs; against 8, server CPU per claim at 16 workers fell 5.3 -> 3.9 ms (decision 19).
+DEFAULT_CLAIM_AHEAD = 15
 
 
 class ConfigError(ValueError):

@@ -14,9 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from hub.protocol.couch import Couch
+from hub.protocol.names import CLAIM_DDOC
 
 DESIGN_ROOT = Path(__file__).resolve().parent.parent / "design_docs"
 FARM_DDOC = "farm"
+# The claim path's views, apart from the hub's (hub.protocol.names.CLAIM_DDOC). The live
+# database holds both; ``LIVE_DDOCS`` is the order ``hub init`` pushes them in: the claim
+# views exist before an update of ``_design/farm`` drops its old copies of them.
+LIVE_DDOCS = (CLAIM_DDOC, FARM_DDOC)
 RESULTS_DDOC = "results"
 BOARD_DDOC = "board"
 

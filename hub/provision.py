@@ -79,8 +79,9 @@ def init(
         if couch.create_db(system_db):
             report.changed(f"{system_db}: created")
     ensure_database(couch, db, LIVE_SECURITY, report)
-    push = designdocs.push(couch, db, designdocs.FARM_DDOC)
-    (report.changed if push.action != "unchanged" else report.unchanged)(str(push))
+    for ddoc in designdocs.LIVE_DDOCS:
+        push = designdocs.push(couch, db, ddoc)
+        (report.changed if push.action != "unchanged" else report.unchanged)(str(push))
     for month_db in (results_db(db, now),):
         ensure_results_db(couch, month_db, report)
     ensure_board_db(couch, db, report)

@@ -36,7 +36,7 @@ from hub.notify import SmtpSettings
 from hub.protocol.board import KEEPALIVE_MAX_S, ONLINE_FACTOR, read_peers
 from hub.protocol.couch import Couch, CouchError, StreamBrokeOff, redact_url
 from hub.protocol.model import Occurrence
-from hub.protocol.names import results_db
+from hub.protocol.names import CLAIM_DDOC, results_db
 from hub.protocol.quorum import TrustPolicy
 from hub.protocol.timefmt import to_wire
 from hub.service import TUBES_DOC
@@ -190,7 +190,7 @@ class Hub:
         """What is ready, who holds what and who is online, from the server in use; the
         feed keeps it current from the ``since`` read before this."""
         db = self.config.db
-        ready = self.couch.view(db, "farm", "ready", include_docs=True,
+        ready = self.couch.view(db, CLAIM_DDOC, "ready", include_docs=True,
                                 limit=self.config.dispatch_load)["rows"]  # fmt: skip
         leased = self.couch.view(db, "farm", "leases_by_expiry", include_docs=True)["rows"]
         # Workers may be on a keep-alive as long as KEEPALIVE_MAX_S (a large fleet): read

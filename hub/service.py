@@ -41,7 +41,7 @@ from hub.protocol.model import (
     task_id,
     worker_id,
 )
-from hub.protocol.names import results_db
+from hub.protocol.names import CLAIM_DDOC, results_db
 from hub.protocol.timefmt import from_wire, to_wire
 
 log = logging.getLogger("couchfarm.service")
@@ -728,7 +728,7 @@ class FarmService:
                 by_state[state] = by_state.get(state, 0) + n
         online = self.couch.view(
             self.db,
-            "farm",
+            CLAIM_DDOC,
             "workers_by_last_seen",
             startkey=to_wire(now - timedelta(seconds=self.online_seconds())),
         )["rows"]

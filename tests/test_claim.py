@@ -18,7 +18,7 @@ from hub.protocol import states
 from hub.protocol.buckets import READY_BUCKETS, bucket_order, ready_bucket
 from hub.protocol.couch import Conflict, Couch, Forbidden, NotFound, Written
 from hub.protocol.model import Occurrence, Task, task_id
-from hub.protocol.names import WORKER_ROLE
+from hub.protocol.names import CLAIM_DDOC, WORKER_ROLE
 from hub.protocol.timefmt import to_wire
 from tests import cluster
 
@@ -66,10 +66,13 @@ class FakeCouch:
 
     def view(self, db: str, ddoc: str, view: str, **params: Any) -> dict[str, Any]:
         self.view_params.append(params)
+        # Every view the claim path reads lives in _design/claim (decision 19): a read of
+        # _design/farm would bring the hub's 14 views up to date on every claim.
+        assert ddoc == CLAIM_DDOC, f"{view} is read from _design/{ddoc}, not _design/claim"
         if view == "workers_by_last_seen":
             return {"rows": []}
         ready = [r for r in self.view_rows if self.docs[r["id"]]["state"] == "ready"]
-        if view == "ready_buckets":  # as design_docs/farm/views/ready_buckets/map.js keys it
+        if view == "ready_buckets":  # as design_docs/claim/views/ready_buckets/map.js keys it
             tube, bucket = params["startkey"]
             rows = sorted(
                 ({"id": r["id"], "key": [tube, ready_bucket(r["id"]), r["key"][1]], "doc":
@@ -360,7 +363,7 @@ def test_a_worker_whose_buckets_are_empty_takes_over_rows_past_the_owners_page()
     heads = {}  # each bucket's first rows: what its owner reads and holds
     for b in others:
         rows = couch.view(
-            "farm", "farm", "ready_buckets", startkey=["default", b], limit=16, skip=0
+            "farm", CLAIM_DDOC, "ready_buckets", startkey=["default", b], limit=16, skip=0
         )["rows"]
         heads[b] = {r["id"] for r in rows}
     c = backlog_claimer(couch, "w1", names[1:])
@@ -471,7 +474,7 @@ def test_ready_buckets_race_leases_each_occurrence_once_with_few_lost_races(farm
     farm.hub.put(farm.db, t.to_doc())
     docs = [states.materialize(t, now - timedelta(minutes=n + 1), now).to_doc() for n in range(300)]
     assert all("error" not in row for row in farm.hub.bulk_docs(farm.db, docs))
-    rows = farm.hub.view(farm.db, "farm", "ready_buckets", startkey=["buckets"],
+    rows = farm.hub.view(farm.db, CLAIM_DDOC, "ready_buckets", startkey=["buckets"],
                          endkey=["buckets", {}])["rows"]  # fmt: skip
     assert sorted(r["id"] for r in rows) == sorted(d["_id"] for d in docs)
     assert all(r["key"][1] == ready_bucket(r["id"]) for r in rows)  # the view's hash

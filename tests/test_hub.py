@@ -251,7 +251,7 @@ def test_fair_share_a_big_client_does_not_starve_a_small_one(farm):
     clock.now = clock.now.replace(second=0) + timedelta(minutes=1, seconds=0.2)
     assert hub.materialize() == 1010
     view = farm.admin.view(
-        farm.db, "farm", "ready", startkey=["fairness"], endkey=["fairness", {}], limit=40,
+        farm.db, "claim", "ready", startkey=["fairness"], endkey=["fairness", {}], limit=40,
         include_docs=True,
     )  # fmt: skip
     rows = view["rows"]

@@ -41,18 +41,40 @@ def test_changed_design_doc_is_pushed_and_reported(couch_server, tmp_path):
     admin.create_db(db)
     root = tmp_path / "design_docs"
     shutil.copytree(designdocs.DESIGN_ROOT, root)
-    assert designdocs.push(admin, db, "farm", root).action == "created"
-    assert designdocs.push(admin, db, "farm", root).action == "unchanged"
-    map_js = root / "farm" / "views" / "ready" / "map.js"
+    assert designdocs.push(admin, db, "claim", root).action == "created"
+    assert designdocs.push(admin, db, "claim", root).action == "unchanged"
+    map_js = root / "claim" / "views" / "ready" / "map.js"
     map_js.write_text(map_js.read_text().replace("null", "1"))
-    report = designdocs.push(admin, db, "farm", root)
+    report = designdocs.push(admin, db, "claim", root)
     assert (report.action, report.changed) == ("updated", ["views.ready"])
 
 
 def test_design_doc_functions_compile_on_the_server(farm):
     """Query every view once: a syntax error would surface as a compilation error."""
-    for view in designdocs.load("farm")["views"]:
-        farm.hub.view(farm.db, "farm", view, limit=1)
+    for ddoc in designdocs.LIVE_DDOCS:
+        for view in designdocs.load(ddoc)["views"]:
+            farm.hub.view(farm.db, ddoc, view, limit=1)
+
+
+def test_init_moves_the_claim_views_out_of_an_older_farm_design_doc(couch_server):
+    """A database from before decision 19 holds the claim path's views in _design/farm:
+    ``hub init`` creates _design/claim and drops them from _design/farm, and both serve."""
+    admin = couch_server.admin()
+    db = f"farm_move_{secrets.token_hex(3)}"
+    admin.create_db(db)
+    claim_views = designdocs.load(designdocs.CLAIM_DDOC)["views"]
+    old = designdocs.load(designdocs.FARM_DDOC)
+    old["views"] = {**old["views"], **claim_views}
+    admin.put(db, old)
+    report, _ = provision.init(admin, db, now=admin.now(), hub_user="")
+    pushes = [line for line in report.lines if "/_design/" in line]
+    assert pushes[0].startswith(f"{db}/_design/claim: created")  # before farm drops them
+    assert pushes[1].startswith(f"{db}/_design/farm: updated")
+    farm_views = admin.get(db, "_design/farm")["views"]
+    assert not set(claim_views) & set(farm_views)
+    assert set(admin.get(db, "_design/claim")["views"]) == set(claim_views)
+    assert admin.view(db, "claim", "ready", limit=0)["total_rows"] == 0
+    assert admin.view(db, "farm", "leases_by_expiry", limit=0)["total_rows"] == 0
 
 
 def test_worker_add_generates_a_password_once(admin_env, capsys):

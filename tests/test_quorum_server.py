@@ -334,7 +334,7 @@ def test_silent_slots_expire_and_free_their_place(farm: Farm) -> None:
     assert validator.run(expiry).slots_expired >= 1
     stored = _read(farm, occ.id)
     assert (stored.slots or {})["w1"].state == "expired" and quorum.open_slots(stored) == 2
-    rows = farm.admin.view(farm.db, "farm", "ready", startkey=[occ.tube], endkey=[occ.tube, {}])
+    rows = farm.admin.view(farm.db, "claim", "ready", startkey=[occ.tube], endkey=[occ.tube, {}])
     assert occ.id in {row["id"] for row in rows["rows"]}
 
 
@@ -342,7 +342,7 @@ def test_a_full_quorum_leaves_the_ready_view(farm: Farm) -> None:
     occ = _occurrence(farm, _task(farm, quorum=2))
 
     def listed() -> bool:
-        rows = farm.admin.view(farm.db, "farm", "ready", startkey=[occ.tube],
+        rows = farm.admin.view(farm.db, "claim", "ready", startkey=[occ.tube],
                                endkey=[occ.tube, {}])["rows"]  # fmt: skip
         return occ.id in {row["id"] for row in rows}
 

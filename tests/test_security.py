@@ -328,7 +328,7 @@ def test_worker_fail_and_release_are_allowed(farm):
 
 
 @pytest.mark.parametrize(
-    "path", ["", "/_all_docs", "/_changes", "/_design/farm/_view/ready", "/task:acme:ping"]
+    "path", ["", "/_all_docs", "/_changes", "/_design/claim/_view/ready", "/task:acme:ping"]
 )
 def test_anonymous_reads_get_401(farm, world, path):
     with pytest.raises(Unauthorized):

@@ -28,7 +28,7 @@ from hub.materializer import task_schedule
 from hub.portal.quorum import RELIABILITY_PREFIX, quorum_view, reliability_rows
 from hub.protocol.couch import Couch, CouchError, NotFound
 from hub.protocol.model import FINAL_STATES, Task, occurrence_id
-from hub.protocol.names import is_results_db, results_db
+from hub.protocol.names import CLAIM_DDOC, is_results_db, results_db
 from hub.protocol.timefmt import as_utc, from_wire, month_key, to_wire
 from hub.service import FarmService
 
@@ -677,7 +677,8 @@ class PortalData:
         stats = self.service.stats()
         now = self.service.now()
         workers = []
-        for row in self._view(self.db, "workers_by_last_seen", "farm", descending=True, limit=500):
+        online = self._view(self.db, "workers_by_last_seen", CLAIM_DDOC, descending=True, limit=500)
+        for row in online:
             value = row.get("value") or {}
             seen = from_wire(row["key"])
             workers.append(

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hub.protocol.couch import Couch
+from hub.protocol.names import CLAIM_DDOC
 from hub.protocol.timefmt import to_wire
 
 OFFER_PREFIX = "offer:"
@@ -81,7 +82,7 @@ def read_peers(
     """Worker docs, as ``workers_by_last_seen`` gives them (with ``_id``, ``type`` and
     ``last_seen``), of the workers seen within ``online_s`` of ``now`` (the server's)."""
     since = to_wire((now or couch.now()) - timedelta(seconds=online_s))
-    body = couch.view(db, "farm", "workers_by_last_seen", startkey=since)
+    body = couch.view(db, CLAIM_DDOC, "workers_by_last_seen", startkey=since)
     return [
         {**row["value"], "_id": row["id"], "type": "worker", "last_seen": row["key"]}
         for row in body.get("rows", [])

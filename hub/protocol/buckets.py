@@ -1,7 +1,7 @@
 """Ready buckets: the ready set split by a hash of the occurrence id, each bucket owned by
 one online worker (docs/DECISIONS.md decision 18).
 
-The ``ready_buckets`` view (design_docs/farm/views/ready_buckets/map.js) is keyed
+The ``ready_buckets`` view (design_docs/claim/views/ready_buckets/map.js) is keyed
 ``[tube, bucket, queue_at]``. In a backlog with no dispatcher, a worker reads pages of the
 buckets it owns, so each row it reads is one it may claim: what it reads per claim stays
 the same however many workers race (with a page of the ``ready`` view, a worker claimed

@@ -10,6 +10,12 @@ ADMIN_ROLE = "farm_admin"
 WORKER_ROLE = "farm_worker"
 CLIENT_ROLE_PREFIX = "client:"
 DEFAULT_DB = "farm"
+# The live database's views that the claim path reads (``ready``, ``ready_buckets``,
+# ``workers_by_last_seen``) live in their own design document: on CouchDB a view read
+# brings its whole design document's index up to date, and the workers read these many
+# times a second, so they must not pay for the hub's 14 other views (docs/DECISIONS.md
+# decision 19). ``_design/farm`` keeps the rest and ``validate_doc_update``.
+CLAIM_DDOC = "claim"
 
 
 def results_db(live_db: str, moment: datetime) -> str:
