@@ -100,6 +100,31 @@ def _no_update_function(exc: NotFound) -> bool:
     return exc.reason.startswith("missing json key") or "update function" in exc.reason
 
 
+def _reapplied(
+    couch: Couch,
+    db: str,
+    mine: Occurrence,
+    worker: str,
+    now: Callable[[], datetime],
+    exc: CouchError,
+) -> tuple[str, Occurrence | None] | Occurrence:
+    """A refused slot write, judged from the current document: ("ok", ...) when our slot
+    is already stored as we wanted it, ("lost", None) when the move no longer applies,
+    else our slot applied again on the current document (a race: send that)."""
+    try:
+        current = couch.get(db, mine.id)
+    except NotFound:
+        return "lost", None
+    if _already(current, mine, worker):
+        return "ok", Occurrence.from_doc(current)
+    try:
+        return quorum.apply_own_slot(Occurrence.from_doc(current), mine, worker, now())
+    except (InvalidTransition, ValidationError) as why:
+        log_event("slot_lost", logging.WARNING, occ=mine.id, worker=worker,
+                  why=str(why), error=exc.reason)  # fmt: skip
+        return "lost", None
+
+
 def _after_refusal(
     couch: Couch,
     db: str,
@@ -108,22 +133,10 @@ def _after_refusal(
     now: Callable[[], datetime],
     exc: CouchError,
 ) -> tuple[str, Occurrence | None] | None:
-    """What a 403 on a slot write means, from the current document: ("ok", ...) when our
-    slot is already stored as we wanted it, ("lost", None) when the move no longer
-    applies, None when it still does (a race: send it again)."""
-    try:
-        current = couch.get(db, mine.id)
-    except NotFound:
-        return "lost", None
-    if _already(current, mine, worker):
-        return "ok", Occurrence.from_doc(current)
-    try:
-        quorum.apply_own_slot(Occurrence.from_doc(current), mine, worker, now())
-    except (InvalidTransition, ValidationError) as why:
-        log_event("slot_lost", logging.WARNING, occ=mine.id, worker=worker,
-                  why=str(why), error=exc.reason)  # fmt: skip
-        return "lost", None
-    return None
+    """What a 403 on a slot write means: a verdict, or None when the move still applies
+    (a race: send it again)."""
+    verdict = _reapplied(couch, db, mine, worker, now, exc)
+    return verdict if isinstance(verdict, tuple) else None
 
 
 def _put_slot(
@@ -141,20 +154,10 @@ def _put_slot(
         try:
             rev = couch.put(db, doc, **put_params)
         except (Conflict, Forbidden) as exc:
-            try:
-                current = couch.get(db, mine.id)
-            except NotFound:
-                return "lost", None
-            if _already(current, mine, worker):
-                return "ok", Occurrence.from_doc(current)
-            try:
-                doc = quorum.apply_own_slot(
-                    Occurrence.from_doc(current), mine, worker, now()
-                ).to_doc()
-            except (InvalidTransition, ValidationError) as why:
-                log_event("slot_lost", logging.WARNING, occ=mine.id, worker=worker,
-                          why=str(why), error=exc.reason)  # fmt: skip
-                return "lost", None
+            again = _reapplied(couch, db, mine, worker, now, exc)
+            if isinstance(again, tuple):
+                return again
+            doc = again.to_doc()
             log_event("slot_retry", logging.DEBUG, occ=mine.id, round=round_no + 1)
             continue
         stored = Occurrence.from_doc({**doc, "_rev": rev})
