@@ -82,12 +82,12 @@ def write_slot(
             # A refusal of the move (decided, expired, voided, full), a retried request
             # that landed (our finish is there already), or on PouchDB Server a race
             # (validated against a newer revision than the function read): read once.
-            verdict = _after_refusal(couch, db, mine, worker, now, exc)
-            if verdict is None:
-                log_event("slot_retry", logging.DEBUG, occ=mine.id, round=round_no + 1,
-                          why="403")  # fmt: skip
-                continue
-            return verdict
+            verdict = _reapplied(couch, db, mine, worker, now, exc)
+            if isinstance(verdict, tuple):
+                return verdict
+            # Our move still applies to the current document: send it again.
+            log_event("slot_retry", logging.DEBUG, occ=mine.id, round=round_no + 1, why="403")
+            continue
         return "ok", mine.model_copy(update={"rev": rev})
     log_event("slot_contended", logging.WARNING, occ=mine.id, worker=worker)
     return "lost", None
@@ -123,20 +123,6 @@ def _reapplied(
         log_event("slot_lost", logging.WARNING, occ=mine.id, worker=worker,
                   why=str(why), error=exc.reason)  # fmt: skip
         return "lost", None
-
-
-def _after_refusal(
-    couch: Couch,
-    db: str,
-    mine: Occurrence,
-    worker: str,
-    now: Callable[[], datetime],
-    exc: CouchError,
-) -> tuple[str, Occurrence | None] | None:
-    """What a 403 on a slot write means: a verdict, or None when the move still applies
-    (a race: send it again)."""
-    verdict = _reapplied(couch, db, mine, worker, now, exc)
-    return verdict if isinstance(verdict, tuple) else None
 
 
 def _put_slot(
